@@ -1,0 +1,221 @@
+//! TLS and QUIC transport settings, chosen for images on a LAN with failures to notice fast.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use serde::Serialize;
+
+use crate::codec::{ALPN, MAX_FRAME_BYTES};
+use crate::error::TransportError;
+
+/// Default largest image: matches the model's default decode limit (32 MiB).
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// QUIC knobs shared by node and front-end. Defaults are for a LAN cluster where a dead node
+/// must be noticed in about a second; loss experiments may loosen them.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransportTuning {
+    /// Largest image accepted. The per-stream receive window is this plus one frame, so a
+    /// whole image can be in flight without waiting for a window update (which costs an RTT
+    /// per window on long paths, quinn #2262/#2153); quinn's 1.25 MB default would stall
+    /// multi-MB images every 1.25 MB.
+    pub max_image_bytes: usize,
+    /// Connection-wide receive window, in streams' worth of `max_image_bytes`. Bounds what one
+    /// peer can make us buffer across all its streams. Default 2: two maximum-size images (or
+    /// any number of small ones) at once.
+    pub connection_window_images: u32,
+    /// Keep-alive interval. Default 300 ms: an idle connection still exchanges packets, so a
+    /// silent peer is a dead peer; five keep-alives fit in the idle timeout, so a couple of
+    /// lost packets are tolerated.
+    pub keep_alive: Duration,
+    /// Idle timeout (the smaller of both peers' wins). Default 1.5 s instead of quinn's 30 s:
+    /// quinn ignores ICMP, so a killed or stopped node is noticed only by this timeout; with
+    /// keep-alives every 300 ms, 1.5 s of silence means the peer is gone.
+    pub idle_timeout: Duration,
+    /// Initial RTT estimate before any sample. Default 20 ms (LAN) instead of quinn's 333 ms,
+    /// so the first packet-loss timer on a fresh connection is ~60 ms, not ~1 s.
+    pub initial_rtt: Duration,
+    /// UDP segmentation offload (GSO). Default on (fewer syscalls for large images). Turn it
+    /// off for per-packet loss experiments: with GSO, tc netem drops ten datagrams at once.
+    pub segmentation_offload: bool,
+    /// Persistent stateless-reset key (node side). Default none (random per process). With a
+    /// fixed key, a restarted node answers packets for its old connections with a stateless
+    /// reset, so the front-end drops them at once instead of waiting for the idle timeout.
+    pub stateless_reset_key: Option<[u8; 32]>,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        TransportTuning {
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            connection_window_images: 2,
+            keep_alive: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(1500),
+            initial_rtt: Duration::from_millis(20),
+            segmentation_offload: true,
+            stateless_reset_key: None,
+        }
+    }
+}
+
+impl TransportTuning {
+    /// Stream receive window: one whole image plus its header frame.
+    pub fn stream_window(&self) -> u64 {
+        (self.max_image_bytes as u64).saturating_add((MAX_FRAME_BYTES + 4) as u64)
+    }
+
+    /// The quinn transport config for one side. `max_incoming_bidi` is how many request streams
+    /// the peer may open at once (node: its capacity; front-end: 0); `max_incoming_uni` likewise
+    /// for control streams (node: 0; front-end: a few).
+    pub fn quinn_config(
+        &self,
+        max_incoming_bidi: u32,
+        max_incoming_uni: u32,
+    ) -> Result<quinn::TransportConfig, TransportError> {
+        let varint = |v: u64, what: &str| {
+            VarInt::from_u64(v).map_err(|_| TransportError::Config(format!("{what} {v} too large")))
+        };
+        let stream_window = self.stream_window();
+        let conn_window =
+            stream_window.saturating_mul(u64::from(self.connection_window_images.max(1)));
+        let mut t = quinn::TransportConfig::default();
+        // Backpressure: the node's capacity is the number of streams the front-end may have
+        // open; beyond it `open_bi` waits for credit instead of queueing work on the node.
+        t.max_concurrent_bidi_streams(VarInt::from_u32(max_incoming_bidi));
+        t.max_concurrent_uni_streams(VarInt::from_u32(max_incoming_uni));
+        t.stream_receive_window(varint(stream_window, "stream window")?);
+        t.receive_window(varint(conn_window, "connection window")?);
+        // Symmetric: we may send as much as the peer may buffer.
+        t.send_window(conn_window);
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_idle_timeout(Some(
+            IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
+        ));
+        t.initial_rtt(self.initial_rtt);
+        t.enable_segmentation_offload(self.segmentation_offload);
+        // We use no datagrams.
+        t.datagram_receive_buffer_size(None);
+        Ok(t)
+    }
+
+    /// Endpoint config, with the persistent stateless-reset key if set.
+    pub fn endpoint_config(&self) -> quinn::EndpointConfig {
+        match self.stateless_reset_key {
+            Some(key) => quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &key,
+            ))),
+            None => quinn::EndpointConfig::default(),
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    // Explicit provider: never depend on a process-level default (which panics when both ring
+    // and aws-lc-rs are compiled in).
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots
+            .add(c.clone())
+            .map_err(|e| TransportError::Tls(format!("bad CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TransportError::Tls("no CA certificate given".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// rustls config for a node: TLS 1.3, ALPN `glimpse/1`, and a client certificate signed by the
+/// cluster CA is *required* (anyone else fails the handshake).
+pub fn node_tls_config(
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: &[CertificateDer<'static>],
+) -> Result<rustls::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(client_ca)?, provider.clone())
+        .build()
+        .map_err(|e| TransportError::Tls(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert_chain, key)
+        .map_err(|e| TransportError::Tls(format!("node certificate/key: {e}")))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// rustls config for the front-end: trusts only the cluster CA (the server name is checked per
+/// connection against the configured node name) and presents the front-end client certificate.
+pub fn frontend_tls_config(
+    ca: &[CertificateDer<'static>],
+    client_cert_chain: Vec<CertificateDer<'static>>,
+    client_key: PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig, TransportError> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(client_cert_chain, client_key)
+        .map_err(|e| TransportError::Tls(format!("front-end certificate/key: {e}")))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(cfg)
+}
+
+/// quinn server config for a node.
+pub fn node_quinn_config(
+    tls: rustls::ServerConfig,
+    tuning: &TransportTuning,
+    capacity: u32,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(tuning.quinn_config(capacity, 0)?));
+    Ok(cfg)
+}
+
+/// quinn client config for the front-end.
+pub fn frontend_quinn_config(
+    tls: rustls::ClientConfig,
+    tuning: &TransportTuning,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    // The node never opens request streams; it opens one control stream per connection.
+    cfg.transport_config(Arc::new(tuning.quinn_config(0, 4)?));
+    Ok(cfg)
+}
+
+/// Bind a quinn endpoint on `addr` (server if `server` is set). Must run inside a tokio runtime.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    tuning: &TransportTuning,
+) -> Result<quinn::Endpoint, TransportError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(TransportError::Config(
+            "must be called inside a tokio runtime".into(),
+        ));
+    }
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    quinn::Endpoint::new(
+        tuning.endpoint_config(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| TransportError::Bind { addr, source })
+}

@@ -1,0 +1,147 @@
+//! Types shared by the node side and the front-end side: what a node announces, what a
+//! request and an answer carry, and the [`Handler`] a node implements.
+
+use std::future::Future;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// What a node announces on connect (first message on its control stream). The front-end shows
+/// it on its nodes page and uses `capacity` as the node's stream credit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name (normally the name in its certificate).
+    pub node_id: String,
+    /// Model family, e.g. "googlenet" or "synthetic".
+    pub model: String,
+    /// Weights identity, e.g. "googlenet-1378be20" or "random-seed-42".
+    pub weights: String,
+    /// Whether the weights are trained (labels mean something).
+    pub trained: bool,
+    /// Whether answers come from the synthetic stand-in model.
+    pub synthetic: bool,
+    /// Compute backend name.
+    pub backend: String,
+    /// Maximum concurrent requests (= the node's QUIC max concurrent bidi streams).
+    pub capacity: u32,
+    /// Largest batch per forward pass.
+    pub max_batch: u32,
+    /// How long the batcher waits to fill a batch.
+    pub max_batch_wait_ms: u32,
+    /// Software version of the node.
+    pub version: String,
+}
+
+/// Periodic load report from a node (every ~250 ms on the control stream).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Requests being worked on.
+    pub in_flight: u32,
+    /// Requests waiting for a batch slot.
+    pub queued: u32,
+    /// Recent per-request service latency.
+    pub recent_latency_ms: f32,
+}
+
+/// One image to classify, as the node's [`Handler`] receives it.
+#[derive(Debug, Clone)]
+pub struct InferenceRequest {
+    /// Front-end-assigned request id (same across attempts of one request).
+    pub request_id: u64,
+    /// Attempt number, 1 for the first try.
+    pub attempt: u32,
+    /// When the front-end will give up on this attempt's request (computed on arrival from the
+    /// remaining budget the header carries, so clocks need not agree). Work past it is wasted.
+    pub deadline: Option<Instant>,
+    /// How many labels to return.
+    pub top_k: u32,
+    /// The encoded image (JPEG/PNG/...), exactly as uploaded.
+    pub image: Bytes,
+}
+
+/// One predicted class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Label {
+    /// ImageNet class index.
+    pub index: u32,
+    /// Human-readable class name.
+    pub label: String,
+    /// Softmax probability.
+    pub probability: f32,
+}
+
+/// Where a node spent its time on one image.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Waiting for a batch / worker.
+    pub queue_ms: f32,
+    /// Image decoding.
+    pub decode_ms: f32,
+    /// Resize/normalise.
+    pub preprocess_ms: f32,
+    /// Forward pass (the image's share of its batch).
+    pub infer_ms: f32,
+}
+
+/// A node's answer for one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceAnswer {
+    /// Top-k labels, most probable first.
+    pub top: Vec<Label>,
+    /// Node-side timings.
+    pub timings: Timings,
+    /// True when produced by the synthetic stand-in model.
+    pub synthetic: bool,
+}
+
+/// Why a node did not answer an image. Travels on the wire as a typed error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum InferenceError {
+    /// The bytes are not a decodable image. Not retryable: every node would say the same.
+    #[error("bad image: {0}")]
+    BadImage(String),
+    /// The image exceeds a size limit. Not retryable.
+    #[error("image too large: {0}")]
+    TooLarge(String),
+    /// The node is at capacity. Retryable elsewhere.
+    #[error("node overloaded")]
+    Overloaded,
+    /// The node is shutting down and took no new work. Retryable elsewhere.
+    #[error("node draining")]
+    Draining,
+    /// The node failed internally (its fault, not the image's). Retryable elsewhere.
+    #[error("internal node error: {0}")]
+    Internal(String),
+    /// The request broke the protocol (malformed frame, unknown version, truncated image).
+    /// Not retryable: it says the sender is broken, not the node. (Addition to the contract.)
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl InferenceError {
+    /// Whether another node could plausibly succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            InferenceError::Overloaded | InferenceError::Draining | InferenceError::Internal(_)
+        )
+    }
+}
+
+/// What a node does with each image. Implemented by glimpse-node (and by tests).
+///
+/// `handle` runs on the async runtime: CPU-bound work must go to `spawn_blocking` or a worker
+/// thread, or keep-alives stall and the front-end declares the node dead (quinn #1509).
+/// If the front-end cancels the stream (a hedge lost, the client went away), the future is
+/// dropped.
+pub trait Handler: Send + Sync + 'static {
+    /// Classify one image.
+    fn handle(
+        &self,
+        req: InferenceRequest,
+    ) -> impl Future<Output = Result<InferenceAnswer, InferenceError>> + Send;
+
+    /// Current load, sent to the front-end every report interval.
+    fn load(&self) -> LoadReport;
+}
