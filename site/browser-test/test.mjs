@@ -1,0 +1,179 @@
+// Browser test of the Glimpse upload page: Debian's headless chromium, driven by
+// playwright-core (which never downloads a browser), against the real `glimpse` binary.
+//
+//   GLIMPSE_BIN      path to the binary (default: ../../target/debug/glimpse)
+//   GLIMPSE_ARGS     worker flags (default: "--local-workers 2 --model synthetic --service-ms 30")
+//   CHROMIUM         browser executable (default: /usr/bin/chromium)
+//
+// Exits non-zero on any failure. Writes out/page.png (desktop), out/phone.png (phone
+// width), out/error.png, and copies the desktop screenshot to docs/screenshot.png.
+
+import { spawn } from "node:child_process";
+import { mkdirSync, copyFileSync, writeFileSync, existsSync } from "node:fs";
+import https from "node:https";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, "..", "..");
+const out = path.join(here, "out");
+const bin = process.env.GLIMPSE_BIN || path.join(root, "target", "debug", "glimpse");
+const workerArgs = (process.env.GLIMPSE_ARGS || "--local-workers 2 --model synthetic --service-ms 30").split(/\s+/).filter(Boolean);
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+const TIMEOUT = 60_000;
+
+function log(...a) { console.log("[browser-test]", ...a); }
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
+  });
+}
+
+function get(url) {
+  return new Promise((resolve) => {
+    const req = https.get(url, { rejectUnauthorized: false, timeout: 5000 }, (res) => { res.resume(); resolve(res.statusCode); });
+    req.on("error", () => resolve(0));
+    req.on("timeout", () => { req.destroy(); resolve(0); });
+  });
+}
+
+async function waitFor(what, fn, ms = TIMEOUT) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+// Small, distinct test images drawn by the browser itself (PNG and JPEG encoders included).
+async function makeImages(page) {
+  const images = await page.evaluate(() => {
+    function draw(kind, hue, shape) {
+      const c = document.createElement("canvas");
+      c.width = 320; c.height = 240;
+      const g = c.getContext("2d");
+      const grad = g.createLinearGradient(0, 0, 320, 240);
+      grad.addColorStop(0, `hsl(${hue}, 70%, 60%)`);
+      grad.addColorStop(1, `hsl(${(hue + 80) % 360}, 70%, 35%)`);
+      g.fillStyle = grad; g.fillRect(0, 0, 320, 240);
+      g.fillStyle = "rgba(255,255,255,0.85)";
+      g.beginPath();
+      if (shape === "circle") g.arc(160, 120, 70, 0, Math.PI * 2);
+      else if (shape === "square") g.rect(100, 60, 120, 120);
+      else { g.moveTo(160, 40); g.lineTo(260, 200); g.lineTo(60, 200); g.closePath(); }
+      g.fill();
+      return c.toDataURL(kind).split(",")[1];
+    }
+    return [
+      ["sunset-circle.png", draw("image/png", 20, "circle")],
+      ["ocean-square.jpg", draw("image/jpeg", 200, "square")],
+      ["forest-triangle.png", draw("image/png", 110, "triangle")],
+    ];
+  });
+  const dir = path.join(out, "images");
+  mkdirSync(dir, { recursive: true });
+  return images.map(([name, b64]) => {
+    const p = path.join(dir, name);
+    writeFileSync(p, Buffer.from(b64, "base64"));
+    return p;
+  });
+}
+
+async function main() {
+  mkdirSync(out, { recursive: true });
+  if (!existsSync(bin)) throw new Error(`glimpse binary not found at ${bin} (build it: cargo build -p glimpse-site)`);
+  const port = await freePort();
+  const url = `https://127.0.0.1:${port}/`;
+  log("starting", bin, ...workerArgs, "on", url);
+  const server = spawn(bin, [...workerArgs, "--listen", `127.0.0.1:${port}`], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
+  });
+  let serverLog = "";
+  server.stdout.on("data", (d) => { serverLog += d; });
+  server.stderr.on("data", (d) => { serverLog += d; });
+  const exited = new Promise((r) => server.on("exit", (code) => r(code)));
+
+  let browser;
+  try {
+    await waitFor("the server to print its URL", async () => serverLog.includes("Glimpse is serving at"));
+    await waitFor("/readyz to be 200", async () => (await get(`${url}readyz`)) === 200);
+    log("server ready");
+
+    browser = await chromium.launch({
+      executablePath,
+      headless: true,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    page.on("pageerror", (e) => consoleErrors.push(String(e)));
+    page.setDefaultTimeout(TIMEOUT);
+
+    await page.goto(url);
+    await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
+    await page.waitForSelector(".node .node-name");
+    log("page shows a ready cluster");
+
+    const files = await makeImages(page);
+    await page.setInputFiles("#files", files);
+    await page.waitForFunction(() => {
+      const cards = [...document.querySelectorAll(".card")];
+      return cards.length === 3 && cards.every((c) => c.dataset.status === "ok" && c.querySelectorAll(".labels .label").length === 5);
+    });
+    const names = await page.$$eval(".card .name", (els) => els.map((e) => e.textContent));
+    for (const f of files) {
+      if (!names.includes(path.basename(f))) throw new Error(`no card for ${path.basename(f)}: ${names}`);
+    }
+    const meta = await page.$$eval(".card .meta", (els) => els.map((e) => e.textContent));
+    if (!meta.every((m) => /local-\d/.test(m) && /ms|s/.test(m))) throw new Error(`cards lack node/latency: ${meta}`);
+    log("3 cards with 5 labels each:", names.join(", "));
+    await page.screenshot({ path: path.join(out, "page.png"), fullPage: true });
+
+    // A file that is not an image gets an error card, and the good cards stay.
+    const bogus = path.join(out, "images", "notes<b>.txt");
+    writeFileSync(bogus, "this is not an image\n");
+    await page.setInputFiles("#files", [bogus]);
+    await page.waitForSelector(".card.error");
+    const errorText = await page.$eval(".card.error .error-text", (e) => e.textContent);
+    if (!/not a supported image/.test(errorText)) throw new Error(`unexpected error text: ${errorText}`);
+    const errorName = await page.$eval(".card.error .name", (e) => e.textContent);
+    if (errorName !== "notes<b>.txt") throw new Error(`file name not shown verbatim: ${errorName}`);
+    if ((await page.$$("b")).length !== 0) throw new Error("a file name was interpreted as HTML");
+    log("non-image file shows an error card:", errorText);
+    await page.screenshot({ path: path.join(out, "error.png"), fullPage: true });
+
+    await page.setViewportSize({ width: 390, height: 844 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 1) throw new Error(`page scrolls sideways at phone width by ${overflow}px`);
+    await page.screenshot({ path: path.join(out, "phone.png"), fullPage: false });
+    log("phone width fits");
+
+    if (consoleErrors.length) throw new Error(`console errors: ${consoleErrors.join(" | ")}`);
+
+    const docs = path.join(root, "docs");
+    mkdirSync(docs, { recursive: true });
+    copyFileSync(path.join(out, "page.png"), path.join(docs, "screenshot.png"));
+    log("PASS — screenshots in", out);
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    server.kill("SIGTERM");
+    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r("timeout"), 30_000))]);
+    if (code === "timeout") { server.kill("SIGKILL"); throw new Error("glimpse did not stop on SIGTERM"); }
+    if (process.exitCode) process.stderr.write(serverLog);
+  }
+}
+
+main().catch((e) => {
+  console.error("[browser-test] FAIL:", e.message || e);
+  process.exitCode = 1;
+});

@@ -1,0 +1,200 @@
+//! Command line of the `glimpse` binary. Every flag has a `GLIMPSE_...` environment
+//! variable, for containers and systemd units.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::site::Limits;
+
+/// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeArg {
+    pub name: String,
+    /// `HOST:PORT`, resolved at start.
+    pub target: String,
+}
+
+impl FromStr for NodeArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NodeArg, String> {
+        let (name, target) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))?;
+        let (name, target) = (name.trim(), target.trim());
+        if name.is_empty() {
+            return Err(format!("empty node name in {s:?}"));
+        }
+        if !target
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return Err(format!("expected HOST:PORT after '=', got {target:?}"));
+        }
+        Ok(NodeArg {
+            name: name.to_string(),
+            target: target.to_string(),
+        })
+    }
+}
+
+/// Which model local workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelChoice {
+    /// torchvision's GoogLeNet with `--weights`.
+    Googlenet,
+    /// Deterministic stand-in with `--service-ms` per image (load tests, CI): no weights.
+    Synthetic,
+}
+
+/// glimpse: HTTPS front-end for image recognition served by Glimpse nodes over QUIC.
+///
+/// Quick start: `glimpse --local-workers 2` starts two in-process nodes and serves the
+/// upload page at the printed https:// URL (self-signed certificate; its SHA-256
+/// fingerprint is printed so you can check what your browser shows).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "glimpse", version, about, long_about)]
+pub struct Cli {
+    /// HTTPS address to listen on. Default: 127.0.0.1:8443 (local only; use 0.0.0.0:8443
+    /// to serve others).
+    #[arg(long, env = "GLIMPSE_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// HTTPS certificate chain (PEM). Default: none, a self-signed certificate for
+    /// localhost, 127.0.0.1 and ::1 is generated at start.
+    #[arg(long, env = "GLIMPSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM) for --tls-cert. Default: none (see --tls-cert).
+    #[arg(long, env = "GLIMPSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also listen for plain HTTP on this address and redirect (308) every request to
+    /// HTTPS. Default: off.
+    #[arg(long, env = "GLIMPSE_HTTP_REDIRECT")]
+    pub http_redirect: Option<SocketAddr>,
+
+    /// A remote node as NAME=HOST:PORT (repeatable; NAME must match its certificate).
+    /// Needs --ca, --cert and --key. Default: none.
+    #[arg(
+        long = "node",
+        env = "GLIMPSE_NODES",
+        value_delimiter = ',',
+        conflicts_with = "local_workers"
+    )]
+    pub nodes: Vec<NodeArg>,
+    /// Cluster CA certificate (PEM) that signed the nodes. Required with --node.
+    #[arg(long, env = "GLIMPSE_CA")]
+    pub ca: Option<PathBuf>,
+    /// This front-end's client certificate (PEM) for mutual TLS with nodes. Required with --node.
+    #[arg(long, env = "GLIMPSE_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) for --cert. Required with --node.
+    #[arg(long, env = "GLIMPSE_KEY")]
+    pub key: Option<PathBuf>,
+
+    /// Start N nodes in this process on loopback QUIC with throwaway certificates (same
+    /// dispatch path as remote nodes). Default: 0.
+    #[arg(long, env = "GLIMPSE_LOCAL_WORKERS", default_value_t = 0)]
+    pub local_workers: u32,
+    /// Model of the local workers. Default: googlenet.
+    #[arg(long, env = "GLIMPSE_MODEL", value_enum, default_value = "googlenet")]
+    pub model: ModelChoice,
+    /// GoogLeNet weights for local workers: `auto` (cached torchvision file), a `.pth`
+    /// path, or `random` (untrained; the page warns loudly). Default: auto.
+    #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
+    pub weights: String,
+    /// Inference backend for local workers: `ndarray` or `flex`. Default: the model
+    /// crate's default (the faster one).
+    #[arg(long, env = "GLIMPSE_BACKEND")]
+    pub backend: Option<String>,
+    /// Milliseconds per image of the synthetic model. Default: 50.
+    #[arg(long, env = "GLIMPSE_SERVICE_MS", default_value_t = 50.0)]
+    pub service_ms: f64,
+    /// Images each local worker takes at once. Default: the node's default (32).
+    #[arg(long, env = "GLIMPSE_WORKER_CAPACITY")]
+    pub worker_capacity: Option<u32>,
+
+    /// Attempts per image before giving up (retries go to another node when possible).
+    /// Default: 3.
+    #[arg(long, env = "GLIMPSE_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Deadline for one image across all attempts, in seconds. Default: 30.
+    #[arg(long, env = "GLIMPSE_REQUEST_TIMEOUT_S", default_value_t = 30.0)]
+    pub request_timeout_s: f64,
+    /// Send a hedged duplicate to a second node when an answer is slower than the
+    /// recent p95. Default: off.
+    #[arg(long, env = "GLIMPSE_HEDGE", default_value_t = false)]
+    pub hedge: bool,
+
+    /// Largest image file in bytes; a larger one gets 413. Default: 20971520 (20 MiB).
+    #[arg(long, env = "GLIMPSE_MAX_FILE_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_file_bytes: usize,
+    /// Largest request body in bytes (all files together); beyond it 413, and the body is
+    /// not read further. Default: 104857600 (100 MiB).
+    #[arg(long, env = "GLIMPSE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Most files in one request (413 beyond). Default: 64.
+    #[arg(long, env = "GLIMPSE_MAX_FILES", default_value_t = 64)]
+    pub max_files: usize,
+    /// Most images accepted and not yet answered, over all clients; beyond it requests get
+    /// 503 with Retry-After. Default: 512.
+    #[arg(long, env = "GLIMPSE_MAX_QUEUED", default_value_t = 512)]
+    pub max_queued: usize,
+    /// Most images handed to the dispatcher at once (the rest wait as `queued`). Default: 64.
+    #[arg(long, env = "GLIMPSE_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Seconds suggested by Retry-After on 503. Default: 2.
+    #[arg(long, env = "GLIMPSE_RETRY_AFTER_S", default_value_t = 2)]
+    pub retry_after_s: u64,
+    /// Finished jobs kept for GET /api/v1/jobs/{id}. Default: 10000.
+    #[arg(long, env = "GLIMPSE_JOB_RETENTION", default_value_t = 10_000)]
+    pub job_retention: usize,
+}
+
+impl Cli {
+    /// The dispatcher's deadline for one image.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_s.clamp(0.1, 3600.0))
+    }
+
+    /// The site's limits from the flags. The site's own safety timeout is the
+    /// dispatcher's deadline plus a margin, so the dispatcher normally decides.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_file_bytes: self.max_file_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_files: self.max_files,
+            max_queued: self.max_queued,
+            max_in_flight: self.max_in_flight,
+            retry_after_s: self.retry_after_s,
+            job_timeout: self.request_timeout() + Duration::from_secs(10),
+            job_retention: self.job_retention,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_args_parse() {
+        let n: NodeArg = "gpu-1=10.0.0.5:4433".parse().unwrap();
+        assert_eq!(n.name, "gpu-1");
+        assert_eq!(n.target, "10.0.0.5:4433");
+        assert!("gpu-1".parse::<NodeArg>().is_err());
+        assert!("=h:1".parse::<NodeArg>().is_err());
+        assert!("a=host".parse::<NodeArg>().is_err());
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let cli = Cli::try_parse_from(["glimpse"]).unwrap();
+        assert_eq!(cli.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(cli.limits().max_files, 64);
+        assert!(
+            Cli::try_parse_from(["glimpse", "--local-workers", "2", "--node", "a=h:1"]).is_err()
+        );
+    }
+}

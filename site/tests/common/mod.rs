@@ -1,0 +1,120 @@
+//! Shared helpers: an in-process site with N local synthetic workers (the same code path
+//! as `glimpse --local-workers N --model synthetic`), a reqwest client that accepts the
+//! self-signed certificate, and small generated images.
+
+#![allow(dead_code)]
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use glimpse_site::cli::Cli;
+use glimpse_site::cluster::{self, Cluster};
+use glimpse_site::{RunningSite, server, start_site};
+
+/// Generous: the CI machine has 2 cores and runs other builds.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Harness {
+    pub site: Option<RunningSite>,
+    pub cluster: Option<Cluster>,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Harness {
+    /// Start a site; `args` are extra `glimpse` flags.
+    pub async fn start(args: &[&str]) -> Harness {
+        let mut argv = vec!["glimpse", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("valid test flags");
+        let tls = server::tls_identity(None, None).expect("self-signed certificate");
+        let cluster = cluster::build(&cli).await.expect("cluster starts");
+        let site = start_site(cli.listen, &tls, cli.http_redirect, cluster.inference.clone(), cli.limits())
+            .await
+            .expect("site starts");
+        let base = format!("https://127.0.0.1:{}", site.addr.port());
+        Harness { site: Some(site), cluster: Some(cluster), base, client: client() }
+    }
+
+    /// Start with `n` synthetic local workers and wait until `/readyz` says 200.
+    pub async fn ready(n: u32, service_ms: u32, extra: &[&str]) -> Harness {
+        let n = n.to_string();
+        let ms = service_ms.to_string();
+        let mut args = vec!["--local-workers", &n, "--model", "synthetic", "--service-ms", &ms];
+        args.extend_from_slice(extra);
+        let h = Harness::start(&args).await;
+        h.wait_ready().await;
+        h
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(start.elapsed() < READY_TIMEOUT, "site not ready after {READY_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(site) = self.site.take() {
+            site.shutdown().await;
+        }
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await;
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("client")
+}
+
+fn gradient(w: u32, h: u32, seed: u8) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7) as u8 ^ seed, (y * 5) as u8, seed.wrapping_mul(31) ^ ((x + y) as u8)])
+    })
+}
+
+/// A small PNG; different seeds give different bytes (and synthetic labels).
+pub fn png(seed: u8) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    gradient(64, 48, seed).write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    out.into_inner()
+}
+
+/// A small JPEG.
+pub fn jpeg(seed: u8) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    gradient(80, 60, seed).write_to(&mut out, image::ImageFormat::Jpeg).expect("encode jpeg");
+    out.into_inner()
+}
+
+pub fn part(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str(mime).expect("mime")
+}
+
+/// Read a Prometheus sample value by its exact series text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
