@@ -1,0 +1,354 @@
+//! `glimpse-node classify`: label local image files, no network involved.
+//!
+//! Images are decoded and preprocessed one by one (each error stays with its file), then run
+//! through the model in batches of up to `--max-batch` images, one forward pass per batch.
+//! Timings are reported per image: decode and preprocess are that image's own; `infer` is its
+//! share of the forward pass (the batch's wall time divided by the batch size), and the batch's
+//! size and total time are reported next to it so nothing is hidden.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use glimpse_model::{Backend, Classifier, DecodeLimits, ImageTensor, WeightsSource};
+use serde::Serialize;
+
+use crate::config::DEFAULT_MAX_IMAGE_BYTES;
+
+/// `glimpse-node classify` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ClassifyArgs {
+    /// GoogLeNet weights: `auto` (cached torchvision file, downloaded once with a SHA-256
+    /// check), a path to a `.pth`, or `random` (untrained: labels are meaningless).
+    /// Default: auto.
+    #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
+    pub weights: String,
+    /// Compute backend: `ndarray` or `flex`. Default: the faster one (glimpse-model's default).
+    #[arg(long, env = "GLIMPSE_BACKEND")]
+    pub backend: Option<String>,
+    /// How many labels to print per image. Default: 5.
+    #[arg(long, env = "GLIMPSE_TOP_K", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub top_k: u16,
+    /// Print a JSON array (one object per image) instead of text. Default: text.
+    #[arg(long, env = "GLIMPSE_JSON")]
+    pub json: bool,
+    /// Largest forward pass in images. Default: 8 (bounds memory with many files).
+    #[arg(long, env = "GLIMPSE_MAX_BATCH", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_batch: u16,
+    /// Largest accepted image file in bytes. Default: 33554432 (32 MiB).
+    #[arg(long, env = "GLIMPSE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: usize,
+    /// Image files (JPEG, PNG, GIF, WebP, BMP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+/// One label in the output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopEntry {
+    pub index: usize,
+    pub label: &'static str,
+    pub probability: f32,
+}
+
+/// Per-image timings in milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimingsMs {
+    pub decode: f64,
+    pub preprocess: f64,
+    /// This image's share of its batch's forward pass.
+    pub infer: f64,
+    /// Wall time of the whole forward pass this image was part of.
+    pub batch_infer: f64,
+    /// Images in that forward pass.
+    pub batch_size: usize,
+}
+
+/// The result for one file: labels, or the error that stopped it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum FileResult {
+    Ok {
+        file: String,
+        top: Vec<TopEntry>,
+        timings_ms: TimingsMs,
+        /// Weights identity, e.g. "googlenet-1378be20" or "random-seed-0".
+        weights: String,
+        /// False for random weights: the labels are then meaningless.
+        trained: bool,
+    },
+    Err {
+        file: String,
+        error: String,
+        /// Time spent on the file before it failed.
+        elapsed_ms: f64,
+    },
+}
+
+impl FileResult {
+    fn is_ok(&self) -> bool {
+        matches!(self, FileResult::Ok { .. })
+    }
+}
+
+/// Exit status when the model could not be loaded or the arguments are unusable.
+pub const EXIT_MODEL: u8 = 2;
+/// Exit status when no image could be classified.
+pub const EXIT_NOTHING_CLASSIFIED: u8 = 1;
+
+/// Runs the command, printing to stdout (results) and stderr (errors). Returns the exit status.
+pub fn run(args: &ClassifyArgs) -> u8 {
+    let classifier = match load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("glimpse-node: error: {}", one_line(&e));
+            return EXIT_MODEL;
+        }
+    };
+    let results = classify_files(&classifier, args);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &results)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(out))
+    } else {
+        print_text(&mut out, &classifier, &results)
+    };
+    if let Err(e) = printed {
+        eprintln!("glimpse-node: error: cannot write results: {e}");
+        return EXIT_NOTHING_CLASSIFIED;
+    }
+    if results.iter().any(FileResult::is_ok) {
+        0
+    } else {
+        EXIT_NOTHING_CLASSIFIED
+    }
+}
+
+fn load(args: &ClassifyArgs) -> Result<Classifier, String> {
+    let weights: WeightsSource = args
+        .weights
+        .parse()
+        .map_err(|e| format!("--weights {}: {e}", args.weights))?;
+    let backend: Backend = match &args.backend {
+        Some(b) => b.parse().map_err(|e| format!("--backend {b}: {e}"))?,
+        None => Backend::default(),
+    };
+    Classifier::load(&weights, backend).map_err(|e| format!("could not load the model: {e}"))
+}
+
+/// Errors are printed on one line: a multi-line message would break scripts that read stderr.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// An image decoded and preprocessed, waiting for its batch.
+struct Ready {
+    slot: usize,
+    tensor: ImageTensor,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+/// What stays of a [`Ready`] image while its tensor is in the forward pass.
+struct Meta {
+    slot: usize,
+    decode: Duration,
+    preprocess: Duration,
+}
+
+/// Decodes, preprocesses and classifies every file; results come back in argument order.
+pub fn classify_files(classifier: &Classifier, args: &ClassifyArgs) -> Vec<FileResult> {
+    let limits = DecodeLimits {
+        max_bytes: args.max_image_bytes,
+        ..DecodeLimits::default()
+    };
+    let identity = classifier.identity().clone();
+    let max_batch = usize::from(args.max_batch).max(1);
+    let mut results: Vec<Option<FileResult>> = vec![None; args.images.len()];
+    let mut pending: Vec<Ready> = Vec::with_capacity(max_batch);
+
+    let flush = |pending: &mut Vec<Ready>, results: &mut Vec<Option<FileResult>>| {
+        if pending.is_empty() {
+            return;
+        }
+        let mut tensors: Vec<ImageTensor> = Vec::with_capacity(pending.len());
+        let mut batch: Vec<Meta> = Vec::with_capacity(pending.len());
+        for ready in pending.drain(..) {
+            tensors.push(ready.tensor);
+            batch.push(Meta {
+                slot: ready.slot,
+                decode: ready.decode,
+                preprocess: ready.preprocess,
+            });
+        }
+        let started = Instant::now();
+        let outcome = classifier.classify_batch(&tensors, usize::from(args.top_k));
+        let batch_time = started.elapsed();
+        drop(tensors);
+        let size = batch.len();
+        match outcome {
+            Ok(all) if all.len() == size => {
+                for (ready, preds) in batch.into_iter().zip(all) {
+                    results[ready.slot] = Some(FileResult::Ok {
+                        file: display(&args.images[ready.slot]),
+                        top: preds
+                            .into_iter()
+                            .map(|p| TopEntry {
+                                index: p.index,
+                                label: p.label,
+                                probability: p.probability,
+                            })
+                            .collect(),
+                        timings_ms: TimingsMs {
+                            decode: ms(ready.decode),
+                            preprocess: ms(ready.preprocess),
+                            infer: ms(batch_time) / size as f64,
+                            batch_infer: ms(batch_time),
+                            batch_size: size,
+                        },
+                        weights: identity.name.clone(),
+                        trained: identity.trained,
+                    });
+                }
+            }
+            other => {
+                let error = match other {
+                    Ok(all) => format!("model returned {} answers for {size} images", all.len()),
+                    Err(e) => format!("inference failed: {e}"),
+                };
+                for ready in batch {
+                    results[ready.slot] = Some(FileResult::Err {
+                        file: display(&args.images[ready.slot]),
+                        error: one_line(&error),
+                        elapsed_ms: ms(ready.decode + ready.preprocess + batch_time),
+                    });
+                }
+            }
+        }
+    };
+
+    for (slot, path) in args.images.iter().enumerate() {
+        let started = Instant::now();
+        match prepare_file(path, &limits) {
+            Ok((tensor, decode, preprocess)) => {
+                pending.push(Ready {
+                    slot,
+                    tensor,
+                    decode,
+                    preprocess,
+                });
+                if pending.len() >= max_batch {
+                    flush(&mut pending, &mut results);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(file = %path.display(), %error, "image rejected");
+                results[slot] = Some(FileResult::Err {
+                    file: display(path),
+                    error: one_line(&error),
+                    elapsed_ms: ms(started.elapsed()),
+                });
+            }
+        }
+    }
+    flush(&mut pending, &mut results);
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(slot, r)| {
+            r.unwrap_or_else(|| FileResult::Err {
+                file: display(&args.images[slot]),
+                error: "internal: image was never classified".into(),
+                elapsed_ms: 0.0,
+            })
+        })
+        .collect()
+}
+
+fn display(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Reads, decodes and preprocesses one file, refusing oversized files before reading them.
+fn prepare_file(
+    path: &Path,
+    limits: &DecodeLimits,
+) -> Result<(ImageTensor, Duration, Duration), String> {
+    let started = Instant::now();
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .len();
+    if len > limits.max_bytes as u64 {
+        return Err(format!(
+            "file is {len} bytes, more than the limit of {} (--max-image-bytes)",
+            limits.max_bytes
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let rgb = glimpse_model::decode(&bytes, limits).map_err(|e| e.to_string())?;
+    drop(bytes);
+    let decode = started.elapsed();
+    let t = Instant::now();
+    let tensor = glimpse_model::preprocess(&rgb);
+    Ok((tensor, decode, t.elapsed()))
+}
+
+fn print_text(
+    out: &mut impl Write,
+    classifier: &Classifier,
+    results: &[FileResult],
+) -> std::io::Result<()> {
+    let identity = classifier.identity();
+    writeln!(
+        out,
+        "model: googlenet, weights {}, backend {}",
+        identity.name,
+        classifier.backend()
+    )?;
+    if !identity.trained {
+        writeln!(
+            out,
+            "WARNING: UNTRAINED (random) weights: the labels below are meaningless"
+        )?;
+    }
+    for result in results {
+        match result {
+            FileResult::Ok {
+                file,
+                top,
+                timings_ms: t,
+                trained,
+                ..
+            } => {
+                let tag = if *trained { "" } else { "  [untrained]" };
+                writeln!(
+                    out,
+                    "{file}{tag}\n  decode {:.1} ms, preprocess {:.1} ms, infer {:.1} ms \
+                     (share of a {:.1} ms forward pass over {} image(s))",
+                    t.decode, t.preprocess, t.infer, t.batch_infer, t.batch_size
+                )?;
+                for (rank, entry) in top.iter().enumerate() {
+                    writeln!(
+                        out,
+                        "  {:>2}. {:6.2}%  {} (class {})",
+                        rank + 1,
+                        entry.probability * 100.0,
+                        entry.label,
+                        entry.index
+                    )?;
+                }
+            }
+            FileResult::Err { file, error, .. } => writeln!(out, "{file}\n  error: {error}")?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Node configuration: the library's [`NodeConfig`] and the `serve` command line that fills it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use glimpse_model::{Backend, Classifier, WeightsSource};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::NodeError;
+use crate::faults::FaultConfig;
+
+/// Default number of images a node takes at once (QUIC streams per connection, and the bound of
+/// its inference queue). 32 GoogLeNet images are ~1.6 s of work on a 2-core machine: enough to
+/// keep the inference thread busy across a round trip, small enough that a dead node strands
+/// little work.
+pub const DEFAULT_CAPACITY: u32 = 32;
+/// Default largest forward pass.
+pub const DEFAULT_MAX_BATCH: u32 = 8;
+/// Default largest accepted image, 32 MiB: generous for photos (users are surprised by low
+/// upload limits), small enough that `capacity` of them fit in memory.
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
+/// Default synthetic service time: about GoogLeNet's batch-1 time with burn-flex on 2 cores.
+pub const DEFAULT_SERVICE_MS: f64 = 50.0;
+/// Default time allowed for in-flight work after SIGTERM before the node gives up on it.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// TLS material of a node: its certificate chain and key, and the CA that signs front-ends.
+pub struct NodeTls {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Clients (front-ends) must present a certificate signed by one of these.
+    pub client_ca: Vec<CertificateDer<'static>>,
+}
+
+impl Clone for NodeTls {
+    fn clone(&self) -> Self {
+        Self {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            client_ca: self.client_ca.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeTls {
+    // The private key never goes into logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field(
+                "cert_chain",
+                &format_args!("{} certificate(s)", self.cert_chain.len()),
+            )
+            .field("key", &"<redacted>")
+            .field(
+                "client_ca",
+                &format_args!("{} certificate(s)", self.client_ca.len()),
+            )
+            .finish()
+    }
+}
+
+impl NodeTls {
+    /// Reads PEM files: the node's certificate (chain), its private key, and the cluster CA.
+    pub fn from_pem_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<NodeTls, NodeError> {
+        Ok(NodeTls {
+            cert_chain: glimpse_certs::load_certs_file(cert)?,
+            key: glimpse_certs::load_key_file(key)?,
+            client_ca: glimpse_certs::load_certs_file(ca)?,
+        })
+    }
+}
+
+/// Which model a node serves.
+#[derive(Clone)]
+pub enum ModelSpec {
+    /// GoogLeNet, loaded by the node at start.
+    GoogLeNet {
+        weights: WeightsSource,
+        backend: Backend,
+    },
+    /// GoogLeNet already loaded by the caller: in-process nodes (`glimpse --local-workers N`)
+    /// share one copy of the weights instead of loading N.
+    Loaded(Arc<Classifier>),
+    /// The synthetic stand-in: `service` per image, labels from a hash of the bytes, no weights.
+    Synthetic { service: Duration },
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSpec::GoogLeNet { weights, backend } => f
+                .debug_struct("GoogLeNet")
+                .field("weights", weights)
+                .field("backend", backend)
+                .finish(),
+            ModelSpec::Loaded(c) => f.debug_tuple("Loaded").field(&c.identity().name).finish(),
+            ModelSpec::Synthetic { service } => f
+                .debug_struct("Synthetic")
+                .field("service", service)
+                .finish(),
+        }
+    }
+}
+
+/// Everything a node needs to run; the `serve` flags map one to one onto these fields.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// UDP address to listen on; port 0 picks a free port (see [`crate::RunningNode::addr`]).
+    pub listen: SocketAddr,
+    pub tls: NodeTls,
+    /// Name announced to front-ends (informational; the TLS name is what they verify).
+    pub node_id: String,
+    pub model: ModelSpec,
+    /// Images taken at once: QUIC streams per connection and the bound on queued work.
+    pub capacity: u32,
+    /// Largest forward pass.
+    pub max_batch: u32,
+    /// How long the inference thread waits for more images to fill a batch (0 = only take
+    /// what is already waiting).
+    pub max_batch_wait: Duration,
+    /// Largest accepted encoded image.
+    pub max_image_bytes: usize,
+    pub faults: FaultConfig,
+    /// After shutdown starts, how long in-flight work may take before the node gives up.
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A config with the documented defaults: GoogLeNet with `auto` weights and the default
+    /// backend, capacity 32, batches of up to 8 without waiting, 32 MiB images, no faults.
+    pub fn new(listen: SocketAddr, tls: NodeTls, node_id: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            listen,
+            tls,
+            node_id: node_id.into(),
+            model: ModelSpec::GoogLeNet {
+                weights: WeightsSource::Auto,
+                backend: Backend::default(),
+            },
+            capacity: DEFAULT_CAPACITY,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_batch_wait: Duration::ZERO,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            faults: FaultConfig::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
+    /// Checks values that the types alone do not rule out.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |m: String| Err(NodeError::Config(m));
+        if self.capacity == 0 {
+            return bad("capacity must be at least 1".into());
+        }
+        if self.max_batch == 0 {
+            return bad("max batch must be at least 1".into());
+        }
+        if self.max_image_bytes == 0 {
+            return bad("max image bytes must be at least 1".into());
+        }
+        self.faults.validate().map_err(NodeError::Config)
+    }
+}
+
+/// Which model `serve` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelKind {
+    /// torchvision's GoogLeNet (IMAGENET1K_V1), loaded per `--weights`.
+    Googlenet,
+    /// Deterministic stand-in: `--service-ms` per image, labels from a hash of the bytes.
+    Synthetic,
+}
+
+/// `glimpse-node serve` flags. Each has an environment variable, for containers and systemd.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// UDP address to listen on. Default: all IPv4 interfaces, port 4433 (mutual TLS keeps
+    /// strangers out).
+    #[arg(long, env = "GLIMPSE_NODE_LISTEN", default_value = "0.0.0.0:4433")]
+    pub listen: SocketAddr,
+    /// This node's certificate (PEM), issued by the cluster CA (`glimpse-certs init`). Required.
+    #[arg(long, env = "GLIMPSE_NODE_CERT")]
+    pub cert: PathBuf,
+    /// This node's private key (PEM). Required.
+    #[arg(long, env = "GLIMPSE_NODE_KEY")]
+    pub key: PathBuf,
+    /// The cluster CA certificate (PEM); only front-ends it signed may connect. Required.
+    #[arg(long, env = "GLIMPSE_NODE_CA")]
+    pub ca: PathBuf,
+    /// Name announced to front-ends. Default: this machine's hostname.
+    #[arg(long, env = "GLIMPSE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// GoogLeNet weights: `auto` (cached torchvision file, downloaded once with a SHA-256
+    /// check), a path to a `.pth`, or `random` (untrained, for transport tests). Default: auto.
+    #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
+    pub weights: String,
+    /// Compute backend: `ndarray` or `flex`. Default: the faster one measured (glimpse-model's
+    /// default).
+    #[arg(long, env = "GLIMPSE_BACKEND")]
+    pub backend: Option<String>,
+    /// Model to serve. Default: googlenet. `synthetic` needs no weights.
+    #[arg(long, env = "GLIMPSE_MODEL", value_enum, default_value_t = ModelKind::Googlenet)]
+    pub model: ModelKind,
+    /// Synthetic model only: milliseconds spent per image (a batch of n takes n times this).
+    /// Default: 50, about GoogLeNet's batch-1 time on a 2-core machine.
+    #[arg(long, env = "GLIMPSE_SERVICE_MS", default_value_t = DEFAULT_SERVICE_MS)]
+    pub service_ms: f64,
+    /// Images taken at once (QUIC streams per connection; also the queue bound, beyond which a
+    /// request is answered "overloaded"). Default: 32.
+    #[arg(long, env = "GLIMPSE_CAPACITY", default_value_t = DEFAULT_CAPACITY)]
+    pub capacity: u32,
+    /// Largest forward pass in images. Default: 8.
+    #[arg(long, env = "GLIMPSE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: u32,
+    /// Milliseconds the inference thread waits to fill a batch. Default: 0, i.e. batch only
+    /// what is already waiting (on CPU, waiting raises latency more than it adds throughput).
+    #[arg(long, env = "GLIMPSE_MAX_BATCH_WAIT_MS", default_value_t = 0)]
+    pub max_batch_wait_ms: u32,
+    /// Largest accepted image in bytes. Default: 33554432 (32 MiB).
+    #[arg(long, env = "GLIMPSE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: usize,
+    /// Fault injection: probability per request that the process dies at once (exit code 86,
+    /// no QUIC close), like a crashed worker. Default: 0 (off).
+    #[arg(long, env = "GLIMPSE_FAIL_RATE", default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Fault injection: probability per request that the node stops answering for good
+    /// (connections stay open). Default: 0 (off).
+    #[arg(long, env = "GLIMPSE_STALL_RATE", default_value_t = 0.0)]
+    pub stall_rate: f64,
+    /// Fault injection: milliseconds every answer is held before it is sent. Default: 0.
+    #[arg(long, env = "GLIMPSE_EXTRA_DELAY_MS", default_value_t = 0)]
+    pub extra_delay_ms: u64,
+    /// Seed of the fault-injection RNG. Default: random (logged at start).
+    #[arg(long, env = "GLIMPSE_FAULT_SEED")]
+    pub seed: Option<u64>,
+    /// Seconds in-flight work may take after SIGTERM/SIGINT before the node exits anyway
+    /// (non-zero). Default: 30.
+    #[arg(long, env = "GLIMPSE_DRAIN_TIMEOUT_S", default_value_t = DEFAULT_DRAIN_TIMEOUT.as_secs())]
+    pub drain_timeout_s: u64,
+}
+
+impl ServeArgs {
+    /// Reads the PEM files and builds the node's configuration.
+    pub fn into_config(self) -> Result<NodeConfig, NodeError> {
+        let tls = NodeTls::from_pem_files(&self.cert, &self.key, &self.ca)?;
+        let model = match self.model {
+            ModelKind::Synthetic => {
+                if !self.service_ms.is_finite() || self.service_ms < 0.0 {
+                    return Err(NodeError::Config(format!(
+                        "--service-ms must be a non-negative number, got {}",
+                        self.service_ms
+                    )));
+                }
+                ModelSpec::Synthetic {
+                    service: Duration::from_secs_f64(self.service_ms / 1000.0),
+                }
+            }
+            ModelKind::Googlenet => ModelSpec::GoogLeNet {
+                weights: self
+                    .weights
+                    .parse()
+                    .map_err(|e| NodeError::Config(format!("--weights: {e}")))?,
+                backend: match &self.backend {
+                    Some(b) => b
+                        .parse()
+                        .map_err(|e| NodeError::Config(format!("--backend: {e}")))?,
+                    None => Backend::default(),
+                },
+            },
+        };
+        let node_id = self.node_id.unwrap_or_else(default_node_id);
+        let config = NodeConfig {
+            listen: self.listen,
+            tls,
+            node_id,
+            model,
+            capacity: self.capacity,
+            max_batch: self.max_batch,
+            max_batch_wait: Duration::from_millis(u64::from(self.max_batch_wait_ms)),
+            max_image_bytes: self.max_image_bytes,
+            faults: FaultConfig {
+                fail_rate: self.fail_rate,
+                stall_rate: self.stall_rate,
+                extra_delay: Duration::from_millis(self.extra_delay_ms),
+                seed: self.seed,
+            },
+            drain_timeout: Duration::from_secs(self.drain_timeout_s),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// The hostname, or "glimpse-node" where it cannot be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "glimpse-node".to_string())
+}

@@ -1,0 +1,280 @@
+//! Glimpse worker node.
+//!
+//! A node accepts QUIC connections from front-ends (mutual TLS, see glimpse-transport), takes
+//! one image per stream, and answers with the top-k labels and timings. The pieces:
+//!
+//! - [`handler`]: admission (capacity), decoding on tokio's blocking pool, fault injection,
+//!   load reports;
+//! - [`engine`]: one dedicated inference thread that gathers images into batches (up to
+//!   `max_batch`, waiting at most `max_batch_wait`) and runs one forward pass per batch;
+//! - [`synthetic`]: a weight-free stand-in model for small machines and transport tests;
+//! - [`faults`]: `--fail-rate`, `--stall-rate`, `--extra-delay-ms`;
+//! - [`shutdown`]: the drain signal passed down to every node;
+//! - [`classify`]: the `glimpse-node classify` command (local files, no network).
+//!
+//! [`start_node`] runs a node inside any tokio runtime; the `glimpse-node serve` binary and
+//! `glimpse --local-workers N` both use it.
+
+pub mod classify;
+pub mod config;
+pub mod engine;
+pub mod faults;
+pub mod handler;
+pub mod shutdown;
+pub mod synthetic;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glimpse_model::{Classifier, DecodeLimits};
+use glimpse_transport::{NodeInfo, NodeServer, NodeServerConfig, TransportError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ModelKind, ModelSpec, NodeConfig, NodeTls, ServeArgs};
+pub use faults::{FAULT_EXIT_CODE, FaultConfig};
+pub use handler::{NodeHandler, NodeStats};
+pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};
+pub use synthetic::SyntheticModel;
+
+use engine::{BatchPolicy, Engine, ModelRunner};
+use faults::Faults;
+use handler::NodeCounters;
+
+/// Errors of a node's life: configuration, model loading, binding, serving, draining.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Certs(#[from] glimpse_certs::CertError),
+    #[error("could not load the model: {0}")]
+    Model(#[from] glimpse_model::ModelError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("could not start the inference thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("in-flight work did not finish within the drain timeout of {0:?}")]
+    DrainTimeout(Duration),
+    #[error("node task failed: {0}")]
+    Task(String),
+}
+
+/// A node started by [`start_node`], serving until its shutdown future completes.
+#[derive(Debug)]
+pub struct RunningNode {
+    addr: SocketAddr,
+    info: NodeInfo,
+    counters: Arc<NodeCounters>,
+    task: JoinHandle<Result<(), NodeError>>,
+}
+
+impl RunningNode {
+    /// The UDP address the node is bound to (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the node announces to front-ends.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// Requests answered, failed and refused as overloaded so far.
+    pub fn stats(&self) -> NodeStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the node has stopped serving.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the node has drained and stopped. `Ok` after a clean drain.
+    pub async fn wait(self) -> Result<(), NodeError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(NodeError::Task(e.to_string())),
+        }
+    }
+
+    /// Stops the node at once, without draining (in-flight streams are dropped).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Loads the model, binds the node's UDP socket and starts serving on the current tokio
+/// runtime. Returns once the node is listening. When `shutdown` completes the node announces
+/// draining, refuses new streams, finishes in-flight work (within `config.drain_timeout`) and
+/// stops; [`RunningNode::wait`] then returns.
+pub async fn start_node(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningNode, NodeError> {
+    config.validate()?;
+    let (runner, info) = load_model(&config).await?;
+    let decode = runner.needs_decoding();
+    let engine = Engine::start(
+        runner,
+        BatchPolicy {
+            max_batch: config.max_batch as usize,
+            max_batch_wait: config.max_batch_wait,
+            queue_limit: config.capacity as usize,
+        },
+    )
+    .map_err(NodeError::Thread)?;
+    let limits = DecodeLimits {
+        max_bytes: config.max_image_bytes,
+        ..DecodeLimits::default()
+    };
+    let counters = Arc::new(NodeCounters::default());
+    let handler = Arc::new(NodeHandler::new(
+        engine,
+        decode,
+        limits,
+        Faults::new(config.faults.clone()),
+        config.capacity,
+        counters.clone(),
+    ));
+    let mut server_config = NodeServerConfig::new(
+        config.listen,
+        config.tls.cert_chain.clone(),
+        config.tls.key.clone_key(),
+        config.tls.client_ca.clone(),
+        info.clone(),
+    );
+    server_config.capacity = config.capacity;
+    server_config.max_image_bytes = config.max_image_bytes;
+    server_config.drain_timeout = config.drain_timeout;
+    server_config.tuning.stateless_reset_key = Some(stateless_reset_key(&config.tls));
+    let server = NodeServer::bind(server_config)?;
+    let addr = server.local_addr();
+    tracing::info!(
+        node_id = %info.node_id,
+        %addr,
+        model = %info.model,
+        weights = %info.weights,
+        trained = info.trained,
+        backend = %info.backend,
+        capacity = info.capacity,
+        max_batch = info.max_batch,
+        max_batch_wait_ms = info.max_batch_wait_ms,
+        "node listening"
+    );
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        drain_tx.send_replace(true);
+    };
+    let run = tokio::spawn(server.run(handler.clone(), shutdown));
+    let task_counters = counters.clone();
+    // The transport gives up on in-flight work after `drain_timeout` and returns; this backstop
+    // only fires if it does not.
+    let backstop = config.drain_timeout + Duration::from_secs(5);
+    let task = tokio::spawn(async move {
+        let result = supervise(run, drain_rx, backstop).await;
+        tracing::info!(stats = ?task_counters.snapshot(), ok = result.is_ok(), "node stopped");
+        // The last handler reference joins the inference thread, which may be finishing a
+        // batch: do that off the runtime threads.
+        let _ = tokio::task::spawn_blocking(move || drop(handler)).await;
+        result
+    });
+    Ok(RunningNode {
+        addr,
+        info,
+        counters,
+        task,
+    })
+}
+
+async fn supervise(
+    mut run: JoinHandle<Result<(), TransportError>>,
+    mut drain: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) -> Result<(), NodeError> {
+    let flatten = |r: Result<Result<(), TransportError>, tokio::task::JoinError>| match r {
+        Ok(inner) => inner.map_err(NodeError::from),
+        Err(e) => Err(NodeError::Task(e.to_string())),
+    };
+    let drain_started = tokio::select! {
+        r = &mut run => return flatten(r),
+        started = drain.wait_for(|d| *d) => started.is_ok(),
+    };
+    if !drain_started {
+        // The shutdown future was dropped unfinished: the server stopped on its own.
+        return flatten(run.await);
+    }
+    tracing::info!(timeout = ?drain_timeout, "draining: finishing in-flight work");
+    match tokio::time::timeout(drain_timeout, &mut run).await {
+        Ok(r) => flatten(r),
+        Err(_) => {
+            run.abort();
+            Err(NodeError::DrainTimeout(drain_timeout))
+        }
+    }
+}
+
+/// A stateless-reset key that survives restarts: derived from the node's private key, so a
+/// node restarted on the same address answers packets of its old connections with a stateless
+/// reset and front-ends drop them at once instead of waiting for the idle timeout. Hashing with
+/// a domain-separation prefix keeps the TLS key itself out of reach.
+fn stateless_reset_key(tls: &NodeTls) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"glimpse-node stateless reset key v1\0");
+    h.update(tls.key.secret_der());
+    h.finalize().into()
+}
+
+/// Builds the model runner and the identity the node announces.
+async fn load_model(config: &NodeConfig) -> Result<(ModelRunner, NodeInfo), NodeError> {
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    let base = |model: String, weights: String, trained: bool, synthetic: bool, backend: String| {
+        NodeInfo {
+            node_id: config.node_id.clone(),
+            model,
+            weights,
+            trained,
+            synthetic,
+            backend,
+            capacity: config.capacity,
+            max_batch: config.max_batch,
+            max_batch_wait_ms: u32::try_from(config.max_batch_wait.as_millis()).unwrap_or(u32::MAX),
+            version: version.clone(),
+        }
+    };
+    let classifier: Arc<Classifier> = match &config.model {
+        ModelSpec::Synthetic { service } => {
+            let info = base(
+                format!("synthetic({} ms/image)", service.as_secs_f64() * 1000.0),
+                "none (synthetic: labels are a hash of the image bytes)".into(),
+                false,
+                true,
+                "synthetic".into(),
+            );
+            return Ok((ModelRunner::Synthetic(SyntheticModel::new(*service)), info));
+        }
+        ModelSpec::Loaded(classifier) => classifier.clone(),
+        ModelSpec::GoogLeNet { weights, backend } => {
+            let (weights, backend) = (weights.clone(), *backend);
+            // Loading reads (maybe downloads) and converts weights: blocking work.
+            let loaded = tokio::task::spawn_blocking(move || Classifier::load(&weights, backend))
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))??;
+            Arc::new(loaded)
+        }
+    };
+    let identity = classifier.identity().clone();
+    let info = base(
+        "googlenet".into(),
+        identity.name.clone(),
+        identity.trained,
+        false,
+        classifier.backend().to_string(),
+    );
+    Ok((ModelRunner::GoogLeNet(classifier), info))
+}

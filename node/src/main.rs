@@ -1,0 +1,84 @@
+//! `glimpse-node`: the Glimpse worker daemon (`serve`) and a local classifier (`classify`).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use glimpse_node::classify::{self, ClassifyArgs};
+use glimpse_node::shutdown::TerminationSignals;
+use glimpse_node::{ServeArgs, shutdown_channel, start_node};
+use tracing_subscriber::EnvFilter;
+
+/// Glimpse worker node: labels images with GoogLeNet, locally or for a Glimpse front-end.
+#[derive(Debug, Parser)]
+#[command(name = "glimpse-node", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify image files and print the top labels with per-image timings.
+    Classify(ClassifyArgs),
+    /// Serve front-ends over QUIC (mutual TLS) until SIGTERM/SIGINT, then drain and exit 0.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr so `classify --json` output on stdout stays machine-readable.
+    // GLIMPSE_LOG (or RUST_LOG) sets the filter; default: info for serve, warn for classify.
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Classify(_) => "warn",
+        Command::Serve(_) => "info",
+    };
+    let filter = std::env::var("GLIMPSE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| default_level.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::Classify(args) => ExitCode::from(classify::run(&args)),
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("glimpse-node: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("glimpse-node")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        // Install the signal handlers before announcing readiness, so a SIGTERM sent right
+        // after the "listening" line is a drain, not a kill.
+        let mut signals =
+            TerminationSignals::install().context("cannot install signal handlers")?;
+        let (trigger, shutdown) = shutdown_channel();
+        let node = start_node(config, shutdown.wait()).await?;
+        // The one line scripts and tests wait for (stdout, flushed by println!).
+        println!("glimpse-node listening on {}", node.addr());
+        tokio::spawn(async move {
+            let name = signals.recv().await;
+            tracing::info!(signal = name, "draining (send it again to exit at once)");
+            trigger.trigger();
+            let name = signals.recv().await;
+            tracing::warn!(signal = name, "second signal: exiting without draining");
+            std::process::exit(130);
+        });
+        node.wait().await?;
+        tracing::info!("drained; exiting");
+        Ok(())
+    })
+}

@@ -1,0 +1,250 @@
+//! Shared helpers for the process-level tests: a cluster CA written to a temp dir, real
+//! `glimpse-node serve` processes on 127.0.0.1, signals, and a front-end `Dispatcher`.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use glimpse_certs::ClusterCa;
+use glimpse_transport::{Dispatcher, DispatcherConfig, NodeEndpoint, NodeState};
+
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Generous: the tests run on a loaded 2-core machine next to compilers.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster CA and its files in a temp dir.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub ca: ClusterCa,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate("glimpse test CA").expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca");
+        Cluster { dir, ca }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues (once) and writes a node certificate; returns (cert, key) paths.
+    pub fn node_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let cert = self.path(&format!("node-{name}.pem"));
+        let key = self.path(&format!("node-{name}.key"));
+        if !cert.exists() {
+            let issued = self.ca.issue_node(name, &[LOCALHOST]).expect("issue node");
+            std::fs::write(&cert, issued.cert_pem).expect("write cert");
+            std::fs::write(&key, issued.key_pem).expect("write key");
+        }
+        (cert, key)
+    }
+
+    /// A dispatcher (the front-end side) for `nodes`, with a client certificate from the CA.
+    pub fn dispatcher(&self, nodes: &[(&str, SocketAddr)]) -> Dispatcher {
+        let client = self.ca.issue_client("frontend").expect("client cert");
+        let mut config = DispatcherConfig::new(
+            nodes
+                .iter()
+                .map(|(name, addr)| NodeEndpoint {
+                    name: name.to_string(),
+                    addr: *addr,
+                })
+                .collect(),
+            vec![self.ca.cert_der()],
+            client.cert_chain().expect("chain"),
+            client.private_key().expect("key"),
+        );
+        config.max_attempts = 6;
+        config.request_deadline = Duration::from_secs(60);
+        config.hedge = false;
+        Dispatcher::start(config).expect("dispatcher")
+    }
+}
+
+/// A `glimpse-node serve` child process. Killed (SIGKILL) when dropped.
+pub struct NodeProc {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts a synthetic node and waits for its "listening" line. `listen` may use port 0.
+    pub fn spawn(
+        cluster: &Cluster,
+        name: &str,
+        listen: SocketAddr,
+        service_ms: u32,
+        extra: &[&str],
+    ) -> NodeProc {
+        let (cert, key) = cluster.node_files(name);
+        let log = cluster.path(&format!("{name}-{}.log", unique()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_glimpse-node"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--ca")
+            .arg(cluster.path("ca.pem"))
+            .arg("--node-id")
+            .arg(name)
+            .args([
+                "--model",
+                "synthetic",
+                "--service-ms",
+                &service_ms.to_string(),
+            ])
+            .args(extra)
+            .env("GLIMPSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn glimpse-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("glimpse-node listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(a) => a.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "node {name} did not start; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        NodeProc {
+            name: name.to_string(),
+            addr,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) with a pid of our own child and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// Waits for the process to exit (after a signal), with a timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A distinct test "image" (the synthetic model does not decode, it hashes).
+pub fn image(i: usize) -> bytes::Bytes {
+    let mut v = format!("synthetic test image #{i} ").into_bytes();
+    v.resize(2048, (i % 251) as u8);
+    bytes::Bytes::from(v)
+}
+
+/// The answer the synthetic model must give for `image`.
+pub fn expected_indices(image: &[u8], top_k: usize) -> Vec<u32> {
+    glimpse_node::synthetic::synthetic_labels(image, top_k)
+        .iter()
+        .map(|l| l.index)
+        .collect()
+}
+
+/// Waits until the dispatcher reports `name` in state Ready.
+pub async fn wait_node_ready(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if d.nodes()
+            .iter()
+            .any(|n| n.name == name && n.state == NodeState::Ready)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// Waits until the dispatcher has at least one request in flight on `name`.
+pub async fn wait_in_flight(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if d.nodes().iter().any(|n| n.name == name && n.in_flight > 0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+pub fn localhost_any_port() -> SocketAddr {
+    SocketAddr::new(LOCALHOST, 0)
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
