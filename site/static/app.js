@@ -1,6 +1,6 @@
 // Glimpse upload page. Plain JavaScript, no build step. Every string that came from a
-// user or a node (file names, labels, node names, errors) is written with textContent,
-// never innerHTML, so nothing uploaded can inject markup.
+// user or a node (file names, labels, node names, errors) is written with textContent
+// and never parsed as HTML, so nothing uploaded can inject markup.
 "use strict";
 
 const UPLOAD_CONCURRENCY = 4;
