@@ -1,0 +1,230 @@
+//! `glimpse-lab`: reproduces the seed's experiments (workers, loss, delay, failure) on Glimpse
+//! and on a baseline of the seed's design, in the same run; also the baseline's worker process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use glimpse_netem::lab::baseline::{WorkerBehaviour, run_worker};
+use glimpse_netem::lab::procs::Bins;
+use glimpse_netem::lab::sweep::{LabOptions, System};
+use glimpse_netem::lab::{images, run_sweep};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "glimpse-lab",
+    version,
+    about = "Glimpse's experiment runner: throughput vs workers, loss, delay and failures, Glimpse vs the seed's design"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SweepKind {
+    Workers,
+    Loss,
+    Delay,
+    Failure,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Systems {
+    Both,
+    Glimpse,
+    Baseline,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one sweep and write CSV, Markdown and PNG/SVG plots to --out.
+    /// Exits non-zero if any image got no final answer (the CI smoke test relies on this).
+    Sweep(SweepArgs),
+    /// A baseline worker (the seed's design): TCP, one image at a time per connection.
+    BaselineWorker(WorkerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// Which sweep: workers (1..8), loss (seed semantics + packet loss), delay (answer hold +
+    /// link RTT) or failure (seed semantics + crash/restart cycles).
+    #[arg(value_enum)]
+    sweep: SweepKind,
+    /// Fewer points and (unless --runs is given) 2 runs: the workers sweep finishes in under
+    /// 3 minutes on 2 cores. Default: off.
+    #[arg(long, env = "GLIMPSE_LAB_QUICK")]
+    quick: bool,
+    /// Output directory. Default: netem/results/<sweep>.
+    #[arg(long, env = "GLIMPSE_LAB_OUT")]
+    out: Option<PathBuf>,
+    /// Model the nodes run. Default: synthetic (fixed --service-ms), since GoogLeNet on a
+    /// 2-core machine measures the CPU, not the system; use googlenet on real hosts.
+    #[arg(long, env = "GLIMPSE_LAB_MODEL", default_value = "synthetic", value_parser = ["synthetic", "googlenet"])]
+    model: String,
+    /// Runs per point (the seed used 5). Default: 5, or 2 with --quick.
+    #[arg(long, env = "GLIMPSE_LAB_RUNS")]
+    runs: Option<usize>,
+    /// Images per run. Default: 48, or 24 with --quick (experiments with multi-second answer
+    /// holds use fewer).
+    #[arg(long, env = "GLIMPSE_LAB_IMAGES")]
+    images: Option<usize>,
+    /// Concurrent client requests. Default: 8 (enough to keep 8 one-at-a-time workers busy).
+    #[arg(long, env = "GLIMPSE_LAB_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// Synthetic service time per image in ms (nodes and baseline workers). Default: 50.
+    #[arg(long, env = "GLIMPSE_LAB_SERVICE_MS", default_value_t = 50)]
+    service_ms: u64,
+    /// Images a Glimpse node serves at once (`glimpse-node --capacity`). Default: 1, the
+    /// baseline's one-image-per-worker, so both systems have the same compute.
+    #[arg(long, env = "GLIMPSE_LAB_CAPACITY", default_value_t = 1)]
+    capacity: u32,
+    /// Directory with glimpse, glimpse-node and glimpse-certs. Default: next to this executable.
+    #[arg(long, env = "GLIMPSE_LAB_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Which systems to measure. Default: both (every table shows them side by side).
+    #[arg(long, env = "GLIMPSE_LAB_SYSTEMS", value_enum, default_value = "both")]
+    systems: Systems,
+    /// Extra argument for the `glimpse` front-end (repeatable), e.g. --site-arg=--foo=1.
+    /// Default: none.
+    #[arg(
+        long = "site-arg",
+        env = "GLIMPSE_LAB_SITE_ARGS",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    site_args: Vec<String>,
+    /// Directory of .jpg/.png images to send instead of synthetic JPEGs. Default: synthetic
+    /// 480×360 JPEGs (~100 KB, like the seed's < 150 KB uploads).
+    #[arg(long, env = "GLIMPSE_LAB_IMAGES_DIR")]
+    images_dir: Option<PathBuf>,
+    /// Client-side timeout of one HTTPS request, seconds. Default: 120 (answers may be held 10 s
+    /// and retried).
+    #[arg(long, env = "GLIMPSE_LAB_REQUEST_TIMEOUT_S", default_value_t = 120)]
+    request_timeout_s: u64,
+    /// The baseline's fixed resend timeout, seconds. Default: 5 (the seed's design).
+    #[arg(long, env = "GLIMPSE_LAB_BASELINE_TIMEOUT_S", default_value_t = 5)]
+    baseline_timeout_s: u64,
+    /// Submissions per image by the client before the image counts as lost. Default: 3.
+    #[arg(long, env = "GLIMPSE_LAB_CLIENT_ATTEMPTS", default_value_t = 3)]
+    client_attempts: u32,
+    /// Seed for images, relays and failure injection. Default: 1.
+    #[arg(long, env = "GLIMPSE_LAB_SEED", default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    /// TCP address to listen on. Default: 127.0.0.1:7600.
+    #[arg(
+        long,
+        env = "GLIMPSE_BASELINE_LISTEN",
+        default_value = "127.0.0.1:7600"
+    )]
+    listen: std::net::SocketAddr,
+    /// Simulated inference time per image, ms. Default: 50.
+    #[arg(long, env = "GLIMPSE_BASELINE_SERVICE_MS", default_value_t = 50)]
+    service_ms: u64,
+    /// Probability that a request makes this worker exit. Default: 0.
+    #[arg(long, env = "GLIMPSE_BASELINE_FAIL_RATE", default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Probability that an answer is never sent. Default: 0.
+    #[arg(long, env = "GLIMPSE_BASELINE_DROP_RATE", default_value_t = 0.0)]
+    drop_rate: f64,
+    /// Extra hold before each answer, ms. Default: 0.
+    #[arg(long, env = "GLIMPSE_BASELINE_EXTRA_DELAY_MS", default_value_t = 0)]
+    extra_delay_ms: u64,
+    /// RNG seed. Default: 1.
+    #[arg(long, env = "GLIMPSE_BASELINE_SEED", default_value_t = 1)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::BaselineWorker(a) => {
+            for (name, p) in [("--fail-rate", a.fail_rate), ("--drop-rate", a.drop_rate)] {
+                anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must be within 0..=1");
+            }
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("binding {}", a.listen))?;
+            run_worker(
+                listener,
+                WorkerBehaviour {
+                    service: Duration::from_millis(a.service_ms),
+                    fail_rate: a.fail_rate,
+                    drop_rate: a.drop_rate,
+                    extra_delay: Duration::from_millis(a.extra_delay_ms),
+                    seed: a.seed,
+                },
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Sweep(a) => sweep(a).await,
+    }
+}
+
+async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let name = match a.sweep {
+        SweepKind::Workers => "workers",
+        SweepKind::Loss => "loss",
+        SweepKind::Delay => "delay",
+        SweepKind::Failure => "failure",
+    };
+    let images_per_run = a.images.unwrap_or(if a.quick { 24 } else { 48 });
+    let imgs = match &a.images_dir {
+        Some(d) => images::from_dir(d)?,
+        None => images::synthetic(8, 480, 360, a.seed)?,
+    };
+    let options = LabOptions {
+        out: a
+            .out
+            .unwrap_or_else(|| PathBuf::from("netem/results").join(name)),
+        quick: a.quick,
+        model: a.model,
+        runs: a.runs.unwrap_or(if a.quick { 2 } else { 5 }).max(1),
+        images: images_per_run.max(1),
+        concurrency: a.concurrency.max(1),
+        service_ms: a.service_ms,
+        capacity: a.capacity.max(1),
+        bins: Bins::locate(a.bin_dir)?,
+        systems: match a.systems {
+            Systems::Both => vec![System::Glimpse, System::Baseline],
+            Systems::Glimpse => vec![System::Glimpse],
+            Systems::Baseline => vec![System::Baseline],
+        },
+        site_extra: a.site_args.into_iter().filter(|s| !s.is_empty()).collect(),
+        request_timeout: Duration::from_secs(a.request_timeout_s.max(1)),
+        baseline_timeout: Duration::from_secs(a.baseline_timeout_s.max(1)),
+        client_attempts: a.client_attempts.max(1),
+        seed: a.seed,
+    };
+    let started = std::time::Instant::now();
+    let outcome = run_sweep(name, &options, imgs).await?;
+    println!("{}", outcome.markdown);
+    println!(
+        "sweep {name}: {} runs in {:.0} s, results in {}",
+        outcome.samples.len(),
+        started.elapsed().as_secs_f64(),
+        options.out.display()
+    );
+    if outcome.lost > 0 || outcome.failed_runs > 0 {
+        anyhow::bail!(
+            "{} image(s) lost and {} run(s) failed: see {}",
+            outcome.lost,
+            outcome.failed_runs,
+            options.out.join("raw.csv").display()
+        );
+    }
+    Ok(())
+}

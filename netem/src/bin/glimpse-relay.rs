@@ -1,0 +1,162 @@
+//! `glimpse-relay`: a userspace UDP impairment relay for one link.
+//!
+//! Unprivileged and portable, it stands in for tc netem where the kernel lacks sch_netem (or
+//! where there is no root). See `glimpse_netem::impair::DirectionConfig::apply_spec` for the
+//! impairment syntax and `glimpse_netem::control` for the control protocol.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use glimpse_netem::control;
+use glimpse_netem::impair::DirectionConfig;
+use glimpse_netem::relay::{RelayConfig, RelayHandle};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "glimpse-relay",
+    version,
+    about = "Userspace UDP impairment relay (delay, jitter, loss, burst loss, reordering, duplication, rate limit, blackhole)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Relay UDP from --listen to --upstream, impairing each direction.
+    Serve(ServeArgs),
+    /// Send one control command to a running relay and print its reply, e.g.
+    /// `glimpse-relay ctl set both loss=10% delay=50ms`.
+    Ctl {
+        /// The relay's control address.
+        #[arg(long, env = "GLIMPSE_RELAY_CONTROL", default_value = "127.0.0.1:7400")]
+        control: SocketAddr,
+        /// The command words (set/reset/show/stats/json/clear/help).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// UDP address clients send to. Default: loopback port 7401.
+    #[arg(long, env = "GLIMPSE_RELAY_LISTEN", default_value = "127.0.0.1:7401")]
+    listen: SocketAddr,
+    /// The UDP server this link leads to (required).
+    #[arg(long, env = "GLIMPSE_RELAY_UPSTREAM")]
+    upstream: SocketAddr,
+    /// Control socket (line protocol, see `glimpse-relay ctl help`); keep it on loopback.
+    /// Default: 127.0.0.1:7400. "off" is not supported: the control port is how runs change.
+    #[arg(long, env = "GLIMPSE_RELAY_CONTROL", default_value = "127.0.0.1:7400")]
+    control: SocketAddr,
+    /// Impairment of both directions, as `key=value ...` (e.g. "delay=50ms jitter=5ms loss=1%").
+    /// Default: none (a perfect link). Applied before --up/--down.
+    #[arg(long, env = "GLIMPSE_RELAY_BOTH", default_value = "")]
+    both: String,
+    /// Impairment of client→upstream only. Default: none.
+    #[arg(long, env = "GLIMPSE_RELAY_UP", default_value = "")]
+    up: String,
+    /// Impairment of upstream→client only. Default: none.
+    #[arg(long, env = "GLIMPSE_RELAY_DOWN", default_value = "")]
+    down: String,
+    /// RNG seed, for reproducible loss patterns. Default: 1.
+    #[arg(long, env = "GLIMPSE_RELAY_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Requested socket buffer size in bytes (capped by net.core.rmem_max). Default 8 MiB,
+    /// so bursts are dropped by the configured impairment rather than by the kernel.
+    #[arg(long, env = "GLIMPSE_RELAY_SOCKET_BUFFER", default_value_t = 8 * 1024 * 1024)]
+    socket_buffer: usize,
+    /// Print the counters every this many seconds (0 = only at exit). Default: 0.
+    #[arg(long, env = "GLIMPSE_RELAY_STATS_INTERVAL_S", default_value_t = 0)]
+    stats_interval_s: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Ctl { control, words } => {
+            let reply = control::send_command(control, &words.join(" "))
+                .await
+                .with_context(|| format!("control connection to {control}"))?;
+            println!("{reply}");
+            if !reply.starts_with("ok") {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut up = DirectionConfig::default();
+    let mut down = DirectionConfig::default();
+    for c in [&mut up, &mut down] {
+        c.apply_spec(&args.both).context("--both")?;
+    }
+    up.apply_spec(&args.up).context("--up")?;
+    down.apply_spec(&args.down).context("--down")?;
+    let mut config = RelayConfig::new(args.listen, args.upstream);
+    config.up = up;
+    config.down = down;
+    config.seed = args.seed;
+    config.socket_buffer = args.socket_buffer;
+    let relay = RelayHandle::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(args.control)
+        .await
+        .with_context(|| format!("binding control socket {}", args.control))?;
+    println!(
+        "relay {} -> {} control {}",
+        relay.local_addr(),
+        args.upstream,
+        listener.local_addr()?
+    );
+    println!("{}", control::execute(&relay, "show"));
+    tokio::spawn(control::serve(listener, relay.clone()));
+    if args.stats_interval_s > 0 {
+        let r = relay.clone();
+        let every = Duration::from_secs(args.stats_interval_s);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                println!("{}", control::execute(&r, "stats"));
+            }
+        });
+    }
+    shutdown_signal().await;
+    println!("{}", control::execute(&relay, "stats"));
+    relay.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

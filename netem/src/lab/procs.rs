@@ -1,0 +1,355 @@
+//! Starting and stopping the processes under test: `glimpse-certs`, `glimpse-node serve`,
+//! the `glimpse` front-end and baseline workers (`glimpse-lab baseline-worker`).
+//!
+//! The lab drives the other crates only through their command lines and public API, so it
+//! measures exactly what an operator would run. Every child is killed when its handle drops,
+//! so a failed or interrupted sweep leaves no stray processes behind.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use super::LabError;
+
+/// Where the binaries live.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub dir: PathBuf,
+}
+
+impl Bins {
+    /// `explicit`, or the directory of the running executable (target/debug or target/release,
+    /// where cargo puts all workspace binaries side by side).
+    pub fn locate(explicit: Option<PathBuf>) -> Result<Bins, LabError> {
+        let dir = match explicit {
+            Some(d) => d,
+            None => std::env::current_exe()
+                .map_err(LabError::Io)?
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| LabError::Setup("executable has no parent directory".into()))?,
+        };
+        Ok(Bins { dir })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Checks that the named binaries exist, with a hint on how to build them.
+    pub fn require(&self, names: &[&str]) -> Result<(), LabError> {
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.path(n).is_file())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::Setup(format!(
+                "missing binaries in {}: {} (build them with `cargo build -p glimpse-node -p glimpse-site -p glimpse-certs -p glimpse-netem`, or pass --bin-dir)",
+                self.dir.display(),
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; the tiny race is acceptable in a lab).
+pub fn free_udp_port() -> Result<u16, LabError> {
+    Ok(UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(LabError::Io)?
+        .port())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_tcp_port() -> Result<u16, LabError> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(LabError::Io)?
+        .port())
+}
+
+/// A child process that is killed when dropped, with its output in a log file.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `program args...`, stdout and stderr appended to `log_dir/name.log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+    ) -> Result<Proc, LabError> {
+        std::fs::create_dir_all(log_dir).map_err(LabError::Io)?;
+        let log = log_dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(LabError::Io)?;
+        let err = out.try_clone().map_err(LabError::Io)?;
+        tracing::debug!(name, program = %program.display(), ?args, "spawn");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env(
+                "RUST_LOG",
+                std::env::var("GLIMPSE_LAB_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| LabError::Setup(format!("starting {}: {e}", program.display())))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// `Some(exit status)` if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL and reap (a crash, as the failure experiments want).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The last `n` lines of the log, for error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Paths written by `glimpse-certs init`.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn node_cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("node-{name}.pem"))
+    }
+    pub fn node_key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("node-{name}.key"))
+    }
+    pub fn frontend_cert(&self) -> PathBuf {
+        self.dir.join("frontend.pem")
+    }
+    pub fn frontend_key(&self) -> PathBuf {
+        self.dir.join("frontend.key")
+    }
+    pub fn https_cert(&self) -> PathBuf {
+        self.dir.join("https.pem")
+    }
+    pub fn https_key(&self) -> PathBuf {
+        self.dir.join("https.key")
+    }
+}
+
+/// Runs `glimpse-certs init` for the given node names (all on 127.0.0.1).
+pub async fn make_certs(bins: &Bins, dir: &Path, nodes: &[String]) -> Result<Certs, LabError> {
+    let mut args = vec![
+        "init".to_string(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--force".into(),
+        "--site-name".into(),
+        "localhost".into(),
+    ];
+    for n in nodes {
+        args.push("--node".into());
+        args.push(format!("{n}=127.0.0.1"));
+    }
+    let out = Command::new(bins.path("glimpse-certs"))
+        .args(&args)
+        .output()
+        .await
+        .map_err(|e| LabError::Setup(format!("running glimpse-certs: {e}")))?;
+    if !out.status.success() {
+        return Err(LabError::Setup(format!(
+            "glimpse-certs {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let certs = Certs {
+        dir: dir.to_path_buf(),
+    };
+    for p in [certs.ca(), certs.frontend_cert(), certs.https_cert()] {
+        if !p.is_file() {
+            return Err(LabError::Setup(format!(
+                "glimpse-certs did not write {}",
+                p.display()
+            )));
+        }
+    }
+    Ok(certs)
+}
+
+/// How one Glimpse node is started.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub model: String,
+    pub service_ms: u64,
+    pub capacity: u32,
+    pub fail_rate: f64,
+    pub stall_rate: f64,
+    pub extra_delay_ms: u64,
+}
+
+impl NodeSpec {
+    pub fn args(&self, certs: &Certs) -> Vec<String> {
+        let mut a = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            self.listen.to_string(),
+            "--cert".into(),
+            certs.node_cert(&self.name).display().to_string(),
+            "--key".into(),
+            certs.node_key(&self.name).display().to_string(),
+            "--ca".into(),
+            certs.ca().display().to_string(),
+            "--node-id".into(),
+            self.name.clone(),
+            "--model".into(),
+            self.model.clone(),
+            "--capacity".into(),
+            self.capacity.to_string(),
+        ];
+        if self.model == "synthetic" {
+            a.extend(["--service-ms".into(), self.service_ms.to_string()]);
+        }
+        if self.fail_rate > 0.0 {
+            a.extend(["--fail-rate".into(), self.fail_rate.to_string()]);
+        }
+        if self.stall_rate > 0.0 {
+            a.extend(["--stall-rate".into(), self.stall_rate.to_string()]);
+        }
+        if self.extra_delay_ms > 0 {
+            a.extend(["--extra-delay-ms".into(), self.extra_delay_ms.to_string()]);
+        }
+        a
+    }
+}
+
+/// Arguments of the `glimpse` front-end for the given `(name, address)` nodes.
+pub fn site_args(
+    certs: &Certs,
+    listen: SocketAddr,
+    nodes: &[(String, SocketAddr)],
+    extra: &[String],
+) -> Vec<String> {
+    let mut a = vec![
+        "--listen".to_string(),
+        listen.to_string(),
+        "--tls-cert".into(),
+        certs.https_cert().display().to_string(),
+        "--tls-key".into(),
+        certs.https_key().display().to_string(),
+        "--ca".into(),
+        certs.ca().display().to_string(),
+        "--cert".into(),
+        certs.frontend_cert().display().to_string(),
+        "--key".into(),
+        certs.frontend_key().display().to_string(),
+    ];
+    for (name, addr) in nodes {
+        a.push("--node".into());
+        a.push(format!("{name}={addr}"));
+    }
+    a.extend(extra.iter().cloned());
+    a
+}
+
+/// Waits until the front-end answers `/readyz` with 200 and lists `min_nodes` ready nodes
+/// in `/api/v1/nodes` (or, if that list cannot be read, until `/readyz` alone is 200).
+pub async fn wait_site_ready(
+    base: &str,
+    min_nodes: usize,
+    timeout: Duration,
+    site: &mut Proc,
+) -> Result<(), LabError> {
+    let client = super::driver::https_client(Duration::from_secs(5))?;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        if let Some(status) = site.exited() {
+            return Err(LabError::Setup(format!(
+                "front-end exited ({status}) during startup:\n{}",
+                site.log_tail(20)
+            )));
+        }
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => match ready_nodes(&client, base).await {
+                Some(n) if n >= min_nodes => return Ok(()),
+                Some(n) => last = format!("{n}/{min_nodes} nodes ready"),
+                None => return Ok(()),
+            },
+            Ok(r) => last = format!("/readyz answered {}", r.status()),
+            Err(e) => last = format!("/readyz: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(LabError::Setup(format!(
+        "front-end not ready within {timeout:?}: {last}\n{}",
+        site.log_tail(20)
+    )))
+}
+
+/// Counts nodes whose `state` is Ready in `/api/v1/nodes` (a list, or an object with a
+/// `nodes` list). `None` when the shape is not recognised.
+async fn ready_nodes(client: &reqwest::Client, base: &str) -> Option<usize> {
+    let v: serde_json::Value = client
+        .get(format!("{base}/api/v1/nodes"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let list = v.as_array().or_else(|| v["nodes"].as_array())?;
+    Some(
+        list.iter()
+            .filter(|n| {
+                n["state"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("ready"))
+            })
+            .count(),
+    )
+}
+
+/// Waits until a TCP port accepts connections (baseline workers).
+pub async fn wait_tcp(addr: SocketAddr, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(LabError::Setup(format!(
+        "{addr} did not accept connections within {timeout:?}"
+    )))
+}

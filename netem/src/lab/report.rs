@@ -1,0 +1,293 @@
+//! Turning samples into a CSV, a Markdown table and PNG + SVG plots.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use super::LabError;
+use super::sweep::{Experiment, Sample, System};
+use crate::stats::{MeanCi, mean_ci};
+
+/// DejaVu Sans, bundled so that PNG plots render the same on a bare CI machine with no fonts
+/// installed (license: netem/assets/DejaVuSans-LICENSE.txt).
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// Aggregate of the runs of one system at one point.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub system: System,
+    pub x: f64,
+    pub label: String,
+    pub runs: usize,
+    pub images_per_s: MeanCi,
+    pub mbit_per_s: MeanCi,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub retries: u64,
+    pub failures: u64,
+    pub lost: u64,
+    pub note: Option<String>,
+}
+
+/// Summaries of one experiment, in point order, for each system.
+pub fn summarize(exp: &Experiment, samples: &[Sample], systems: &[System]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for p in &exp.points {
+        for &sys in systems {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.experiment == exp.id && s.label == p.label && s.system == sys)
+                .collect();
+            let results: Vec<_> = mine.iter().filter_map(|s| s.result.as_ref()).collect();
+            let mean = |f: &dyn Fn(&super::driver::RunResult) -> f64| {
+                mean_ci(&results.iter().map(|r| f(r)).collect::<Vec<_>>())
+            };
+            out.push(Summary {
+                system: sys,
+                x: p.x,
+                label: p.label.clone(),
+                runs: results.len(),
+                images_per_s: mean(&|r| r.images_per_s),
+                mbit_per_s: mean(&|r| r.mbit_per_s),
+                p50_ms: mean(&|r| r.p50_ms).mean,
+                p95_ms: mean(&|r| r.p95_ms).mean,
+                p99_ms: mean(&|r| r.p99_ms).mean,
+                retries: results.iter().map(|r| r.retries).sum(),
+                failures: results.iter().map(|r| r.failures as u64).sum(),
+                lost: results.iter().map(|r| r.lost as u64).sum(),
+                note: mine.iter().find_map(|s| s.note.clone()),
+            });
+        }
+    }
+    out
+}
+
+/// One row per run, every measured field.
+pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
+    let mut s = String::from(
+        "experiment,x,label,system,run,images,answered,lost,failures,retries,elapsed_s,payload_bytes,images_per_s,mbit_per_s,p50_ms,p95_ms,p99_ms,note\n",
+    );
+    for x in samples {
+        let note = x.note.clone().unwrap_or_default().replace([',', '\n'], ";");
+        match &x.result {
+            Some(r) => {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{},{},{},{},{},{:.3},{},{:.3},{:.3},{:.1},{:.1},{:.1},{}",
+                    x.experiment,
+                    x.x,
+                    x.label,
+                    x.system,
+                    x.run,
+                    r.images,
+                    r.answered,
+                    r.lost,
+                    r.failures,
+                    r.retries,
+                    r.elapsed_s,
+                    r.payload_bytes,
+                    r.images_per_s,
+                    r.mbit_per_s,
+                    r.p50_ms,
+                    r.p95_ms,
+                    r.p99_ms,
+                    note
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},,,,,,,,,,,,,{}",
+                    x.experiment, x.x, x.label, x.system, x.run, note
+                );
+            }
+        }
+    }
+    std::fs::write(path, s).map_err(LabError::Io)
+}
+
+/// One row per point and system: mean and 95% CI half-width.
+pub fn write_summary_csv(path: &Path, exp: &Experiment, rows: &[Summary]) -> Result<(), LabError> {
+    let mut s = String::from(
+        "experiment,x,label,system,runs,images_per_s,images_per_s_ci95,mbit_per_s,mbit_per_s_ci95,p50_ms,p95_ms,p99_ms,retries,failures,lost\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{},{},{}",
+            exp.id,
+            r.x,
+            r.label,
+            r.system,
+            r.runs,
+            r.images_per_s.mean,
+            r.images_per_s.ci95,
+            r.mbit_per_s.mean,
+            r.mbit_per_s.ci95,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.retries,
+            r.failures,
+            r.lost
+        );
+    }
+    std::fs::write(path, s).map_err(LabError::Io)
+}
+
+fn cell(r: Option<&Summary>) -> [String; 4] {
+    match r {
+        Some(r) if r.runs > 0 => [
+            format!("{:.1} ± {:.1}", r.images_per_s.mean, r.images_per_s.ci95),
+            format!("{:.2} ± {:.2}", r.mbit_per_s.mean, r.mbit_per_s.ci95),
+            format!("{:.0} / {:.0} / {:.0}", r.p50_ms, r.p95_ms, r.p99_ms),
+            format!("{} / {} / {}", r.retries, r.failures, r.lost),
+        ],
+        Some(r) => {
+            let why = r.note.clone().unwrap_or_else(|| "not run".into());
+            [format!("n/a ({why})"), "".into(), "".into(), "".into()]
+        }
+        None => ["not run".into(), "".into(), "".into(), "".into()],
+    }
+}
+
+/// The Markdown table: Glimpse and baseline side by side.
+pub fn markdown(exp: &Experiment, rows: &[Summary], header_note: &str) -> String {
+    let mut s = format!("### {}\n\n{}\n\n", exp.title, header_note);
+    s.push_str(&format!(
+        "| {} | Glimpse images/s | Glimpse Mbit/s | Glimpse p50/p95/p99 ms | Glimpse retries/failures/lost | Baseline images/s | Baseline Mbit/s | Baseline p50/p95/p99 ms | Baseline retries/failures/lost |\n|---|---|---|---|---|---|---|---|---|\n",
+        exp.x_label
+    ));
+    for p in &exp.points {
+        let g = rows
+            .iter()
+            .find(|r| r.label == p.label && r.system == System::Glimpse);
+        let b = rows
+            .iter()
+            .find(|r| r.label == p.label && r.system == System::Baseline);
+        let [g1, g2, g3, g4] = cell(g);
+        let [b1, b2, b3, b4] = cell(b);
+        s.push_str(&format!(
+            "| {} | {g1} | {g2} | {g3} | {g4} | {b1} | {b2} | {b3} | {b4} |\n",
+            p.label
+        ));
+    }
+    s.push_str(&format!("\n{}\n", exp.method));
+    s
+}
+
+fn register_font() -> Result<(), LabError> {
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+        .map_err(|_| LabError::Report("bundled font could not be parsed".into()))
+}
+
+/// Plots payload Mbit/s (mean ± 95% CI) against the experiment's x for each system, as
+/// `DIR/ID.png` and `DIR/ID.svg`. Returns the two paths.
+pub fn plot(
+    dir: &Path,
+    exp: &Experiment,
+    rows: &[Summary],
+) -> Result<(PathBuf, PathBuf), LabError> {
+    register_font()?;
+    let png = dir.join(format!("{}.png", exp.id));
+    let svg = dir.join(format!("{}.svg", exp.id));
+    draw(
+        BitMapBackend::new(&png, (900, 560)).into_drawing_area(),
+        exp,
+        rows,
+    )?;
+    draw(
+        SVGBackend::new(&svg, (900, 560)).into_drawing_area(),
+        exp,
+        rows,
+    )?;
+    Ok((png, svg))
+}
+
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    exp: &Experiment,
+    rows: &[Summary],
+) -> Result<(), LabError>
+where
+    DB::ErrorType: 'static,
+{
+    let e = |x: &dyn std::fmt::Display| LabError::Report(format!("plotting {}: {x}", exp.id));
+    area.fill(&WHITE).map_err(|x| e(&x))?;
+    let valid: Vec<&Summary> = rows
+        .iter()
+        .filter(|r| r.runs > 0 && r.mbit_per_s.mean.is_finite())
+        .collect();
+    let xmin = exp.points.iter().map(|p| p.x).fold(f64::INFINITY, f64::min);
+    let xmax = exp
+        .points
+        .iter()
+        .map(|p| p.x)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((xmax - xmin) * 0.05).max(0.05);
+    let ymax = valid
+        .iter()
+        .map(|r| r.mbit_per_s.mean + r.mbit_per_s.ci95)
+        .fold(0.0f64, f64::max)
+        .max(0.1)
+        * 1.15;
+    let mut chart = ChartBuilder::on(&area)
+        .caption(&exp.title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d((xmin - pad)..(xmax + pad), 0.0..ymax)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc(exp.x_label.as_str())
+        .y_desc("payload throughput (Mbit/s)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .draw()
+        .map_err(|x| e(&x))?;
+    for (sys, color) in [(System::Glimpse, BLUE), (System::Baseline, RED)] {
+        let pts: Vec<&&Summary> = valid.iter().filter(|r| r.system == sys).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let name = match sys {
+            System::Glimpse => "Glimpse (QUIC, per-image streams)",
+            System::Baseline => "baseline (seed design: TCP, 1 in flight, 5 s resend)",
+        };
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|r| (r.x, r.mbit_per_s.mean)),
+                color.stroke_width(2),
+            ))
+            .map_err(|x| e(&x))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.iter().map(|r| {
+                ErrorBar::new_vertical(
+                    r.x,
+                    (r.mbit_per_s.mean - r.mbit_per_s.ci95).max(0.0),
+                    r.mbit_per_s.mean,
+                    r.mbit_per_s.mean + r.mbit_per_s.ci95,
+                    color.filled(),
+                    10,
+                )
+            }))
+            .map_err(|x| e(&x))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|x| e(&x))?;
+    area.present().map_err(|x| e(&x))?;
+    Ok(())
+}

@@ -1,0 +1,538 @@
+//! The four sweeps and the code that runs one measurement point on either system.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::LabError;
+use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
+use super::driver::{HttpsSubmitter, RunResult, drive};
+use super::procs::{
+    Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
+};
+use crate::impair::DirectionConfig;
+use crate::relay::{Direction, RelayConfig, RelayHandle};
+
+/// Which system a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum System {
+    Glimpse,
+    Baseline,
+}
+
+impl std::fmt::Display for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            System::Glimpse => "glimpse",
+            System::Baseline => "baseline",
+        })
+    }
+}
+
+/// The cluster of one measurement point.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub workers: usize,
+    /// Probability that a worker silently never answers a request (seed "loss").
+    pub stall_rate: f64,
+    /// Probability that a request kills the *first* worker (seed "failure": at most one dies).
+    pub fail_rate_one: f64,
+    /// Each answer held this long (seed "delay").
+    pub extra_delay_ms: u64,
+    /// Impairment of every link, both directions, in relay syntax (e.g. `loss=5%`, `delay=100ms`).
+    pub link: Option<String>,
+    /// Kill one worker (round robin) this often during the run and restart it after `down_for`.
+    pub crash_every: Option<Duration>,
+    pub down_for: Duration,
+}
+
+impl ClusterSpec {
+    pub fn plain(workers: usize) -> ClusterSpec {
+        ClusterSpec {
+            workers,
+            stall_rate: 0.0,
+            fail_rate_one: 0.0,
+            extra_delay_ms: 0,
+            link: None,
+            crash_every: None,
+            down_for: Duration::from_millis(500),
+        }
+    }
+
+    /// The baseline cannot run a point whose links lose TCP segments: that needs the kernel
+    /// (netns + iptables, see netem/scripts). Delay is emulated by a TCP delay proxy.
+    pub fn baseline_supported(&self) -> Result<(), String> {
+        if let Some(link) = &self.link {
+            let mut c = DirectionConfig::default();
+            c.apply_spec(link).map_err(|e| e.to_string())?;
+            let only_delay = DirectionConfig {
+                delay: c.delay,
+                ..DirectionConfig::default()
+            };
+            if c != only_delay {
+                return Err("TCP packet loss cannot be emulated in userspace".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn link_delay(&self) -> Duration {
+        let mut c = DirectionConfig::default();
+        if let Some(l) = &self.link {
+            let _ = c.apply_spec(l);
+        }
+        c.delay
+    }
+}
+
+/// One x-value of an experiment.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub x: f64,
+    pub label: String,
+    pub cluster: ClusterSpec,
+}
+
+/// One table and one plot.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    pub id: String,
+    pub title: String,
+    pub x_label: String,
+    pub points: Vec<Point>,
+    /// Images per run (experiments with multi-second holds use fewer).
+    pub images: usize,
+    /// How the experiment maps onto Glimpse and the baseline, printed under the table.
+    pub method: String,
+}
+
+/// Everything the sweeps need from the command line.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub out: PathBuf,
+    pub quick: bool,
+    pub model: String,
+    pub runs: usize,
+    pub images: usize,
+    pub concurrency: usize,
+    pub service_ms: u64,
+    pub capacity: u32,
+    pub bins: Bins,
+    pub systems: Vec<System>,
+    pub site_extra: Vec<String>,
+    pub request_timeout: Duration,
+    pub baseline_timeout: Duration,
+    pub client_attempts: u32,
+    pub seed: u64,
+}
+
+fn point(x: f64, label: impl Into<String>, cluster: ClusterSpec) -> Point {
+    Point {
+        x,
+        label: label.into(),
+        cluster,
+    }
+}
+
+/// The experiments of a sweep (`workers`, `loss`, `delay`, `failure`).
+pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabError> {
+    let q = o.quick;
+    let n = o.images;
+    let svc = o.service_ms;
+    Ok(match sweep {
+        "workers" => {
+            let counts: Vec<usize> = if q {
+                vec![1, 2, 4, 8]
+            } else {
+                (1..=8).collect()
+            };
+            vec![Experiment {
+                id: "workers".into(),
+                title: "Throughput vs number of workers".into(),
+                x_label: "workers".into(),
+                points: counts
+                    .into_iter()
+                    .map(|w| point(w as f64, w.to_string(), ClusterSpec::plain(w)))
+                    .collect(),
+                images: n,
+                method: format!(
+                    "Each worker serves one image at a time ({svc} ms service time with the synthetic model); no impairment."
+                ),
+            }]
+        }
+        "loss" => {
+            let seed_rates = [0.0, 0.4, 0.8];
+            let pkt: Vec<f64> = if q {
+                vec![0.0, 5.0, 20.0]
+            } else {
+                vec![0.0, 1.0, 5.0, 10.0, 20.0, 40.0, 80.0]
+            };
+            vec![
+                Experiment {
+                    id: "loss-seed".into(),
+                    title: "Throughput vs request/answer loss (seed semantics)".into(),
+                    x_label: "loss probability".into(),
+                    points: seed_rates
+                        .iter()
+                        .map(|&p| {
+                            let mut c = ClusterSpec::plain(3);
+                            c.stall_rate = p;
+                            point(p, format!("{p}"), c)
+                        })
+                        .collect(),
+                    images: (n / 2).max(6),
+                    method: "Each request's answer is lost with probability p (Glimpse: `glimpse-node --stall-rate p`, the node never answers; baseline: the worker drops the answer). Recovery is by timeout and resend: the baseline's fixed 5 s, Glimpse's own attempt deadline.".into(),
+                },
+                Experiment {
+                    id: "loss-packet".into(),
+                    title: "Throughput vs packet loss on every link".into(),
+                    x_label: "packet loss (%)".into(),
+                    points: pkt
+                        .iter()
+                        .map(|&p| {
+                            let mut c = ClusterSpec::plain(3);
+                            if p > 0.0 {
+                                c.link = Some(format!("loss={p}%"));
+                            }
+                            point(p, format!("{p}%"), c)
+                        })
+                        .collect(),
+                    images: (n / 2).max(6),
+                    method: "Random loss in both directions of every front-end↔worker link, applied by one userspace relay per link after the QUIC connections are up. The baseline's TCP links cannot lose packets in userspace, so its column is empty except at 0%; run the namespace testbed (netem/scripts) for kernel-level TCP loss.".into(),
+                },
+            ]
+        }
+        "delay" => {
+            let holds: Vec<u64> = vec![0, 5000, 10_000];
+            let rtts: Vec<u64> = if q {
+                vec![0, 200]
+            } else {
+                vec![0, 50, 200, 1000]
+            };
+            vec![
+                Experiment {
+                    id: "delay-seed".into(),
+                    title: "Throughput vs answer delay (seed semantics)".into(),
+                    x_label: "answer held (s)".into(),
+                    points: holds
+                        .iter()
+                        .map(|&d| {
+                            let mut c = ClusterSpec::plain(3);
+                            c.extra_delay_ms = d;
+                            point(d as f64 / 1000.0, format!("{} s", d / 1000), c)
+                        })
+                        .collect(),
+                    images: if q { 6 } else { 12 },
+                    method: "Each answer is held D seconds by the worker (Glimpse: `glimpse-node --extra-delay-ms`; baseline worker: same flag). The baseline's fixed 5 s timeout fires first for D ≥ 5 s, so it resends and the resent copy occupies the worker again.".into(),
+                },
+                Experiment {
+                    id: "delay-rtt".into(),
+                    title: "Throughput vs link round-trip time".into(),
+                    x_label: "RTT (ms)".into(),
+                    points: rtts
+                        .iter()
+                        .map(|&rtt| {
+                            let mut c = ClusterSpec::plain(3);
+                            if rtt > 0 {
+                                c.link = Some(format!("delay={}ms", rtt / 2));
+                            }
+                            point(rtt as f64, format!("{rtt} ms"), c)
+                        })
+                        .collect(),
+                    images: n,
+                    method: "RTT/2 one-way delay in each direction of every link: UDP relay for Glimpse, TCP delay proxy for the baseline.".into(),
+                },
+            ]
+        }
+        "failure" => {
+            let rates = [0.0, 0.4, 0.8];
+            let cycles: Vec<u64> = if q {
+                vec![0, 1000]
+            } else {
+                vec![0, 2000, 1000, 500]
+            };
+            vec![
+                Experiment {
+                    id: "failure-seed".into(),
+                    title: "Throughput vs worker failure rate (seed semantics)".into(),
+                    x_label: "failure probability".into(),
+                    points: rates
+                        .iter()
+                        .map(|&p| {
+                            let mut c = ClusterSpec::plain(3);
+                            c.fail_rate_one = p;
+                            point(p, format!("{p}"), c)
+                        })
+                        .collect(),
+                    images: n,
+                    method: "Each request to worker 1 kills that worker with probability p (`--fail-rate p` on one worker only, so at most one of three dies, as in the seed); it stays dead for the rest of the run.".into(),
+                },
+                Experiment {
+                    id: "failure-cycles".into(),
+                    title: "Throughput under repeated crash/restart cycles".into(),
+                    x_label: "crash interval (ms, 0 = none)".into(),
+                    points: cycles
+                        .iter()
+                        .map(|&ms| {
+                            let mut c = ClusterSpec::plain(3);
+                            if ms > 0 {
+                                c.crash_every = Some(Duration::from_millis(ms));
+                            }
+                            point(ms as f64, if ms == 0 { "none".into() } else { format!("every {ms} ms") }, c)
+                        })
+                        .collect(),
+                    images: n,
+                    method: "Every interval one worker (round robin) is SIGKILLed and restarted 500 ms later on the same port.".into(),
+                },
+            ]
+        }
+        other => {
+            return Err(LabError::Usage(format!(
+                "unknown sweep {other:?} (workers, loss, delay, failure)"
+            )));
+        }
+    })
+}
+
+/// A raw measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub experiment: String,
+    pub x: f64,
+    pub label: String,
+    pub system: System,
+    pub run: usize,
+    pub result: Option<RunResult>,
+    /// Why there is no result (unsupported point) or why the run failed to set up.
+    pub note: Option<String>,
+}
+
+/// Runs one measurement of `system` at `point`. Everything it starts is stopped before it
+/// returns.
+// One call site; a parameter struct would only rename these eight values.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_point(
+    o: &LabOptions,
+    certs: &Certs,
+    images: Arc<Vec<Bytes>>,
+    exp: &Experiment,
+    p: &Point,
+    system: System,
+    run: usize,
+    on_done: impl Fn() + Send + Sync + 'static,
+) -> Result<RunResult, LabError> {
+    let log_dir = o.out.join("logs").join(format!(
+        "{}-{}-{}-run{}",
+        exp.id,
+        p.label.replace([' ', '%'], ""),
+        system,
+        run
+    ));
+    let seed = o
+        .seed
+        .wrapping_add(run as u64 * 1000)
+        .wrapping_add(p.x.to_bits() % 997);
+    match system {
+        System::Glimpse => run_glimpse(o, certs, images, p, &log_dir, seed, on_done).await,
+        System::Baseline => run_baseline(o, images, p, &log_dir, seed, on_done).await,
+    }
+}
+
+/// Kills one worker (round robin) every `every` and restarts it `down_for` later.
+async fn crash_cycles(
+    procs: Arc<Mutex<Vec<Proc>>>,
+    respawn: Vec<(String, PathBuf, Vec<String>)>,
+    every: Duration,
+    down_for: Duration,
+    log_dir: PathBuf,
+) {
+    let mut k = 0usize;
+    loop {
+        tokio::time::sleep(every).await;
+        let idx = k % respawn.len();
+        k += 1;
+        procs.lock().await[idx].kill().await;
+        tokio::time::sleep(down_for).await;
+        let (name, prog, args) = &respawn[idx];
+        match Proc::spawn(name, prog, args, &log_dir) {
+            Ok(p) => procs.lock().await[idx] = p,
+            Err(e) => tracing::warn!(error = %e, "restart failed"),
+        }
+    }
+}
+
+async fn run_glimpse(
+    o: &LabOptions,
+    certs: &Certs,
+    images: Arc<Vec<Bytes>>,
+    p: &Point,
+    log_dir: &std::path::Path,
+    seed: u64,
+    on_done: impl Fn() + Send + Sync + 'static,
+) -> Result<RunResult, LabError> {
+    let c = &p.cluster;
+    let node_bin = o.bins.path("glimpse-node");
+    let mut procs = Vec::new();
+    let mut respawn = Vec::new();
+    let mut relays = Vec::new();
+    let mut site_nodes = Vec::new();
+    for i in 0..c.workers {
+        let name = format!("n{}", i + 1);
+        let listen: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
+        let spec = NodeSpec {
+            name: name.clone(),
+            listen,
+            model: o.model.clone(),
+            service_ms: o.service_ms,
+            capacity: o.capacity,
+            fail_rate: if i == 0 { c.fail_rate_one } else { 0.0 },
+            stall_rate: c.stall_rate,
+            extra_delay_ms: c.extra_delay_ms,
+        };
+        let args = spec.args(certs);
+        procs.push(Proc::spawn(&name, &node_bin, &args, log_dir)?);
+        respawn.push((name.clone(), node_bin.clone(), args));
+        let addr = if c.link.is_some() {
+            let mut rc = RelayConfig::new(
+                "127.0.0.1:0"
+                    .parse()
+                    .map_err(|e| LabError::Setup(format!("{e}")))?,
+                listen,
+            );
+            rc.seed = seed.wrapping_add(i as u64 * 2);
+            let relay = RelayHandle::start(rc)
+                .await
+                .map_err(|e| LabError::Setup(e.to_string()))?;
+            let a = relay.local_addr();
+            relays.push(relay);
+            a
+        } else {
+            listen
+        };
+        site_nodes.push((name, addr));
+    }
+    let site_port = free_tcp_port()?;
+    let site_listen: SocketAddr = ([127, 0, 0, 1], site_port).into();
+    let mut site = Proc::spawn(
+        "glimpse",
+        &o.bins.path("glimpse"),
+        &site_args(certs, site_listen, &site_nodes, &o.site_extra),
+        log_dir,
+    )?;
+    let base = format!("https://127.0.0.1:{site_port}");
+    wait_site_ready(&base, c.workers, Duration::from_secs(60), &mut site).await?;
+    // Impair the links only once the connections are up: the experiment is about serving
+    // under loss, not about handshakes under loss (quinn's initial PTO makes those minutes).
+    if let Some(link) = &c.link {
+        for r in &relays {
+            r.apply_spec(Direction::Both, link)
+                .map_err(|e| LabError::Setup(e.to_string()))?;
+        }
+    }
+    let procs = Arc::new(Mutex::new(procs));
+    let cycler = c.crash_every.map(|every| {
+        tokio::spawn(crash_cycles(
+            procs.clone(),
+            respawn,
+            every,
+            c.down_for,
+            log_dir.to_path_buf(),
+        ))
+    });
+    let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
+    let result = drive(submitter, images, o.concurrency, o.client_attempts, on_done).await;
+    if let Some(t) = cycler {
+        t.abort();
+    }
+    for r in &relays {
+        tracing::debug!(stats = ?r.stats(), "relay counters");
+        r.shutdown();
+    }
+    drop(site);
+    drop(procs);
+    result
+}
+
+async fn run_baseline(
+    o: &LabOptions,
+    images: Arc<Vec<Bytes>>,
+    p: &Point,
+    log_dir: &std::path::Path,
+    seed: u64,
+    on_done: impl Fn() + Send + Sync + 'static,
+) -> Result<RunResult, LabError> {
+    let c = &p.cluster;
+    c.baseline_supported().map_err(LabError::Unsupported)?;
+    let lab = std::env::current_exe().map_err(LabError::Io)?;
+    let mut procs = Vec::new();
+    let mut respawn = Vec::new();
+    let mut addrs = Vec::new();
+    let mut proxies = Vec::new();
+    for i in 0..c.workers {
+        let name = format!("baseline-w{}", i + 1);
+        let listen: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let mut args = vec![
+            "baseline-worker".to_string(),
+            "--listen".into(),
+            listen.to_string(),
+            "--service-ms".into(),
+            o.service_ms.to_string(),
+            "--seed".into(),
+            seed.wrapping_add(i as u64).to_string(),
+        ];
+        if i == 0 && c.fail_rate_one > 0.0 {
+            args.extend(["--fail-rate".into(), c.fail_rate_one.to_string()]);
+        }
+        if c.stall_rate > 0.0 {
+            args.extend(["--drop-rate".into(), c.stall_rate.to_string()]);
+        }
+        if c.extra_delay_ms > 0 {
+            args.extend(["--extra-delay-ms".into(), c.extra_delay_ms.to_string()]);
+        }
+        procs.push(Proc::spawn(&name, &lab, &args, log_dir)?);
+        respawn.push((name, lab.clone(), args));
+        wait_tcp(listen, Duration::from_secs(20)).await?;
+        let delay = c.link_delay();
+        if delay.is_zero() {
+            addrs.push(listen);
+        } else {
+            let (a, task) = start_tcp_delay_proxy(listen, delay).await?;
+            proxies.push(task);
+            addrs.push(a);
+        }
+    }
+    let procs = Arc::new(Mutex::new(procs));
+    let cycler = c.crash_every.map(|every| {
+        tokio::spawn(crash_cycles(
+            procs.clone(),
+            respawn,
+            every,
+            c.down_for,
+            log_dir.to_path_buf(),
+        ))
+    });
+    let dispatcher = Arc::new(BaselineDispatcher::start(&addrs, o.baseline_timeout));
+    let started = Instant::now();
+    let result = drive(
+        dispatcher,
+        images,
+        o.concurrency,
+        o.client_attempts,
+        on_done,
+    )
+    .await;
+    tracing::debug!(elapsed = ?started.elapsed(), "baseline run done");
+    if let Some(t) = cycler {
+        t.abort();
+    }
+    for t in proxies {
+        t.abort();
+    }
+    drop(procs);
+    result
+}

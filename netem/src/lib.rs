@@ -1,0 +1,16 @@
+//! Glimpse's network lab.
+//!
+//! * [`impair`] — socket-free impairment logic (delay, jitter, random and Gilbert-Elliott loss,
+//!   reordering, duplication, token-bucket rate limit, blackhole), driven by a caller-supplied
+//!   clock so it is unit-testable and reproducible.
+//! * [`relay`] — the userspace UDP impairment relay (one per link) around it, used by the
+//!   `glimpse-relay` binary, by `glimpse-lab` in-process, and by the tests.
+//! * [`control`] — the relay's line-based control protocol on a loopback TCP port.
+//! * [`stats`] — mean, Student-t 95% confidence intervals, percentiles.
+//! * [`lab`] — the sweep runner behind `glimpse-lab`.
+
+pub mod control;
+pub mod impair;
+pub mod lab;
+pub mod relay;
+pub mod stats;

@@ -1,0 +1,494 @@
+//! The tokio layer of the impairment relay: real UDP sockets around [`crate::impair`].
+//!
+//! One relay stands for one link. Clients send to the relay's listen address; for every client
+//! address the relay opens its own upstream socket (like a NAT), so the upstream server's
+//! answers on that socket go back to exactly that client. Each direction has one
+//! [`Impairment`] and one scheduler task that releases packets when their time comes.
+//!
+//! Deliberately no UDP GRO/GSO: each datagram is impaired on its own, which is what per-packet
+//! loss experiments need (quinn's GSO batches would otherwise be lost together, see the
+//! quinn notes). Receive buffers are raised so that bursts are dropped by the impairment
+//! logic and counted, not silently by the kernel.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::impair::{Counters, DirectionConfig, Impairment, SpecError, Verdict};
+
+/// Largest datagram the relay forwards (the UDP maximum).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Errors of the relay's tokio layer.
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("socket setup failed: {0}")]
+    Socket(#[from] io::Error),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("unknown direction {0:?} (expected up, down or both)")]
+    Direction(String),
+}
+
+/// Which way a packet travels: `Up` is client → upstream, `Down` is upstream → client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+    Both,
+}
+
+impl std::str::FromStr for Direction {
+    type Err = RelayError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(Direction::Up),
+            "down" => Ok(Direction::Down),
+            "both" => Ok(Direction::Both),
+            other => Err(RelayError::Direction(other.to_string())),
+        }
+    }
+}
+
+/// Everything a relay needs to start.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where clients send (port 0 = pick a free port; read it back with [`RelayHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// The one server this link leads to.
+    pub upstream: SocketAddr,
+    pub up: DirectionConfig,
+    pub down: DirectionConfig,
+    /// RNG seed; the downstream direction uses `seed + 1` so the two directions are independent.
+    pub seed: u64,
+    /// Requested SO_RCVBUF/SO_SNDBUF in bytes (the kernel may cap it at net.core.rmem_max).
+    pub socket_buffer: usize,
+    /// At most this many client sessions are kept; the least recently active one is evicted.
+    pub max_sessions: usize,
+}
+
+impl RelayConfig {
+    /// A transparent relay (no impairment) with sensible buffers.
+    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> RelayConfig {
+        RelayConfig {
+            listen,
+            upstream,
+            up: DirectionConfig::default(),
+            down: DirectionConfig::default(),
+            seed: 1,
+            socket_buffer: 8 * 1024 * 1024,
+            max_sessions: 256,
+        }
+    }
+}
+
+/// A snapshot of both directions' configuration and counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayStats {
+    pub up: Counters,
+    pub down: Counters,
+    pub sessions: usize,
+}
+
+struct Session {
+    socket: Arc<UdpSocket>,
+    last_seen: Instant,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    up: Mutex<Impairment>,
+    down: Mutex<Impairment>,
+    sessions: Mutex<HashMap<SocketAddr, Session>>,
+}
+
+/// Locks a mutex, recovering from poisoning: the protected state (counters, config) is
+/// always consistent between statements, so a panic elsewhere must not stop the relay.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn dir(&self, d: Direction) -> &Mutex<Impairment> {
+        match d {
+            Direction::Down => &self.down,
+            _ => &self.up,
+        }
+    }
+}
+
+/// Where a scheduled packet goes.
+enum Target {
+    /// Out of a session's upstream socket (connected to the upstream server).
+    Upstream(Arc<UdpSocket>),
+    /// Out of the listen socket, to a client.
+    Client(SocketAddr),
+}
+
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    data: Bytes,
+    target: Target,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// A running relay. Cloneable; the relay stops when [`RelayHandle::shutdown`] is called or the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct RelayHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    local_addr: SocketAddr,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        for (_, s) in lock(&self.shared.sessions).drain() {
+            s.task.abort();
+        }
+    }
+}
+
+fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, RelayError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: an unprivileged process gets at most net.core.rmem_max.
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::warn!(error = %e, "could not raise SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::warn!(error = %e, "could not raise SO_SNDBUF");
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| RelayError::Bind { addr, source })?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+impl RelayHandle {
+    /// Binds the listen socket and starts the relay's tasks on the current tokio runtime.
+    pub async fn start(config: RelayConfig) -> Result<RelayHandle, RelayError> {
+        let listen = Arc::new(udp_socket(config.listen, config.socket_buffer)?);
+        let local_addr = listen.local_addr()?;
+        let shared = Arc::new(Shared {
+            up: Mutex::new(Impairment::new(config.up.clone(), config.seed)),
+            down: Mutex::new(Impairment::new(
+                config.down.clone(),
+                config.seed.wrapping_add(1),
+            )),
+            sessions: Mutex::new(HashMap::new()),
+        });
+        let (up_tx, up_rx) = mpsc::unbounded_channel();
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let upstream = config.upstream;
+        let tasks = vec![
+            tokio::spawn(scheduler(
+                up_rx,
+                listen.clone(),
+                shared.clone(),
+                Direction::Up,
+            )),
+            tokio::spawn(scheduler(
+                down_rx,
+                listen.clone(),
+                shared.clone(),
+                Direction::Down,
+            )),
+            tokio::spawn(listen_loop(listen, shared.clone(), config, up_tx, down_tx)),
+        ];
+        tracing::info!(%local_addr, "relay listening");
+        Ok(RelayHandle {
+            inner: Arc::new(HandleInner {
+                local_addr,
+                upstream,
+                shared,
+                tasks: Mutex::new(tasks),
+            }),
+        })
+    }
+
+    /// The address clients should send to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The server this relay forwards to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.inner.upstream
+    }
+
+    /// Current configuration of one direction (`Both` reads `Up`).
+    pub fn config(&self, dir: Direction) -> DirectionConfig {
+        lock(self.inner.shared.dir(dir)).config().clone()
+    }
+
+    /// Replaces a direction's configuration at run time.
+    pub fn set_config(&self, dir: Direction, config: DirectionConfig) {
+        let s = &self.inner.shared;
+        match dir {
+            Direction::Up => lock(&s.up).set_config(config),
+            Direction::Down => lock(&s.down).set_config(config),
+            Direction::Both => {
+                lock(&s.up).set_config(config.clone());
+                lock(&s.down).set_config(config);
+            }
+        }
+    }
+
+    /// Applies `key=value` settings (see [`DirectionConfig::apply_spec`]) on top of the current
+    /// configuration; on error nothing changes.
+    pub fn apply_spec(&self, dir: Direction, spec: &str) -> Result<(), RelayError> {
+        let dirs: &[Direction] = match dir {
+            Direction::Both => &[Direction::Up, Direction::Down],
+            Direction::Up => &[Direction::Up],
+            Direction::Down => &[Direction::Down],
+        };
+        // Validate against every direction first so that `both` is all-or-nothing.
+        let mut next = Vec::new();
+        for d in dirs {
+            let mut c = self.config(*d);
+            c.apply_spec(spec)?;
+            next.push((*d, c));
+        }
+        for (d, c) in next {
+            self.set_config(d, c);
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        let s = &self.inner.shared;
+        RelayStats {
+            up: lock(&s.up).counters(),
+            down: lock(&s.down).counters(),
+            sessions: lock(&s.sessions).len(),
+        }
+    }
+
+    pub fn reset_counters(&self) {
+        lock(&self.inner.shared.up).reset_counters();
+        lock(&self.inner.shared.down).reset_counters();
+    }
+
+    /// Stops all tasks now (packets still scheduled are discarded).
+    pub fn shutdown(&self) {
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+        for (_, s) in lock(&self.inner.shared.sessions).drain() {
+            s.task.abort();
+        }
+    }
+}
+
+async fn listen_loop(
+    listen: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    config: RelayConfig,
+    up_tx: mpsc::UnboundedSender<Scheduled>,
+    down_tx: mpsc::UnboundedSender<Scheduled>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut seq: u64 = 0;
+    loop {
+        let (n, client) = match listen.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP port-unreachable from a vanished client shows up here on Linux; it
+                // concerns one peer only, so keep serving the others.
+                tracing::debug!(error = %e, "recv on listen socket");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let socket = match session_socket(&shared, &config, client, now, &down_tx) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, %client, "cannot open upstream session");
+                continue;
+            }
+        };
+        let verdict = lock(&shared.up).process(now, n);
+        if let Verdict::Send { at, duplicate_at } = verdict {
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            for t in std::iter::once(at).chain(duplicate_at) {
+                seq += 1;
+                let _ = up_tx.send(Scheduled {
+                    at: t,
+                    seq,
+                    data: data.clone(),
+                    target: Target::Upstream(socket.clone()),
+                });
+            }
+        }
+    }
+}
+
+/// Finds or creates the upstream socket for `client`.
+fn session_socket(
+    shared: &Arc<Shared>,
+    config: &RelayConfig,
+    client: SocketAddr,
+    now: Instant,
+    down_tx: &mpsc::UnboundedSender<Scheduled>,
+) -> Result<Arc<UdpSocket>, RelayError> {
+    let mut sessions = lock(&shared.sessions);
+    if let Some(s) = sessions.get_mut(&client) {
+        s.last_seen = now;
+        return Ok(s.socket.clone());
+    }
+    if sessions.len() >= config.max_sessions.max(1)
+        && let Some(oldest) = sessions
+            .iter()
+            .min_by_key(|(_, s)| s.last_seen)
+            .map(|(a, _)| *a)
+        && let Some(s) = sessions.remove(&oldest)
+    {
+        s.task.abort();
+    }
+    let bind: SocketAddr = if config.upstream.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = udp_socket(bind, config.socket_buffer)?;
+    let std_sock = socket.into_std()?;
+    std_sock.connect(config.upstream)?;
+    let socket = Arc::new(UdpSocket::from_std(std_sock)?);
+    let task = tokio::spawn(upstream_loop(
+        socket.clone(),
+        shared.clone(),
+        client,
+        down_tx.clone(),
+    ));
+    tracing::debug!(%client, "new session");
+    sessions.insert(
+        client,
+        Session {
+            socket: socket.clone(),
+            last_seen: now,
+            task,
+        },
+    );
+    Ok(socket)
+}
+
+/// Receives the upstream server's datagrams for one client and schedules them downstream.
+async fn upstream_loop(
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    down_tx: mpsc::UnboundedSender<Scheduled>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut seq: u64 = 0;
+    loop {
+        let n = match socket.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                // ECONNREFUSED while the upstream server is down (e.g. a crash/restart
+                // experiment): keep the session, the server may come back.
+                tracing::debug!(error = %e, %client, "recv from upstream");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let verdict = lock(&shared.down).process(now, n);
+        if let Verdict::Send { at, duplicate_at } = verdict {
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            for t in std::iter::once(at).chain(duplicate_at) {
+                seq += 1;
+                let _ = down_tx.send(Scheduled {
+                    at: t,
+                    // Interleave with other sessions' packets fairly; ties keep per-session order.
+                    seq,
+                    data: data.clone(),
+                    target: Target::Client(client),
+                });
+            }
+        }
+    }
+}
+
+/// Releases scheduled packets of one direction in time order.
+async fn scheduler(
+    mut rx: mpsc::UnboundedReceiver<Scheduled>,
+    listen: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    dir: Direction,
+) {
+    let mut heap: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
+    // A global sequence for tie-breaking across senders, so equal times stay FIFO.
+    let mut order: u64 = 0;
+    loop {
+        let next_at = heap.peek().map(|Reverse(s)| s.at);
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(mut item) = item else { return };
+                order += 1;
+                item.seq = order;
+                heap.push(Reverse(item));
+            }
+            _ = async {
+                match next_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        let now = Instant::now();
+        while let Some(Reverse(s)) = heap.peek() {
+            if s.at > now {
+                break;
+            }
+            let Some(Reverse(s)) = heap.pop() else { break };
+            let sent = match &s.target {
+                Target::Upstream(sock) => sock.send(&s.data).await,
+                Target::Client(addr) => listen.send_to(&s.data, *addr).await,
+            };
+            match sent {
+                Ok(_) => lock(shared.dir(dir)).record_sent(s.data.len()),
+                Err(e) => tracing::debug!(error = %e, "send failed"),
+            }
+        }
+    }
+}
