@@ -108,11 +108,10 @@ impl NodeHandler {
         self.latency_ms.store(new.to_bits(), Ordering::Relaxed);
     }
 
-    async fn serve(
-        &self,
-        req: InferenceRequest,
-        arrived: Instant,
-    ) -> Result<InferenceAnswer, InferenceError> {
+    /// Decodes (GoogLeNet only), queues for the inference thread and awaits the answer. A
+    /// request whose front-end gives up (attempt timeout, deadline, lost hedge) has its stream
+    /// reset; the transport then drops this future, and the inference thread skips the job.
+    async fn serve(&self, req: InferenceRequest) -> Result<InferenceAnswer, InferenceError> {
         let top_k = usize::try_from(req.top_k)
             .unwrap_or(usize::MAX)
             .clamp(1, 1000);
@@ -173,7 +172,6 @@ impl NodeHandler {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let _ = arrived;
         Ok(InferenceAnswer {
             top: outcome.top,
             timings: Timings {
@@ -228,7 +226,7 @@ impl Handler for NodeHandler {
             return Err(InferenceError::Overloaded);
         }
 
-        let result = self.serve(req, arrived).await;
+        let result = self.serve(req).await;
         match &result {
             Ok(_) => {
                 self.counters.answered.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::{
     Cluster, NodeProc, expected_indices, image, localhost_any_port, wait_in_flight, wait_node_ready,
 };
-use glimpse_transport::{Classified, DispatchError, Dispatcher, Progress};
+use glimpse_transport::{Classified, DispatchError, Dispatcher, NodeState, Progress};
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -236,8 +236,19 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     a.signal(libc::SIGTERM);
     let signalled = Instant::now();
 
-    // New work after the signal goes elsewhere.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once a has announced draining, new work goes elsewhere.
+    let announce_deadline = Instant::now() + Duration::from_secs(30);
+    while !d
+        .nodes()
+        .iter()
+        .any(|n| n.name == "a" && matches!(n.state, NodeState::Draining | NodeState::Down))
+    {
+        assert!(
+            Instant::now() < announce_deadline,
+            "a never announced draining"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let later = classify_all(&d, 500..510).await;
     let later_nodes = check_all_answered(&later);
     assert_eq!(later_nodes.get("b").copied(), Some(10), "{later_nodes:?}");
