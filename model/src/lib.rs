@@ -358,7 +358,7 @@ const NATIVE_EXTENSION: &str = "bpk";
 const METADATA_NAME: &str = "glimpse.weights.name";
 const METADATA_FORMAT: &str = "glimpse.format";
 /// Bumped whenever the folded module layout changes, so stale native copies are rebuilt.
-const NATIVE_FORMAT: &str = "googlenet-folded-v1";
+const NATIVE_FORMAT: &str = "googlenet-folded-v2";
 
 fn load_path(path: &Path, device: &Device) -> Result<(GoogLeNet, WeightsIdentity), ModelError> {
     if path.extension().is_some_and(|e| e == NATIVE_EXTENSION) {
@@ -497,6 +497,16 @@ fn save_native(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_types_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Classifier>();
+        send_sync::<ImageTensor>();
+        send_sync::<Prediction>();
+        send_sync::<ModelError>();
+        send_sync::<ImageError>();
+    }
 
     #[test]
     fn backend_parses_and_prints() {
