@@ -48,7 +48,9 @@ pub struct NodeServerConfig {
     /// During shutdown, how long to wait for in-flight requests before closing anyway.
     /// Default 30 s (a batch of GoogLeNet on a slow machine takes seconds, not minutes).
     pub drain_timeout: Duration,
-    /// QUIC settings. `tuning.max_image_bytes` is raised to `max_image_bytes` if smaller.
+    /// QUIC settings. `tuning.max_image_bytes` is raised to `max_image_bytes` if smaller; when
+    /// `tuning.stateless_reset_key` is unset, one is derived from the node's private key, so it
+    /// persists across restarts.
     pub tuning: TransportTuning,
 }
 
@@ -158,6 +160,16 @@ impl NodeServer {
             return Err(TransportError::Config("capacity must be at least 1".into()));
         }
         config.tuning.max_image_bytes = config.tuning.max_image_bytes.max(config.max_image_bytes);
+        if config.tuning.stateless_reset_key.is_none() {
+            // Derive a reset key that survives restarts but stays secret: HMAC of the node's
+            // private key. A restarted node then resets the front-end's stale connection at
+            // once instead of leaving it to the idle timeout.
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, config.key.secret_der());
+            let tag = ring::hmac::sign(&k, b"glimpse stateless reset key v1");
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&tag.as_ref()[..32]);
+            config.tuning.stateless_reset_key = Some(key);
+        }
         let tls = node_tls_config(
             config.cert_chain.clone(),
             config.key.clone_key(),
