@@ -358,7 +358,7 @@ const NATIVE_EXTENSION: &str = "bpk";
 const METADATA_NAME: &str = "glimpse.weights.name";
 const METADATA_FORMAT: &str = "glimpse.format";
 /// Bumped whenever the folded module layout changes, so stale native copies are rebuilt.
-const NATIVE_FORMAT: &str = "googlenet-folded-v2";
+const NATIVE_FORMAT: &str = "googlenet-folded-v1";
 
 fn load_path(path: &Path, device: &Device) -> Result<(GoogLeNet, WeightsIdentity), ModelError> {
     if path.extension().is_some_and(|e| e == NATIVE_EXTENSION) {

@@ -57,32 +57,6 @@ impl ConvBnRelu {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let (weight, bias) = super::weights::fold_batch_norm(source, prefix, spec)?;
-        Ok(Self::from_folded(weight, bias, spec, device))
-    }
-
-    /// Builds one convolution out of several folded `BasicConv2d`s that read the same input
-    /// with the same kernel, stride and padding: their output channels, concatenated in order.
-    pub(crate) fn load_merged(
-        source: &mut dyn TensorSource,
-        parts: &[(String, ConvSpec)],
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let Some((_, first)) = parts.first() else {
-            return Err(ModelError::Internal("nothing to merge".into()));
-        };
-        let mut merged = *first;
-        merged.out_channels = 0;
-        let (mut weight, mut bias) = (Vec::new(), Vec::new());
-        for (prefix, spec) in parts {
-            let (w, b) = super::weights::fold_batch_norm(source, prefix, *spec)?;
-            weight.extend(w);
-            bias.extend(b);
-            merged.out_channels += spec.out_channels;
-        }
-        Ok(Self::from_folded(weight, bias, merged, device))
-    }
-
-    fn from_folded(weight: Vec<f32>, bias: Vec<f32>, spec: ConvSpec, device: &Device) -> Self {
         let p = spec.padding;
         let mut conv = Conv2dConfig::new([spec.in_channels, spec.out_channels], [spec.kernel; 2])
             .with_stride([spec.stride; 2])
@@ -101,17 +75,7 @@ impl ConvBnRelu {
             TensorData::new(bias, [spec.out_channels]),
             device,
         )));
-        ConvBnRelu { conv }
-    }
-
-    /// Input channels of the convolution.
-    pub(crate) fn in_channels(&self) -> usize {
-        self.conv.weight.val().dims()[1]
-    }
-
-    /// Output channels of the convolution.
-    pub(crate) fn out_channels(&self) -> usize {
-        self.conv.weight.val().dims()[0]
+        Ok(ConvBnRelu { conv })
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
