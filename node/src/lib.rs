@@ -208,7 +208,7 @@ async fn supervise(
         // The shutdown future was dropped unfinished: the server stopped on its own.
         return flatten(run.await);
     }
-    tracing::info!(timeout = ?drain_timeout, "draining: finishing in-flight work");
+    tracing::debug!(backstop = ?drain_timeout, "shutdown started; waiting for the transport to drain");
     match tokio::time::timeout(drain_timeout, &mut run).await {
         Ok(r) => flatten(r),
         Err(_) => {

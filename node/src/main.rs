@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     match cli.command {
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("glimpse-node: error: {e:#}");
+                eprintln!("glimpse-node: error: {}", one_line_report(&e));
                 ExitCode::FAILURE
             }
         },
@@ -81,4 +82,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("drained; exiting");
         Ok(())
     })
+}
+
+/// The error and its causes on one line, skipping causes whose text an outer message already
+/// includes (error types that embed their source would otherwise print it twice).
+fn one_line_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }

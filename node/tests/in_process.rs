@@ -150,3 +150,52 @@ async fn googlenet_node_decodes_classifies_and_rejects_bad_images() {
         .expect("drained in time")
         .expect("clean drain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_beyond_capacity_answers_overloaded() {
+    // QUIC credit caps each connection at `capacity` streams; a second front-end can still
+    // exceed the node's total, and the node must refuse rather than queue without bound.
+    let cluster = Cluster::new();
+    let (trigger, shutdown) = shutdown_channel();
+    let mut config = node_config(
+        &cluster,
+        "solo",
+        ModelSpec::Synthetic {
+            service: Duration::from_millis(1500),
+        },
+    );
+    config.capacity = 1;
+    let node = start_node(config, shutdown.wait()).await.expect("start");
+    let d1 = cluster.dispatcher(&[("solo", node.addr())]);
+    let d2 = cluster.dispatcher(&[("solo", node.addr())]);
+    assert!(d1.wait_ready(1, Duration::from_secs(60)).await);
+    assert!(d2.wait_ready(1, Duration::from_secs(60)).await);
+
+    let busy = {
+        let d1 = d1.clone();
+        tokio::spawn(async move { d1.classify(image(1), 5, |_| {}).await })
+    };
+    // Wait until the node holds the first image, then offer a second through d2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while d1.nodes().iter().all(|n| n.in_flight == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first image never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = d2.classify(image(2), 5, |_| {}).await;
+    assert!(
+        node.stats().overloaded >= 1,
+        "{:?} / {second:?}",
+        node.stats()
+    );
+    let first = busy.await.expect("task").expect("first image answered");
+    assert_eq!(first.node, "solo");
+    trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(60), node.wait())
+        .await
+        .expect("drained in time")
+        .expect("clean drain");
+}
