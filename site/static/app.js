@@ -225,7 +225,7 @@ function renderNodes(data) {
   const list = $("nodes");
   list.replaceChildren();
   if (!data.nodes.length) list.append(el("p", "muted", "No nodes configured."));
-  const warnings = [];
+  const synthetic = [], untrained = [];
   for (const n of data.nodes) {
     const box = el("div", `node node-${n.state}`);
     const head = el("div", "node-head");
@@ -236,21 +236,32 @@ function renderNodes(data) {
       d.append(el("dt", null, k), el("dd", null, String(v)));
       stats.append(d);
     }
-    const model = el("p", "node-model");
-    model.textContent = n.model ? `${n.model} · ${n.weights || "?"} · ${n.backend || "?"}` : "model not reported yet";
-    box.append(head, stats, model);
+    box.append(head, stats);
+    if (n.model) {
+      const model = el("p", "node-model");
+      model.append(el("b", null, "model "), `${n.model} · ${n.backend || "?"}`);
+      const weights = el("p", "node-model");
+      weights.append(el("b", null, "weights "), n.weights || "?");
+      box.append(model, weights);
+    } else {
+      box.append(el("p", "node-model", "model not reported yet"));
+    }
     if (n.synthetic) {
       box.append(el("p", "node-warn", "SYNTHETIC MODEL — answers are fake"));
-      warnings.push(`${n.name} runs a synthetic model: its labels are made up (load testing only).`);
+      synthetic.push(n.name);
     } else if (n.trained === false) {
       box.append(el("p", "node-warn", "UNTRAINED WEIGHTS — labels are meaningless"));
-      warnings.push(`${n.name} uses untrained weights (${n.weights || "random"}): its labels are meaningless.`);
+      untrained.push(n.name);
     }
     list.append(box);
   }
+  const warnings = [];
+  const names = (a) => a.length === 1 ? `${a[0]} runs` : `${a.join(", ")} run`;
+  if (synthetic.length) warnings.push(`${names(synthetic)} a synthetic model: labels are made up (for load tests only).`);
+  if (untrained.length) warnings.push(`${names(untrained)} untrained (random) weights: labels are meaningless.`);
   const w = $("warning");
   if (warnings.length) {
-    w.replaceChildren(el("strong", null, "⚠ Results are not real predictions. "), el("span", null, warnings.join(" ")));
+    w.replaceChildren(el("strong", null, "⚠ These are not real predictions. "), el("span", null, warnings.join(" ")));
     w.hidden = false;
   } else {
     w.hidden = true;

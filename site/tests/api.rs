@@ -391,3 +391,58 @@ async fn the_page_is_served_with_a_strict_csp() {
     assert!(!js.contains("innerHTML"), "user data is never written as HTML");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_node_readyz_is_503_and_uploads_fail_fast() {
+    // A remote node that does not exist, with real certificate files.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = glimpse_certs::ClusterCa::generate("test ca").unwrap();
+    let client = ca.issue_client("glimpse-frontend").unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let ca_path = write("ca.pem", &ca.cert_pem());
+    let cert_path = write("frontend.pem", &client.cert_pem);
+    let key_path = write("frontend.key", &client.key_pem);
+    // Port 9 on loopback: nothing listens there, so the node never becomes ready.
+    let h = Harness::start(&[
+        "--node",
+        "ghost=127.0.0.1:9",
+        "--ca",
+        &ca_path,
+        "--cert",
+        &cert_path,
+        "--key",
+        &key_path,
+        "--request-timeout-s",
+        "2",
+    ])
+    .await;
+    let (status, body) = h.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].is_string());
+    let (status, _) = h.get_json("/v2/health/ready").await;
+    assert_eq!(status, 503);
+    let (status, _) = h.get_json("/healthz").await;
+    assert_eq!(status, 200, "the process itself is up");
+
+    let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send(),
+    )
+    .await
+    .expect("answers within the deadline, no hang")
+    .unwrap();
+    let status = r.status().as_u16();
+    assert!(status == 503 || status == 504, "got {status}");
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(body["results"][0]["status"], "error");
+    let (_, nodes) = h.get_json("/api/v1/nodes").await;
+    assert_eq!(nodes["ready"], false);
+    assert_ne!(nodes["nodes"][0]["state"], "ready");
+    h.stop().await;
+}
