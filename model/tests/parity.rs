@@ -221,3 +221,22 @@ fn exif_orientation_is_applied() {
     // Stored 900x260 with EXIF orientation 6 (rotate 90° clockwise to display).
     assert_eq!(img.dimensions(), (260, 900));
 }
+
+#[test]
+fn auto_starts_from_the_native_copy_without_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from_pth = Classifier::load(&fixture_weights(), Backend::Flex).expect("load .pth");
+    // What a first `auto` start leaves in the cache: the folded network in Burn's format.
+    let native = dir.path().join("googlenet-1378be20.folded.bpk");
+    from_pth.save_native(&native).expect("save native");
+    let options = LoadOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        url: "http://127.0.0.1:9/unreachable".to_string(),
+        download: false,
+        progress: false,
+    };
+    let auto = Classifier::load_with(&WeightsSource::Auto, Backend::Flex, &options)
+        .expect("auto must use the native copy, not the network");
+    assert_eq!(auto.identity().name, "googlenet-1378be20");
+    assert!(auto.identity().trained);
+}
