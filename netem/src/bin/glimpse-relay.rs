@@ -38,6 +38,33 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
+    /// A UDP echo server, for checking a link end to end (see `probe`).
+    Echo {
+        /// Address to answer on. Default: 127.0.0.1:7402.
+        #[arg(
+            long,
+            env = "GLIMPSE_RELAY_ECHO_LISTEN",
+            default_value = "127.0.0.1:7402"
+        )]
+        listen: SocketAddr,
+    },
+    /// Sends numbered datagrams to an echo server one at a time and prints
+    /// `sent=N received=M loss=F median_rtt_ms=X` (a ping for hosts without ping).
+    Probe {
+        /// The echo server. Default: 127.0.0.1:7402.
+        #[arg(
+            long,
+            env = "GLIMPSE_RELAY_PROBE_TARGET",
+            default_value = "127.0.0.1:7402"
+        )]
+        target: SocketAddr,
+        /// Datagrams to send. Default: 50.
+        #[arg(long, env = "GLIMPSE_RELAY_PROBE_COUNT", default_value_t = 50)]
+        count: u64,
+        /// How long to wait for each echo, ms. Default: 2000.
+        #[arg(long, env = "GLIMPSE_RELAY_PROBE_TIMEOUT_MS", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +122,27 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Echo { listen } => {
+            let sock = tokio::net::UdpSocket::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("echo on {}", sock.local_addr()?);
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                    let _ = sock.send_to(&buf[..n], peer).await;
+                }
+            }
+        }
+        Command::Probe {
+            target,
+            count,
+            timeout_ms,
+        } => {
+            let r = probe(target, count, Duration::from_millis(timeout_ms)).await?;
+            println!("{r}");
+            Ok(())
+        }
     }
 }
 
@@ -137,6 +185,45 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("{}", control::execute(&relay, "stats"));
     relay.shutdown();
     Ok(())
+}
+
+/// Sequential UDP pings; returns the summary line.
+async fn probe(target: SocketAddr, count: u64, timeout: Duration) -> anyhow::Result<String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await?;
+    sock.connect(target).await?;
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for seq in 0..count {
+        let t0 = std::time::Instant::now();
+        // Send errors (e.g. ICMP unreachable reported on a connected socket) count as loss.
+        if sock.send(&seq.to_be_bytes()).await.is_err() {
+            continue;
+        }
+        let deadline = t0 + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match tokio::time::timeout(left, sock.recv(&mut buf)).await {
+                Ok(Ok(8)) if buf[..8] == seq.to_be_bytes() => {
+                    rtts.push(t0.elapsed().as_secs_f64() * 1e3);
+                    break;
+                }
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+    rtts.sort_by(f64::total_cmp);
+    let median = rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(format!(
+        "sent={count} received={} loss={:.4} median_rtt_ms={median:.2}",
+        rtts.len(),
+        1.0 - rtts.len() as f64 / count.max(1) as f64
+    ))
 }
 
 async fn shutdown_signal() {

@@ -38,8 +38,12 @@ impl std::fmt::Display for System {
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub workers: usize,
-    /// Probability that a worker silently never answers a request (seed "loss").
-    pub stall_rate: f64,
+    /// Seed "loss": probability that a request/answer exchange is lost. Baseline: each answer
+    /// is dropped by the worker with this probability. Glimpse: every link is blackholed (both
+    /// directions) for each `loss_slot` with this probability, long enough that the
+    /// front-end's attempt timeout, not QUIC's retransmission, recovers the image.
+    pub exchange_loss: f64,
+    pub loss_slot: Duration,
     /// Probability that a request kills the *first* worker (seed "failure": at most one dies).
     pub fail_rate_one: f64,
     /// Each answer held this long (seed "delay").
@@ -55,7 +59,8 @@ impl ClusterSpec {
     pub fn plain(workers: usize) -> ClusterSpec {
         ClusterSpec {
             workers,
-            stall_rate: 0.0,
+            exchange_loss: 0.0,
+            loss_slot: Duration::from_secs(1),
             fail_rate_one: 0.0,
             extra_delay_ms: 0,
             link: None,
@@ -181,12 +186,12 @@ pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabEr
                         .iter()
                         .map(|&p| {
                             let mut c = ClusterSpec::plain(3);
-                            c.stall_rate = p;
+                            c.exchange_loss = p;
                             point(p, format!("{p}"), c)
                         })
                         .collect(),
                     images: (n / 2).max(6),
-                    method: "Each request's answer is lost with probability p (Glimpse: `glimpse-node --stall-rate p`, the node never answers; baseline: the worker drops the answer). Recovery is by timeout and resend: the baseline's fixed 5 s, Glimpse's own attempt deadline.".into(),
+                    method: "A whole exchange is lost with probability p. Baseline: the worker drops each answer with probability p (the seed's semantics exactly). Glimpse: `glimpse-node --stall-rate` is sticky (a stalled node never answers again), so instead each link's relay blackholes both directions for each 1 s slot with probability p; requests caught in a dark slot are recovered by the front-end's attempt timeout and a resend to another node. Recovery is by timeout and resend in both: the baseline's fixed 5 s, Glimpse's adaptive attempt timeout.".into(),
                 },
                 Experiment {
                     id: "loss-packet".into(),
@@ -366,6 +371,27 @@ async fn crash_cycles(
     }
 }
 
+/// Seed-semantics loss for Glimpse: each `slot`, each link goes dark (both directions) with
+/// probability `p`, independently.
+async fn flap_links(relays: Vec<RelayHandle>, p: f64, slot: Duration, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    loop {
+        for r in &relays {
+            let dark = rng.random_bool(p.clamp(0.0, 1.0));
+            let spec = if dark {
+                "blackhole=on"
+            } else {
+                "blackhole=off"
+            };
+            if let Err(e) = r.apply_spec(Direction::Both, spec) {
+                tracing::warn!(error = %e, "flap");
+            }
+        }
+        tokio::time::sleep(slot).await;
+    }
+}
+
 async fn run_glimpse(
     o: &LabOptions,
     certs: &Certs,
@@ -391,13 +417,13 @@ async fn run_glimpse(
             service_ms: o.service_ms,
             capacity: o.capacity,
             fail_rate: if i == 0 { c.fail_rate_one } else { 0.0 },
-            stall_rate: c.stall_rate,
+            stall_rate: 0.0,
             extra_delay_ms: c.extra_delay_ms,
         };
         let args = spec.args(certs);
         procs.push(Proc::spawn(&name, &node_bin, &args, log_dir)?);
         respawn.push((name.clone(), node_bin.clone(), args));
-        let addr = if c.link.is_some() {
+        let addr = if c.link.is_some() || c.exchange_loss > 0.0 {
             let mut rc = RelayConfig::new(
                 "127.0.0.1:0"
                     .parse()
@@ -434,6 +460,14 @@ async fn run_glimpse(
                 .map_err(|e| LabError::Setup(e.to_string()))?;
         }
     }
+    let flapper = (c.exchange_loss > 0.0).then(|| {
+        tokio::spawn(flap_links(
+            relays.clone(),
+            c.exchange_loss,
+            c.loss_slot,
+            seed,
+        ))
+    });
     let procs = Arc::new(Mutex::new(procs));
     let cycler = c.crash_every.map(|every| {
         tokio::spawn(crash_cycles(
@@ -447,6 +481,9 @@ async fn run_glimpse(
     let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
     let result = drive(submitter, images, o.concurrency, o.client_attempts, on_done).await;
     if let Some(t) = cycler {
+        t.abort();
+    }
+    if let Some(t) = flapper {
         t.abort();
     }
     for r in &relays {
@@ -488,8 +525,8 @@ async fn run_baseline(
         if i == 0 && c.fail_rate_one > 0.0 {
             args.extend(["--fail-rate".into(), c.fail_rate_one.to_string()]);
         }
-        if c.stall_rate > 0.0 {
-            args.extend(["--drop-rate".into(), c.stall_rate.to_string()]);
+        if c.exchange_loss > 0.0 {
+            args.extend(["--drop-rate".into(), c.exchange_loss.to_string()]);
         }
         if c.extra_delay_ms > 0 {
             args.extend(["--extra-delay-ms".into(), c.extra_delay_ms.to_string()]);
