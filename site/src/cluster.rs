@@ -4,7 +4,6 @@
 //! end in the same `Dispatcher::start`, so local runs exercise exactly what production
 //! runs: mutual TLS, QUIC streams, retries and failover.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -355,12 +354,11 @@ async fn local(
     })
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+/// Completes when the workers' stop flag flips to true (or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

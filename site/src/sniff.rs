@@ -78,7 +78,11 @@ mod tests {
         );
         assert_eq!(sniff(b"GIF89a......"), Some(ImageKind::Gif));
         assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some(ImageKind::Webp));
-        assert_eq!(sniff(b"II*\0\x08\0\0\0"), None, "TIFF is not decoded by the model");
+        assert_eq!(
+            sniff(b"II*\0\x08\0\0\0"),
+            None,
+            "TIFF is not decoded by the model"
+        );
     }
 
     #[test]

@@ -24,7 +24,13 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
     let form = reqwest::multipart::Form::new()
         .part("file", part(jpeg(1), "a.jpg", "image/jpeg"))
         .part("file", part(png(2), "b.png", "image/png"));
-    let r = h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let results = body["results"].as_array().expect("results array");
@@ -34,36 +40,77 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
     for res in results {
         assert_eq!(res["status"], "ok", "{res}");
         assert_eq!(top_len(res), 5, "{res}");
-        assert!(res["node"].as_str().is_some_and(|n| n.starts_with("local-")), "{res}");
+        assert!(
+            res["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("local-")),
+            "{res}"
+        );
         assert!(res["attempts"].as_u64().unwrap_or(0) >= 1);
         assert!(res["latency_ms"].as_f64().is_some());
         let p0 = res["top"][0]["probability"].as_f64().unwrap();
         let p4 = res["top"][4]["probability"].as_f64().unwrap();
         assert!(p0 >= p4, "labels are sorted best first: {res}");
-        assert!(res["top"][0]["label"].as_str().is_some_and(|l| !l.is_empty()));
-        assert!(res.get("error").is_none(), "no error field on success: {res}");
+        assert!(
+            res["top"][0]["label"]
+                .as_str()
+                .is_some_and(|l| !l.is_empty())
+        );
+        assert!(
+            res.get("error").is_none(),
+            "no error field on success: {res}"
+        );
     }
 
     let (status, ready) = h.get_json("/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(ready["ready"], true);
 
-    let text = h.client.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, "glimpse_images_total{outcome=\"ok\"}"), Some(2.0), "{text}");
-    assert_eq!(metric(&text, "glimpse_image_latency_seconds_count"), Some(2.0));
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "glimpse_images_total{outcome=\"ok\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "glimpse_image_latency_seconds_count"),
+        Some(2.0)
+    );
     let uploaded = metric(&text, "glimpse_uploaded_bytes_total").unwrap_or(0.0);
     assert_eq!(uploaded as usize, jpeg(1).len() + png(2).len());
-    assert!(text.contains("glimpse_node_in_flight{node=\"local-1\"}"), "{text}");
-    assert!(text.contains("glimpse_node_served_total{node=\"local-2\"}"), "{text}");
+    assert!(
+        text.contains("glimpse_node_in_flight{node=\"local-1\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("glimpse_node_served_total{node=\"local-2\"}"),
+        "{text}"
+    );
     assert!(text.contains("glimpse_retries_total"));
     assert!(text.contains("glimpse_hedges_total"));
-    assert!(metric(&text, "glimpse_dispatch_attempts_total").unwrap_or(0.0) >= 2.0, "{text}");
+    assert!(
+        metric(&text, "glimpse_dispatch_attempts_total").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
 
     let (status, nodes) = h.get_json("/api/v1/nodes").await;
     assert_eq!(status, 200);
     let nodes = nodes["nodes"].as_array().unwrap().clone();
     assert_eq!(nodes.len(), 2);
-    assert!(nodes.iter().all(|n| n["state"] == "ready" && n["synthetic"] == true), "{nodes:?}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["state"] == "ready" && n["synthetic"] == true),
+        "{nodes:?}"
+    );
     h.stop().await;
 }
 
@@ -76,8 +123,14 @@ async fn hundred_concurrent_uploads_all_get_results() {
         let url = h.url("/api/v1/classify?wait=true");
         let img = png((i % 250) as u8);
         tasks.push(tokio::spawn(async move {
-            let form = reqwest::multipart::Form::new().part("file", part(img, &format!("img-{i}.png"), "image/png"));
-            let r = client.post(url).multipart(form).send().await.expect("request");
+            let form = reqwest::multipart::Form::new()
+                .part("file", part(img, &format!("img-{i}.png"), "image/png"));
+            let r = client
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .expect("request");
             let status = r.status().as_u16();
             (status, r.json::<Value>().await.expect("json"))
         }));
@@ -93,8 +146,19 @@ async fn hundred_concurrent_uploads_all_get_results() {
         ok += 1;
     }
     assert_eq!(ok, 100);
-    let text = h.client.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, "glimpse_images_total{outcome=\"ok\"}"), Some(100.0));
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "glimpse_images_total{outcome=\"ok\"}"),
+        Some(100.0)
+    );
     h.stop().await;
 }
 
@@ -103,8 +167,15 @@ async fn full_queue_answers_503_with_retry_after_not_a_hang() {
     // Slow images (3 s each) and room for two: the third request must be refused at once.
     let h = Harness::ready(2, 3000, &["--max-queued", "2", "--retry-after-s", "3"]).await;
     for i in 0..2u8 {
-        let form = reqwest::multipart::Form::new().part("file", part(png(i), "slow.png", "image/png"));
-        let r = h.client.post(h.url("/api/v1/classify")).multipart(form).send().await.unwrap();
+        let form =
+            reqwest::multipart::Form::new().part("file", part(png(i), "slow.png", "image/png"));
+        let r = h
+            .client
+            .post(h.url("/api/v1/classify"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 202, "request {i} fits in the queue");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["jobs"][0]["status"], "queued");
@@ -112,36 +183,75 @@ async fn full_queue_answers_503_with_retry_after_not_a_hang() {
     let form = reqwest::multipart::Form::new().part("file", part(png(9), "third.png", "image/png"));
     let r = tokio::time::timeout(
         Duration::from_secs(20),
-        h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send(),
+        h.client
+            .post(h.url("/api/v1/classify?wait=true"))
+            .multipart(form)
+            .send(),
     )
     .await
     .expect("a full queue answers, it does not block")
     .unwrap();
     assert_eq!(r.status(), 503);
-    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("3"));
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("3")
+    );
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("queue")), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("queue")),
+        "{body}"
+    );
 
-    let text = h.client.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, "glimpse_requests_rejected_total{reason=\"queue_full\"}"), Some(1.0), "{text}");
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "glimpse_requests_rejected_total{reason=\"queue_full\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(metric(&text, "glimpse_queued_images"), Some(2.0), "{text}");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_uploads_get_413() {
-    let h = Harness::ready(1, 1, &["--max-file-bytes", "20000", "--max-request-bytes", "60000"]).await;
+    let h = Harness::ready(
+        1,
+        1,
+        &["--max-file-bytes", "20000", "--max-request-bytes", "60000"],
+    )
+    .await;
     let big = {
         let mut v = png(1);
         v.resize(50_000, 0);
         v
     };
     // One file over the per-file limit, in a multipart body under the request limit.
-    let form = reqwest::multipart::Form::new().part("file", part(big.clone(), "big.png", "image/png"));
-    let r = h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send().await.unwrap();
+    let form =
+        reqwest::multipart::Form::new().part("file", part(big.clone(), "big.png", "image/png"));
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("20000")), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("20000")),
+        "{body}"
+    );
 
     // A raw body whose Content-Length is over the limit is refused before it is read.
     let r = h
@@ -156,7 +266,8 @@ async fn oversize_uploads_get_413() {
 
     // A streamed body (no Content-Length) far over the request limit: reading stops at the
     // limit and the answer is still 413, not a hang or a buffer of the whole thing.
-    let chunks = futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 16 * 1024])));
+    let chunks =
+        futures_util::stream::iter((0..64).map(|_| Ok::<_, std::io::Error>(vec![0u8; 16 * 1024])));
     let r = h
         .client
         .post(h.url("/api/v1/classify"))
@@ -177,9 +288,22 @@ async fn a_non_image_fails_alone_and_the_other_files_are_classified() {
     let h = Harness::ready(2, 1, &[]).await;
     let form = reqwest::multipart::Form::new()
         .part("file", part(png(3), "cat.png", "image/png"))
-        .part("file", part(b"just some text, not a picture".to_vec(), "notes.png", "image/png"))
+        .part(
+            "file",
+            part(
+                b"just some text, not a picture".to_vec(),
+                "notes.png",
+                "image/png",
+            ),
+        )
         .part("file", part(jpeg(4), "dog.jpg", "image/jpeg"));
-    let r = h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let results = body["results"].as_array().unwrap();
@@ -190,11 +314,25 @@ async fn a_non_image_fails_alone_and_the_other_files_are_classified() {
     assert_eq!(results[1]["status"], "error");
     assert_eq!(results[1]["code"], 415);
     assert_eq!(results[1]["name"], "notes.png");
-    assert!(results[1]["error"].as_str().is_some_and(|e| e.contains("not a supported image")), "{body}");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not a supported image")),
+        "{body}"
+    );
 
     // Alone, the non-image makes the whole request 415, still with its result.
-    let form = reqwest::multipart::Form::new().part("file", part(b"%PDF-1.7".to_vec(), "doc.pdf", "application/pdf"));
-    let r = h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send().await.unwrap();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        part(b"%PDF-1.7".to_vec(), "doc.pdf", "application/pdf"),
+    );
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     let body: Value = r.json().await.unwrap();
     assert!(body["error"].is_string());
@@ -254,14 +392,23 @@ async fn kserve_v2_infer_round_trip() {
         "id": "req-7",
         "inputs": [{ "name": "image", "shape": [2], "datatype": "BYTES", "data": [b64(png(1)), b64(jpeg(2))] }]
     });
-    let r = h.client.post(h.url("/v2/models/googlenet/infer")).json(&req).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["model_name"], "googlenet");
     assert_eq!(body["id"], "req-7");
     let outputs = body["outputs"].as_array().unwrap();
     let labels = outputs.iter().find(|o| o["name"] == "labels").unwrap();
-    let probs = outputs.iter().find(|o| o["name"] == "probabilities").unwrap();
+    let probs = outputs
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap();
     assert_eq!(labels["shape"], json!([2, 5]));
     assert_eq!(labels["datatype"], "BYTES");
     assert_eq!(labels["data"].as_array().unwrap().len(), 10);
@@ -287,19 +434,45 @@ async fn kserve_v2_infer_round_trip() {
         "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(3))] }],
         "outputs": [{ "name": "labels", "parameters": { "classification": 3 } }]
     });
-    let body: Value = h.client.post(h.url("/v2/models/googlenet/infer")).json(&req).send().await.unwrap().json().await.unwrap();
+    let body: Value = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(body["outputs"][0]["shape"], json!([1, 3]));
 
     // Errors are JSON with a fitting status.
     let bad = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": ["%%%"] }] });
-    let r = h.client.post(h.url("/v2/models/googlenet/infer")).json(&bad).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let not_image = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"hello".to_vec())] }] });
-    let r = h.client.post(h.url("/v2/models/googlenet/infer")).json(&not_image).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&not_image)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("image[0]")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("image[0]")),
+        "{body}"
+    );
     h.stop().await;
 }
 
@@ -331,7 +504,13 @@ async fn sse_delivers_job_updates_and_jobs_can_be_polled() {
     assert_eq!(hello.ok(), Some(true), "got {text:?}");
 
     let form = reqwest::multipart::Form::new().part("file", part(png(7), "live.png", "image/png"));
-    let r = h.client.post(h.url("/api/v1/classify")).multipart(form).send().await.unwrap();
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let body: Value = r.json().await.unwrap();
     let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
@@ -343,7 +522,10 @@ async fn sse_delivers_job_updates_and_jobs_can_be_polled() {
             buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
-                let data = event.lines().find_map(|l| l.strip_prefix("data:")).map(str::trim);
+                let data = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim);
                 if let Some(job) = data.and_then(|d| serde_json::from_str::<Value>(d).ok())
                     && job["id"] == id.as_str()
                 {
@@ -361,8 +543,15 @@ async fn sse_delivers_job_updates_and_jobs_can_be_polled() {
     .flatten()
     .expect("the job's final update arrives over SSE");
     assert_eq!(top_len(&done), 5);
-    assert_eq!(statuses.first().map(String::as_str), Some("queued"), "{statuses:?}");
-    assert!(statuses.iter().any(|s| s == "running"), "SSE shows the node working: {statuses:?}");
+    assert_eq!(
+        statuses.first().map(String::as_str),
+        Some("queued"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|s| s == "running"),
+        "SSE shows the node working: {statuses:?}"
+    );
 
     let (s, job) = h.get_json(&format!("/api/v1/jobs/{id}")).await;
     assert_eq!(s, 200);
@@ -382,13 +571,33 @@ async fn the_page_is_served_with_a_strict_csp() {
     let h = Harness::ready(1, 1, &[]).await;
     let r = h.client.get(h.url("/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN negotiates HTTP/2");
-    let csp = r.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(
+        r.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN negotiates HTTP/2"
+    );
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let html = r.text().await.unwrap();
     assert!(html.contains("<script src=\"/app.js\""));
-    let js = h.client.get(h.url("/app.js")).send().await.unwrap().text().await.unwrap();
-    assert!(!js.contains("innerHTML"), "user data is never written as HTML");
+    let js = h
+        .client
+        .get(h.url("/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !js.contains("innerHTML"),
+        "user data is never written as HTML"
+    );
     h.stop().await;
 }
 
@@ -431,7 +640,10 @@ async fn without_a_reachable_node_readyz_is_503_and_uploads_fail_fast() {
     let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
     let r = tokio::time::timeout(
         Duration::from_secs(60),
-        h.client.post(h.url("/api/v1/classify?wait=true")).multipart(form).send(),
+        h.client
+            .post(h.url("/api/v1/classify?wait=true"))
+            .multipart(form)
+            .send(),
     )
     .await
     .expect("answers within the deadline, no hang")

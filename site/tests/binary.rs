@@ -51,10 +51,14 @@ async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while url.is_none() || fingerprint.is_none() || redirect.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("glimpse prints its URL, fingerprint and redirect");
+        let line = rx
+            .recv_timeout(left)
+            .expect("glimpse prints its URL, fingerprint and redirect");
         if let Some(rest) = line.strip_prefix("Glimpse is serving at ") {
             url = Some(rest.trim().replace("localhost", "127.0.0.1"));
-        } else if let Some(rest) = line.strip_prefix("Self-signed certificate, SHA-256 fingerprint ") {
+        } else if let Some(rest) =
+            line.strip_prefix("Self-signed certificate, SHA-256 fingerprint ")
+        {
             fingerprint = Some(rest.trim().to_string());
         } else if let Some(rest) = line.strip_prefix("Plain HTTP on ") {
             redirect = rest.split_whitespace().next().map(str::to_string);
@@ -75,12 +79,25 @@ async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {
     let plain = format!("http://{}/readyz?x=1", redirect.unwrap_or_default());
     let r = client.get(plain).send().await.unwrap();
     assert_eq!(r.status(), 308);
-    let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let port = url.trim_end_matches('/').rsplit(':').next().unwrap_or("").to_string();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap_or("")
+        .to_string();
     assert_eq!(location, format!("https://127.0.0.1:{port}/readyz?x=1"));
 
     let pid = child.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(killed.success());
     let start = Instant::now();
     loop {
@@ -88,7 +105,10 @@ async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {
             assert!(status.success(), "clean exit after SIGTERM, got {status}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "glimpse did not stop after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "glimpse did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -30,18 +30,36 @@ impl Harness {
         let cli = Cli::try_parse_from(argv).expect("valid test flags");
         let tls = server::tls_identity(None, None).expect("self-signed certificate");
         let cluster = cluster::build(&cli).await.expect("cluster starts");
-        let site = start_site(cli.listen, &tls, cli.http_redirect, cluster.inference.clone(), cli.limits())
-            .await
-            .expect("site starts");
+        let site = start_site(
+            cli.listen,
+            &tls,
+            cli.http_redirect,
+            cluster.inference.clone(),
+            cli.limits(),
+        )
+        .await
+        .expect("site starts");
         let base = format!("https://127.0.0.1:{}", site.addr.port());
-        Harness { site: Some(site), cluster: Some(cluster), base, client: client() }
+        Harness {
+            site: Some(site),
+            cluster: Some(cluster),
+            base,
+            client: client(),
+        }
     }
 
     /// Start with `n` synthetic local workers and wait until `/readyz` says 200.
     pub async fn ready(n: u32, service_ms: u32, extra: &[&str]) -> Harness {
         let n = n.to_string();
         let ms = service_ms.to_string();
-        let mut args = vec!["--local-workers", &n, "--model", "synthetic", "--service-ms", &ms];
+        let mut args = vec![
+            "--local-workers",
+            &n,
+            "--model",
+            "synthetic",
+            "--service-ms",
+            &ms,
+        ];
         args.extend_from_slice(extra);
         let h = Harness::start(&args).await;
         h.wait_ready().await;
@@ -60,7 +78,10 @@ impl Harness {
             {
                 return;
             }
-            assert!(start.elapsed() < READY_TIMEOUT, "site not ready after {READY_TIMEOUT:?}");
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "site not ready after {READY_TIMEOUT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -91,30 +112,43 @@ pub fn client() -> reqwest::Client {
 
 fn gradient(w: u32, h: u32, seed: u8) -> image::RgbImage {
     image::RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([(x * 7) as u8 ^ seed, (y * 5) as u8, seed.wrapping_mul(31) ^ ((x + y) as u8)])
+        image::Rgb([
+            (x * 7) as u8 ^ seed,
+            (y * 5) as u8,
+            seed.wrapping_mul(31) ^ ((x + y) as u8),
+        ])
     })
 }
 
 /// A small PNG; different seeds give different bytes (and synthetic labels).
 pub fn png(seed: u8) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
-    gradient(64, 48, seed).write_to(&mut out, image::ImageFormat::Png).expect("encode png");
+    gradient(64, 48, seed)
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
     out.into_inner()
 }
 
 /// A small JPEG.
 pub fn jpeg(seed: u8) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
-    gradient(80, 60, seed).write_to(&mut out, image::ImageFormat::Jpeg).expect("encode jpeg");
+    gradient(80, 60, seed)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode jpeg");
     out.into_inner()
 }
 
 pub fn part(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Part {
-    reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()).mime_str(mime).expect("mime")
+    reqwest::multipart::Part::bytes(bytes)
+        .file_name(name.to_string())
+        .mime_str(mime)
+        .expect("mime")
 }
 
 /// Read a Prometheus sample value by its exact series text.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
