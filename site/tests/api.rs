@@ -164,8 +164,9 @@ async fn hundred_concurrent_uploads_all_get_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_with_retry_after_not_a_hang() {
-    // Slow images (3 s each) and room for two: the third request must be refused at once.
-    let h = Harness::ready(2, 3000, &["--max-queued", "2", "--retry-after-s", "3"]).await;
+    // Slow images (8 s each, so a loaded machine cannot finish one before the third request)
+    // and room for two: the third request must be refused at once.
+    let h = Harness::ready(2, 8000, &["--max-queued", "2", "--retry-after-s", "3"]).await;
     for i in 0..2u8 {
         let form =
             reqwest::multipart::Form::new().part("file", part(png(i), "slow.png", "image/png"));
