@@ -50,7 +50,7 @@ impl RunningSite {
         }
     }
 
-    /// Wait until the servers stop (after [`RunningSite::shutdown`] or a failure).
+    /// Start a graceful shutdown without waiting for it (see [`RunningSite::shutdown`]).
     pub fn trigger_shutdown(&self) {
         let _ = self.shutdown.send(true);
     }
