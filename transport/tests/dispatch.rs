@@ -401,7 +401,8 @@ async fn hedging_sends_a_second_copy_and_cancels_the_loser() {
     // Now a is very slow.
     ha.delay_ms.store(20_000, Ordering::SeqCst);
     let hedged_events = Arc::new(Mutex::new(HashSet::new()));
-    for i in 0..10u8 {
+    // Each request's first try lands on a with probability 1/2: 16 tries all missing a is 2^-16.
+    for i in 0..16u8 {
         let ev = hedged_events.clone();
         let t = Instant::now();
         let got = d
