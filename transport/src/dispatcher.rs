@@ -1058,3 +1058,27 @@ async fn follow_control(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_window_percentiles_follow_recent_samples() {
+        let mut w = LatencyWindow::new();
+        assert_eq!(w.percentile(50.0), None);
+        for i in 1..=100 {
+            w.record(i as f32);
+        }
+        assert_eq!(w.percentile(50.0), Some(51.0));
+        assert_eq!(w.percentile(99.0), Some(99.0));
+        assert_eq!(w.percentile(100.0), Some(100.0));
+        // Old samples age out: after a full window of 1000 ms, the p50 is 1000 ms.
+        for _ in 0..LATENCY_WINDOW {
+            w.record(1000.0);
+        }
+        assert_eq!(w.len(), LATENCY_WINDOW);
+        assert_eq!(w.percentile(50.0), Some(1000.0));
+        assert_eq!(w.percentile(0.0), Some(1000.0));
+    }
+}
