@@ -3,9 +3,11 @@
 //! One background task per node keeps a connection up (exponential backoff with jitter between
 //! tries) and follows the node's control stream (NodeInfo, load, draining). `classify` places
 //! each image by *power of two choices* on outstanding requests among Ready nodes with stream
-//! credit, bounds each attempt by a timeout derived from observed latency, and on any retryable
-//! failure reopens the image (the same `Bytes`, no copy) on another node, until an answer, a
-//! non-retryable error, `max_attempts` or the request deadline. With hedging on, a request still
+//! credit, and on any retryable failure reopens the image (the same `Bytes`, no copy) on another
+//! node, until an answer, a non-retryable error, `max_attempts` or the request deadline. An attempt
+//! that outlives its timeout (derived from observed latency) is *not* cancelled: the image is
+//! reopened on another node and the first answer wins, so a node that is merely slow (every
+//! answer held 10 s, say) still answers, while a stalled one is routed around. With hedging on, a request still
 //! unanswered after the observed p95 gets a second copy on another node; the first answer wins
 //! and the loser is cancelled by a stream reset. Each call returns exactly once.
 
@@ -242,7 +244,8 @@ pub struct DispatchStats {
     pub hedge_wins: u64,
     /// Attempts ended by a stream reset/stop from a node.
     pub resets: u64,
-    /// Attempts ended by the per-attempt timeout.
+    /// Attempts that outlived the per-attempt timeout: the image was reopened on another node
+    /// while the slow attempt went on (it may still win).
     pub timeouts: u64,
     /// Attempts ended by a lost connection.
     pub connection_losses: u64,
@@ -284,6 +287,9 @@ struct LatencyWindow {
 const LATENCY_WINDOW: usize = 256;
 /// Samples needed before percentiles drive timeouts and hedging.
 const MIN_SAMPLES: usize = 20;
+
+/// How often a timed-out request looks again for a free node to reopen on.
+const RETRY_POLL: Duration = Duration::from_millis(50);
 
 impl LatencyWindow {
     fn new() -> Self {
@@ -515,6 +521,9 @@ impl Dispatcher {
         let mut hedged = false;
         let mut last_error: Option<String> = None;
         let mut first_sent: Option<Instant> = None;
+        // The newest attempt and when it counts as timed out. Timing out does not cancel it:
+        // it keeps running (and may still win) while the image is reopened elsewhere.
+        let mut slow_at: Option<(usize, Instant)> = None;
 
         loop {
             // Launch an attempt when nothing is running and attempts remain.
@@ -548,7 +557,7 @@ impl Dispatcher {
                 if attempts > 1 {
                     inc(&inner.counters.retries);
                 }
-                self.launch(
+                let timeout = self.launch(
                     &mut running,
                     node,
                     request_id,
@@ -560,6 +569,7 @@ impl Dispatcher {
                     progress,
                 );
                 running_nodes.push(node);
+                slow_at = Some((node, Instant::now() + timeout));
                 first_sent.get_or_insert_with(Instant::now);
             }
 
@@ -576,6 +586,9 @@ impl Dispatcher {
                         }
                     };
                     running_nodes.retain(|n| *n != outcome.node);
+                    if slow_at.is_some_and(|(n, _)| n == outcome.node) {
+                        slow_at = None;
+                    }
                     let slot = &inner.slots[outcome.node];
                     match outcome.result {
                         Ok(answer) => {
@@ -622,13 +635,40 @@ impl Dispatcher {
                         }
                     }
                 }
+                () = sleep_until_opt(slow_at.map(|(_, at)| at)) => {
+                    // The newest attempt has outlived its timeout: count it, and reopen the
+                    // image on another node while the slow attempt goes on.
+                    let Some((slow, _)) = slow_at.take() else { continue };
+                    let slot = &inner.slots[slow];
+                    inc(&inner.counters.timeouts);
+                    slot.failed.fetch_add(1, Ordering::Relaxed);
+                    failed_nodes.insert(slow);
+                    let reason = format!("{}: no answer within the attempt timeout", slot.endpoint.name);
+                    debug!(request_id, node = %slot.endpoint.name, "attempt timed out; reopening elsewhere");
+                    last_error = Some(reason.clone());
+                    if attempts >= cfg.max_attempts {
+                        continue;
+                    }
+                    match self.pick(&running_nodes, &failed_nodes, true) {
+                        Some(node) => {
+                            attempts += 1;
+                            inc(&inner.counters.retries);
+                            progress(Progress::Retrying { attempt: attempts, reason });
+                            let timeout = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, false, progress);
+                            running_nodes.push(node);
+                            slow_at = Some((node, Instant::now() + timeout));
+                        }
+                        // No other node free right now: look again shortly.
+                        None => slow_at = Some((slow, Instant::now() + RETRY_POLL)),
+                    }
+                }
                 () = sleep_until_opt(hedge_at) => {
                     hedged = true;
                     if let Some(node) = self.pick(&running_nodes, &failed_nodes, true) {
                         attempts += 1;
                         inc(&inner.counters.hedges);
                         progress(Progress::Hedged { node: inner.slots[node].endpoint.name.clone() });
-                        self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, true, progress);
+                        let _ = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, true, progress);
                         running_nodes.push(node);
                     }
                 }
@@ -685,6 +725,8 @@ impl Dispatcher {
         (base + upload).min(deadline.saturating_duration_since(Instant::now()))
     }
 
+    /// Starts one attempt and returns its timeout (see [`Self::attempt_timeout`]). The attempt
+    /// itself runs until it ends, the request ends, or the request deadline passes.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -697,7 +739,7 @@ impl Dispatcher {
         image: &Bytes,
         hedge: bool,
         progress: &(impl Fn(Progress) + Send + Sync + 'static),
-    ) {
+    ) -> Duration {
         let inner = self.inner.clone();
         let slot = inner.slots[node].clone();
         inc(&inner.counters.attempts);
@@ -708,9 +750,8 @@ impl Dispatcher {
         };
         let conn = lock(&slot.state).conn.clone();
         let timeout = self.attempt_timeout(image.len(), deadline);
-        let remaining_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis() as u64;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining_ms = remaining.as_millis() as u64;
         let header = RequestHeader::new(
             request_id,
             attempt,
@@ -732,7 +773,7 @@ impl Dispatcher {
                 None => Err(AttemptError::ConnectionLost("not connected".into())),
                 Some(conn) => {
                     match tokio::time::timeout(
-                        timeout,
+                        remaining,
                         client::request(&conn, &header, image, &inner.counters.bytes_sent),
                     )
                     .await
@@ -749,6 +790,7 @@ impl Dispatcher {
                 result,
             }
         });
+        timeout
     }
 
     /// Power of two choices among Ready nodes with credit, avoiding nodes already running this

@@ -380,6 +380,36 @@ async fn stalled_node_hits_the_attempt_timeout_and_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_slower_than_the_attempt_timeout_everywhere_still_arrive() {
+    // Like the seed's delay experiment: every node holds every answer longer than the
+    // attempt timeout. Reopening elsewhere must not cancel the slow attempts, or no image
+    // would ever be answered.
+    init_tracing();
+    let pki = Pki::new();
+    let ha = TestHandler::with_delay("a", 1500);
+    let a = start_node(pki.node_config("a", 8), ha.clone());
+    let hb = TestHandler::with_delay("b", 1500);
+    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
+    cfg.attempt_timeout_cold = Duration::from_millis(300);
+    cfg.max_attempts = 2;
+    let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
+    ready(&d, 2).await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..4u8 {
+        let d = d.clone();
+        set.spawn(async move { d.classify(image(i, 100), 5, |_| {}).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let classified = r.unwrap().expect("a slow answer still arrives");
+        assert!(classified.attempts >= 1);
+    }
+    let stats = d.stats();
+    assert_eq!(stats.succeeded, 4, "{stats:?}");
+    assert!(stats.timeouts >= 4 && stats.retries >= 4, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_sends_a_second_copy_and_cancels_the_loser() {
     init_tracing();
     let pki = Pki::new();
