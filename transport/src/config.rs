@@ -41,6 +41,13 @@ pub struct TransportTuning {
     /// Initial RTT estimate before any sample. Default 20 ms (LAN) instead of quinn's 333 ms,
     /// so the first packet-loss timer on a fresh connection is ~60 ms, not ~1 s.
     pub initial_rtt: Duration,
+    /// Initial congestion window in bytes. Default 256 KiB instead of quinn's ~14.7 KB (ten
+    /// packets, sized for the open Internet): images are sent one per stream, often when the
+    /// connection is otherwise idle, so the sender is application-limited and Cubic never grows
+    /// its window past the initial one; with ten packets a 100 KB image costs four round trips
+    /// of slow start on every send. The links here are a private cluster's, the peers few and
+    /// known, so starting larger is safe; loss still shrinks the window as usual.
+    pub initial_window: u64,
     /// UDP segmentation offload (GSO). Default on (fewer syscalls for large images). Turn it
     /// off for per-packet loss experiments: with GSO, tc netem drops ten datagrams at once.
     pub segmentation_offload: bool,
@@ -58,6 +65,7 @@ impl Default for TransportTuning {
             keep_alive: Duration::from_millis(300),
             idle_timeout: Duration::from_millis(1500),
             initial_rtt: Duration::from_millis(20),
+            initial_window: 256 * 1024,
             segmentation_offload: true,
             stateless_reset_key: None,
         }
@@ -99,6 +107,9 @@ impl TransportTuning {
                 .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
         ));
         t.initial_rtt(self.initial_rtt);
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(self.initial_window);
+        t.congestion_controller_factory(Arc::new(cubic));
         t.enable_segmentation_offload(self.segmentation_offload);
         // We use no datagrams.
         t.datagram_receive_buffer_size(None);

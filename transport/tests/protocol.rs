@@ -46,6 +46,24 @@ fn expect_error(r: Reply, kind: ErrorKind) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_connection_starts_with_the_configured_congestion_window() {
+    // Images go one per stream on a mostly idle connection: the sender is application-limited
+    // and its window does not grow, so the initial window is what every image gets.
+    init_tracing();
+    let pki = Pki::new();
+    let node = start_node(pki.node_config("a", 4), TestHandler::new("a"));
+    let (ep, cfg) = pki.raw_client();
+    let conn = raw_connect(&ep, &cfg, node.addr, "a").await.unwrap();
+    let configured = glimpse_transport::TransportTuning::default().initial_window;
+    assert!(configured >= 256 * 1024);
+    assert!(
+        conn.stats().path.cwnd >= configured,
+        "cwnd {} < configured initial window {configured}",
+        conn.stats().path.cwnd
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_announces_itself_on_the_control_stream() {
     init_tracing();
     let pki = Pki::new();
