@@ -153,17 +153,8 @@ pub async fn serve_https(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Usually EMFILE under load: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+            break;
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
@@ -199,6 +190,26 @@ pub async fn serve_https(
     }
 }
 
+/// The next accepted connection, or `None` once `shutdown` completes. Accept errors (usually
+/// EMFILE under load) back off briefly instead of spinning.
+async fn next_connection(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => return None,
+        }
+    }
+}
+
 /// Plain-HTTP listener that redirects every request to the HTTPS port (308, so POSTs keep
 /// their method and body on the second try).
 pub async fn serve_redirect(
@@ -209,16 +220,8 @@ pub async fn serve_redirect(
     let builder = hyper::server::conn::http1::Builder::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some((tcp, _)) = next_connection(&listener, shutdown.as_mut()).await else {
+            break;
         };
         let builder = builder.clone();
         tokio::spawn(async move {
