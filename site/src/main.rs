@@ -16,6 +16,9 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
+    // or weights load must drain and exit 0, not kill the process with the default action.
+    let shutdown = shutdown_signal().context("listening for SIGTERM and SIGINT")?;
 
     let tls = server::tls_identity(cli.tls_cert.as_deref(), cli.tls_key.as_deref())
         .context("setting up HTTPS")?;
@@ -52,44 +55,44 @@ async fn main() -> anyhow::Result<()> {
         cluster.node_count()
     );
 
-    let ready = cluster
-        .inference
-        .dispatcher()
-        .wait_ready(1, std::time::Duration::from_secs(30))
-        .await;
-    if ready {
-        tracing::info!("at least one node is ready");
-    } else {
-        tracing::warn!("no node ready after 30 s; still trying in the background");
-    }
+    let dispatcher = cluster.inference.dispatcher().clone();
+    tokio::spawn(async move {
+        if dispatcher
+            .wait_ready(1, std::time::Duration::from_secs(30))
+            .await
+        {
+            tracing::info!("at least one node is ready");
+        } else {
+            tracing::warn!("no node ready after 30 s; still trying in the background");
+        }
+    });
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: finishing open requests");
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = ctrl_c.await;
-            }
+/// Registers for SIGTERM and SIGINT (Ctrl-C) now and returns a future that completes on the
+/// first of them.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
+}
+
+/// Ctrl-C where there is no SIGTERM.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
