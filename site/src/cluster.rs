@@ -65,6 +65,7 @@ impl Inference for DispatchInference {
             let callback = move |p: glimpse_transport::Progress| progress(map_progress(p));
             match dispatcher.classify(image, top_k, callback).await {
                 Ok(c) => Ok(Outcome {
+                    warning: untrained_warning(&dispatcher, &c),
                     top: c
                         .answer
                         .top
@@ -361,4 +362,25 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// The warning a result carries when its labels are not trained GoogLeNet's: the answer says
+/// whether it is synthetic, the answering node's announcement whether its weights are trained.
+fn untrained_warning(dispatcher: &Dispatcher, c: &glimpse_transport::Classified) -> Option<String> {
+    if c.answer.synthetic {
+        return Some(
+            "synthetic model: labels are derived from the image bytes, not recognised".into(),
+        );
+    }
+    let info = dispatcher
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == c.node)
+        .and_then(|n| n.info)?;
+    (!info.trained).then(|| {
+        format!(
+            "untrained weights ({}): labels are meaningless",
+            info.weights
+        )
+    })
 }

@@ -37,6 +37,9 @@ pub struct Outcome {
     pub attempts: u32,
     /// Dispatch latency as measured by the dispatcher (send to answer, retries included).
     pub latency: Duration,
+    /// Set when the labels do not come from trained GoogLeNet weights (random weights or the
+    /// synthetic model), so that no result is ever shown without saying so.
+    pub warning: Option<String>,
 }
 
 /// Why an image could not be classified. Each kind maps to the HTTP status a client sees.

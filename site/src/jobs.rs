@@ -64,6 +64,9 @@ pub struct JobView {
     /// HTTP status that describes the failure (415, 422, 503, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    /// Set when the labels are not trained GoogLeNet's (random weights, synthetic model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Latest progress note ("retry 2: node-1 reset the stream", "hedged to node-2").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -84,6 +87,7 @@ impl JobView {
             bytes,
             error: None,
             code: None,
+            warning: None,
             note: None,
         }
     }

@@ -257,6 +257,7 @@ impl Site {
                     j.status = JobStatus::Ok;
                     j.top = outcome.top;
                     j.node = Some(outcome.node);
+                    j.warning = outcome.warning;
                     j.attempts = outcome.attempts;
                     j.latency_ms = Some(elapsed.as_secs_f64() * 1000.0);
                     j.node_latency_ms = Some(outcome.latency.as_secs_f64() * 1000.0);

@@ -106,6 +106,8 @@ function applyJob(card, job) {
         el("span", "meta-node", job.node || "?"),
         el("span", null, ` · ${fmtMs(job.latency_ms)} · ${attempts} · ${fmtBytes(job.bytes)}`),
       );
+      // Labels from random weights or the synthetic model are never shown unmarked.
+      if (job.warning) meta.append(el("span", "node-warn result-warn", job.warning));
       updateSummary();
       break;
     }

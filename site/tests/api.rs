@@ -47,6 +47,10 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
             "{res}"
         );
         assert!(res["attempts"].as_u64().unwrap_or(0) >= 1);
+        assert!(
+            res["warning"].as_str().unwrap_or("").contains("synthetic"),
+            "synthetic labels are marked: {res}"
+        );
         assert!(res["latency_ms"].as_f64().is_some());
         let p0 = res["top"][0]["probability"].as_f64().unwrap();
         let p4 = res["top"][4]["probability"].as_f64().unwrap();
@@ -657,5 +661,32 @@ async fn without_a_reachable_node_readyz_is_503_and_uploads_fail_fast() {
     let (_, nodes) = h.get_json("/api/v1/nodes").await;
     assert_eq!(nodes["ready"], false);
     assert_ne!(nodes["nodes"][0]["state"], "ready");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_from_random_weights_are_marked_untrained() {
+    // Real GoogLeNet with seeded random weights on one local worker: labels are meaningless,
+    // and every result must say so.
+    let h = Harness::start(&["--local-workers", "1", "--weights", "random"]).await;
+    h.wait_ready().await;
+    let form = reqwest::multipart::Form::new().part("file", part(jpeg(3), "c.jpg", "image/jpeg"));
+    let r = h
+        .client
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let res = &body["results"][0];
+    assert_eq!(res["status"], "ok", "{res}");
+    assert_eq!(top_len(res), 5, "{res}");
+    let warning = res["warning"].as_str().unwrap_or("");
+    assert!(
+        warning.contains("untrained") && warning.contains("random"),
+        "{res}"
+    );
     h.stop().await;
 }
