@@ -24,15 +24,8 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
     let form = reqwest::multipart::Form::new()
         .part("file", part(jpeg(1), "a.jpg", "image/jpeg"))
         .part("file", part(png(2), "b.png", "image/png"));
-    let r = h
-        .client
-        .post(h.url("/api/v1/classify?wait=true"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 200);
     let results = body["results"].as_array().expect("results array");
     assert_eq!(results.len(), 2);
     assert_eq!(results[0]["name"], "a.jpg", "results are in upload order");
@@ -244,15 +237,8 @@ async fn oversize_uploads_get_413() {
     // One file over the per-file limit, in a multipart body under the request limit.
     let form =
         reqwest::multipart::Form::new().part("file", part(big.clone(), "big.png", "image/png"));
-    let r = h
-        .client
-        .post(h.url("/api/v1/classify?wait=true"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 413);
     assert!(
         body["error"].as_str().is_some_and(|e| e.contains("20000")),
         "{body}"
@@ -302,15 +288,8 @@ async fn a_non_image_fails_alone_and_the_other_files_are_classified() {
             ),
         )
         .part("file", part(jpeg(4), "dog.jpg", "image/jpeg"));
-    let r = h
-        .client
-        .post(h.url("/api/v1/classify?wait=true"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 200);
     let results = body["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert_eq!(results[0]["status"], "ok");
@@ -331,15 +310,8 @@ async fn a_non_image_fails_alone_and_the_other_files_are_classified() {
         "file",
         part(b"%PDF-1.7".to_vec(), "doc.pdf", "application/pdf"),
     );
-    let r = h
-        .client
-        .post(h.url("/api/v1/classify?wait=true"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 415);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 415);
     assert!(body["error"].is_string());
     assert_eq!(body["results"][0]["status"], "error");
 
@@ -671,15 +643,8 @@ async fn results_from_random_weights_are_marked_untrained() {
     let h = Harness::start(&["--local-workers", "1", "--weights", "random"]).await;
     h.wait_ready().await;
     let form = reqwest::multipart::Form::new().part("file", part(jpeg(3), "c.jpg", "image/jpeg"));
-    let r = h
-        .client
-        .post(h.url("/api/v1/classify?wait=true"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 200);
     let res = &body["results"][0];
     assert_eq!(res["status"], "ok", "{res}");
     assert_eq!(top_len(res), 5, "{res}");

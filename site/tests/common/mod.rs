@@ -86,6 +86,19 @@ impl Harness {
         }
     }
 
+    /// `POST /api/v1/classify?wait=true` with a multipart form: status and JSON body.
+    pub async fn classify_wait(&self, form: reqwest::multipart::Form) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url("/api/v1/classify?wait=true"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.client.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
