@@ -65,7 +65,9 @@ pub fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
     }
 }
 
-fn with_site(site: Arc<Site>) -> impl Filter<Extract = (Arc<Site>,), Error = Infallible> + Clone {
+pub(crate) fn with_site(
+    site: Arc<Site>,
+) -> impl Filter<Extract = (Arc<Site>,), Error = Infallible> + Clone {
     warp::any().map(move || Arc::clone(&site))
 }
 

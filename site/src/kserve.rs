@@ -18,7 +18,9 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::api::{error_response, json_response, parse_top_k, readiness, with_retry_after};
+use crate::api::{
+    error_response, json_response, parse_top_k, readiness, with_retry_after, with_site,
+};
 use crate::jobs::JobStatus;
 use crate::site::{Site, Upload};
 use crate::upload::{byte_stream, read_limited};
@@ -51,12 +53,6 @@ struct RequestedOutput {
     name: String,
     #[serde(default)]
     parameters: Option<serde_json::Map<String, Value>>,
-}
-
-fn with_site(
-    site: Arc<Site>,
-) -> impl Filter<Extract = (Arc<Site>,), Error = std::convert::Infallible> + Clone {
-    warp::any().map(move || Arc::clone(&site))
 }
 
 /// The `/v2/...` routes.
