@@ -63,15 +63,7 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
     assert_eq!(status, 200);
     assert_eq!(ready["ready"], true);
 
-    let text = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.get_text("/metrics").await;
     assert_eq!(
         metric(&text, "glimpse_images_total{outcome=\"ok\"}"),
         Some(2.0),
@@ -143,15 +135,7 @@ async fn hundred_concurrent_uploads_all_get_results() {
         ok += 1;
     }
     assert_eq!(ok, 100);
-    let text = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.get_text("/metrics").await;
     assert_eq!(
         metric(&text, "glimpse_images_total{outcome=\"ok\"}"),
         Some(100.0)
@@ -200,15 +184,7 @@ async fn full_queue_answers_503_with_retry_after_not_a_hang() {
         "{body}"
     );
 
-    let text = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.get_text("/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -562,15 +538,7 @@ async fn the_page_is_served_with_a_strict_csp() {
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let html = r.text().await.unwrap();
     assert!(html.contains("<script src=\"/app.js\""));
-    let js = h
-        .client
-        .get(h.url("/app.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let js = h.get_text("/app.js").await;
     assert!(
         !js.contains("innerHTML"),
         "user data is never written as HTML"

@@ -86,6 +86,18 @@ impl Harness {
         }
     }
 
+    /// `GET path` as text (the metrics page).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("text body")
+    }
+
     /// `POST /api/v1/classify?wait=true` with a multipart form: status and JSON body.
     pub async fn classify_wait(&self, form: reqwest::multipart::Form) -> (u16, serde_json::Value) {
         let r = self
