@@ -245,6 +245,7 @@ async fn load_model(config: &NodeConfig) -> Result<(ModelRunner, NodeInfo), Node
             max_batch: config.max_batch,
             max_batch_wait_ms: u32::try_from(config.max_batch_wait.as_millis()).unwrap_or(u32::MAX),
             version: version.clone(),
+            load_interval_ms: None,
         }
     };
     let classifier: Arc<Classifier> = match &config.model {

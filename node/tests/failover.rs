@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -111,6 +112,67 @@ async fn sigkill_with_streams_in_flight_loses_no_image() {
     );
     assert!(per_node.get("a").copied().unwrap_or(0) > 0);
     assert!(per_node.get("c").copied().unwrap_or(0) > 0);
+}
+
+/// A killed node's in-flight images move on as soon as its heartbeat (the load reports on its
+/// control stream) stops, before QUIC's idle timeout (1.5 s) ends the connection and long
+/// before the 60 s attempt timeout: every retry must give the silence as its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_is_noticed_by_its_silence_before_the_connection_times_out() {
+    let cluster = Cluster::new();
+    let nodes: Vec<NodeProc> = ["a", "b"]
+        .iter()
+        .map(|n| NodeProc::spawn(&cluster, n, localhost_any_port(), 400, &[]))
+        .collect();
+    let d = cluster.dispatcher_with(&[("a", nodes[0].addr), ("b", nodes[1].addr)], |c| {
+        c.attempt_timeout_cold = Duration::from_secs(60);
+        c.attempt_timeout_floor = Duration::from_secs(60);
+        c.request_deadline = Duration::from_secs(120);
+    });
+    assert!(d.wait_ready(2, READY).await, "nodes did not become ready");
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (d, reasons) = (d.clone(), reasons.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = d
+                .classify(image(i), 5, move |p: Progress| {
+                    if let Progress::Retrying { reason, .. } = p {
+                        reasons.lock().expect("lock").push(reason);
+                    }
+                })
+                .await;
+            (i, r, Instant::now())
+        }));
+    }
+    assert!(
+        wait_in_flight(&d, "b", Duration::from_secs(30)).await,
+        "b never got work"
+    );
+    nodes[1].signal(libc::SIGKILL);
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(
+            tokio::time::timeout(Duration::from_secs(50), t)
+                .await
+                .expect("answers well before the 60 s attempt timeout")
+                .expect("task"),
+        );
+    }
+    let per_node = check_all_answered(&results);
+    assert_eq!(per_node.values().sum::<usize>(), 16);
+    let stats = d.stats();
+    assert!(stats.silences >= 1, "b's silence not counted: {stats:?}");
+    assert!(stats.retries >= 1, "b held images when killed: {stats:?}");
+    assert_eq!(stats.silence_reopens, stats.retries, "{stats:?}");
+    let reasons = reasons.lock().expect("lock").clone();
+    assert_eq!(reasons.len() as u64, stats.retries);
+    for r in &reasons {
+        assert!(
+            r.starts_with("b: node went silent"),
+            "an image was retried for another reason than b's silence: {r}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,13 @@ pub struct Cli {
     /// recent p95. Default: off.
     #[arg(long, env = "GLIMPSE_HEDGE", default_value_t = false)]
     pub hedge: bool,
+    /// Milliseconds without a heartbeat (nodes report load every 100 ms) after which a
+    /// connected node counts as silent and its in-flight images are reopened on other nodes;
+    /// the node gets new work only when no other can take it. The effective timeout is
+    /// max(this, 5 missed reports) + 2 RTT. Default: 500 (a killed node's images move on in
+    /// about half a second, well before QUIC's 1.5 s idle timeout).
+    #[arg(long, env = "GLIMPSE_SILENCE_MS", default_value_t = 500)]
+    pub silence_ms: u64,
 
     /// Largest image file in bytes; a larger one gets 413. Default: 20971520 (20 MiB).
     #[arg(long, env = "GLIMPSE_MAX_FILE_BYTES", default_value_t = 20 * 1024 * 1024)]

@@ -92,7 +92,7 @@ impl Inference for DispatchInference {
     fn metrics_text(&self) -> String {
         let s = self.dispatcher.stats();
         let mut out = String::new();
-        let rows: [(&str, &str, u64); 9] = [
+        let rows: [(&str, &str, u64); 11] = [
             (
                 "attempts",
                 "Attempts sent to nodes (first tries, retries, hedges).",
@@ -112,13 +112,23 @@ impl Inference for DispatchInference {
             ),
             (
                 "timeouts",
-                "Attempts ended by the per-attempt timeout.",
+                "Attempts that outlived the per-attempt timeout (reopened elsewhere).",
                 s.timeouts,
             ),
             (
                 "connection_losses",
                 "Attempts ended by a lost connection.",
                 s.connection_losses,
+            ),
+            (
+                "silences",
+                "Times a connected node went silent (no heartbeat within the silence timeout).",
+                s.silences,
+            ),
+            (
+                "silence_reopens",
+                "Attempts on a silent node whose image was reopened on another node.",
+                s.silence_reopens,
             ),
             (
                 "retryable_errors",
@@ -171,6 +181,7 @@ fn map_error(e: DispatchError) -> Failure {
 fn node_view(n: NodeStatus) -> NodeView {
     let state = match n.state {
         NodeState::Connecting => "connecting",
+        NodeState::Ready if n.silent => "silent",
         NodeState::Ready => "ready",
         NodeState::Draining => "draining",
         NodeState::Down => "down",
@@ -222,6 +233,7 @@ fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfi
     config.max_attempts = cli.max_attempts.max(1);
     config.request_deadline = cli.request_timeout();
     config.hedge = cli.hedge;
+    config.silence_floor = Duration::from_millis(cli.silence_ms);
     config
 }
 

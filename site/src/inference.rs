@@ -130,7 +130,8 @@ pub type ClassifyFuture = Pin<Box<dyn Future<Output = Result<Outcome, Failure>> 
 pub struct NodeView {
     pub name: String,
     pub addr: String,
-    /// `connecting`, `ready`, `draining` or `down`.
+    /// `connecting`, `ready`, `silent` (connected but no heartbeat lately: used only when no
+    /// ready node can take work), `draining` or `down`.
     pub state: String,
     pub in_flight: u32,
     pub served: u64,
@@ -150,9 +151,10 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    /// A node can serve when it is connected, ready and has told us which model it runs.
+    /// A node can serve when it is connected, ready (or silent, which still takes work as a
+    /// last resort) and has told us which model it runs.
     pub fn can_serve(&self) -> bool {
-        self.state == "ready" && self.model.is_some()
+        matches!(self.state.as_str(), "ready" | "silent") && self.model.is_some()
     }
 }
 

@@ -77,6 +77,7 @@ fn info(name: &str) -> NodeInfo {
         max_batch: 1,
         max_batch_wait_ms: 0,
         version: env!("CARGO_PKG_VERSION").into(),
+        load_interval_ms: None,
     }
 }
 

@@ -418,7 +418,7 @@ pub async fn read_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Label, Timings};
+    use crate::types::{Label, NodeInfo, Timings};
 
     fn answer() -> InferenceAnswer {
         InferenceAnswer {
@@ -469,6 +469,41 @@ mod tests {
         assert_eq!(decode_control(body(&f)).unwrap(), m);
         let f = encode_control(&ControlMessage::Draining).unwrap();
         assert_eq!(decode_control(body(&f)).unwrap(), ControlMessage::Draining);
+    }
+
+    /// A Hello from a node that predates `load_interval_ms` (the field absent) still decodes,
+    /// and a new one carries the interval the front-end's silence timeout is based on.
+    #[test]
+    fn hello_with_and_without_load_interval_decodes() {
+        let mut info = NodeInfo {
+            node_id: "n1".into(),
+            model: "synthetic".into(),
+            weights: "none".into(),
+            trained: false,
+            synthetic: true,
+            backend: "none".into(),
+            capacity: 4,
+            max_batch: 1,
+            max_batch_wait_ms: 0,
+            version: "0.1.0".into(),
+            load_interval_ms: None,
+        };
+        let old = encode_control(&ControlMessage::Hello(info.clone())).unwrap();
+        assert!(
+            !old.windows(b"load_interval_ms".len())
+                .any(|w| w == b"load_interval_ms"),
+            "an absent interval must not be on the wire (older nodes never send it)"
+        );
+        assert_eq!(
+            decode_control(body(&old)).unwrap(),
+            ControlMessage::Hello(info.clone())
+        );
+        info.load_interval_ms = Some(100);
+        let new = encode_control(&ControlMessage::Hello(info.clone())).unwrap();
+        assert_eq!(
+            decode_control(body(&new)).unwrap(),
+            ControlMessage::Hello(info)
+        );
     }
 
     #[test]

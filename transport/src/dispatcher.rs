@@ -7,13 +7,16 @@
 //! node, until an answer, a non-retryable error, `max_attempts` or the request deadline. An attempt
 //! that outlives its timeout (derived from observed latency) is *not* cancelled: the image is
 //! reopened on another node and the first answer wins, so a node that is merely slow (every
-//! answer held 10 s, say) still answers, while a stalled one is routed around. With hedging on, a request still
+//! answer held 10 s, say) still answers, while a stalled one is routed around. A node whose
+//! control stream goes quiet (its load reports are its heartbeat) is marked *silent*: its
+//! in-flight images are reopened elsewhere at once, without waiting for QUIC's idle timeout,
+//! and it gets new work only when no other node can take it. With hedging on, a request still
 //! unanswered after the observed p95 gets a second copy on another node; the first answer wins
 //! and the loser is cancelled by a stream reset. Each call returns exactly once.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +81,16 @@ pub struct DispatcherConfig {
     pub reconnect_max: Duration,
     /// Handshake + Hello timeout. Default 3 s.
     pub connect_timeout: Duration,
+    /// A node is *silent* when nothing arrives on its control stream for
+    /// max(this floor, `silence_reports` × its load interval) + 2 × the connection's RTT; its
+    /// in-flight images are then reopened on other nodes (the attempts go on and may still
+    /// win). Default 500 ms: a killed node's images move on in about half a second instead
+    /// of QUIC's 1.5 s idle timeout, while a node that is only briefly descheduled rarely
+    /// trips it (and a false alarm costs a duplicate attempt, never an answer).
+    pub silence_floor: Duration,
+    /// Load reports a node may miss before it counts as silent (see `silence_floor`).
+    /// Default 5.
+    pub silence_reports: u32,
     /// QUIC settings (`max_image_bytes` also caps what `classify` accepts).
     pub tuning: TransportTuning,
     /// Local UDP address to bind. Default: unspecified address of the first node's family, port 0.
@@ -102,6 +115,8 @@ impl Clone for DispatcherConfig {
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             connect_timeout: self.connect_timeout,
+            silence_floor: self.silence_floor,
+            silence_reports: self.silence_reports,
             tuning: self.tuning.clone(),
             bind: self.bind,
         }
@@ -132,6 +147,8 @@ impl DispatcherConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(3),
+            silence_floor: Duration::from_millis(500),
+            silence_reports: 5,
             tuning: TransportTuning::default(),
             bind: None,
         }
@@ -205,6 +222,9 @@ pub struct NodeStatus {
     pub info: Option<NodeInfo>,
     /// Last load report.
     pub load: Option<LoadReport>,
+    /// Connected, but nothing heard on its control stream for longer than the silence
+    /// timeout: its images were reopened elsewhere and it gets work only as a last resort.
+    pub silent: bool,
     /// Attempts outstanding on it from this front-end.
     pub in_flight: u32,
     /// Attempts it answered successfully.
@@ -249,6 +269,10 @@ pub struct DispatchStats {
     pub timeouts: u64,
     /// Attempts ended by a lost connection.
     pub connection_losses: u64,
+    /// Times a connected node went silent (no control frame within the silence timeout).
+    pub silences: u64,
+    /// Attempts on a silent node whose image was reopened on another node because of it.
+    pub silence_reopens: u64,
     /// Attempts ended by a retryable typed error (overloaded, draining, internal).
     pub retryable_errors: u64,
     /// Request bytes written (headers + images, retries included).
@@ -270,6 +294,8 @@ struct Counters {
     resets: AtomicU64,
     timeouts: AtomicU64,
     connection_losses: AtomicU64,
+    silences: AtomicU64,
+    silence_reopens: AtomicU64,
     retryable_errors: AtomicU64,
     bytes_sent: AtomicU64,
 }
@@ -334,6 +360,8 @@ struct SlotState {
 struct NodeSlot {
     endpoint: NodeEndpoint,
     state: Mutex<SlotState>,
+    /// See [`NodeStatus::silent`].
+    silent: AtomicBool,
     outstanding: AtomicU32,
     served: AtomicU64,
     failed: AtomicU64,
@@ -355,6 +383,8 @@ struct Inner {
     counters: Counters,
     latency: Mutex<LatencyWindow>,
     next_request: AtomicU64,
+    /// Bumped whenever a node goes silent, so running requests look at their attempts again.
+    silences: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -442,6 +472,7 @@ impl Dispatcher {
                         load: None,
                         last_error: None,
                     }),
+                    silent: AtomicBool::new(false),
                     outstanding: AtomicU32::new(0),
                     served: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
@@ -450,6 +481,7 @@ impl Dispatcher {
             })
             .collect();
         let (shutdown, _) = watch::channel(false);
+        let (silences, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             config,
             endpoint,
@@ -459,6 +491,7 @@ impl Dispatcher {
             counters: Counters::default(),
             latency: Mutex::new(LatencyWindow::new()),
             next_request: AtomicU64::new(1),
+            silences,
             shutdown,
         });
         for i in 0..inner.slots.len() {
@@ -523,7 +556,10 @@ impl Dispatcher {
         let mut first_sent: Option<Instant> = None;
         // The newest attempt and when it counts as timed out. Timing out does not cancel it:
         // it keeps running (and may still win) while the image is reopened elsewhere.
-        let mut slow_at: Option<(usize, Instant)> = None;
+        let mut slow_at: Option<Overdue> = None;
+        // Wakes this request when some node goes silent: if it is the node of the newest
+        // attempt, the image is reopened elsewhere at once.
+        let mut silences = inner.silences.subscribe();
 
         loop {
             // Launch an attempt when nothing is running and attempts remain.
@@ -569,11 +605,12 @@ impl Dispatcher {
                     progress,
                 );
                 running_nodes.push(node);
-                slow_at = Some((node, Instant::now() + timeout));
+                slow_at = Some(Overdue::new(node, timeout));
                 first_sent.get_or_insert_with(Instant::now);
             }
 
             let hedge_at = self.hedge_at(first_sent, hedged, running.len(), attempts);
+            let overdue_at = slow_at.as_ref().map(|o| o.due(&inner.slots));
             tokio::select! {
                 joined = running.join_next() => {
                     let Some(joined) = joined else { continue };
@@ -586,7 +623,7 @@ impl Dispatcher {
                         }
                     };
                     running_nodes.retain(|n| *n != outcome.node);
-                    if slow_at.is_some_and(|(n, _)| n == outcome.node) {
+                    if slow_at.as_ref().is_some_and(|o| o.node == outcome.node) {
                         slow_at = None;
                     }
                     let slot = &inner.slots[outcome.node];
@@ -635,17 +672,21 @@ impl Dispatcher {
                         }
                     }
                 }
-                () = sleep_until_opt(slow_at.map(|(_, at)| at)) => {
-                    // The newest attempt has outlived its timeout: count it, and reopen the
-                    // image on another node while the slow attempt goes on.
-                    let Some((slow, _)) = slow_at.take() else { continue };
-                    let slot = &inner.slots[slow];
-                    inc(&inner.counters.timeouts);
-                    slot.failed.fetch_add(1, Ordering::Relaxed);
-                    failed_nodes.insert(slow);
-                    let reason = format!("{}: no answer within the attempt timeout", slot.endpoint.name);
-                    debug!(request_id, node = %slot.endpoint.name, "attempt timed out; reopening elsewhere");
-                    last_error = Some(reason.clone());
+                () = sleep_until_opt(overdue_at) => {
+                    // The newest attempt has outlived its timeout, or its node went silent:
+                    // count it once, and reopen the image on another node while the slow
+                    // attempt goes on.
+                    let Some(slow) = slow_at.take() else { continue };
+                    let slot = &inner.slots[slow.node];
+                    if !slow.counted {
+                        let silent = slot.silent.load(Ordering::SeqCst);
+                        inc(if silent { &inner.counters.silence_reopens } else { &inner.counters.timeouts });
+                        slot.failed.fetch_add(1, Ordering::Relaxed);
+                        failed_nodes.insert(slow.node);
+                        let why = if silent { "node went silent (no heartbeat)" } else { "no answer within the attempt timeout" };
+                        debug!(request_id, node = %slot.endpoint.name, why, "reopening elsewhere");
+                        last_error = Some(format!("{}: {why}", slot.endpoint.name));
+                    }
                     if attempts >= cfg.max_attempts {
                         continue;
                     }
@@ -653,14 +694,18 @@ impl Dispatcher {
                         Some(node) => {
                             attempts += 1;
                             inc(&inner.counters.retries);
-                            progress(Progress::Retrying { attempt: attempts, reason });
+                            progress(Progress::Retrying { attempt: attempts, reason: last_error.clone().unwrap_or_default() });
                             let timeout = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, false, progress);
                             running_nodes.push(node);
-                            slow_at = Some((node, Instant::now() + timeout));
+                            slow_at = Some(Overdue::new(node, timeout));
                         }
                         // No other node free right now: look again shortly.
-                        None => slow_at = Some((slow, Instant::now() + RETRY_POLL)),
+                        None => slow_at = Some(Overdue { node: slow.node, at: Instant::now() + RETRY_POLL, counted: true }),
                     }
+                }
+                _ = silences.changed() => {
+                    // Some node went silent: the next turn of the loop looks at the newest
+                    // attempt's node again.
                 }
                 () = sleep_until_opt(hedge_at) => {
                     hedged = true;
@@ -794,8 +839,8 @@ impl Dispatcher {
     }
 
     /// Power of two choices among Ready nodes with credit, avoiding nodes already running this
-    /// request; nodes that failed it are used only when nothing else is available (or never,
-    /// for hedges).
+    /// request; silent nodes and nodes that failed it are used only when nothing else is
+    /// available (or never, for hedges).
     fn pick(&self, running: &[usize], failed: &HashSet<usize>, hedge: bool) -> Option<usize> {
         let mut fresh = Vec::new();
         let mut retried = Vec::new();
@@ -813,7 +858,8 @@ impl Dispatcher {
             if outstanding >= capacity {
                 continue;
             }
-            if failed.contains(&i) {
+            // A silent node (or one that failed this request) is a last resort.
+            if failed.contains(&i) || slot.silent.load(Ordering::SeqCst) {
                 retried.push((i, outstanding));
             } else {
                 fresh.push((i, outstanding));
@@ -882,6 +928,7 @@ impl Dispatcher {
                     state: st.state,
                     info: st.info.clone(),
                     load: st.load.clone(),
+                    silent: slot.silent.load(Ordering::SeqCst),
                     in_flight: slot.outstanding.load(Ordering::SeqCst),
                     served: slot.served.load(Ordering::Relaxed),
                     failed: slot.failed.load(Ordering::Relaxed),
@@ -911,6 +958,8 @@ impl Dispatcher {
             resets: l(&c.resets),
             timeouts: l(&c.timeouts),
             connection_losses: l(&c.connection_losses),
+            silences: l(&c.silences),
+            silence_reopens: l(&c.silence_reopens),
             retryable_errors: l(&c.retryable_errors),
             bytes_sent: l(&c.bytes_sent),
         }
@@ -951,6 +1000,35 @@ impl Dispatcher {
     }
 }
 
+/// The newest attempt of a request, watched for being overdue.
+struct Overdue {
+    node: usize,
+    /// When the attempt counts as timed out.
+    at: Instant,
+    /// Whether its timeout (or silence) was already counted: set while waiting for a free
+    /// node to reopen the image on.
+    counted: bool,
+}
+
+impl Overdue {
+    fn new(node: usize, timeout: Duration) -> Overdue {
+        Overdue {
+            node,
+            at: Instant::now() + timeout,
+            counted: false,
+        }
+    }
+
+    /// When to act: at the timeout, or now if the attempt's node has gone silent.
+    fn due(&self, slots: &[Arc<NodeSlot>]) -> Instant {
+        if !self.counted && slots[self.node].silent.load(Ordering::SeqCst) {
+            Instant::now()
+        } else {
+            self.at
+        }
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -981,6 +1059,7 @@ async fn node_task(inner: Arc<Inner>, idx: usize) {
             Ok((conn, control, hello)) => {
                 info!(node = %slot.endpoint.name, addr = %slot.endpoint.addr, "node ready");
                 backoff = inner.config.reconnect_min;
+                slot.silent.store(false, Ordering::SeqCst);
                 set_state(&inner, &slot, |s| {
                     s.state = NodeState::Ready;
                     s.conn = Some(conn.clone());
@@ -995,6 +1074,7 @@ async fn node_task(inner: Arc<Inner>, idx: usize) {
                     }
                 };
                 warn!(node = %slot.endpoint.name, %reason, "node connection lost");
+                slot.silent.store(false, Ordering::SeqCst);
                 set_state(&inner, &slot, |s| {
                     s.state = NodeState::Down;
                     s.conn = None;
@@ -1063,39 +1143,90 @@ async fn connect(
         .map_err(|_| "connect timed out".to_string())?
 }
 
-/// Follow the control stream until the connection ends; returns why it ended.
+/// Load interval assumed for nodes whose Hello does not say (they report every 250 ms).
+const LEGACY_LOAD_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Reads the next control frame, handing the stream back so the read can live across turns
+/// of a `select!` loop: a frame read must never be cancelled half-way.
+async fn next_control_frame(
+    mut control: quinn::RecvStream,
+) -> (quinn::RecvStream, Result<Option<Vec<u8>>, FrameReadError>) {
+    let frame = codec::read_frame(&mut control, MAX_FRAME_BYTES).await;
+    (control, frame)
+}
+
+/// Follow the control stream until the connection ends; returns why it ended. Every frame is
+/// also a heartbeat: when none arrives for the silence timeout (see
+/// [`DispatcherConfig::silence_floor`]) the node is marked silent and running requests are
+/// told, so they reopen its images elsewhere; the next frame clears it.
 async fn follow_control(
     inner: &Inner,
     slot: &NodeSlot,
     conn: &Connection,
-    mut control: quinn::RecvStream,
+    control: quinn::RecvStream,
 ) -> String {
+    let interval = lock(&slot.state)
+        .info
+        .as_ref()
+        .and_then(|i| i.load_interval_ms)
+        .map_or(LEGACY_LOAD_INTERVAL, |ms| {
+            Duration::from_millis(u64::from(ms))
+        });
+    let quiet_base = inner
+        .config
+        .silence_floor
+        .max(interval.saturating_mul(inner.config.silence_reports));
+    let mut last_heard = Instant::now();
+    let mut pending = Box::pin(next_control_frame(control));
     loop {
+        let silent = slot.silent.load(Ordering::SeqCst);
+        let quiet_at = last_heard + quiet_base + conn.rtt() * 2;
         tokio::select! {
-            frame = codec::read_frame(&mut control, MAX_FRAME_BYTES) => match frame {
-                Ok(Some(body)) => match codec::decode_control(&body) {
-                    Ok(ControlMessage::Load(load)) => {
-                        lock(&slot.state).load = Some(load);
+            (control, frame) = &mut pending => {
+                match frame {
+                    Ok(Some(body)) => {
+                        last_heard = Instant::now();
+                        if slot.silent.swap(false, Ordering::SeqCst) {
+                            info!(node = %slot.endpoint.name, "node heard from again");
+                            inner.changed.notify_waiters();
+                        }
+                        match codec::decode_control(&body) {
+                            Ok(ControlMessage::Load(load)) => {
+                                lock(&slot.state).load = Some(load);
+                            }
+                            Ok(ControlMessage::Draining) => {
+                                info!(node = %slot.endpoint.name, "node draining");
+                                set_state(inner, slot, |s| s.state = NodeState::Draining);
+                            }
+                            Ok(ControlMessage::Hello(info)) => {
+                                lock(&slot.state).info = Some(info);
+                            }
+                            Err(e) => {
+                                // One bad control frame must not kill working request streams:
+                                // note it and wait for the connection's fate.
+                                warn!(node = %slot.endpoint.name, error = %e, "bad control frame");
+                                return conn.closed().await.to_string();
+                            }
+                        }
                     }
-                    Ok(ControlMessage::Draining) => {
-                        info!(node = %slot.endpoint.name, "node draining");
-                        set_state(inner, slot, |s| s.state = NodeState::Draining);
-                    }
-                    Ok(ControlMessage::Hello(info)) => {
-                        lock(&slot.state).info = Some(info);
-                    }
-                    Err(e) => {
-                        // One bad control frame must not kill working request streams: note it
-                        // and wait for the connection's fate.
-                        warn!(node = %slot.endpoint.name, error = %e, "bad control frame");
+                    Ok(None) | Err(FrameReadError::Reset(_)) | Err(FrameReadError::Stream(_)) | Err(FrameReadError::Codec(_)) => {
                         return conn.closed().await.to_string();
                     }
-                },
-                Ok(None) | Err(FrameReadError::Reset(_)) | Err(FrameReadError::Stream(_)) | Err(FrameReadError::Codec(_)) => {
-                    return conn.closed().await.to_string();
+                    Err(FrameReadError::ConnectionLost(m)) => return m,
                 }
-                Err(FrameReadError::ConnectionLost(m)) => return m,
-            },
+                pending = Box::pin(next_control_frame(control));
+            }
+            () = tokio::time::sleep_until(quiet_at.into()), if !silent => {
+                slot.silent.store(true, Ordering::SeqCst);
+                inc(&inner.counters.silences);
+                warn!(
+                    node = %slot.endpoint.name,
+                    quiet_ms = last_heard.elapsed().as_millis() as u64,
+                    "node silent: reopening its in-flight images elsewhere"
+                );
+                inner.silences.send_modify(|n| *n = n.wrapping_add(1));
+                inner.changed.notify_waiters();
+            }
             reason = conn.closed() => return reason.to_string(),
         }
     }

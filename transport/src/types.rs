@@ -31,9 +31,16 @@ pub struct NodeInfo {
     pub max_batch_wait_ms: u32,
     /// Software version of the node.
     pub version: String,
+    /// How often the node sends a load report (ms). The node server fills this in from its
+    /// config when it sends Hello; the front-end takes a long silence on the control stream
+    /// as a sign the node is gone. Absent from nodes that predate it (they report every
+    /// 250 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_interval_ms: Option<u32>,
 }
 
-/// Periodic load report from a node (every ~250 ms on the control stream).
+/// Periodic load report from a node (every `load_interval_ms`, 100 ms by default, on the
+/// control stream). It doubles as the node's heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Requests being worked on.

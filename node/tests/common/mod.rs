@@ -50,6 +50,15 @@ impl Cluster {
 
     /// A dispatcher (the front-end side) for `nodes`, with a client certificate from the CA.
     pub fn dispatcher(&self, nodes: &[(&str, SocketAddr)]) -> Dispatcher {
+        self.dispatcher_with(nodes, |_| {})
+    }
+
+    /// Like [`Cluster::dispatcher`], with `tweak` applied to the config before start.
+    pub fn dispatcher_with(
+        &self,
+        nodes: &[(&str, SocketAddr)],
+        tweak: impl FnOnce(&mut DispatcherConfig),
+    ) -> Dispatcher {
         let client = self.ca.issue_client("frontend").expect("client cert");
         let mut config = DispatcherConfig::new(
             nodes
@@ -66,6 +75,7 @@ impl Cluster {
         config.max_attempts = 6;
         config.request_deadline = Duration::from_secs(60);
         config.hedge = false;
+        tweak(&mut config);
         Dispatcher::start(config).expect("dispatcher")
     }
 }

@@ -124,6 +124,7 @@ pub fn info(name: &str, capacity: u32) -> NodeInfo {
         max_batch: 1,
         max_batch_wait_ms: 0,
         version: "test".into(),
+        load_interval_ms: None,
     }
 }
 
