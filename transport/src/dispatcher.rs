@@ -380,6 +380,11 @@ struct Inner {
     slots: Vec<Arc<NodeSlot>>,
     /// Woken whenever a node's state changes or credit is freed.
     changed: Notify,
+    /// Requests waiting for a node queue here (tokio's mutex is FIFO), so freed credit goes
+    /// to the one that has waited longest. Without it every waiter woke and raced for the
+    /// credit, and the scheduler's LIFO slot let late arrivals win: at saturation some images
+    /// waited twice as long as the rest.
+    turnstile: tokio::sync::Mutex<()>,
     counters: Counters,
     latency: Mutex<LatencyWindow>,
     next_request: AtomicU64,
@@ -488,6 +493,7 @@ impl Dispatcher {
             client_config,
             slots,
             changed: Notify::new(),
+            turnstile: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             latency: Mutex::new(LatencyWindow::new()),
             next_request: AtomicU64::new(1),
@@ -888,13 +894,17 @@ impl Dispatcher {
         }
     }
 
-    /// Wait (within the deadline) until some node can take the request.
+    /// Wait (within the deadline) until some node can take the request; first come, first
+    /// served among waiting requests.
     async fn wait_for_node(
         &self,
         running: &[usize],
         failed: &HashSet<usize>,
         deadline: Instant,
     ) -> Option<usize> {
+        let _turn = tokio::time::timeout_at(deadline.into(), self.inner.turnstile.lock())
+            .await
+            .ok()?;
         loop {
             let notified = self.inner.changed.notified();
             tokio::pin!(notified);

@@ -459,3 +459,34 @@ async fn hedging_sends_a_second_copy_and_cancels_the_loser() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// When every node is busy, waiting images get a node in the order they arrived: a burst on
+/// one node that serves one image at a time is served first come, first served, so no image
+/// waits behind ones that arrived after it (the tail latency of a saturated cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_images_get_a_node_in_arrival_order() {
+    init_tracing();
+    let pki = Pki::new();
+    let h = TestHandler::with_delay("a", 20);
+    let node = start_node(pki.node_config("a", 1), h.clone());
+    let d =
+        glimpse_transport::Dispatcher::start(pki.dispatcher_config(&[("a", node.addr)])).unwrap();
+    ready(&d, 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..16u8 {
+        let d = d.clone();
+        tasks.push(tokio::spawn(async move {
+            d.classify(image(i, 2000), 5, |_| {}).await
+        }));
+        // Far shorter than the service time: all but the first wait for the node's credit.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let served: Vec<u64> = h.seen.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    let mut sorted = served.clone();
+    sorted.sort_unstable();
+    assert_eq!(served, sorted, "served out of arrival order");
+    node.drain().await.unwrap();
+}
