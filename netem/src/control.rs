@@ -20,13 +20,15 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::impair::DirectionConfig;
-use crate::relay::{Direction, RelayHandle};
+use crate::link::LinkControl;
+use crate::relay::Direction;
 
 /// Longest command line accepted; longer lines close the connection.
 const MAX_LINE: usize = 4096;
 
-/// Executes one control command against a relay and returns the reply line (without newline).
-pub fn execute(relay: &RelayHandle, line: &str) -> String {
+/// Executes one control command against a link (a UDP relay or a TUN link) and returns the
+/// reply line (without newline).
+pub fn execute(relay: &dyn LinkControl, line: &str) -> String {
     let mut words = line.split_whitespace();
     let Some(cmd) = words.next() else {
         return "err empty command".to_string();
@@ -64,7 +66,7 @@ pub fn execute(relay: &RelayHandle, line: &str) -> String {
     }
 }
 
-fn show(relay: &RelayHandle) -> String {
+fn show(relay: &dyn LinkControl) -> String {
     format!(
         "up: {} | down: {}",
         relay.config(Direction::Up),
@@ -72,8 +74,10 @@ fn show(relay: &RelayHandle) -> String {
     )
 }
 
-/// Serves the control protocol until the listener fails; one task per connection.
-pub async fn serve(listener: TcpListener, relay: RelayHandle) {
+/// Serves the control protocol until the listener fails; one task per connection. Generic so
+/// that a cloneable handle ([`crate::relay::RelayHandle`]) and a shared one
+/// (`Arc<TunLink>`) both fit.
+pub async fn serve<L: LinkControl + Clone + 'static>(listener: TcpListener, relay: L) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -87,7 +91,7 @@ pub async fn serve(listener: TcpListener, relay: RelayHandle) {
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, relay: RelayHandle) {
+async fn connection(stream: TcpStream, peer: SocketAddr, relay: impl LinkControl) {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();

@@ -5,12 +5,19 @@
 //!   clock so it is unit-testable and reproducible.
 //! * [`relay`] — the userspace UDP impairment relay (one per link) around it, used by the
 //!   `glimpse-relay` binary, by `glimpse-lab` in-process, and by the tests.
-//! * [`control`] — the relay's line-based control protocol on a loopback TCP port.
+//! * [`link`] — [`link::LinkControl`], the control surface shared by the relay and the TUN link.
+//! * `tun` (Linux) — `TunLink`: an IP-level impaired point-to-point link into a network
+//!   namespace, made of two TUN devices, so TCP crosses the same impairment as UDP.
+//! * [`control`] — the links' line-based control protocol on a loopback TCP port.
 //! * [`stats`] — mean, Student-t 95% confidence intervals, percentiles.
 //! * [`lab`] — the sweep runner behind `glimpse-lab`.
 
 pub mod control;
 pub mod impair;
 pub mod lab;
+pub mod link;
 pub mod relay;
+mod sched;
 pub mod stats;
+#[cfg(target_os = "linux")]
+pub mod tun;

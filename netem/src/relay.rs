@@ -10,11 +10,10 @@
 //! quinn notes). Receive buffers are raised so that bursts are dropped by the impairment
 //! logic and counted, not silently by the kernel.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,7 +24,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::impair::{Counters, DirectionConfig, Impairment, SpecError, Verdict};
+use crate::impair::{Counters, DirectionConfig, SpecError};
+use crate::link::LinkControl;
+use crate::sched::{Engines, ScheduleTx, enqueue, lock, release};
 
 /// Largest datagram the relay forwards (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
@@ -110,27 +111,12 @@ struct Session {
 }
 
 struct Shared {
-    up: Mutex<Impairment>,
-    down: Mutex<Impairment>,
+    engines: Engines,
     sessions: Mutex<HashMap<SocketAddr, Session>>,
 }
 
-/// Locks a mutex, recovering from poisoning: the protected state (counters, config) is
-/// always consistent between statements, so a panic elsewhere must not stop the relay.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    fn dir(&self, d: Direction) -> &Mutex<Impairment> {
-        match d {
-            Direction::Down => &self.down,
-            _ => &self.up,
-        }
-    }
-}
-
 /// Where a scheduled packet goes.
+#[derive(Clone)]
 enum Target {
     /// Out of a session's upstream socket (connected to the upstream server).
     Upstream(Arc<UdpSocket>),
@@ -138,28 +124,11 @@ enum Target {
     Client(SocketAddr),
 }
 
-struct Scheduled {
-    at: Instant,
-    seq: u64,
+/// One datagram waiting in a direction's scheduler.
+#[derive(Clone)]
+struct Outgoing {
     data: Bytes,
     target: Target,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
 }
 
 /// A running relay. Cloneable; the relay stops when [`RelayHandle::shutdown`] is called or the
@@ -209,11 +178,7 @@ impl RelayHandle {
         let listen = Arc::new(udp_socket(config.listen, config.socket_buffer)?);
         let local_addr = listen.local_addr()?;
         let shared = Arc::new(Shared {
-            up: Mutex::new(Impairment::new(config.up.clone(), config.seed)),
-            down: Mutex::new(Impairment::new(
-                config.down.clone(),
-                config.seed.wrapping_add(1),
-            )),
+            engines: Engines::new(config.up.clone(), config.down.clone(), config.seed),
             sessions: Mutex::new(HashMap::new()),
         });
         let (up_tx, up_rx) = mpsc::unbounded_channel();
@@ -257,55 +222,32 @@ impl RelayHandle {
 
     /// Current configuration of one direction (`Both` reads `Up`).
     pub fn config(&self, dir: Direction) -> DirectionConfig {
-        lock(self.inner.shared.dir(dir)).config().clone()
+        self.inner.shared.engines.config(dir)
     }
 
     /// Replaces a direction's configuration at run time.
     pub fn set_config(&self, dir: Direction, config: DirectionConfig) {
-        let s = &self.inner.shared;
-        match dir {
-            Direction::Up => lock(&s.up).set_config(config),
-            Direction::Down => lock(&s.down).set_config(config),
-            Direction::Both => {
-                lock(&s.up).set_config(config.clone());
-                lock(&s.down).set_config(config);
-            }
-        }
+        self.inner.shared.engines.set_config(dir, config);
     }
 
     /// Applies `key=value` settings (see [`DirectionConfig::apply_spec`]) on top of the current
     /// configuration; on error nothing changes.
     pub fn apply_spec(&self, dir: Direction, spec: &str) -> Result<(), RelayError> {
-        let dirs: &[Direction] = match dir {
-            Direction::Both => &[Direction::Up, Direction::Down],
-            Direction::Up => &[Direction::Up],
-            Direction::Down => &[Direction::Down],
-        };
-        // Validate against every direction first so that `both` is all-or-nothing.
-        let mut next = Vec::new();
-        for d in dirs {
-            let mut c = self.config(*d);
-            c.apply_spec(spec)?;
-            next.push((*d, c));
-        }
-        for (d, c) in next {
-            self.set_config(d, c);
-        }
-        Ok(())
+        Ok(LinkControl::apply_spec(self, dir, spec)?)
     }
 
     pub fn stats(&self) -> RelayStats {
         let s = &self.inner.shared;
+        let (up, down) = s.engines.counters();
         RelayStats {
-            up: lock(&s.up).counters(),
-            down: lock(&s.down).counters(),
+            up,
+            down,
             sessions: lock(&s.sessions).len(),
         }
     }
 
     pub fn reset_counters(&self) {
-        lock(&self.inner.shared.up).reset_counters();
-        lock(&self.inner.shared.down).reset_counters();
+        self.inner.shared.engines.reset_counters();
     }
 
     /// Stops all tasks now (packets still scheduled are discarded).
@@ -323,11 +265,10 @@ async fn listen_loop(
     listen: Arc<UdpSocket>,
     shared: Arc<Shared>,
     config: RelayConfig,
-    up_tx: mpsc::UnboundedSender<Scheduled>,
-    down_tx: mpsc::UnboundedSender<Scheduled>,
+    up_tx: ScheduleTx<Outgoing>,
+    down_tx: ScheduleTx<Outgoing>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut seq: u64 = 0;
     loop {
         let (n, client) = match listen.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -346,19 +287,11 @@ async fn listen_loop(
                 continue;
             }
         };
-        let verdict = lock(&shared.up).process(now, n);
-        if let Verdict::Send { at, duplicate_at } = verdict {
-            let data = Bytes::copy_from_slice(&buf[..n]);
-            for t in std::iter::once(at).chain(duplicate_at) {
-                seq += 1;
-                let _ = up_tx.send(Scheduled {
-                    at: t,
-                    seq,
-                    data: data.clone(),
-                    target: Target::Upstream(socket.clone()),
-                });
-            }
-        }
+        let verdict = shared.engines.dir(Direction::Up).process(now, n);
+        enqueue(&up_tx, verdict, || Outgoing {
+            data: Bytes::copy_from_slice(&buf[..n]),
+            target: Target::Upstream(socket),
+        });
     }
 }
 
@@ -368,7 +301,7 @@ fn session_socket(
     config: &RelayConfig,
     client: SocketAddr,
     now: Instant,
-    down_tx: &mpsc::UnboundedSender<Scheduled>,
+    down_tx: &ScheduleTx<Outgoing>,
 ) -> Result<Arc<UdpSocket>, RelayError> {
     let mut sessions = lock(&shared.sessions);
     if let Some(s) = sessions.get_mut(&client) {
@@ -416,10 +349,9 @@ async fn upstream_loop(
     socket: Arc<UdpSocket>,
     shared: Arc<Shared>,
     client: SocketAddr,
-    down_tx: mpsc::UnboundedSender<Scheduled>,
+    down_tx: ScheduleTx<Outgoing>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut seq: u64 = 0;
     loop {
         let n = match socket.recv(&mut buf).await {
             Ok(n) => n,
@@ -432,63 +364,51 @@ async fn upstream_loop(
             }
         };
         let now = Instant::now();
-        let verdict = lock(&shared.down).process(now, n);
-        if let Verdict::Send { at, duplicate_at } = verdict {
-            let data = Bytes::copy_from_slice(&buf[..n]);
-            for t in std::iter::once(at).chain(duplicate_at) {
-                seq += 1;
-                let _ = down_tx.send(Scheduled {
-                    at: t,
-                    // Interleave with other sessions' packets fairly; ties keep per-session order.
-                    seq,
-                    data: data.clone(),
-                    target: Target::Client(client),
-                });
-            }
-        }
+        let verdict = shared.engines.dir(Direction::Down).process(now, n);
+        enqueue(&down_tx, verdict, || Outgoing {
+            data: Bytes::copy_from_slice(&buf[..n]),
+            target: Target::Client(client),
+        });
     }
 }
 
 /// Releases scheduled packets of one direction in time order.
 async fn scheduler(
-    mut rx: mpsc::UnboundedReceiver<Scheduled>,
+    rx: mpsc::UnboundedReceiver<(Instant, Outgoing)>,
     listen: Arc<UdpSocket>,
     shared: Arc<Shared>,
     dir: Direction,
 ) {
-    let mut heap: BinaryHeap<Reverse<Scheduled>> = BinaryHeap::new();
-    // A global sequence for tie-breaking across senders, so equal times stay FIFO.
-    let mut order: u64 = 0;
-    loop {
-        let next_at = heap.peek().map(|Reverse(s)| s.at);
-        tokio::select! {
-            item = rx.recv() => {
-                let Some(mut item) = item else { return };
-                order += 1;
-                item.seq = order;
-                heap.push(Reverse(item));
-            }
-            _ = async {
-                match next_at {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-        let now = Instant::now();
-        while let Some(Reverse(s)) = heap.peek() {
-            if s.at > now {
-                break;
-            }
-            let Some(Reverse(s)) = heap.pop() else { break };
-            let sent = match &s.target {
-                Target::Upstream(sock) => sock.send(&s.data).await,
-                Target::Client(addr) => listen.send_to(&s.data, *addr).await,
+    release(rx, |out: Outgoing| {
+        let (listen, shared) = (listen.clone(), shared.clone());
+        async move {
+            let sent = match &out.target {
+                Target::Upstream(sock) => sock.send(&out.data).await,
+                Target::Client(addr) => listen.send_to(&out.data, *addr).await,
             };
             match sent {
-                Ok(_) => lock(shared.dir(dir)).record_sent(s.data.len()),
+                Ok(_) => shared.engines.dir(dir).record_sent(out.data.len()),
                 Err(e) => tracing::debug!(error = %e, "send failed"),
             }
         }
+    })
+    .await;
+}
+
+impl LinkControl for RelayHandle {
+    fn config(&self, dir: Direction) -> DirectionConfig {
+        RelayHandle::config(self, dir)
+    }
+    fn set_config(&self, dir: Direction, config: DirectionConfig) {
+        RelayHandle::set_config(self, dir, config);
+    }
+    fn stats(&self) -> RelayStats {
+        RelayHandle::stats(self)
+    }
+    fn reset_counters(&self) {
+        RelayHandle::reset_counters(self);
+    }
+    fn shutdown(&self) {
+        RelayHandle::shutdown(self);
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use glimpse_netem::lab::baseline::{WorkerBehaviour, run_worker};
+use glimpse_netem::lab::net::NetMode;
 use glimpse_netem::lab::procs::Bins;
 use glimpse_netem::lab::sweep::{LabOptions, System};
 use glimpse_netem::lab::{images, run_sweep};
@@ -28,6 +29,14 @@ enum SweepKind {
     Loss,
     Delay,
     Failure,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum Net {
+    /// Userspace UDP relay per link (unprivileged; no TCP loss for the baseline).
+    Relay,
+    /// Each worker in its own network namespace behind an IP-level TUN link (Linux, root).
+    Netns,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -112,6 +121,21 @@ struct SweepArgs {
     /// Seed for images, relays and failure injection. Default: 1.
     #[arg(long, env = "GLIMPSE_LAB_SEED", default_value_t = 1)]
     seed: u64,
+    /// How the front-end reaches the workers. Default: relay — a userspace UDP relay per link,
+    /// unprivileged, but the baseline's TCP gets no packet loss and a proxy for delay. netns —
+    /// every worker in its own network namespace (gl<pid>w<I>, 10.77.I.2) behind a TUN link
+    /// that impairs IP packets, so QUIC and TCP cross the same impaired path; needs Linux,
+    /// root, /dev/net/tun and `ip`.
+    #[arg(long, env = "GLIMPSE_LAB_NET", value_enum, default_value = "relay")]
+    net: Net,
+    /// Run only these experiments of the sweep (comma-separated ids, e.g. loss-packet;
+    /// the ids are the names of the .md/.csv files). Default: all.
+    #[arg(long, env = "GLIMPSE_LAB_ONLY", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Run only the points whose label or x value is listed (comma-separated, e.g. 0,5 or
+    /// "5%"). Default: all.
+    #[arg(long, env = "GLIMPSE_LAB_POINTS", value_delimiter = ',')]
+    points: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -208,9 +232,20 @@ async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         baseline_timeout: Duration::from_secs(a.baseline_timeout_s.max(1)),
         client_attempts: a.client_attempts.max(1),
         seed: a.seed,
+        net: match a.net {
+            Net::Relay => NetMode::Relay,
+            Net::Netns => NetMode::Netns,
+        },
+        only: a.only.into_iter().filter(|s| !s.is_empty()).collect(),
+        points: a.points.into_iter().filter(|s| !s.is_empty()).collect(),
     };
     let started = std::time::Instant::now();
-    let outcome = run_sweep(name, &options, imgs).await?;
+    // On Ctrl-C / SIGTERM the sweep's future is dropped, which kills its processes and
+    // removes its namespaces (`--net netns`) instead of leaving them behind.
+    let outcome = tokio::select! {
+        r = run_sweep(name, &options, imgs) => r?,
+        _ = interrupted() => anyhow::bail!("interrupted; partial results in {}", options.out.display()),
+    };
     println!("{}", outcome.markdown);
     println!(
         "sweep {name}: {} runs in {:.0} s, results in {}",
@@ -227,4 +262,20 @@ async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use glimpse_netem::control;
 use glimpse_netem::impair::DirectionConfig;
+use glimpse_netem::link::LinkControl;
 use glimpse_netem::relay::{RelayConfig, RelayHandle};
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,11 @@ struct Cli {
 enum Command {
     /// Relay UDP from --listen to --upstream, impairing each direction.
     Serve(ServeArgs),
+    /// An IP-level impaired link into a new network namespace (Linux, root): two TUN devices,
+    /// 10.77.I.1 here and 10.77.I.2 in the namespace; any protocol (TCP too) crosses the
+    /// impairment. Run servers with `ip netns exec NAMESPACE ...`; the namespace and devices
+    /// are removed on Ctrl-C / SIGTERM.
+    Tun(TunArgs),
     /// Send one control command to a running relay and print its reply, e.g.
     /// `glimpse-relay ctl set both loss=10% delay=50ms`.
     Ctl {
@@ -37,6 +43,14 @@ enum Command {
         /// The command words (set/reset/show/stats/json/clear/help).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
+    },
+    /// A TCP echo server (every byte received is sent back), for checking that TCP crosses a
+    /// TUN link intact. Used by the tests.
+    #[command(hide = true)]
+    TcpEcho {
+        /// Address to answer on.
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// A UDP echo server, for checking a link end to end (see `probe`).
     Echo {
@@ -79,23 +93,65 @@ struct ServeArgs {
     /// Default: 127.0.0.1:7400. "off" is not supported: the control port is how runs change.
     #[arg(long, env = "GLIMPSE_RELAY_CONTROL", default_value = "127.0.0.1:7400")]
     control: SocketAddr,
-    /// Impairment of both directions, as `key=value ...` (e.g. "delay=50ms jitter=5ms loss=1%").
-    /// Default: none (a perfect link). Applied before --up/--down.
-    #[arg(long, env = "GLIMPSE_RELAY_BOTH", default_value = "")]
-    both: String,
-    /// Impairment of client→upstream only. Default: none.
-    #[arg(long, env = "GLIMPSE_RELAY_UP", default_value = "")]
-    up: String,
-    /// Impairment of upstream→client only. Default: none.
-    #[arg(long, env = "GLIMPSE_RELAY_DOWN", default_value = "")]
-    down: String,
-    /// RNG seed, for reproducible loss patterns. Default: 1.
-    #[arg(long, env = "GLIMPSE_RELAY_SEED", default_value_t = 1)]
-    seed: u64,
+    #[command(flatten)]
+    impair: ImpairArgs,
     /// Requested socket buffer size in bytes (capped by net.core.rmem_max). Default 8 MiB,
     /// so bursts are dropped by the configured impairment rather than by the kernel.
     #[arg(long, env = "GLIMPSE_RELAY_SOCKET_BUFFER", default_value_t = 8 * 1024 * 1024)]
     socket_buffer: usize,
+    /// Print the counters every this many seconds (0 = only at exit). Default: 0.
+    #[arg(long, env = "GLIMPSE_RELAY_STATS_INTERVAL_S", default_value_t = 0)]
+    stats_interval_s: u64,
+}
+
+/// The impairment of a link's two directions, shared by `serve` and `tun`.
+#[derive(clap::Args, Debug)]
+struct ImpairArgs {
+    /// Impairment of both directions, as `key=value ...` (e.g. "delay=50ms jitter=5ms loss=1%").
+    /// Default: none (a perfect link). Applied before --up/--down.
+    #[arg(long, env = "GLIMPSE_RELAY_BOTH", default_value = "")]
+    both: String,
+    /// Impairment of the up direction only (serve: client→upstream; tun: root
+    /// namespace→worker namespace). Default: none.
+    #[arg(long, env = "GLIMPSE_RELAY_UP", default_value = "")]
+    up: String,
+    /// Impairment of the down direction only (serve: upstream→client; tun: worker
+    /// namespace→root namespace). Default: none.
+    #[arg(long, env = "GLIMPSE_RELAY_DOWN", default_value = "")]
+    down: String,
+    /// RNG seed, for reproducible loss patterns (down uses seed+1). Default: 1.
+    #[arg(long, env = "GLIMPSE_RELAY_SEED", default_value_t = 1)]
+    seed: u64,
+}
+
+impl ImpairArgs {
+    /// (up, down) configurations.
+    fn configs(&self) -> anyhow::Result<(DirectionConfig, DirectionConfig)> {
+        let mut up = DirectionConfig::default();
+        let mut down = DirectionConfig::default();
+        for c in [&mut up, &mut down] {
+            c.apply_spec(&self.both).context("--both")?;
+        }
+        up.apply_spec(&self.up).context("--up")?;
+        down.apply_spec(&self.down).context("--down")?;
+        Ok((up, down))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct TunArgs {
+    /// Link index I (1..=250): addresses 10.77.I.1 (this side) and 10.77.I.2 (namespace).
+    /// Default: 1.
+    #[arg(long, env = "GLIMPSE_RELAY_TUN_INDEX", default_value_t = 1)]
+    index: u8,
+    /// Name of the namespace to create (must not exist). Default: gl<pid>w<index>.
+    #[arg(long, env = "GLIMPSE_RELAY_TUN_NAMESPACE")]
+    namespace: Option<String>,
+    /// Control socket (same protocol as `serve`). Default: 127.0.0.1:7400.
+    #[arg(long, env = "GLIMPSE_RELAY_CONTROL", default_value = "127.0.0.1:7400")]
+    control: SocketAddr,
+    #[command(flatten)]
+    impair: ImpairArgs,
     /// Print the counters every this many seconds (0 = only at exit). Default: 0.
     #[arg(long, env = "GLIMPSE_RELAY_STATS_INTERVAL_S", default_value_t = 0)]
     stats_interval_s: u64,
@@ -122,6 +178,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(args).await,
+        Command::Tun(args) => tun(args).await,
+        Command::TcpEcho { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("tcp echo on {}", listener.local_addr()?);
+            loop {
+                let (mut stream, _) = listener.accept().await?;
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }
         Command::Echo { listen } => {
             let sock = tokio::net::UdpSocket::bind(listen)
                 .await
@@ -147,17 +217,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut up = DirectionConfig::default();
-    let mut down = DirectionConfig::default();
-    for c in [&mut up, &mut down] {
-        c.apply_spec(&args.both).context("--both")?;
-    }
-    up.apply_spec(&args.up).context("--up")?;
-    down.apply_spec(&args.down).context("--down")?;
+    let (up, down) = args.impair.configs()?;
     let mut config = RelayConfig::new(args.listen, args.upstream);
     config.up = up;
     config.down = down;
-    config.seed = args.seed;
+    config.seed = args.impair.seed;
     config.socket_buffer = args.socket_buffer;
     let relay = RelayHandle::start(config).await?;
     let listener = tokio::net::TcpListener::bind(args.control)
@@ -169,22 +233,72 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.upstream,
         listener.local_addr()?
     );
-    println!("{}", control::execute(&relay, "show"));
-    tokio::spawn(control::serve(listener, relay.clone()));
-    if args.stats_interval_s > 0 {
-        let r = relay.clone();
-        let every = Duration::from_secs(args.stats_interval_s);
+    run_link(relay.clone(), listener, args.stats_interval_s).await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+async fn tun(args: TunArgs) -> anyhow::Result<()> {
+    use glimpse_netem::tun::{TunConfig, TunLink};
+    use std::sync::Arc;
+    let (up, down) = args.impair.configs()?;
+    let mut config = TunConfig::new(args.index);
+    if let Some(ns) = args.namespace {
+        config.namespace = ns;
+    }
+    config.up = up;
+    config.down = down;
+    config.seed = args.impair.seed;
+    // Bind the control port first: failing there must not leave a namespace behind.
+    let listener = tokio::net::TcpListener::bind(args.control)
+        .await
+        .with_context(|| format!("binding control socket {}", args.control))?;
+    let link = Arc::new(TunLink::create(config).await?);
+    println!(
+        "tun link {} (dev {}) <-> namespace {} {} (dev {}) control {}",
+        link.root_addr(),
+        link.root_device(),
+        link.namespace(),
+        link.worker_addr(),
+        link.worker_device(),
+        listener.local_addr()?
+    );
+    run_link(link.clone(), listener, args.stats_interval_s).await;
+    link.close().await;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn tun(_args: TunArgs) -> anyhow::Result<()> {
+    anyhow::bail!("`glimpse-relay tun` needs Linux (TUN devices and network namespaces)")
+}
+
+/// Serves the control port and prints counters until Ctrl-C / SIGTERM; prints the final
+/// counters.
+async fn run_link<L: LinkControl + Clone + 'static>(
+    link: L,
+    listener: tokio::net::TcpListener,
+    stats_interval_s: u64,
+) {
+    println!("{}", control::execute(&link, "show"));
+    let server = tokio::spawn(control::serve(listener, link.clone()));
+    let ticker = (stats_interval_s > 0).then(|| {
+        let l = link.clone();
+        let every = Duration::from_secs(stats_interval_s);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                println!("{}", control::execute(&r, "stats"));
+                println!("{}", control::execute(&l, "stats"));
             }
-        });
-    }
+        })
+    });
     shutdown_signal().await;
-    println!("{}", control::execute(&relay, "stats"));
-    relay.shutdown();
-    Ok(())
+    server.abort();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    println!("{}", control::execute(&link, "stats"));
 }
 
 /// Sequential UDP pings; returns the summary line.

@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod driver;
 pub mod images;
+pub mod net;
 pub mod procs;
 pub mod report;
 pub mod sweep;
@@ -58,6 +59,7 @@ pub async fn run_sweep(
     images: Vec<Bytes>,
 ) -> Result<SweepOutcome, LabError> {
     let experiments = sweep::experiments(sweep_name, o)?;
+    o.net.check()?;
     std::fs::create_dir_all(&o.out)?;
     let needs_glimpse = o.systems.contains(&System::Glimpse);
     let certs = if needs_glimpse {
@@ -81,7 +83,7 @@ pub async fn run_sweep(
     let mut samples = Vec::new();
     let mut failed_runs = 0;
     let mut md = format!(
-        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}.\n\n",
+        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}. Network: `--net {}`.\n\n",
         o.model,
         if o.model == "synthetic" {
             "a fixed service time stands in for GoogLeNet on this 2-core machine; rerun with --model googlenet on real hosts"
@@ -96,7 +98,8 @@ pub async fn run_sweep(
             ", --quick (reduced points)"
         } else {
             ""
-        }
+        },
+        o.net
     );
     for exp in &experiments {
         let imgs: Arc<Vec<Bytes>> =
@@ -174,7 +177,10 @@ pub async fn run_sweep(
         let table = report::markdown(
             exp,
             &rows,
-            "Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs.",
+            &format!(
+                "Network `--net {}`. Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs.",
+                o.net
+            ),
         );
         std::fs::write(o.out.join(format!("{}.md", exp.id)), &table)?;
         md.push_str(&table);

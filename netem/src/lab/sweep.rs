@@ -12,11 +12,19 @@ use tokio::sync::Mutex;
 use super::LabError;
 use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
 use super::driver::{HttpsSubmitter, RunResult, drive};
+use super::net::{NetMode, NsLink};
 use super::procs::{
     Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
 };
 use crate::impair::DirectionConfig;
+use crate::link::LinkControl;
 use crate::relay::{Direction, RelayConfig, RelayHandle};
+
+/// Port of a Glimpse node inside its namespace (`--net netns`; the namespace is fresh, so a
+/// fixed port cannot collide).
+const NS_NODE_PORT: u16 = 7443;
+/// Port of a baseline worker inside its namespace.
+const NS_WORKER_PORT: u16 = 7600;
 
 /// Which system a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,9 +77,17 @@ impl ClusterSpec {
         }
     }
 
-    /// The baseline cannot run a point whose links lose TCP segments: that needs the kernel
-    /// (netns + iptables, see netem/scripts). Delay is emulated by a TCP delay proxy.
-    pub fn baseline_supported(&self) -> Result<(), String> {
+    /// With `--net relay` the baseline cannot run a point whose links lose TCP segments (the
+    /// UDP relay cannot carry TCP; delay is emulated by a TCP delay proxy). With `--net netns`
+    /// every impairment applies to IP packets, TCP included, so every point is supported.
+    pub fn baseline_supported(&self, net: NetMode) -> Result<(), String> {
+        if net == NetMode::Netns {
+            let mut c = DirectionConfig::default();
+            if let Some(link) = &self.link {
+                c.apply_spec(link).map_err(|e| e.to_string())?;
+            }
+            return Ok(());
+        }
         if let Some(link) = &self.link {
             let mut c = DirectionConfig::default();
             c.apply_spec(link).map_err(|e| e.to_string())?;
@@ -134,6 +150,12 @@ pub struct LabOptions {
     pub baseline_timeout: Duration,
     pub client_attempts: u32,
     pub seed: u64,
+    /// Which links connect the front-end to the workers.
+    pub net: NetMode,
+    /// Only these experiment ids (e.g. `loss-packet`); empty = all of the sweep.
+    pub only: Vec<String>,
+    /// Only points whose label or x value is listed (e.g. `5%` or `5`); empty = all.
+    pub points: Vec<String>,
 }
 
 fn point(x: f64, label: impl Into<String>, cluster: ClusterSpec) -> Point {
@@ -144,8 +166,44 @@ fn point(x: f64, label: impl Into<String>, cluster: ClusterSpec) -> Point {
     }
 }
 
-/// The experiments of a sweep (`workers`, `loss`, `delay`, `failure`).
+/// The experiments of a sweep (`workers`, `loss`, `delay`, `failure`), narrowed by
+/// `--only` / `--points`, with the network mode stated in every method text.
 pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabError> {
+    let mut all = all_experiments(sweep, o)?;
+    if !o.only.is_empty() {
+        let ids: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
+        if let Some(bad) = o.only.iter().find(|id| !ids.contains(id)) {
+            return Err(LabError::Usage(format!(
+                "--only {bad:?}: sweep {sweep} has experiments {}",
+                ids.join(", ")
+            )));
+        }
+        all.retain(|e| o.only.contains(&e.id));
+    }
+    if !o.points.is_empty() {
+        for e in &mut all {
+            e.points.retain(|p| {
+                o.points
+                    .iter()
+                    .any(|q| *q == p.label || *q == p.x.to_string())
+            });
+        }
+        all.retain(|e| !e.points.is_empty());
+        if all.is_empty() {
+            return Err(LabError::Usage(format!(
+                "--points {}: no point of the selected experiments matches",
+                o.points.join(",")
+            )));
+        }
+    }
+    for e in &mut all {
+        e.method = format!("{} {}", e.method, o.net.describe());
+    }
+    Ok(all)
+}
+
+fn all_experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabError> {
+    let net = o.net;
     let q = o.quick;
     let n = o.images;
     let svc = o.service_ms;
@@ -191,7 +249,7 @@ pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabEr
                         })
                         .collect(),
                     images: (n / 2).max(6),
-                    method: "A whole exchange is lost with probability p. Baseline: the worker drops each answer with probability p (the seed's semantics exactly). Glimpse: `glimpse-node --stall-rate` is sticky (a stalled node never answers again), so instead each link's relay blackholes both directions for each 1 s slot with probability p; requests caught in a dark slot are recovered by the front-end's attempt timeout and a resend to another node. Recovery is by timeout and resend in both: the baseline's fixed 5 s, Glimpse's adaptive attempt timeout.".into(),
+                    method: "A whole exchange is lost with probability p. Baseline: the worker drops each answer with probability p (the seed's semantics exactly). Glimpse: `glimpse-node --stall-rate` is sticky (a stalled node never answers again), so instead each link blackholes both directions for each 1 s slot with probability p; requests caught in a dark slot are recovered by the front-end's attempt timeout and a resend to another node. Recovery is by timeout and resend in both: the baseline's fixed 5 s, Glimpse's adaptive attempt timeout.".into(),
                 },
                 Experiment {
                     id: "loss-packet".into(),
@@ -208,7 +266,10 @@ pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabEr
                         })
                         .collect(),
                     images: (n / 2).max(6),
-                    method: "Random loss in both directions of every front-end↔worker link, applied by one userspace relay per link after the QUIC connections are up. The baseline's TCP links cannot lose packets in userspace, so its column is empty except at 0%; run the namespace testbed (netem/scripts) for kernel-level TCP loss.".into(),
+                    method: match net {
+                        NetMode::Relay => "Random loss in both directions of every front-end↔worker link, applied by one userspace relay per link after the QUIC connections are up. The baseline's TCP links cannot lose packets in userspace, so its column is empty except at 0%; rerun with `--net netns` for TCP loss.",
+                        NetMode::Netns => "Random loss in both directions of every front-end↔worker link, applied to IP packets by the worker's TUN link once the connections are up (QUIC handshakes / TCP connects done), for both systems alike.",
+                    }.into(),
                 },
             ]
         }
@@ -250,7 +311,10 @@ pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabEr
                         })
                         .collect(),
                     images: n,
-                    method: "RTT/2 one-way delay in each direction of every link: UDP relay for Glimpse, TCP delay proxy for the baseline.".into(),
+                    method: match net {
+                        NetMode::Relay => "RTT/2 one-way delay in each direction of every link: UDP relay for Glimpse, TCP delay proxy for the baseline.",
+                        NetMode::Netns => "RTT/2 one-way delay in each direction of every link, applied to IP packets by the worker's TUN link for both systems.",
+                    }.into(),
                 },
             ]
         }
@@ -373,11 +437,11 @@ async fn crash_cycles(
 
 /// Seed-semantics loss for Glimpse: each `slot`, each link goes dark (both directions) with
 /// probability `p`, independently.
-async fn flap_links(relays: Vec<RelayHandle>, p: f64, slot: Duration, seed: u64) {
+async fn flap_links(links: Vec<Arc<dyn LinkControl>>, p: f64, slot: Duration, seed: u64) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
     loop {
-        for r in &relays {
+        for r in &links {
             let dark = rng.random_bool(p.clamp(0.0, 1.0));
             let spec = if dark {
                 "blackhole=on"
@@ -406,10 +470,23 @@ async fn run_glimpse(
     let mut procs = Vec::new();
     let mut respawn = Vec::new();
     let mut relays = Vec::new();
+    // Every impaired link, whatever its kind: what `c.link` and the flapping act on.
+    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
+    // Declared after `procs`, so on an early return the namespaces go before the processes
+    // are killed; either order cleans up.
+    let mut ns_links = Vec::new();
     let mut site_nodes = Vec::new();
     for i in 0..c.workers {
         let name = format!("n{}", i + 1);
-        let listen: SocketAddr = ([127, 0, 0, 1], free_udp_port()?).into();
+        let link_seed = seed.wrapping_add(i as u64 * 2);
+        let ns = match o.net {
+            NetMode::Netns => Some(NsLink::create(i + 1, link_seed).await?),
+            NetMode::Relay => None,
+        };
+        let listen: SocketAddr = match &ns {
+            Some(l) => (l.addr(), NS_NODE_PORT).into(),
+            None => ([127, 0, 0, 1], free_udp_port()?).into(),
+        };
         let spec = NodeSpec {
             name: name.clone(),
             listen,
@@ -420,21 +497,29 @@ async fn run_glimpse(
             stall_rate: 0.0,
             extra_delay_ms: c.extra_delay_ms,
         };
-        let args = spec.args(certs);
-        procs.push(Proc::spawn(&name, &node_bin, &args, log_dir)?);
-        respawn.push((name.clone(), node_bin.clone(), args));
-        let addr = if c.link.is_some() || c.exchange_loss > 0.0 {
+        let (prog, args) = match &ns {
+            Some(l) => l.wrap(&node_bin, &spec.args(certs)),
+            None => (node_bin.clone(), spec.args(certs)),
+        };
+        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
+        respawn.push((name.clone(), prog, args));
+        let addr = if let Some(l) = ns {
+            links.push(l.control());
+            ns_links.push(l);
+            listen
+        } else if c.link.is_some() || c.exchange_loss > 0.0 {
             let mut rc = RelayConfig::new(
                 "127.0.0.1:0"
                     .parse()
                     .map_err(|e| LabError::Setup(format!("{e}")))?,
                 listen,
             );
-            rc.seed = seed.wrapping_add(i as u64 * 2);
+            rc.seed = link_seed;
             let relay = RelayHandle::start(rc)
                 .await
                 .map_err(|e| LabError::Setup(e.to_string()))?;
             let a = relay.local_addr();
+            links.push(Arc::new(relay.clone()));
             relays.push(relay);
             a
         } else {
@@ -454,15 +539,10 @@ async fn run_glimpse(
     wait_site_ready(&base, c.workers, Duration::from_secs(60), &mut site).await?;
     // Impair the links only once the connections are up: the experiment is about serving
     // under loss, not about handshakes under loss (quinn's initial PTO makes those minutes).
-    if let Some(link) = &c.link {
-        for r in &relays {
-            r.apply_spec(Direction::Both, link)
-                .map_err(|e| LabError::Setup(e.to_string()))?;
-        }
-    }
+    impair_links(&links, c)?;
     let flapper = (c.exchange_loss > 0.0).then(|| {
         tokio::spawn(flap_links(
-            relays.clone(),
+            links.clone(),
             c.exchange_loss,
             c.loss_slot,
             seed,
@@ -486,13 +566,29 @@ async fn run_glimpse(
     if let Some(t) = flapper {
         t.abort();
     }
+    for l in &links {
+        tracing::debug!(stats = ?l.stats(), "link counters");
+    }
     for r in &relays {
-        tracing::debug!(stats = ?r.stats(), "relay counters");
         r.shutdown();
     }
     drop(site);
     drop(procs);
+    for l in ns_links {
+        l.close().await;
+    }
     result
+}
+
+/// Applies the point's link impairment (both directions) to every link.
+fn impair_links(links: &[Arc<dyn LinkControl>], c: &ClusterSpec) -> Result<(), LabError> {
+    if let Some(link) = &c.link {
+        for l in links {
+            l.apply_spec(Direction::Both, link)
+                .map_err(|e| LabError::Setup(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 async fn run_baseline(
@@ -504,15 +600,24 @@ async fn run_baseline(
     on_done: impl Fn() + Send + Sync + 'static,
 ) -> Result<RunResult, LabError> {
     let c = &p.cluster;
-    c.baseline_supported().map_err(LabError::Unsupported)?;
+    c.baseline_supported(o.net).map_err(LabError::Unsupported)?;
     let lab = std::env::current_exe().map_err(LabError::Io)?;
     let mut procs = Vec::new();
     let mut respawn = Vec::new();
     let mut addrs = Vec::new();
     let mut proxies = Vec::new();
+    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
+    let mut ns_links = Vec::new();
     for i in 0..c.workers {
         let name = format!("baseline-w{}", i + 1);
-        let listen: SocketAddr = ([127, 0, 0, 1], free_tcp_port()?).into();
+        let ns = match o.net {
+            NetMode::Netns => Some(NsLink::create(i + 1, seed.wrapping_add(i as u64 * 2)).await?),
+            NetMode::Relay => None,
+        };
+        let listen: SocketAddr = match &ns {
+            Some(l) => (l.addr(), NS_WORKER_PORT).into(),
+            None => ([127, 0, 0, 1], free_tcp_port()?).into(),
+        };
         let mut args = vec![
             "baseline-worker".to_string(),
             "--listen".into(),
@@ -531,11 +636,20 @@ async fn run_baseline(
         if c.extra_delay_ms > 0 {
             args.extend(["--extra-delay-ms".into(), c.extra_delay_ms.to_string()]);
         }
-        procs.push(Proc::spawn(&name, &lab, &args, log_dir)?);
-        respawn.push((name, lab.clone(), args));
+        let (prog, args) = match &ns {
+            Some(l) => l.wrap(&lab, &args),
+            None => (lab.clone(), args),
+        };
+        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
+        respawn.push((name, prog, args));
         wait_tcp(listen, Duration::from_secs(20)).await?;
         let delay = c.link_delay();
-        if delay.is_zero() {
+        if let Some(l) = ns {
+            // The TUN link carries the impairment; no proxy.
+            links.push(l.control());
+            ns_links.push(l);
+            addrs.push(listen);
+        } else if delay.is_zero() {
             addrs.push(listen);
         } else {
             let (a, task) = start_tcp_delay_proxy(listen, delay).await?;
@@ -543,6 +657,8 @@ async fn run_baseline(
             addrs.push(a);
         }
     }
+    // As for Glimpse: the workers are up before their links are impaired.
+    impair_links(&links, c)?;
     let procs = Arc::new(Mutex::new(procs));
     let cycler = c.crash_every.map(|every| {
         tokio::spawn(crash_cycles(
@@ -570,6 +686,12 @@ async fn run_baseline(
     for t in proxies {
         t.abort();
     }
+    for l in &links {
+        tracing::debug!(stats = ?l.stats(), "link counters");
+    }
     drop(procs);
+    for l in ns_links {
+        l.close().await;
+    }
     result
 }

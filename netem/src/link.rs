@@ -1,0 +1,74 @@
+//! The control surface every impaired link offers, whatever carries its packets.
+//!
+//! Two kinds of link implement it: the UDP relay ([`crate::relay::RelayHandle`], unprivileged,
+//! UDP only) and the IP-level TUN link (`crate::tun::TunLink`, Linux and root, any protocol).
+//! The control port ([`crate::control`]) and the lab's link flapping are written against this
+//! trait, so an experiment can switch the kind of link without touching how it is driven.
+
+use std::sync::Arc;
+
+use crate::impair::{DirectionConfig, SpecError};
+use crate::relay::{Direction, RelayStats};
+
+/// Reconfigure, observe and stop one impaired link (two directions, one
+/// [`Impairment`](crate::impair::Impairment) each).
+pub trait LinkControl: Send + Sync {
+    /// Current configuration of one direction (`Both` reads `Up`).
+    fn config(&self, dir: Direction) -> DirectionConfig;
+
+    /// Replaces a direction's configuration at run time, keeping counters and RNG streams.
+    fn set_config(&self, dir: Direction, config: DirectionConfig);
+
+    /// Counters of both directions (`sessions` is 0 for links without sessions).
+    fn stats(&self) -> RelayStats;
+
+    /// Counters back to zero.
+    fn reset_counters(&self);
+
+    /// Stops forwarding now; packets still scheduled are discarded.
+    fn shutdown(&self);
+
+    /// Applies `key=value` settings (see [`DirectionConfig::apply_spec`]) on top of the current
+    /// configuration; on error nothing changes, in either direction.
+    fn apply_spec(&self, dir: Direction, spec: &str) -> Result<(), SpecError> {
+        let dirs: &[Direction] = match dir {
+            Direction::Both => &[Direction::Up, Direction::Down],
+            Direction::Up => &[Direction::Up],
+            Direction::Down => &[Direction::Down],
+        };
+        // Validate against every direction first so that `both` is all-or-nothing.
+        let mut next = Vec::new();
+        for d in dirs {
+            let mut c = self.config(*d);
+            c.apply_spec(spec)?;
+            next.push((*d, c));
+        }
+        for (d, c) in next {
+            self.set_config(d, c);
+        }
+        Ok(())
+    }
+}
+
+/// A shared link is controlled like the link itself (the control port and the lab hold
+/// `Arc<TunLink>`s, since a TUN link owns devices and must not be duplicated).
+impl<L: LinkControl + ?Sized> LinkControl for Arc<L> {
+    fn config(&self, dir: Direction) -> DirectionConfig {
+        (**self).config(dir)
+    }
+    fn set_config(&self, dir: Direction, config: DirectionConfig) {
+        (**self).set_config(dir, config);
+    }
+    fn stats(&self) -> RelayStats {
+        (**self).stats()
+    }
+    fn reset_counters(&self) {
+        (**self).reset_counters();
+    }
+    fn shutdown(&self) {
+        (**self).shutdown();
+    }
+    fn apply_spec(&self, dir: Direction, spec: &str) -> Result<(), SpecError> {
+        (**self).apply_spec(dir, spec)
+    }
+}
