@@ -118,6 +118,12 @@ struct SweepArgs {
     /// Submissions per image by the client before the image counts as lost. Default: 3.
     #[arg(long, env = "GLIMPSE_LAB_CLIENT_ATTEMPTS", default_value_t = 3)]
     client_attempts: u32,
+    /// Longest one run may take, seconds. A run still going then is cut: its unanswered images
+    /// count as unfinished (reported beside lost, which they are not: the system had not given
+    /// up on them) and throughput is answered images over the elapsed time. Default: 120, so
+    /// a system that collapses under heavy loss costs two minutes per run, not hours.
+    #[arg(long, env = "GLIMPSE_LAB_RUN_LIMIT_S", default_value_t = 120)]
+    run_limit_s: u64,
     /// Seed for images, relays and failure injection. Default: 1.
     #[arg(long, env = "GLIMPSE_LAB_SEED", default_value_t = 1)]
     seed: u64,
@@ -231,6 +237,7 @@ async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(a.request_timeout_s.max(1)),
         baseline_timeout: Duration::from_secs(a.baseline_timeout_s.max(1)),
         client_attempts: a.client_attempts.max(1),
+        run_limit: Duration::from_secs(a.run_limit_s.max(1)),
         seed: a.seed,
         net: match a.net {
             Net::Relay => NetMode::Relay,

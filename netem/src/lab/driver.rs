@@ -55,6 +55,9 @@ pub struct RunResult {
     pub answered: usize,
     /// Images with no final answer even after the client's own retries: must be 0.
     pub lost: usize,
+    /// Images not answered when the run hit its time limit (never sent, or still waiting):
+    /// the system did not give up on them, the lab stopped waiting. Not counted as lost.
+    pub unfinished: usize,
     /// Submissions that came back as errors (each counted, even if a later client retry succeeded).
     pub failures: usize,
     /// Retries inside the system plus the client's own resubmissions.
@@ -72,17 +75,22 @@ pub struct RunResult {
 }
 
 /// Sends every image once (with up to `client_attempts` submissions each) using `concurrency`
-/// parallel clients. `on_done` is called after each image (for the progress bar).
+/// parallel clients, for at most `limit`: a system that collapses (TCP under heavy loss, say)
+/// would otherwise hold a sweep for hours. Images not answered by then are `unfinished`, and
+/// throughput is what was answered over the elapsed time. `on_done` is called after each
+/// image (for the progress bar).
 pub async fn drive<S: Submit>(
     system: Arc<S>,
     images: Arc<Vec<Bytes>>,
     concurrency: usize,
     client_attempts: u32,
+    limit: Duration,
     on_done: impl Fn() + Send + Sync + 'static,
 ) -> Result<RunResult, LabError> {
     let next = Arc::new(AtomicUsize::new(0));
     let on_done = Arc::new(on_done);
     let start = Instant::now();
+    let cutoff = tokio::time::Instant::from_std(start + limit);
     let mut clients = Vec::new();
     for _ in 0..concurrency.max(1) {
         let (system, images, next, on_done) = (
@@ -92,8 +100,11 @@ pub async fn drive<S: Submit>(
             on_done.clone(),
         );
         clients.push(tokio::spawn(async move {
-            let mut results: Vec<(usize, bool, u64, usize, Duration, Vec<String>)> = Vec::new();
+            let mut results: Vec<ImageRecord> = Vec::new();
             loop {
+                if tokio::time::Instant::now() >= cutoff {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(image) = images.get(i) else { break };
                 let t0 = Instant::now();
@@ -101,8 +112,14 @@ pub async fn drive<S: Submit>(
                 let mut failures = 0usize;
                 let mut errors = Vec::new();
                 let mut ok = false;
+                let mut cut = false;
                 for attempt in 0..client_attempts.max(1) {
-                    let o = system.classify(image.clone()).await;
+                    let Ok(o) =
+                        tokio::time::timeout_at(cutoff, system.classify(image.clone())).await
+                    else {
+                        cut = true;
+                        break;
+                    };
                     retries += u64::from(o.retries) + u64::from(attempt > 0);
                     if o.ok {
                         ok = true;
@@ -112,7 +129,18 @@ pub async fn drive<S: Submit>(
                     errors.push(o.error.unwrap_or_else(|| "unknown error".into()));
                 }
                 on_done();
-                results.push((image.len(), ok, retries, failures, t0.elapsed(), errors));
+                results.push(ImageRecord {
+                    bytes: image.len(),
+                    ok,
+                    cut,
+                    retries,
+                    failures,
+                    latency: t0.elapsed(),
+                    errors,
+                });
+                if cut {
+                    break;
+                }
             }
             results
         }));
@@ -127,23 +155,25 @@ pub async fn drive<S: Submit>(
     let elapsed = start.elapsed().as_secs_f64();
     let mut lat: Vec<f64> = all
         .iter()
-        .filter(|r| r.1)
-        .map(|r| r.4.as_secs_f64() * 1e3)
+        .filter(|r| r.ok)
+        .map(|r| r.latency.as_secs_f64() * 1e3)
         .collect();
     lat.sort_by(f64::total_cmp);
-    let answered = all.iter().filter(|r| r.1).count();
-    let payload_bytes: u64 = all.iter().filter(|r| r.1).map(|r| r.0 as u64).sum();
+    let answered = all.iter().filter(|r| r.ok).count();
+    let lost = all.iter().filter(|r| !r.ok && !r.cut).count();
+    let payload_bytes: u64 = all.iter().filter(|r| r.ok).map(|r| r.bytes as u64).sum();
     let errors: Vec<String> = all
         .iter()
-        .flat_map(|r| r.5.iter().cloned())
+        .flat_map(|r| r.errors.iter().cloned())
         .take(5)
         .collect();
     Ok(RunResult {
-        images: all.len(),
+        images: images.len(),
         answered,
-        lost: all.len() - answered,
-        failures: all.iter().map(|r| r.3).sum(),
-        retries: all.iter().map(|r| r.2).sum(),
+        lost,
+        unfinished: images.len() - answered - lost,
+        failures: all.iter().map(|r| r.failures).sum(),
+        retries: all.iter().map(|r| r.retries).sum(),
         elapsed_s: elapsed,
         payload_bytes,
         images_per_s: answered as f64 / elapsed,
@@ -153,6 +183,19 @@ pub async fn drive<S: Submit>(
         p99_ms: percentile(&lat, 0.99),
         errors,
     })
+}
+
+/// What happened to one image in a run.
+struct ImageRecord {
+    bytes: usize,
+    /// Answered (possibly after client resubmissions).
+    ok: bool,
+    /// Still unanswered when the run hit its time limit.
+    cut: bool,
+    retries: u64,
+    failures: usize,
+    latency: Duration,
+    errors: Vec<String>,
 }
 
 /// Glimpse through its public API: `POST /api/v1/classify?wait=true` with the raw image.
@@ -251,6 +294,7 @@ mod tests {
             images.clone(),
             4,
             3,
+            LONG,
             || {},
         )
         .await
@@ -261,13 +305,60 @@ mod tests {
         assert!(r.retries >= 2 * r.failures as u64);
         assert_eq!(r.payload_bytes, 30_000);
 
-        let r = drive(Arc::new(Flaky(AtomicUsize::new(0))), images, 1, 1, || {})
-            .await
-            .unwrap();
+        let r = drive(
+            Arc::new(Flaky(AtomicUsize::new(0))),
+            images,
+            1,
+            1,
+            LONG,
+            || {},
+        )
+        .await
+        .unwrap();
         assert_eq!(
             r.lost, 10,
             "without client retries every third image is lost"
         );
+        assert_eq!(r.unfinished, 0);
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    /// Answers the first `fast` submissions at once and never answers the rest.
+    struct Hangs {
+        fast: usize,
+        seen: AtomicUsize,
+    }
+    impl Submit for Hangs {
+        async fn classify(&self, _image: Bytes) -> Outcome {
+            if self.seen.fetch_add(1, Ordering::Relaxed) < self.fast {
+                Outcome::ok(0, Duration::from_millis(1))
+            } else {
+                std::future::pending().await
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_limit_is_cut_and_its_images_are_unfinished_not_lost() {
+        let images = Arc::new(vec![Bytes::from_static(&[0u8; 100]); 20]);
+        let system = Arc::new(Hangs {
+            fast: 5,
+            seen: AtomicUsize::new(0),
+        });
+        let started = Instant::now();
+        let r = drive(system, images, 2, 3, Duration::from_millis(300), || {})
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the run was not cut"
+        );
+        assert_eq!(r.images, 20);
+        assert_eq!(r.answered, 5);
+        assert_eq!(r.lost, 0, "the system never gave up on an image");
+        assert_eq!(r.unfinished, 15);
+        assert_eq!(r.payload_bytes, 500);
     }
 
     #[test]

@@ -132,6 +132,12 @@ pub async fn run_sweep(
                     let mut unsupported = false;
                     let (result, note) = match res {
                         Ok(r) => {
+                            if r.unfinished > 0 {
+                                bar.println(format!(
+                                    "run limit: {} of {} image(s) unanswered after {:.0} s in {} {} {} run {}",
+                                    r.unfinished, r.images, r.elapsed_s, exp.id, p.label, sys, run
+                                ));
+                            }
                             if r.lost > 0 {
                                 bar.println(format!(
                                     "LOST {} image(s) in {} {} {} run {}: {:?}",
@@ -178,8 +184,10 @@ pub async fn run_sweep(
             exp,
             &rows,
             &format!(
-                "Network `--net {}`. Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs.",
-                o.net
+                "Network `--net {}`. Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs (lost: no final answer after {} client submission(s); unfinished: still unanswered when a run hit its {} s limit).",
+                o.net,
+                o.client_attempts,
+                o.run_limit.as_secs()
             ),
         );
         std::fs::write(o.out.join(format!("{}.md", exp.id)), &table)?;

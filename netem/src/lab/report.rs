@@ -28,6 +28,8 @@ pub struct Summary {
     pub retries: u64,
     pub failures: u64,
     pub lost: u64,
+    /// Images left unanswered by runs cut at the run limit (not lost).
+    pub unfinished: u64,
     pub note: Option<String>,
 }
 
@@ -57,6 +59,7 @@ pub fn summarize(exp: &Experiment, samples: &[Sample], systems: &[System]) -> Ve
                 retries: results.iter().map(|r| r.retries).sum(),
                 failures: results.iter().map(|r| r.failures as u64).sum(),
                 lost: results.iter().map(|r| r.lost as u64).sum(),
+                unfinished: results.iter().map(|r| r.unfinished as u64).sum(),
                 note: mine.iter().find_map(|s| s.note.clone()),
             });
         }
@@ -67,7 +70,7 @@ pub fn summarize(exp: &Experiment, samples: &[Sample], systems: &[System]) -> Ve
 /// One row per run, every measured field.
 pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
     let mut s = String::from(
-        "experiment,x,label,system,run,images,answered,lost,failures,retries,elapsed_s,payload_bytes,images_per_s,mbit_per_s,p50_ms,p95_ms,p99_ms,note\n",
+        "experiment,x,label,system,run,images,answered,lost,unfinished,failures,retries,elapsed_s,payload_bytes,images_per_s,mbit_per_s,p50_ms,p95_ms,p99_ms,note\n",
     );
     for x in samples {
         let note = x.note.clone().unwrap_or_default().replace([',', '\n'], ";");
@@ -75,7 +78,7 @@ pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
             Some(r) => {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{},{},{},{},{:.3},{},{:.3},{:.3},{:.1},{:.1},{:.1},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{:.3},{:.3},{:.1},{:.1},{:.1},{}",
                     x.experiment,
                     x.x,
                     x.label,
@@ -84,6 +87,7 @@ pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
                     r.images,
                     r.answered,
                     r.lost,
+                    r.unfinished,
                     r.failures,
                     r.retries,
                     r.elapsed_s,
@@ -99,7 +103,7 @@ pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
             None => {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},,,,,,,,,,,,,{}",
+                    "{},{},{},{},{},,,,,,,,,,,,,,{}",
                     x.experiment, x.x, x.label, x.system, x.run, note
                 );
             }
@@ -111,12 +115,12 @@ pub fn write_raw_csv(path: &Path, samples: &[Sample]) -> Result<(), LabError> {
 /// One row per point and system: mean and 95% CI half-width.
 pub fn write_summary_csv(path: &Path, exp: &Experiment, rows: &[Summary]) -> Result<(), LabError> {
     let mut s = String::from(
-        "experiment,x,label,system,runs,images_per_s,images_per_s_ci95,mbit_per_s,mbit_per_s_ci95,p50_ms,p95_ms,p99_ms,retries,failures,lost\n",
+        "experiment,x,label,system,runs,images_per_s,images_per_s_ci95,mbit_per_s,mbit_per_s_ci95,p50_ms,p95_ms,p99_ms,retries,failures,lost,unfinished\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{},{},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1},{},{},{},{}",
             exp.id,
             r.x,
             r.label,
@@ -131,7 +135,8 @@ pub fn write_summary_csv(path: &Path, exp: &Experiment, rows: &[Summary]) -> Res
             r.p99_ms,
             r.retries,
             r.failures,
-            r.lost
+            r.lost,
+            r.unfinished
         );
     }
     std::fs::write(path, s).map_err(LabError::Io)
@@ -143,7 +148,14 @@ fn cell(r: Option<&Summary>) -> [String; 4] {
             format!("{:.1} ± {:.1}", r.images_per_s.mean, r.images_per_s.ci95),
             format!("{:.2} ± {:.2}", r.mbit_per_s.mean, r.mbit_per_s.ci95),
             format!("{:.0} / {:.0} / {:.0}", r.p50_ms, r.p95_ms, r.p99_ms),
-            format!("{} / {} / {}", r.retries, r.failures, r.lost),
+            if r.unfinished > 0 {
+                format!(
+                    "{} / {} / {} ({} unfinished at the run limit)",
+                    r.retries, r.failures, r.lost, r.unfinished
+                )
+            } else {
+                format!("{} / {} / {}", r.retries, r.failures, r.lost)
+            },
         ],
         Some(r) => {
             let why = r.note.clone().unwrap_or_else(|| "not run".into());

@@ -149,6 +149,8 @@ pub struct LabOptions {
     pub request_timeout: Duration,
     pub baseline_timeout: Duration,
     pub client_attempts: u32,
+    /// Longest a run may take; what is unanswered by then is `unfinished`.
+    pub run_limit: Duration,
     pub seed: u64,
     /// Which links connect the front-end to the workers.
     pub net: NetMode,
@@ -559,7 +561,15 @@ async fn run_glimpse(
         ))
     });
     let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
-    let result = drive(submitter, images, o.concurrency, o.client_attempts, on_done).await;
+    let result = drive(
+        submitter,
+        images,
+        o.concurrency,
+        o.client_attempts,
+        o.run_limit,
+        on_done,
+    )
+    .await;
     if let Some(t) = cycler {
         t.abort();
     }
@@ -676,6 +686,7 @@ async fn run_baseline(
         images,
         o.concurrency,
         o.client_attempts,
+        o.run_limit,
         on_done,
     )
     .await;
