@@ -133,6 +133,11 @@ pub struct Cli {
     /// about half a second, well before QUIC's 1.5 s idle timeout).
     #[arg(long, env = "GLIMPSE_SILENCE_MS", default_value_t = 500)]
     pub silence_ms: u64,
+    /// Congestion controller for the images the front-end sends to nodes: `cubic` or `bbr`.
+    /// Default: cubic (quinn's default; it marks BBR experimental). BBR keeps its rate under
+    /// random packet loss, where Cubic shrinks to a two-packet window: see EXPERIMENTS.md.
+    #[arg(long, env = "GLIMPSE_CONGESTION", default_value = "cubic")]
+    pub congestion: glimpse_transport::CongestionControl,
 
     /// Largest image file in bytes; a larger one gets 413. Default: 20971520 (20 MiB).
     #[arg(long, env = "GLIMPSE_MAX_FILE_BYTES", default_value_t = 20 * 1024 * 1024)]

@@ -234,6 +234,7 @@ fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfi
     config.request_deadline = cli.request_timeout();
     config.hedge = cli.hedge;
     config.silence_floor = Duration::from_millis(cli.silence_ms);
+    config.tuning.congestion = cli.congestion;
     config
 }
 
@@ -395,4 +396,41 @@ fn untrained_warning(dispatcher: &Dispatcher, c: &glimpse_transport::Classified)
             info.weights
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use glimpse_transport::{CongestionControl, DispatcherConfig, PrivateKeyDer};
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+
+    use super::*;
+
+    fn config_from(args: &[&str]) -> DispatcherConfig {
+        let cli = Cli::try_parse_from(args).expect("flags parse");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(vec![0u8; 4]));
+        dispatcher_config(&cli, DispatcherConfig::new(vec![], vec![], vec![], key))
+    }
+
+    #[test]
+    fn dispatch_flags_reach_the_dispatcher() {
+        let c = config_from(&["glimpse"]);
+        assert_eq!(c.tuning.congestion, CongestionControl::Cubic);
+        assert_eq!(c.silence_floor, Duration::from_millis(500));
+        let c = config_from(&[
+            "glimpse",
+            "--congestion",
+            "bbr",
+            "--silence-ms",
+            "750",
+            "--max-attempts",
+            "5",
+            "--hedge",
+        ]);
+        assert_eq!(c.tuning.congestion, CongestionControl::Bbr);
+        assert_eq!(c.silence_floor, Duration::from_millis(750));
+        assert_eq!(c.max_attempts, 5);
+        assert!(c.hedge);
+        assert!(Cli::try_parse_from(["glimpse", "--congestion", "reno"]).is_err());
+    }
 }

@@ -48,6 +48,11 @@ pub struct TransportTuning {
     /// of slow start on every send. The links here are a private cluster's, the peers few and
     /// known, so starting larger is safe; loss still shrinks the window as usual.
     pub initial_window: u64,
+    /// Congestion controller for what this side sends (the front-end sends the images).
+    /// Default Cubic, quinn's default and the one it calls production-ready. BBR does not read
+    /// random loss as congestion, so on lossy links it keeps sending where Cubic shrinks its
+    /// window to two packets (see EXPERIMENTS.md); quinn marks it experimental.
+    pub congestion: CongestionControl,
     /// UDP segmentation offload (GSO). Default on (fewer syscalls for large images). Turn it
     /// off for per-packet loss experiments: with GSO, tc netem drops ten datagrams at once.
     pub segmentation_offload: bool,
@@ -55,6 +60,30 @@ pub struct TransportTuning {
     /// fixed key, a restarted node answers packets for its old connections with a stateless
     /// reset, so the front-end drops them at once instead of waiting for the idle timeout.
     pub stateless_reset_key: Option<[u8; 32]>,
+}
+
+/// Which congestion controller a QUIC sender uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CongestionControl {
+    /// Loss-based (RFC 9438); quinn's default.
+    Cubic,
+    /// Model-based (BBR v1 as quinn implements it, experimental there): random loss does not
+    /// shrink its sending rate.
+    Bbr,
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cubic" => Ok(CongestionControl::Cubic),
+            "bbr" => Ok(CongestionControl::Bbr),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (cubic, bbr)"
+            )),
+        }
+    }
 }
 
 impl Default for TransportTuning {
@@ -66,6 +95,7 @@ impl Default for TransportTuning {
             idle_timeout: Duration::from_millis(1500),
             initial_rtt: Duration::from_millis(20),
             initial_window: 256 * 1024,
+            congestion: CongestionControl::Cubic,
             segmentation_offload: true,
             stateless_reset_key: None,
         }
@@ -107,9 +137,18 @@ impl TransportTuning {
                 .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
         ));
         t.initial_rtt(self.initial_rtt);
-        let mut cubic = quinn::congestion::CubicConfig::default();
-        cubic.initial_window(self.initial_window);
-        t.congestion_controller_factory(Arc::new(cubic));
+        match self.congestion {
+            CongestionControl::Cubic => {
+                let mut cubic = quinn::congestion::CubicConfig::default();
+                cubic.initial_window(self.initial_window);
+                t.congestion_controller_factory(Arc::new(cubic));
+            }
+            CongestionControl::Bbr => {
+                let mut bbr = quinn::congestion::BbrConfig::default();
+                bbr.initial_window(self.initial_window);
+                t.congestion_controller_factory(Arc::new(bbr));
+            }
+        }
         t.enable_segmentation_offload(self.segmentation_offload);
         // We use no datagrams.
         t.datagram_receive_buffer_size(None);

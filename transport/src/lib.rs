@@ -17,7 +17,7 @@ pub mod server;
 pub mod types;
 
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};
-pub use config::{DEFAULT_MAX_IMAGE_BYTES, TransportTuning};
+pub use config::{CongestionControl, DEFAULT_MAX_IMAGE_BYTES, TransportTuning};
 pub use dispatcher::{
     Classified, DispatchError, DispatchStats, Dispatcher, DispatcherConfig, NodeEndpoint,
     NodeState, NodeStatus, Progress,

@@ -490,3 +490,30 @@ async fn waiting_images_get_a_node_in_arrival_order() {
     assert_eq!(served, sorted, "served out of arrival order");
     node.drain().await.unwrap();
 }
+
+/// With BBR chosen on both sides (`--congestion bbr`), images large enough to need many
+/// congestion windows still arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bbr_congestion_control_carries_large_images() {
+    init_tracing();
+    let pki = Pki::new();
+    let h = TestHandler::new("a");
+    let mut node_cfg = pki.node_config("a", 8);
+    node_cfg.tuning.congestion = glimpse_transport::CongestionControl::Bbr;
+    let node = start_node(node_cfg, h.clone());
+    let mut cfg = pki.dispatcher_config(&[("a", node.addr)]);
+    cfg.tuning.congestion = glimpse_transport::CongestionControl::Bbr;
+    let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
+    ready(&d, 1).await;
+    for (seed, len) in [(1u8, 3 * 1024 * 1024), (2, 700), (3, 1024 * 1024)] {
+        let img = image(seed, len);
+        let got = d.classify(img.clone(), 5, |_| {}).await.unwrap();
+        assert_eq!(
+            got.answer.top[0].index,
+            checksum(&img),
+            "image of {len} bytes"
+        );
+    }
+    assert_eq!(h.completed.load(Ordering::SeqCst), 3);
+    node.drain().await.unwrap();
+}
