@@ -153,8 +153,8 @@ async fn googlenet_node_decodes_classifies_and_rejects_bad_images() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_beyond_capacity_answers_overloaded() {
-    // QUIC credit caps each connection at `capacity` streams; a second front-end can still
-    // exceed the node's total, and the node must refuse rather than queue without bound.
+    // Each front-end holds itself to `capacity` requests per node; a second front-end can
+    // still exceed the node's total, and the node must refuse rather than queue without bound.
     let cluster = Cluster::new();
     let (trigger, shutdown) = shutdown_channel();
     let mut config = node_config(

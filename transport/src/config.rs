@@ -123,8 +123,9 @@ impl TransportTuning {
         let conn_window =
             stream_window.saturating_mul(u64::from(self.connection_window_images.max(1)));
         let mut t = quinn::TransportConfig::default();
-        // Backpressure: the node's capacity is the number of streams the front-end may have
-        // open; beyond it `open_bi` waits for credit instead of queueing work on the node.
+        // Backpressure: a bound on the streams the front-end may have open (a node passes
+        // `stream_credit(capacity)`); beyond it `open_bi` waits for credit instead of queueing
+        // work on the node.
         t.max_concurrent_bidi_streams(VarInt::from_u32(max_incoming_bidi));
         t.max_concurrent_uni_streams(VarInt::from_u32(max_incoming_uni));
         t.stream_receive_window(varint(stream_window, "stream window")?);
@@ -224,6 +225,18 @@ pub fn frontend_tls_config(
     Ok(cfg)
 }
 
+/// Request streams a node lets one front-end connection open at once: twice its capacity.
+///
+/// The front-end holds itself to `capacity` outstanding requests per node (announced in
+/// Hello), and the node's handler refuses work beyond it (Overloaded), so the extra credit is
+/// not extra work. What it buys is time: QUIC returns a stream's credit only once the stream
+/// is closed on both sides, which is about one round trip after the answer reached the
+/// front-end. With credit equal to capacity, every new request waited for that round trip;
+/// at capacity 1 and 200 ms RTT, throughput halved (measured in EXPERIMENTS.md §3b).
+pub fn stream_credit(capacity: u32) -> u32 {
+    capacity.max(1).saturating_mul(2)
+}
+
 /// quinn server config for a node.
 pub fn node_quinn_config(
     tls: rustls::ServerConfig,
@@ -232,7 +245,7 @@ pub fn node_quinn_config(
 ) -> Result<quinn::ServerConfig, TransportError> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(tuning.quinn_config(capacity, 0)?));
+    cfg.transport_config(Arc::new(tuning.quinn_config(stream_credit(capacity), 0)?));
     Ok(cfg)
 }
 

@@ -32,8 +32,8 @@ pub struct NodeServerConfig {
     pub key: PrivateKeyDer<'static>,
     /// CA(s) whose client certificates are accepted: the cluster CA.
     pub client_ca: Vec<CertificateDer<'static>>,
-    /// Maximum concurrent request streams per connection (QUIC stream credit). Usually
-    /// `info.capacity`.
+    /// Requests the node takes at once. Usually `info.capacity`. Each connection gets
+    /// [`crate::config::stream_credit`] of it in QUIC stream credit.
     pub capacity: u32,
     /// Largest image accepted; larger ones get a TooLarge reply without being read.
     pub max_image_bytes: usize,

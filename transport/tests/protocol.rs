@@ -356,3 +356,36 @@ async fn no_head_of_line_blocking_behind_a_slow_large_upload() {
         "small images waited behind the large one"
     );
 }
+
+/// A node grants each connection twice its capacity in stream credit, so a new request need
+/// not wait the round trip it takes QUIC to return a finished stream's credit; a raw client
+/// can open exactly that many streams at once, and not one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_grants_twice_its_capacity_in_stream_credit() {
+    init_tracing();
+    let pki = Pki::new();
+    let h = TestHandler::new("a");
+    h.stall.store(true, Ordering::SeqCst);
+    let node = start_node(pki.node_config("a", 3), h.clone());
+    let (ep, cfg) = pki.raw_client();
+    let conn = raw_connect(&ep, &cfg, node.addr, "a").await.unwrap();
+    assert_eq!(glimpse_transport::config::stream_credit(3), 6);
+    let mut open = Vec::new();
+    for i in 0..6 {
+        let (mut send, recv) = tokio::time::timeout(Duration::from_secs(5), conn.open_bi())
+            .await
+            .unwrap_or_else(|_| panic!("stream {i} had no credit"))
+            .unwrap();
+        // A stream exists for the peer only once something is sent on it.
+        send.write_all(&[0]).await.unwrap();
+        open.push((send, recv));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), conn.open_bi())
+            .await
+            .is_err(),
+        "a seventh stream was granted"
+    );
+    drop(open);
+    conn.close(0u32.into(), b"done");
+}
