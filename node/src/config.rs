@@ -118,7 +118,8 @@ pub struct NodeConfig {
     /// Name announced to front-ends (informational; the TLS name is what they verify).
     pub node_id: String,
     pub model: ModelSpec,
-    /// Images taken at once: QUIC streams per connection and the bound on queued work.
+    /// Images taken at once: announced to front-ends (each keeps at most this many outstanding
+    /// here) and the bound on queued work.
     pub capacity: u32,
     /// Largest forward pass.
     pub max_batch: u32,
@@ -212,8 +213,9 @@ pub struct ServeArgs {
     /// Default: 50, about GoogLeNet's batch-1 time on a 2-core machine.
     #[arg(long, env = "GLIMPSE_SERVICE_MS", default_value_t = DEFAULT_SERVICE_MS)]
     pub service_ms: f64,
-    /// Images taken at once (QUIC streams per connection; also the queue bound, beyond which a
-    /// request is answered "overloaded"). Default: 32.
+    /// Images taken at once: each front-end keeps at most this many outstanding here, and
+    /// beyond it (several front-ends) a request is answered "overloaded". QUIC stream credit is
+    /// twice this, so a new request never waits for a finished stream's credit. Default: 32.
     #[arg(long, env = "GLIMPSE_CAPACITY", default_value_t = DEFAULT_CAPACITY)]
     pub capacity: u32,
     /// Largest forward pass in images. Default: 8.
