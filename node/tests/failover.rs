@@ -15,10 +15,7 @@ use glimpse_transport::{Classified, DispatchError, Dispatcher, NodeState, Progre
 const READY: Duration = Duration::from_secs(60);
 
 /// Sends images `range` concurrently; returns each result with its completion time.
-async fn classify_all(
-    d: &Dispatcher,
-    range: std::ops::Range<usize>,
-) -> Vec<(usize, Result<Classified, DispatchError>, Instant)> {
+async fn classify_all(d: &Dispatcher, range: std::ops::Range<usize>) -> Vec<Answer> {
     let mut tasks = Vec::new();
     for i in range {
         let d = d.clone();
@@ -34,11 +31,25 @@ async fn classify_all(
     out
 }
 
+type Answer = (usize, Result<Classified, DispatchError>, Instant);
+
+/// Awaits every task, each within `limit`.
+async fn join_within(tasks: Vec<tokio::task::JoinHandle<Answer>>, limit: Duration) -> Vec<Answer> {
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(
+            tokio::time::timeout(limit, t)
+                .await
+                .unwrap_or_else(|_| panic!("no answer within {limit:?}"))
+                .expect("task"),
+        );
+    }
+    results
+}
+
 /// Every result is a success, carries the synthetic answer for its own image, and is marked
 /// synthetic. Returns how many each node answered.
-fn check_all_answered(
-    results: &[(usize, Result<Classified, DispatchError>, Instant)],
-) -> HashMap<String, usize> {
+fn check_all_answered(results: &[Answer]) -> HashMap<String, usize> {
     let mut per_node = HashMap::new();
     for (i, r, _) in results {
         let c = match r {
@@ -150,15 +161,8 @@ async fn killed_node_is_noticed_by_its_silence_before_the_connection_times_out()
         "b never got work"
     );
     nodes[1].signal(libc::SIGKILL);
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(
-            tokio::time::timeout(Duration::from_secs(50), t)
-                .await
-                .expect("answers well before the 60 s attempt timeout")
-                .expect("task"),
-        );
-    }
+    // Well before the 60 s attempt timeout.
+    let results = join_within(tasks, Duration::from_secs(50)).await;
     let per_node = check_all_answered(&results);
     assert_eq!(per_node.values().sum::<usize>(), 16);
     let stats = d.stats();
@@ -314,15 +318,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let later_nodes = check_all_answered(&later);
     assert_eq!(later_nodes.get("b").copied(), Some(10), "{later_nodes:?}");
 
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(
-            tokio::time::timeout(Duration::from_secs(120), t)
-                .await
-                .expect("in time")
-                .expect("task"),
-        );
-    }
+    let results = join_within(tasks, Duration::from_secs(120)).await;
     let per_node = check_all_answered(&results);
     assert_eq!(per_node.values().sum::<usize>(), 16);
     // a finished work it held when the signal came, rather than dropping it.

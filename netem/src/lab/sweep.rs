@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use super::LabError;
 use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
-use super::driver::{HttpsSubmitter, RunResult, drive};
+use super::driver::{HttpsSubmitter, RunResult, Submit, drive};
 use super::net::{NetMode, NsLink};
 use super::procs::{
     Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
@@ -561,15 +561,7 @@ async fn run_glimpse(
         ))
     });
     let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
-    let result = drive(
-        submitter,
-        images,
-        o.concurrency,
-        o.client_attempts,
-        o.run_limit,
-        on_done,
-    )
-    .await;
+    let result = drive_run(o, submitter, images, on_done).await;
     if let Some(t) = cycler {
         t.abort();
     }
@@ -588,6 +580,24 @@ async fn run_glimpse(
         l.close().await;
     }
     result
+}
+
+/// Drives one run with the lab's client settings (concurrency, resubmissions, run limit).
+async fn drive_run<S: Submit>(
+    o: &LabOptions,
+    system: Arc<S>,
+    images: Arc<Vec<Bytes>>,
+    on_done: impl Fn() + Send + Sync + 'static,
+) -> Result<RunResult, LabError> {
+    drive(
+        system,
+        images,
+        o.concurrency,
+        o.client_attempts,
+        o.run_limit,
+        on_done,
+    )
+    .await
 }
 
 /// Applies the point's link impairment (both directions) to every link.
@@ -681,15 +691,7 @@ async fn run_baseline(
     });
     let dispatcher = Arc::new(BaselineDispatcher::start(&addrs, o.baseline_timeout));
     let started = Instant::now();
-    let result = drive(
-        dispatcher,
-        images,
-        o.concurrency,
-        o.client_attempts,
-        o.run_limit,
-        on_done,
-    )
-    .await;
+    let result = drive_run(o, dispatcher, images, on_done).await;
     tracing::debug!(elapsed = ?started.elapsed(), "baseline run done");
     if let Some(t) = cycler {
         t.abort();
