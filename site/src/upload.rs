@@ -156,7 +156,8 @@ where
             .whole_stream(limits.max_request_bytes as u64)
             .per_field(limits.max_file_bytes as u64),
     );
-    let mut multipart = multer::Multipart::with_constraints(body, boundary, constraints);
+    let mut multipart =
+        multer::Multipart::with_constraints(DeferEof::new(Box::pin(body)), boundary, constraints);
     let mut uploads = Vec::new();
     loop {
         let field = match multipart.next_field().await {
@@ -192,6 +193,71 @@ where
         return Err(UploadError::Empty);
     }
     Ok(uploads)
+}
+
+/// Reports the end of a body only on a poll that yielded no data, one wake-up after the last
+/// chunk.
+///
+/// multer 3.1 looks for the first boundary, polls the body again when it is not buffered yet,
+/// and if that second poll brings the rest of the body *and* its end, reports
+/// `IncompleteStream` without looking at what it just buffered. Over HTTP/2, where a client
+/// sends the opening `--boundary` in its own small DATA frame, that happened to about one
+/// upload in a hundred on a busy machine: a well-formed request got a 400. Deferring the end
+/// of stream makes multer look at the buffered bytes first.
+struct DeferEof<S> {
+    inner: S,
+    /// A chunk was yielded since the last Pending, so an end seen now is held back once.
+    yielded: bool,
+    ended: bool,
+}
+
+impl<S> DeferEof<S> {
+    fn new(inner: S) -> Self {
+        DeferEof {
+            inner,
+            yielded: false,
+            ended: false,
+        }
+    }
+}
+
+impl<S> Stream for DeferEof<S>
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+{
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(item)) => {
+                this.yielded = true;
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) if this.yielded => {
+                this.ended = true;
+                this.yielded = false;
+                // Hold the end back for one turn; ask to be polled again at once.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                this.yielded = false;
+                Poll::Pending
+            }
+        }
+    }
 }
 
 fn multer_error(e: multer::Error, limits: &Limits) -> UploadError {
@@ -295,5 +361,50 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.status(), 415);
+    }
+
+    /// A body whose opening `--boundary` arrives alone, with the rest and the end of the
+    /// stream arriving together on the next poll: multer 3.1 alone answers IncompleteStream.
+    #[tokio::test]
+    async fn boundary_in_its_own_chunk_then_rest_with_the_end_parses() {
+        use std::task::{Context, Poll};
+
+        struct Scripted {
+            steps: std::collections::VecDeque<Option<&'static [u8]>>,
+        }
+        impl Stream for Scripted {
+            type Item = Result<Bytes, std::io::Error>;
+            fn poll_next(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Self::Item>> {
+                match self.steps.pop_front() {
+                    // `None` in the script: not ready yet (and wake, like a socket would).
+                    Some(None) => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Some(Some(chunk)) => Poll::Ready(Some(Ok(Bytes::from_static(chunk)))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+        let rest: &'static [u8] = b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nAAAA\r\n--XX--\r\n";
+        let body = Scripted {
+            steps: [Some(&b"--"[..]), None, Some(&b"XX"[..]), Some(rest)]
+                .into_iter()
+                .collect(),
+        };
+        let ups = read_uploads(
+            body,
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &Limits::default(),
+        )
+        .await
+        .expect("a well-formed body parses however it is chunked");
+        assert_eq!(ups.len(), 1);
+        assert_eq!(&ups[0].bytes[..], b"AAAA");
     }
 }

@@ -25,7 +25,7 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
         .part("file", part(jpeg(1), "a.jpg", "image/jpeg"))
         .part("file", part(png(2), "b.png", "image/png"));
     let (status, body) = h.classify_wait(form).await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().expect("results array");
     assert_eq!(results.len(), 2);
     assert_eq!(results[0]["name"], "a.jpg", "results are in upload order");

@@ -25,6 +25,14 @@ pub struct Harness {
 impl Harness {
     /// Start a site; `args` are extra `glimpse` flags.
     pub async fn start(args: &[&str]) -> Harness {
+        // Logs show with a failing test's output (RUST_LOG picks the level; default info).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with_test_writer()
+            .try_init();
         let mut argv = vec!["glimpse", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).expect("valid test flags");
