@@ -130,7 +130,7 @@ pub struct Cli {
     /// connected node counts as silent and its in-flight images are reopened on other nodes;
     /// the node gets new work only when no other can take it. The effective timeout is
     /// max(this, 5 missed reports) + 2 RTT. Default: 500 (a killed node's images move on in
-    /// about half a second, well before QUIC's 1.5 s idle timeout).
+    /// about half a second, well before QUIC's 10 s idle timeout).
     #[arg(long, env = "GLIMPSE_SILENCE_MS", default_value_t = 500)]
     pub silence_ms: u64,
     /// Congestion controller for the images the front-end sends to nodes: `cubic` or `bbr`.

@@ -17,8 +17,8 @@ use crate::error::TransportError;
 /// Default largest image: matches the model's default decode limit (32 MiB).
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// QUIC knobs shared by node and front-end. Defaults are for a LAN cluster where a dead node
-/// must be noticed in about a second; loss experiments may loosen them.
+/// QUIC knobs shared by node and front-end. Defaults are for a cluster's private links, from
+/// a LAN to a lossy long path.
 #[derive(Debug, Clone, Serialize)]
 pub struct TransportTuning {
     /// Largest image accepted. The per-stream receive window is this plus one frame, so a
@@ -30,13 +30,16 @@ pub struct TransportTuning {
     /// peer can make us buffer across all its streams. Default 2: two maximum-size images (or
     /// any number of small ones) at once.
     pub connection_window_images: u32,
-    /// Keep-alive interval. Default 300 ms: an idle connection still exchanges packets, so a
-    /// silent peer is a dead peer; five keep-alives fit in the idle timeout, so a couple of
-    /// lost packets are tolerated.
+    /// Keep-alive interval. Default 300 ms: an idle connection still exchanges packets both
+    /// ways, so the node's idle timer never fires on a healthy but quiet front-end, even when
+    /// most packets are lost.
     pub keep_alive: Duration,
-    /// Idle timeout (the smaller of both peers' wins). Default 1.5 s instead of quinn's 30 s:
-    /// quinn ignores ICMP, so a killed or stopped node is noticed only by this timeout; with
-    /// keep-alives every 300 ms, 1.5 s of silence means the peer is gone.
+    /// Idle timeout (the smaller of both peers' wins). Default 10 s instead of quinn's 30 s.
+    /// This is not what moves a dead node's images on: the front-end does that when the node's
+    /// heartbeat stops (the dispatcher's silence timeout, ~0.5 s; quinn ignores ICMP). It only
+    /// decides when to give up on the connection itself. It used to be 1.5 s, which dropped
+    /// healthy connections under heavy packet loss (five keep-alives lost in a row is a 33%
+    /// event at 80% loss), and each reconnect handshake then fought the same loss.
     pub idle_timeout: Duration,
     /// Initial RTT estimate before any sample. Default 20 ms (LAN) instead of quinn's 333 ms,
     /// so the first packet-loss timer on a fresh connection is ~60 ms, not ~1 s.
@@ -92,7 +95,7 @@ impl Default for TransportTuning {
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             connection_window_images: 2,
             keep_alive: Duration::from_millis(300),
-            idle_timeout: Duration::from_millis(1500),
+            idle_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(20),
             initial_window: 256 * 1024,
             congestion: CongestionControl::Cubic,

@@ -85,7 +85,7 @@ pub struct DispatcherConfig {
     /// max(this floor, `silence_reports` × its load interval) + 2 × the connection's RTT; its
     /// in-flight images are then reopened on other nodes (the attempts go on and may still
     /// win). Default 500 ms: a killed node's images move on in about half a second instead
-    /// of QUIC's 1.5 s idle timeout, while a node that is only briefly descheduled rarely
+    /// of QUIC's 10 s idle timeout, while a node that is only briefly descheduled rarely
     /// trips it (and a false alarm costs a duplicate attempt, never an answer).
     pub silence_floor: Duration,
     /// Load reports a node may miss before it counts as silent (see `silence_floor`).

@@ -237,10 +237,14 @@ async fn killed_node_mid_request_every_request_answered_exactly_once() {
     assert_eq!(stats.succeeded, u64::from(n));
     assert_eq!(stats.requests, u64::from(n));
     assert!(stats.retries >= 1, "{stats:?}");
-    // The dead node is noticed (idle timeout ~1.5 s), not after 30 s.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.nodes()[0].state == NodeState::Ready {
-        assert!(Instant::now() < deadline, "dead node still Ready");
+    // The dead node is noticed (silent after ~0.5 s without a heartbeat), not after the 10 s
+    // idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.nodes()[0].state == NodeState::Ready && !d.nodes()[0].silent {
+        assert!(
+            Instant::now() < deadline,
+            "dead node still Ready and not silent"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
