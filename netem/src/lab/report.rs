@@ -46,6 +46,15 @@ pub fn summarize(exp: &Experiment, samples: &[Sample], systems: &[System]) -> Ve
             let mean = |f: &dyn Fn(&super::driver::RunResult) -> f64| {
                 mean_ci(&results.iter().map(|r| f(r)).collect::<Vec<_>>())
             };
+            // Latency exists only for runs that answered something: average those.
+            let latency = |f: &dyn Fn(&super::driver::RunResult) -> f64| {
+                let v: Vec<f64> = results
+                    .iter()
+                    .map(|r| f(r))
+                    .filter(|x| x.is_finite())
+                    .collect();
+                mean_ci(&v).mean
+            };
             out.push(Summary {
                 system: sys,
                 x: p.x,
@@ -53,9 +62,9 @@ pub fn summarize(exp: &Experiment, samples: &[Sample], systems: &[System]) -> Ve
                 runs: results.len(),
                 images_per_s: mean(&|r| r.images_per_s),
                 mbit_per_s: mean(&|r| r.mbit_per_s),
-                p50_ms: mean(&|r| r.p50_ms).mean,
-                p95_ms: mean(&|r| r.p95_ms).mean,
-                p99_ms: mean(&|r| r.p99_ms).mean,
+                p50_ms: latency(&|r| r.p50_ms),
+                p95_ms: latency(&|r| r.p95_ms),
+                p99_ms: latency(&|r| r.p99_ms),
                 retries: results.iter().map(|r| r.retries).sum(),
                 failures: results.iter().map(|r| r.failures as u64).sum(),
                 lost: results.iter().map(|r| r.lost as u64).sum(),
@@ -142,12 +151,24 @@ pub fn write_summary_csv(path: &Path, exp: &Experiment, rows: &[Summary]) -> Res
     std::fs::write(path, s).map_err(LabError::Io)
 }
 
+/// p50 / p95 / p99, or dashes when no image was answered (there is no latency to show).
+fn latency_cell(r: &Summary) -> String {
+    let ms = |v: f64| {
+        if v.is_finite() {
+            format!("{v:.0}")
+        } else {
+            "–".to_string()
+        }
+    };
+    format!("{} / {} / {}", ms(r.p50_ms), ms(r.p95_ms), ms(r.p99_ms))
+}
+
 fn cell(r: Option<&Summary>) -> [String; 4] {
     match r {
         Some(r) if r.runs > 0 => [
             format!("{:.1} ± {:.1}", r.images_per_s.mean, r.images_per_s.ci95),
             format!("{:.2} ± {:.2}", r.mbit_per_s.mean, r.mbit_per_s.ci95),
-            format!("{:.0} / {:.0} / {:.0}", r.p50_ms, r.p95_ms, r.p99_ms),
+            latency_cell(r),
             if r.unfinished > 0 {
                 format!(
                     "{} / {} / {} ({} unfinished at the run limit)",
@@ -302,4 +323,72 @@ where
         .map_err(|x| e(&x))?;
     area.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::driver::RunResult;
+    use crate::lab::sweep::{ClusterSpec, Point};
+
+    fn run(answered: usize, p50: f64) -> RunResult {
+        RunResult {
+            images: 10,
+            answered,
+            lost: 0,
+            unfinished: 10 - answered,
+            failures: 0,
+            retries: 0,
+            elapsed_s: 60.0,
+            payload_bytes: answered as u64 * 1000,
+            images_per_s: answered as f64 / 60.0,
+            mbit_per_s: answered as f64 * 8000.0 / 60.0 / 1e6,
+            p50_ms: p50,
+            p95_ms: p50,
+            p99_ms: p50,
+            errors: vec![],
+        }
+    }
+
+    fn sample(r: RunResult, i: usize) -> Sample {
+        Sample {
+            experiment: "e".into(),
+            x: 80.0,
+            label: "80%".into(),
+            system: System::Glimpse,
+            run: i,
+            result: Some(r),
+            note: None,
+        }
+    }
+
+    /// A run that answered nothing has no latency: it must not turn the point's latency into
+    /// NaN, and a point with no answer at all shows dashes, not "NaN".
+    #[test]
+    fn runs_without_answers_have_no_latency_and_show_dashes() {
+        let exp = Experiment {
+            id: "e".into(),
+            title: "t".into(),
+            x_label: "loss".into(),
+            points: vec![Point {
+                x: 80.0,
+                label: "80%".into(),
+                cluster: ClusterSpec::plain(3),
+            }],
+            images: 10,
+            method: String::new(),
+        };
+        let some = [sample(run(0, f64::NAN), 0), sample(run(2, 900.0), 1)];
+        let rows = summarize(&exp, &some, &[System::Glimpse]);
+        assert_eq!(rows[0].p50_ms, 900.0);
+        assert_eq!(rows[0].unfinished, 18);
+        let md = markdown(&exp, &rows, "");
+        assert!(md.contains("900 / 900 / 900"), "{md}");
+        assert!(md.contains("(18 unfinished at the run limit)"), "{md}");
+
+        let none = [sample(run(0, f64::NAN), 0), sample(run(0, f64::NAN), 1)];
+        let md = markdown(&exp, &summarize(&exp, &none, &[System::Glimpse]), "");
+        assert!(md.contains("– / – / –"), "{md}");
+        assert!(!md.contains("NaN"), "{md}");
+    }
 }
