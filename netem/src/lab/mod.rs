@@ -51,6 +51,21 @@ pub struct SweepOutcome {
     pub markdown: String,
 }
 
+/// The kernel TCP settings the baseline runs with (they differ between machines and decide
+/// much of its behaviour under loss and delay), as read from /proc.
+fn kernel_tcp() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    format!(
+        "`tcp_congestion_control = {}`, `tcp_slow_start_after_idle = {}`",
+        read("tcp_congestion_control"),
+        read("tcp_slow_start_after_idle")
+    )
+}
+
 /// Runs every experiment of `sweep`, writes `OUT/<experiment>.{csv,md,png,svg}`, `OUT/raw.csv`
 /// and `OUT/<sweep>.md`, and returns the samples.
 pub async fn run_sweep(
@@ -83,7 +98,7 @@ pub async fn run_sweep(
     let mut samples = Vec::new();
     let mut failed_runs = 0;
     let mut md = format!(
-        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}. Network: `--net {}`.\n\n",
+        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}. Network: `--net {}`. Baseline TCP: {}.\n\n",
         o.model,
         if o.model == "synthetic" {
             "a fixed service time stands in for GoogLeNet on this 2-core machine; rerun with --model googlenet on real hosts"
@@ -99,7 +114,8 @@ pub async fn run_sweep(
         } else {
             ""
         },
-        o.net
+        o.net,
+        kernel_tcp()
     );
     for exp in &experiments {
         let imgs: Arc<Vec<Bytes>> =
