@@ -77,37 +77,32 @@ impl ClusterSpec {
         }
     }
 
+    /// The point's link impairment (both directions), parsed once for every user of it.
+    fn link_config(&self) -> Result<DirectionConfig, String> {
+        let mut c = DirectionConfig::default();
+        if let Some(link) = &self.link {
+            c.apply_spec(link).map_err(|e| e.to_string())?;
+        }
+        Ok(c)
+    }
+
     /// With `--net relay` the baseline cannot run a point whose links lose TCP segments (the
     /// UDP relay cannot carry TCP; delay is emulated by a TCP delay proxy). With `--net netns`
     /// every impairment applies to IP packets, TCP included, so every point is supported.
     pub fn baseline_supported(&self, net: NetMode) -> Result<(), String> {
-        if net == NetMode::Netns {
-            let mut c = DirectionConfig::default();
-            if let Some(link) = &self.link {
-                c.apply_spec(link).map_err(|e| e.to_string())?;
-            }
-            return Ok(());
-        }
-        if let Some(link) = &self.link {
-            let mut c = DirectionConfig::default();
-            c.apply_spec(link).map_err(|e| e.to_string())?;
-            let only_delay = DirectionConfig {
-                delay: c.delay,
-                ..DirectionConfig::default()
-            };
-            if c != only_delay {
-                return Err("TCP packet loss cannot be emulated in userspace".into());
-            }
+        let c = self.link_config()?;
+        let only_delay = DirectionConfig {
+            delay: c.delay,
+            ..DirectionConfig::default()
+        };
+        if net == NetMode::Relay && c != only_delay {
+            return Err("the UDP relay cannot impair TCP; use --net netns".into());
         }
         Ok(())
     }
 
     fn link_delay(&self) -> Duration {
-        let mut c = DirectionConfig::default();
-        if let Some(l) = &self.link {
-            let _ = c.apply_spec(l);
-        }
-        c.delay
+        self.link_config().map(|c| c.delay).unwrap_or_default()
     }
 }
 
@@ -707,4 +702,36 @@ async fn run_baseline(
         l.close().await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_link(spec: &str) -> ClusterSpec {
+        let mut c = ClusterSpec::plain(3);
+        c.link = Some(spec.into());
+        c
+    }
+
+    /// The relay carries only UDP, so the baseline runs a packet-loss point only through the
+    /// TUN links; delay works in both (a TCP proxy under `relay`); a bad spec is an error.
+    #[test]
+    fn baseline_points_depend_on_the_network_mode() {
+        let loss = with_link("loss=5%");
+        assert!(loss.baseline_supported(NetMode::Relay).is_err());
+        assert!(loss.baseline_supported(NetMode::Netns).is_ok());
+        let delay = with_link("delay=100ms");
+        assert!(delay.baseline_supported(NetMode::Relay).is_ok());
+        assert_eq!(delay.link_delay(), Duration::from_millis(100));
+        assert!(
+            ClusterSpec::plain(3)
+                .baseline_supported(NetMode::Relay)
+                .is_ok()
+        );
+        assert_eq!(ClusterSpec::plain(3).link_delay(), Duration::ZERO);
+        let bad = with_link("loss=lots");
+        assert!(bad.baseline_supported(NetMode::Relay).is_err());
+        assert!(bad.baseline_supported(NetMode::Netns).is_err());
+    }
 }
