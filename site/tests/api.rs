@@ -163,16 +163,10 @@ async fn full_queue_answers_503_with_retry_after_not_a_hang() {
         assert_eq!(body["jobs"][0]["status"], "queued");
     }
     let form = reqwest::multipart::Form::new().part("file", part(png(9), "third.png", "image/png"));
-    let r = tokio::time::timeout(
-        Duration::from_secs(20),
-        h.client
-            .post(h.url("/api/v1/classify?wait=true"))
-            .multipart(form)
-            .send(),
-    )
-    .await
-    .expect("a full queue answers, it does not block")
-    .unwrap();
+    let r = h
+        .post_form_within(form, Duration::from_secs(20))
+        .await
+        .expect("a full queue answers, it does not block");
     assert_eq!(r.status(), 503);
     assert_eq!(
         r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
@@ -583,16 +577,10 @@ async fn without_a_reachable_node_readyz_is_503_and_uploads_fail_fast() {
     assert_eq!(status, 200, "the process itself is up");
 
     let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
-    let r = tokio::time::timeout(
-        Duration::from_secs(60),
-        h.client
-            .post(h.url("/api/v1/classify?wait=true"))
-            .multipart(form)
-            .send(),
-    )
-    .await
-    .expect("answers within the deadline, no hang")
-    .unwrap();
+    let r = h
+        .post_form_within(form, Duration::from_secs(60))
+        .await
+        .expect("answers within the deadline, no hang");
     let status = r.status().as_u16();
     assert!(status == 503 || status == 504, "got {status}");
     let body: Value = r.json().await.unwrap();

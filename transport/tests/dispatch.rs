@@ -376,11 +376,7 @@ async fn stalled_node_hits_the_attempt_timeout_and_is_retried() {
         "{stats:?}"
     );
     // The stalled handler's work was cancelled on the node when the attempt timed out.
-    let deadline = Instant::now() + LONG;
-    while ha.cancelled.load(Ordering::SeqCst) < stats.timeouts {
-        assert!(Instant::now() < deadline, "node work not cancelled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_cancelled(&ha, stats.timeouts, "node work not cancelled").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,11 +453,12 @@ async fn hedging_sends_a_second_copy_and_cancels_the_loser() {
     assert!(stats.hedges > 0 && stats.hedge_wins > 0, "{stats:?}");
     assert!(hedged_events.lock().unwrap().contains("b"));
     // The losing copies on a were cancelled by a stream reset.
-    let deadline = Instant::now() + LONG;
-    while ha.cancelled.load(Ordering::SeqCst) < stats.hedge_wins {
-        assert!(Instant::now() < deadline, "loser not cancelled: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_cancelled(
+        &ha,
+        stats.hedge_wins,
+        &format!("loser not cancelled: {stats:?}"),
+    )
+    .await;
 }
 
 /// When every node is busy, waiting images get a node in the order they arrived: a burst on
@@ -520,4 +517,13 @@ async fn bbr_congestion_control_carries_large_images() {
     }
     assert_eq!(h.completed.load(Ordering::SeqCst), 3);
     node.drain().await.unwrap();
+}
+
+/// Waits (up to `LONG`) until the handler has seen at least `n` of its calls cancelled.
+async fn wait_cancelled(h: &TestHandler, n: u64, why: &str) {
+    let deadline = Instant::now() + LONG;
+    while h.cancelled.load(Ordering::SeqCst) < n {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -119,6 +119,24 @@ impl Harness {
         (status, r.json().await.expect("JSON body"))
     }
 
+    /// `POST /api/v1/classify?wait=true` with `form`; `None` if no response came within
+    /// `limit` (the tests that use it check that the site answers instead of hanging).
+    pub async fn post_form_within(
+        &self,
+        form: reqwest::multipart::Form,
+        limit: Duration,
+    ) -> Option<reqwest::Response> {
+        let send = self
+            .client
+            .post(self.url("/api/v1/classify?wait=true"))
+            .multipart(form)
+            .send();
+        tokio::time::timeout(limit, send)
+            .await
+            .ok()
+            .map(|r| r.expect("request sent"))
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.client.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
