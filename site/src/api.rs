@@ -1,27 +1,30 @@
-//! HTTP routes: the page, the JSON API, SSE, health and metrics (KServe lives in
-//! [`crate::kserve`]). Every error a client sees is `{"error": "..."}` with a status that
-//! says what happened: 4xx for the client's doing, 503 + Retry-After for overload.
+//! The JSON API under `/api/v1`, health and metrics. Every error a client sees is
+//! `{"error": "..."}` with a status that says what happened: 4xx for the client's doing,
+//! 429 for its own limits, 503 + Retry-After for overload. Every `/api` route knows its
+//! [`Caller`] and shows it only its own jobs.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use serde::Serialize;
-use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use serde_json::{Value, json};
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::sse::Event;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Reply};
 
+use crate::caller::Caller;
+use crate::error::{ApiError, respond};
+use crate::events::{self, Subscription};
+use crate::filters::{caller, same_origin, with_site};
 use crate::inference::is_ready;
 use crate::jobs::{JobStatus, JobView};
-use crate::page;
+use crate::reply::{json_response, ok_json, with_retry_after};
 use crate::site::Site;
+use crate::throttle::{Share, ShareRefused};
 use crate::upload::{UploadError, byte_stream, read_uploads};
 
 /// Default number of labels per image.
@@ -29,27 +32,15 @@ pub const DEFAULT_TOP_K: u32 = 5;
 /// Largest `top_k` a client may ask for (all ImageNet classes).
 pub const MAX_TOP_K: u32 = 1000;
 
-/// A JSON response with the given status.
-pub fn json_response<T: Serialize>(status: u16, body: &T) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = warp::reply::json(body).into_response();
-    *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-/// `{"error": message}` with the given status.
-pub fn error_response(status: u16, message: impl Display) -> Response {
-    json_response(status, &json!({ "error": message.to_string() }))
-}
-
-/// Add `Retry-After` (seconds) to a response, as 503s must carry.
-pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
-    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    resp
+/// Who may read operator data (`/metrics`, `/api/v1/nodes`) on the public listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// Anyone who can reach the site (no keys, no admin listener: a local or trusted setup).
+    Open,
+    /// Callers with an admin key.
+    AdminKey,
+    /// Nobody: it is served on the separate `--admin-listen` address instead.
+    Elsewhere,
 }
 
 /// Parse `top_k` from a query or parameter value; `None` means the default.
@@ -59,138 +50,221 @@ pub fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
         Some(s) => match s.trim().parse::<u32>() {
             Ok(k) if (1..=MAX_TOP_K).contains(&k) => Ok(k),
             _ => Err(format!(
-                "top_k must be an integer from 1 to {MAX_TOP_K}, got {s:?}"
+                "top_k must be an integer from 1 to {MAX_TOP_K}, got {:?}",
+                crate::error::truncate(s.to_string(), 40)
             )),
         },
     }
 }
 
-pub(crate) fn with_site(
+/// The `/api/v1/...` routes.
+pub fn routes(
     site: Arc<Site>,
-) -> impl Filter<Extract = (Arc<Site>,), Error = Infallible> + Clone {
-    warp::any().map(move || Arc::clone(&site))
-}
-
-/// All routes of the site, with JSON errors for anything unmatched.
-pub fn routes(site: Arc<Site>) -> BoxedFilter<(Response,)> {
-    let page = page::routes();
-
+    admin: AdminAccess,
+    origins: Arc<Vec<String>>,
+) -> BoxedFilter<(Response,)> {
     let classify = warp::path!("api" / "v1" / "classify")
         .and(warp::post())
+        .and(same_origin(origins))
+        .and(caller(site.clone()))
         .and(with_site(site.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .then(|site, query, ct, cl, body| classify(site, query, ct, cl, byte_stream(body)))
+        .then(|caller: Caller, site, query, ct, cl, body| async move {
+            let resp =
+                respond(classify(site, &caller, query, ct, cl, Box::pin(byte_stream(body))).await);
+            caller.finish(resp)
+        })
         .boxed();
 
     let job = warp::path!("api" / "v1" / "jobs" / String)
         .and(warp::get())
+        .and(caller(site.clone()))
         .and(with_site(site.clone()))
-        .map(|id: String, site: Arc<Site>| match site.jobs.get(&id) {
-            Some(job) => json_response(200, &job),
-            None => error_response(
-                404,
-                format!("no job {id:?} (unknown, or finished long ago)"),
-            ),
+        .map(|id: String, caller: Caller, site: Arc<Site>| {
+            let resp = match site.jobs.get(&id, &caller.owner) {
+                Some(job) => ok_json(&job),
+                None => ApiError::not_found(format!(
+                    "no job {:?} of yours (unknown, or finished long ago)",
+                    crate::error::truncate(id, 64)
+                ))
+                .into_response(),
+            };
+            caller.finish(resp)
         })
         .boxed();
 
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::get())
+        .and(caller(site.clone()))
         .and(with_site(site.clone()))
-        .map(|site: Arc<Site>| events(&site))
+        .map(|caller: Caller, site: Arc<Site>| caller.finish(respond(events(&site, &caller))))
+        .boxed();
+
+    let session = warp::path!("api" / "v1" / "session")
+        .and(warp::get())
+        .and(caller(site.clone()))
+        .and(with_site(site.clone()))
+        .map(move |caller: Caller, site: Arc<Site>| {
+            let body = json!({
+                "auth": if site.identify.requires_keys() { "key" } else { "none" },
+                "key": caller.key.as_ref().map(|k| k.name.to_string()),
+                "admin": caller.is_admin(),
+                "nodes": may_read_admin(admin, &caller),
+            });
+            caller.finish(ok_json(&body))
+        })
+        .boxed();
+
+    let status = warp::path!("api" / "v1" / "status")
+        .and(warp::get())
+        .and(caller(site.clone()))
+        .and(with_site(site.clone()))
+        .map(|caller: Caller, site: Arc<Site>| caller.finish(ok_json(&status(&site))))
         .boxed();
 
     let nodes = warp::path!("api" / "v1" / "nodes")
         .and(warp::get())
+        .and(caller(site.clone()))
         .and(with_site(site.clone()))
-        .map(|site: Arc<Site>| {
-            let nodes = site.inference.nodes();
-            let ready = nodes.iter().any(|n| n.can_serve());
-            json_response(
-                200,
-                &json!({
-                    "ready": ready,
-                    "nodes": nodes,
-                    "queued": site.queued(),
-                    "in_flight": site.in_flight(),
-                    "limits": {
-                        "max_file_bytes": site.limits.max_file_bytes,
-                        "max_request_bytes": site.limits.max_request_bytes,
-                        "max_files": site.limits.max_files,
-                        "max_queued": site.limits.max_queued,
-                    },
-                }),
-            )
+        .map(move |caller: Caller, site: Arc<Site>| {
+            let resp = match admin_check(admin, &caller) {
+                Ok(()) => ok_json(&nodes(&site)),
+                Err(e) => e.into_response(),
+            };
+            caller.finish(resp)
         })
-        .boxed();
-
-    let healthz = warp::path!("healthz")
-        .and(warp::get())
-        .map(|| json_response(200, &json!({ "status": "ok" })))
-        .boxed();
-
-    let readyz = warp::path!("readyz")
-        .and(warp::get())
-        .and(with_site(site.clone()))
-        .map(|site: Arc<Site>| readiness(&site))
         .boxed();
 
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(with_site(site.clone()))
-        .map(|site: Arc<Site>| {
-            let nodes = site.inference.nodes();
-            let mut text = site.metrics.render(site.queued(), site.in_flight(), &nodes);
-            text.push_str(&site.inference.metrics_text());
-            let mut resp = text.into_response();
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        })
+        .and(caller(site.clone()))
+        .and(with_site(site))
+        .map(
+            move |caller: Caller, site: Arc<Site>| match admin_check(admin, &caller) {
+                Ok(()) => metrics(&site),
+                Err(e) => e.into_response(),
+            },
+        )
         .boxed();
 
-    let kserve = crate::kserve::routes(site.clone());
-
-    let counting = site.clone();
-    page.or(classify)
-        .unify()
+    classify
         .or(job)
         .unify()
         .or(events)
         .unify()
+        .or(session)
+        .unify()
+        .or(status)
+        .unify()
         .or(nodes)
-        .unify()
-        .or(healthz)
-        .unify()
-        .or(readyz)
         .unify()
         .or(metrics)
         .unify()
-        .or(kserve)
-        .unify()
-        .recover(handle_rejection)
-        .unify()
-        .with(warp::log::custom(move |info| {
-            counting.metrics.response(info.status().as_u16());
-            tracing::debug!(
-                method = %info.method(),
-                path = info.path(),
-                status = info.status().as_u16(),
-                elapsed_ms = info.elapsed().as_millis() as u64,
-                "request"
-            );
-        }))
-        .map(into_response)
         .boxed()
 }
 
-fn into_response<R: Reply>(reply: R) -> Response {
-    reply.into_response()
+/// `/healthz` and `/readyz`: no authentication (load balancers and Kubernetes probe them),
+/// and nothing in them about anyone's data.
+pub fn health(site: Arc<Site>) -> BoxedFilter<(Response,)> {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| ok_json(&json!({ "status": "ok" })));
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_site(site))
+        .map(|site: Arc<Site>| readiness(&site));
+    healthz.or(readyz).unify().boxed()
+}
+
+/// The routes of the `--admin-listen` address: health, `/metrics` and `/api/v1/nodes`,
+/// without authentication (bind it to an address only operators reach).
+pub fn admin_routes(site: Arc<Site>) -> BoxedFilter<(Response,)> {
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_site(site.clone()))
+        .map(|site: Arc<Site>| metrics(&site));
+    let nodes = warp::path!("api" / "v1" / "nodes")
+        .and(warp::get())
+        .and(with_site(site.clone()))
+        .map(|site: Arc<Site>| ok_json(&nodes(&site)));
+    health(site)
+        .or(metrics)
+        .unify()
+        .or(nodes)
+        .unify()
+        .recover(crate::error::recover)
+        .unify()
+        .boxed()
+}
+
+fn may_read_admin(admin: AdminAccess, caller: &Caller) -> bool {
+    admin_check(admin, caller).is_ok()
+}
+
+fn admin_check(admin: AdminAccess, caller: &Caller) -> Result<(), ApiError> {
+    match admin {
+        AdminAccess::Open => Ok(()),
+        AdminAccess::AdminKey if caller.is_admin() => Ok(()),
+        AdminAccess::AdminKey => Err(ApiError::forbidden("this needs an admin key")),
+        AdminAccess::Elsewhere => Err(ApiError::not_found(
+            "not found (served on the admin address)",
+        )),
+    }
+}
+
+/// The full node list for operators.
+fn nodes(site: &Site) -> Value {
+    let nodes = site.inference.nodes();
+    let ready = nodes.iter().any(|n| n.can_serve());
+    json!({
+        "ready": ready,
+        "nodes": nodes,
+        "queued": site.queued(),
+        "in_flight": site.in_flight(),
+        "limits": limits(site),
+    })
+}
+
+/// What the page shows everyone: whether the cluster can serve, how much of it, and whether
+/// its answers are real predictions. No addresses, no load.
+fn status(site: &Site) -> Value {
+    let nodes = site.inference.nodes();
+    let serving: Vec<_> = nodes.iter().filter(|n| n.can_serve()).collect();
+    json!({
+        "ready": !serving.is_empty(),
+        "nodes_ready": serving.len(),
+        "nodes": nodes.len(),
+        "synthetic": serving.iter().any(|n| n.synthetic == Some(true)),
+        "untrained": serving.iter().any(|n| n.trained == Some(false) && n.synthetic != Some(true)),
+        "limits": limits(site),
+    })
+}
+
+fn limits(site: &Site) -> Value {
+    let l = &site.limits;
+    json!({
+        "max_file_bytes": l.max_file_bytes,
+        "max_request_bytes": l.max_request_bytes,
+        "max_files": l.max_files,
+        "max_queued": l.max_queued,
+        "max_queued_per_caller": l.max_queued_per_caller,
+    })
+}
+
+fn metrics(site: &Site) -> Response {
+    let nodes = site.inference.nodes();
+    let mut text = site.metrics.render(site.queued(), site.in_flight(), &nodes);
+    text.push_str(&site.inference.metrics_text());
+    text.push_str(&crate::metrics::render_guards(site));
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 /// `/readyz`: 200 only while a node with a loaded model is connected.
@@ -198,10 +272,10 @@ pub fn readiness(site: &Site) -> Response {
     let nodes = site.inference.nodes();
     let ready = nodes.iter().filter(|n| n.can_serve()).count();
     if ready > 0 {
-        json_response(200, &json!({ "ready": true, "nodes_ready": ready }))
+        ok_json(&json!({ "ready": true, "nodes_ready": ready }))
     } else {
         json_response(
-            503,
+            StatusCode::SERVICE_UNAVAILABLE,
             &json!({
                 "ready": false,
                 "nodes_ready": 0,
@@ -213,133 +287,131 @@ pub fn readiness(site: &Site) -> Response {
 
 async fn classify<S>(
     site: Arc<Site>,
+    caller: &Caller,
     query: HashMap<String, String>,
     content_type: Option<String>,
     content_length: Option<u64>,
     body: S,
-) -> Response
+) -> Result<Response, ApiError>
 where
-    S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+    S: Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Unpin + 'static,
 {
     let wait = matches!(
         query.get("wait").map(String::as_str),
         Some("true" | "1" | "yes")
     );
-    let top_k = match parse_top_k(query.get("top_k").map(String::as_str)) {
-        Ok(k) => k,
-        Err(e) => return error_response(400, e),
-    };
-    let uploads = match read_uploads(
+    let top_k =
+        parse_top_k(query.get("top_k").map(String::as_str)).map_err(ApiError::bad_request)?;
+    let uploads = read_uploads(
         body,
         content_type.as_deref(),
         content_length,
         query.get("name").cloned(),
         &site.limits,
+        &site.intake(),
     )
     .await
-    {
-        Ok(u) => u,
-        Err(e) => return upload_error(&site, e),
-    };
-    let submitted = match site.submit(uploads, top_k) {
-        Ok(s) => s,
-        Err(full) => {
-            return with_retry_after(
-                error_response(
-                    503,
-                    format!(
-                        "the queue is full ({} images waiting); retry in {} s",
-                        site.limits.max_queued, full.retry_after_s
-                    ),
-                ),
-                full.retry_after_s,
-            );
-        }
-    };
+    .map_err(|e| upload_error(&site, e))?;
+    let submitted = site.submit(caller, uploads, top_k)?;
+    let token = caller.token.as_deref();
     if wait {
         let results = site.wait_all(submitted).await;
-        results_response(&site, "results", results)
+        Ok(results_response(&site, "results", results, token))
     } else {
         let jobs: Vec<JobView> = submitted
             .iter()
-            .filter_map(|s| site.jobs.get(&s.id))
+            .filter_map(|s| site.jobs.get(&s.id, &caller.owner))
             .collect();
         let accepted = jobs.iter().any(|j| !j.status.is_final());
         if accepted {
-            json_response(202, &json!({ "jobs": jobs }))
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &with_token(json!({ "jobs": jobs }), token),
+            ))
         } else {
-            results_response(&site, "jobs", jobs)
+            Ok(results_response(&site, "jobs", jobs, token))
         }
     }
+}
+
+/// Adds `client_token` to an upload's answer (without keys), so an API client can follow
+/// its jobs later with the `x-glimpse-client` header.
+fn with_token(mut body: Value, token: Option<&str>) -> Value {
+    if let (Some(t), Some(obj)) = (token, body.as_object_mut()) {
+        obj.insert("client_token".into(), Value::String(t.to_string()));
+    }
+    body
 }
 
 /// Status for a list of per-image results: 200 if any image succeeded (or is still
 /// running); if every one failed, the first failure's status, so a single non-image upload
 /// gets 415 and an all-overloaded request gets 503 + Retry-After.
-fn results_response(site: &Site, key: &str, results: Vec<JobView>) -> Response {
+fn results_response(
+    site: &Site,
+    key: &str,
+    results: Vec<JobView>,
+    token: Option<&str>,
+) -> Response {
     let failed: Vec<&JobView> = results
         .iter()
         .filter(|j| j.status == JobStatus::Error)
         .collect();
     if results.is_empty() || failed.len() < results.len() {
-        return json_response(200, &json!({ key: results }));
+        return ok_json(&with_token(json!({ key: results }), token));
     }
-    let status = failed.first().and_then(|j| j.code).unwrap_or(500);
+    let status = failed
+        .first()
+        .and_then(|j| j.code)
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let error = failed
         .first()
         .and_then(|j| j.error.clone())
         .unwrap_or_else(|| "every image failed".to_string());
-    let resp = json_response(status, &json!({ "error": error, key: results }));
-    if status == 503 {
+    let resp = json_response(
+        status,
+        &with_token(json!({ "error": error, key: results }), token),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
         with_retry_after(resp, site.limits.retry_after_s)
     } else {
         resp
     }
 }
 
-fn upload_error(site: &Site, e: UploadError) -> Response {
+/// An upload error as the client sees it, counted.
+pub fn upload_error(site: &Site, e: UploadError) -> ApiError {
     site.metrics.request_rejected(e.reason());
-    error_response(e.status(), e)
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let err = ApiError::new(status, e.to_string());
+    match e.retry_after() {
+        Some(s) => err.retry_after(s),
+        None => err,
+    }
 }
 
-fn events(site: &Site) -> Response {
-    let rx = site.jobs.subscribe();
-    let shutdown = site.shutdown_signal();
+/// `GET /api/v1/events`: the caller's job updates as Server-Sent Events, opening with a
+/// `hello`. Streams are capped per caller (429) and overall (503).
+fn events(site: &Site, caller: &Caller) -> Result<Response, ApiError> {
+    let retry = site.limits.retry_after_s;
+    let share = site.streams.take(&caller.limit, 1).map_err(|refused| {
+        site.metrics.request_rejected("event_streams_full");
+        match refused {
+            ShareRefused::Caller { cap } => ApiError::too_many(
+                format!("you have {cap} event streams open already (the limit per caller)"),
+                retry,
+            ),
+            ShareRefused::Total { .. } => {
+                ApiError::unavailable("too many event streams are open; retry later", retry)
+            }
+        }
+    })?;
+    let sub = site.jobs.subscribe(caller.owner.clone());
     let hello = Event::default()
         .event("hello")
         .json_data(json!({ "ready": is_ready(site.inference.as_ref()) }))
         .unwrap_or_else(|_| Event::default().event("hello").data("{}"));
-    let updates = futures_util::stream::unfold(
-        (rx, shutdown),
-        |(mut rx, mut shutdown)| async move {
-            loop {
-                if *shutdown.borrow() {
-                    return None;
-                }
-                tokio::select! {
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            return None;
-                        }
-                    }
-                    msg = rx.recv() => match msg {
-                        Ok(job) => {
-                            let event = Event::default().event("job").id(job.id.clone()).json_data(&job);
-                            match event {
-                                Ok(e) => return Some((Ok::<Event, Infallible>(e), (rx, shutdown))),
-                                Err(err) => tracing::warn!("cannot encode job event: {err}"),
-                            }
-                        }
-                        Err(RecvError::Lagged(n)) => {
-                            let e = Event::default().event("lagged").data(n.to_string());
-                            return Some((Ok(e), (rx, shutdown)));
-                        }
-                        Err(RecvError::Closed) => return None,
-                    },
-                }
-            }
-        },
-    );
+    let updates = updates(sub, share, site.shutdown_signal());
     let stream =
         futures_util::stream::once(async move { Ok::<Event, Infallible>(hello) }).chain(updates);
     let mut resp = warp::sse::reply(
@@ -350,26 +422,52 @@ fn events(site: &Site) -> Response {
     .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    Ok(resp)
 }
 
-/// Map warp's rejections to JSON errors.
-async fn handle_rejection(r: Rejection) -> Result<Response, Infallible> {
-    let resp = if r.is_not_found() {
-        error_response(404, "not found")
-    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        error_response(405, "method not allowed")
-    } else if r.find::<warp::reject::InvalidQuery>().is_some() {
-        error_response(400, "invalid query string")
-    } else if r.find::<warp::reject::InvalidHeader>().is_some() {
-        error_response(400, "invalid header")
-    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        error_response(413, "payload too large")
-    } else if r.find::<warp::reject::UnsupportedMediaType>().is_some() {
-        error_response(415, "unsupported media type")
-    } else {
-        tracing::debug!("unhandled rejection: {r:?}");
-        error_response(400, "bad request")
-    };
-    Ok(resp)
+/// The SSE events of one subscription, until the server shuts down. The stream's share of
+/// the stream caps is held for as long as the stream lives.
+fn updates(
+    sub: Subscription,
+    share: Share,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(
+        (sub, share, shutdown),
+        |(sub, share, mut shutdown)| async move {
+            loop {
+                if *shutdown.borrow() {
+                    return None;
+                }
+                let event = tokio::select! {
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            return None;
+                        }
+                        continue;
+                    }
+                    event = sub.next() => event,
+                };
+                let sse = match event {
+                    events::Event::Job(job) => {
+                        match Event::default()
+                            .event("job")
+                            .id(job.id.clone())
+                            .json_data(&*job)
+                        {
+                            Ok(e) => e,
+                            Err(err) => {
+                                tracing::warn!("cannot encode job event: {err}");
+                                continue;
+                            }
+                        }
+                    }
+                    events::Event::Lagged(n) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
+                };
+                return Some((Ok(sse), (sub, share, shutdown)));
+            }
+        },
+    )
 }

@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::SiteConfig;
+use crate::conn::{ConnLimits, max_connections_for};
 use crate::site::Limits;
+use crate::throttle::RateFlag;
 
 /// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +59,17 @@ pub enum ModelChoice {
 /// upload page at the printed https:// URL (self-signed certificate; its SHA-256
 /// fingerprint is printed so you can check what your browser shows).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "glimpse", version, about, long_about)]
+#[command(
+    name = "glimpse",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// HTTPS address to listen on. Default: 127.0.0.1:8443 (local only; use 0.0.0.0:8443
     /// to serve others).
     #[arg(long, env = "GLIMPSE_LISTEN", default_value = "127.0.0.1:8443")]
@@ -162,6 +174,159 @@ pub struct Cli {
     /// Finished jobs kept for GET /api/v1/jobs/{id}. Default: 10000.
     #[arg(long, env = "GLIMPSE_JOB_RETENTION", default_value_t = 10_000)]
     pub job_retention: usize,
+    /// Bytes of finished jobs kept for lookups, oldest evicted first (a job with top_k=1000
+    /// is ~70 KB). Default: 67108864 (64 MiB).
+    #[arg(long, env = "GLIMPSE_JOB_RETENTION_BYTES", default_value_t = 64 << 20)]
+    pub job_retention_bytes: usize,
+
+    /// API key file: one `NAME SHA256HEX [admin]` line per key (make keys with `glimpse keys
+    /// new`), re-read within 2 s when it changes. With it every /api and /v2 request needs
+    /// `Authorization: Bearer KEY`. Default: none, anyone who can reach the server may upload
+    /// (each client still sees only its own jobs).
+    #[arg(long, env = "GLIMPSE_API_KEYS", help_heading = "Security")]
+    pub api_keys: Option<PathBuf>,
+    /// Serve /metrics and /api/v1/nodes on this plain-HTTP address instead of the public one
+    /// (with /healthz and /readyz), as Triton keeps metrics on their own port. Bind it to an
+    /// address only operators reach. Default: none; then with --api-keys they need an admin
+    /// key, and without keys they are public.
+    #[arg(long, env = "GLIMPSE_ADMIN_LISTEN", help_heading = "Security")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Another origin (`https://host[:port]`) whose pages may post uploads here; repeatable.
+    /// Default: none, only this server's own page may (cross-origin browser POSTs get 403;
+    /// API clients, which send no Origin, are not affected).
+    #[arg(
+        long = "allowed-origin",
+        env = "GLIMPSE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Security"
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Requests per second per caller (API key, or client address without keys) as
+    /// RPS[:BURST], or `off`; beyond it 429 with Retry-After. Health probes are not counted.
+    /// Default: 50:200 (dropping 200 files on the page at once is fine).
+    #[arg(
+        long,
+        env = "GLIMPSE_RATE_LIMIT",
+        default_value = "50:200",
+        help_heading = "Security"
+    )]
+    pub rate_limit: RateFlag,
+    /// Most images one caller may have accepted and not yet answered; beyond it 429, so one
+    /// caller cannot fill the queue. Default: 128.
+    #[arg(
+        long,
+        env = "GLIMPSE_MAX_QUEUED_PER_CALLER",
+        default_value_t = 128,
+        help_heading = "Security"
+    )]
+    pub max_queued_per_caller: usize,
+    /// Bytes of image data the front-end holds at once: bodies being received, queued and
+    /// in-flight images. A request that would pass it gets 503 with Retry-After at once.
+    /// Must hold at least one largest request. Default: 536870912 (512 MiB).
+    #[arg(long, env = "GLIMPSE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, help_heading = "Security")]
+    pub max_buffered_bytes: usize,
+    /// Most HTTPS connections open at once; when all are taken a new one replaces the one
+    /// idle longest. Default: the file-descriptor limit (raised to its hard limit at start)
+    /// minus 128.
+    #[arg(long, env = "GLIMPSE_MAX_CONNECTIONS", help_heading = "Security")]
+    pub max_connections: Option<usize>,
+    /// Most connections from one client address (an IPv6 /64 counts as one). Default: 64.
+    #[arg(
+        long,
+        env = "GLIMPSE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 64,
+        help_heading = "Security"
+    )]
+    pub max_connections_per_ip: usize,
+    /// Seconds a new connection may take to complete its TLS handshake. Default: 10.
+    #[arg(
+        long,
+        env = "GLIMPSE_HANDSHAKE_TIMEOUT_S",
+        default_value_t = 10.0,
+        help_heading = "Security"
+    )]
+    pub handshake_timeout_s: f64,
+    /// Seconds a connection may take to send its first complete request head (slow
+    /// "slowloris" senders are closed). Default: 10.
+    #[arg(
+        long,
+        env = "GLIMPSE_HEADER_TIMEOUT_S",
+        default_value_t = 10.0,
+        help_heading = "Security"
+    )]
+    pub header_timeout_s: f64,
+    /// Seconds a connection is kept without a request in flight. Default: 60.
+    #[arg(
+        long,
+        env = "GLIMPSE_IDLE_TIMEOUT_S",
+        default_value_t = 60.0,
+        help_heading = "Security"
+    )]
+    pub idle_timeout_s: f64,
+    /// Seconds a request body may go without sending data before it is abandoned (408).
+    /// Default: 30.
+    #[arg(
+        long,
+        env = "GLIMPSE_BODY_TIMEOUT_S",
+        default_value_t = 30.0,
+        help_heading = "Security"
+    )]
+    pub body_timeout_s: f64,
+    /// Event streams (GET /api/v1/events) open at once; beyond it 503. Default: 512.
+    #[arg(
+        long,
+        env = "GLIMPSE_MAX_EVENT_STREAMS",
+        default_value_t = 512,
+        help_heading = "Security"
+    )]
+    pub max_event_streams: usize,
+    /// Event streams one caller may hold open; beyond it 429. Default: 8.
+    #[arg(
+        long,
+        env = "GLIMPSE_MAX_EVENT_STREAMS_PER_CALLER",
+        default_value_t = 8,
+        help_heading = "Security"
+    )]
+    pub max_event_streams_per_caller: usize,
+    /// Strict-Transport-Security max-age in seconds, sent with every HTTPS response; 0 sends
+    /// none. Default: 31536000 (one year; browsers ignore it over an untrusted certificate).
+    #[arg(
+        long,
+        env = "GLIMPSE_HSTS_MAX_AGE_S",
+        default_value_t = 31_536_000,
+        help_heading = "Security"
+    )]
+    pub hsts_max_age_s: u64,
+}
+
+/// Commands besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Manage the API keys of --api-keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
+}
+
+/// `glimpse keys ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new random key: print it (the only time it is shown) and append its name and
+    /// SHA-256 to the key file (created, mode 0600, if missing). A running server picks it
+    /// up within 2 s.
+    New {
+        /// The key file. Default: none (required).
+        #[arg(long, env = "GLIMPSE_API_KEYS")]
+        file: PathBuf,
+        /// The key's name: who holds it (letters, digits, '.', '_', '-'; at most 64). Limits
+        /// and job ownership go by it.
+        #[arg(long)]
+        name: String,
+        /// Let the key also read /metrics and /api/v1/nodes. Default: off.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 impl Cli {
@@ -182,8 +347,53 @@ impl Cli {
             retry_after_s: self.retry_after_s,
             job_timeout: self.request_timeout() + Duration::from_secs(10),
             job_retention: self.job_retention,
+            job_retention_bytes: self.job_retention_bytes,
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_queued_per_caller: self.max_queued_per_caller,
+            body_timeout: secs(self.body_timeout_s),
+            max_event_streams: self.max_event_streams,
+            max_event_streams_per_caller: self.max_event_streams_per_caller,
+            rate: self.rate_limit.0,
         }
     }
+
+    /// The connection limits, with the default cap taken from the file-descriptor limit
+    /// `nofile` (see [`crate::conn::raise_fd_limit`]).
+    pub fn conn_limits(&self, nofile: u64) -> ConnLimits {
+        ConnLimits {
+            max_total: self
+                .max_connections
+                .unwrap_or_else(|| max_connections_for(nofile))
+                .max(1),
+            max_per_ip: self.max_connections_per_ip.max(1),
+            handshake_timeout: secs(self.handshake_timeout_s),
+            header_timeout: secs(self.header_timeout_s),
+            idle_timeout: secs(self.idle_timeout_s),
+        }
+    }
+
+    /// The front-end's whole configuration (`nofile` as for [`Cli::conn_limits`]).
+    pub fn site_config(&self, nofile: u64) -> SiteConfig {
+        SiteConfig {
+            listen: self.listen,
+            http_redirect: self.http_redirect,
+            admin_listen: self.admin_listen,
+            api_keys: self.api_keys.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            hsts_max_age_s: self.hsts_max_age_s,
+            limits: self.limits(),
+            conn: self.conn_limits(nofile),
+        }
+    }
+}
+
+/// Seconds from a flag, clamped to something a timer can hold (0.1 s to a day).
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(if s.is_finite() {
+        s.clamp(0.1, 86_400.0)
+    } else {
+        86_400.0
+    })
 }
 
 #[cfg(test)]
@@ -208,5 +418,44 @@ mod tests {
         assert!(
             Cli::try_parse_from(["glimpse", "--local-workers", "2", "--node", "a=h:1"]).is_err()
         );
+        let limits = cli.limits();
+        assert_eq!(limits.max_buffered_bytes, 512 << 20);
+        assert!(limits.validate().is_ok(), "the defaults work together");
+        let rate = limits.rate.expect("rate limited by default");
+        assert_eq!((rate.per_second.get(), rate.burst.get()), (50, 200));
+        let conn = cli.conn_limits(1024);
+        assert_eq!(conn.max_total, 1024 - 128, "below the fd limit");
+        assert_eq!(conn.header_timeout, Duration::from_secs(10));
+        let small = Cli::try_parse_from(["glimpse", "--max-buffered-bytes", "1000"]).unwrap();
+        assert!(
+            small.limits().validate().is_err(),
+            "cannot hold one request"
+        );
+    }
+
+    #[test]
+    fn keys_subcommand_parses_and_does_not_mix_with_serving_flags() {
+        let cli =
+            Cli::try_parse_from(["glimpse", "keys", "new", "--file", "k", "--name", "ci"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Keys { action: KeysCommand::New { ref name, admin: false, .. } }) if name == "ci"
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "glimpse",
+                "--local-workers",
+                "1",
+                "keys",
+                "new",
+                "--file",
+                "k",
+                "--name",
+                "x"
+            ])
+            .is_err()
+        );
+        let off = Cli::try_parse_from(["glimpse", "--rate-limit", "off"]).unwrap();
+        assert!(off.limits().rate.is_none());
     }
 }

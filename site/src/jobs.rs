@@ -7,12 +7,13 @@
 //! running server does not grow without limit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Serialize;
-use tokio::sync::broadcast;
 
+use crate::caller::Owner;
+use crate::events::{EventHub, Subscription};
 use crate::inference::TopLabel;
 
 /// Where a job is in its life.
@@ -93,30 +94,90 @@ impl JobView {
     }
 }
 
-struct Inner {
-    jobs: HashMap<String, JobView>,
-    finished: VecDeque<String>,
+/// Longest file name kept, in bytes (a common file-system limit); longer names are cut
+/// visibly with "…".
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// A file name as the site keeps and shows it: at most [`MAX_NAME_BYTES`], control
+/// characters replaced, never empty.
+pub fn display_name(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    let cut = crate::error::truncate(cleaned, MAX_NAME_BYTES);
+    if cut.trim().is_empty() {
+        "upload".to_string()
+    } else {
+        cut
+    }
 }
 
-/// Thread-safe store of jobs plus a broadcast channel of every change.
+impl JobView {
+    /// Approximate heap and inline bytes this view takes, which the store's byte budget
+    /// and the event queues count.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [&self.error, &self.warning, &self.note, &self.node]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+        std::mem::size_of::<JobView>()
+            + self.id.len()
+            + self.name.len()
+            + strings
+            + self
+                .top
+                .iter()
+                .map(|t| std::mem::size_of::<TopLabel>() + t.label.len())
+                .sum::<usize>()
+    }
+}
+
+struct Stored {
+    view: Arc<JobView>,
+    owner: Owner,
+    bytes: usize,
+}
+
+struct Inner {
+    jobs: HashMap<String, Stored>,
+    /// Finished jobs, oldest first, with their size.
+    finished: VecDeque<(String, usize)>,
+    finished_bytes: usize,
+}
+
+/// How many finished jobs the store keeps for `GET /api/v1/jobs/{id}`: at most `jobs` of
+/// them and at most `bytes` together, oldest evicted first. Live jobs are always kept (the
+/// queue limits bound them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub jobs: usize,
+    pub bytes: usize,
+}
+
+/// Thread-safe store of jobs, each with its owner, and the hub that tells owners about
+/// changes.
 pub struct JobStore {
     inner: Mutex<Inner>,
-    events: broadcast::Sender<JobView>,
-    retention: usize,
+    hub: Arc<EventHub>,
+    retention: Retention,
     rng: SystemRandom,
 }
 
 impl JobStore {
-    /// `retention` finished jobs are kept for `GET /api/v1/jobs/{id}`; live jobs always are.
-    pub fn new(retention: usize) -> JobStore {
-        let (events, _) = broadcast::channel(4096);
+    /// A store that keeps finished jobs within `retention`.
+    pub fn new(retention: Retention) -> JobStore {
         JobStore {
             inner: Mutex::new(Inner {
                 jobs: HashMap::new(),
                 finished: VecDeque::new(),
+                finished_bytes: 0,
             }),
-            events,
-            retention: retention.max(1),
+            hub: Arc::new(EventHub::default()),
+            retention: Retention {
+                jobs: retention.jobs.max(1),
+                bytes: retention.bytes,
+            },
             rng: SystemRandom::new(),
         }
     }
@@ -136,50 +197,77 @@ impl JobStore {
         raw.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Subscribe to every future change (used by the SSE endpoint).
-    pub fn subscribe(&self) -> broadcast::Receiver<JobView> {
-        self.events.subscribe()
+    /// Subscribe to the changes of `owner`'s jobs (the SSE endpoint).
+    pub fn subscribe(&self, owner: Owner) -> Subscription {
+        self.hub.subscribe(owner)
     }
 
-    /// Insert a job (queued or already failed) and announce it.
-    pub fn insert(&self, job: JobView) {
-        let snapshot = job.clone();
+    /// Event streams open now.
+    pub fn subscribers(&self) -> usize {
+        self.hub.subscribers()
+    }
+
+    /// Insert `owner`'s job (queued or already failed) and announce it to the owner.
+    pub fn insert(&self, owner: &Owner, job: JobView) {
+        let view = Arc::new(job);
+        let bytes = view.approx_bytes();
         {
             let mut inner = self.lock();
-            if job.status.is_final() {
-                inner.finished.push_back(job.id.clone());
+            if view.status.is_final() {
+                inner.finished.push_back((view.id.clone(), bytes));
+                inner.finished_bytes += bytes;
             }
-            inner.jobs.insert(job.id.clone(), job);
+            inner.jobs.insert(
+                view.id.clone(),
+                Stored {
+                    view: view.clone(),
+                    owner: owner.clone(),
+                    bytes,
+                },
+            );
             self.evict(&mut inner);
         }
-        // No subscriber is fine: nobody is watching.
-        let _ = self.events.send(snapshot);
+        self.hub.publish(owner, &view, bytes);
     }
 
-    /// Change a job and announce the new state. Final jobs are never changed again, so a
-    /// late progress callback (e.g. from a losing hedge) cannot overwrite a result.
+    /// Change a job and announce the new state to its owner. Final jobs are never changed
+    /// again, so a late progress callback (e.g. from a losing hedge) cannot overwrite a
+    /// result.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut JobView)) -> Option<JobView> {
-        let snapshot = {
+        let (owner, view, bytes) = {
             let mut inner = self.lock();
-            let job = inner.jobs.get_mut(id)?;
-            if job.status.is_final() {
+            let stored = inner.jobs.get_mut(id)?;
+            if stored.view.status.is_final() {
                 return None;
             }
-            change(job);
-            let snapshot = job.clone();
-            if snapshot.status.is_final() {
-                inner.finished.push_back(snapshot.id.clone());
+            let mut job = (*stored.view).clone();
+            change(&mut job);
+            let view = Arc::new(job);
+            let bytes = view.approx_bytes();
+            stored.view = view.clone();
+            stored.bytes = bytes;
+            let owner = stored.owner.clone();
+            if view.status.is_final() {
+                inner.finished.push_back((view.id.clone(), bytes));
+                inner.finished_bytes += bytes;
                 self.evict(&mut inner);
             }
-            snapshot
+            (owner, view, bytes)
         };
-        let _ = self.events.send(snapshot.clone());
-        Some(snapshot)
+        self.hub.publish(&owner, &view, bytes);
+        Some((*view).clone())
     }
 
-    /// Current state of a job.
-    pub fn get(&self, id: &str) -> Option<JobView> {
-        self.lock().jobs.get(id).cloned()
+    /// `owner`'s job `id`. Another owner's job is indistinguishable from a missing one.
+    pub fn get(&self, id: &str, owner: &Owner) -> Option<JobView> {
+        let inner = self.lock();
+        let stored = inner.jobs.get(id)?;
+        (stored.owner == *owner).then(|| (*stored.view).clone())
+    }
+
+    /// Job `id` whoever owns it: for the site's own bookkeeping, never for a client.
+    pub(crate) fn get_internal(&self, id: &str) -> Option<JobView> {
+        self.lock().jobs.get(id).map(|s| (*s.view).clone())
     }
 
     /// Number of jobs not yet final.
@@ -187,13 +275,22 @@ impl JobStore {
         self.lock()
             .jobs
             .values()
-            .filter(|j| !j.status.is_final())
+            .filter(|j| !j.view.status.is_final())
             .count()
     }
 
+    /// Finished jobs kept, and their bytes.
+    pub fn retained(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.finished.len(), inner.finished_bytes)
+    }
+
     fn evict(&self, inner: &mut Inner) {
-        while inner.finished.len() > self.retention {
-            if let Some(old) = inner.finished.pop_front() {
+        while inner.finished.len() > self.retention.jobs
+            || (inner.finished_bytes > self.retention.bytes && !inner.finished.is_empty())
+        {
+            if let Some((old, bytes)) = inner.finished.pop_front() {
+                inner.finished_bytes -= bytes;
                 inner.jobs.remove(&old);
             }
         }
@@ -208,36 +305,108 @@ impl JobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
+    use crate::inference::TopLabel;
 
-    #[test]
-    fn final_jobs_do_not_change_and_old_ones_are_evicted() {
-        let store = JobStore::new(2);
-        let mut rx = store.subscribe();
+    fn owner(n: u8) -> Owner {
+        Owner::Client([n; 16])
+    }
+
+    fn keep(jobs: usize) -> Retention {
+        Retention {
+            jobs,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[tokio::test]
+    async fn final_jobs_do_not_change_and_old_ones_are_evicted() {
+        let store = JobStore::new(keep(2));
+        let me = owner(1);
+        let rx = store.subscribe(me.clone());
         for i in 0..3 {
-            store.insert(JobView::queued(format!("j{i}"), format!("f{i}.png"), 10));
+            store.insert(
+                &me,
+                JobView::queued(format!("j{i}"), format!("f{i}.png"), 10),
+            );
         }
         for i in 0..3 {
             store.update(&format!("j{i}"), |j| j.status = JobStatus::Ok);
         }
-        assert!(store.get("j0").is_none(), "oldest finished job is evicted");
-        assert_eq!(store.get("j2").map(|j| j.status), Some(JobStatus::Ok));
+        assert!(
+            store.get("j0", &me).is_none(),
+            "oldest finished job is evicted"
+        );
+        assert_eq!(store.get("j2", &me).map(|j| j.status), Some(JobStatus::Ok));
         assert!(
             store
                 .update("j2", |j| j.status = JobStatus::Running)
                 .is_none()
         );
-        assert_eq!(store.get("j2").map(|j| j.status), Some(JobStatus::Ok));
-        let first = rx.try_recv().map(|j| j.id);
-        assert_eq!(first.ok().as_deref(), Some("j0"));
+        assert_eq!(store.get("j2", &me).map(|j| j.status), Some(JobStatus::Ok));
+        let first = match rx.next().await {
+            Event::Job(j) => Some(j.id.clone()),
+            Event::Lagged(_) => None,
+        };
+        assert_eq!(first.as_deref(), Some("j0"));
     }
 
     #[test]
     fn ids_are_unique_and_hex() {
-        let store = JobStore::new(10);
+        let store = JobStore::new(keep(10));
         let a = store.new_id();
         let b = store.new_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 18);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn another_owners_job_is_not_found() {
+        let store = JobStore::new(keep(10));
+        store.insert(&owner(1), JobView::queued("j".into(), "mri.png".into(), 1));
+        assert!(store.get("j", &owner(1)).is_some());
+        assert!(store.get("j", &owner(2)).is_none());
+        assert!(store.get_internal("j").is_some());
+    }
+
+    #[test]
+    fn finished_jobs_are_kept_within_a_byte_budget() {
+        let big = |id: String| {
+            let mut j = JobView::queued(id, "x".repeat(255), 1);
+            j.top = (0..1000)
+                .map(|i| TopLabel {
+                    index: i,
+                    label: format!("label number {i}"),
+                    probability: 0.001,
+                })
+                .collect();
+            j.status = JobStatus::Ok;
+            j
+        };
+        let one = big("probe".into()).approx_bytes();
+        assert!(one > 40_000, "a top-1000 job is large: {one}");
+        let store = JobStore::new(Retention {
+            jobs: 10_000,
+            bytes: 10 * one,
+        });
+        for i in 0..100 {
+            store.insert(&owner(1), big(format!("j{i}")));
+        }
+        let (kept, bytes) = store.retained();
+        assert_eq!(kept, 10);
+        assert!(bytes <= 10 * one);
+        assert!(store.get("j99", &owner(1)).is_some());
+        assert!(store.get("j89", &owner(1)).is_none());
+    }
+
+    #[test]
+    fn long_and_odd_names_are_cut_visibly() {
+        let long = "a".repeat(1 << 20);
+        let name = display_name(&long);
+        assert!(name.len() <= MAX_NAME_BYTES && name.ends_with('…'));
+        assert_eq!(display_name("cat.jpg"), "cat.jpg");
+        assert_eq!(display_name("a\nb"), "a\u{fffd}b");
+        assert_eq!(display_name("   "), "upload");
     }
 }

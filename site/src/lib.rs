@@ -1,26 +1,41 @@
 //! glimpse-site: the HTTPS front-end of Glimpse.
 //!
-//! A request flows: TLS accept ([`server`]) → warp routes ([`api`], [`kserve`], [`page`]) →
-//! body read under limits ([`upload`]) → admission and one job per image ([`site`],
-//! [`jobs`]) → the cluster behind the [`inference::Inference`] seam (the QUIC
+//! A request flows: TCP accept and a connection slot ([`server`], [`conn`]) → TLS → warp
+//! routes, assembled in [`routes`] ([`page`], [`api`], [`kserve`]) → who is calling and
+//! whether it may ([`filters`], [`caller`], [`auth`], [`throttle`]) → body read under size,
+//! time and byte-budget limits ([`upload`], [`budget`]) → admission and one job per image
+//! ([`site`], [`jobs`]) → the cluster behind the [`inference::Inference`] seam (the QUIC
 //! `Dispatcher`, see [`cluster`]) → the result back into the job store, which feeds the
-//! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the SSE stream the page listens to.
+//! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the caller's own SSE stream
+//! ([`events`]). Every refusal is an [`error::ApiError`].
 
 pub mod api;
+pub mod auth;
+pub mod budget;
+pub mod caller;
 pub mod cli;
 pub mod cluster;
+pub mod conn;
+pub mod error;
+pub mod events;
+pub mod filters;
 pub mod inference;
 pub mod jobs;
 pub mod kserve;
 pub mod metrics;
 pub mod page;
+pub mod reply;
+pub mod routes;
 pub mod server;
 pub mod site;
 pub mod sniff;
+pub mod throttle;
 pub mod upload;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,14 +44,43 @@ pub use inference::Inference;
 pub use server::{ServerError, TlsIdentity};
 pub use site::{Limits, Site};
 
-/// A running HTTPS front-end (and its optional plain-HTTP redirect).
+use api::AdminAccess;
+use auth::KeyFile;
+use caller::{ClientTokens, Identify};
+use conn::{ConnLimits, Registry};
+use routes::Access;
+
+/// Everything about how the front-end listens and what it lets callers do.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// HTTPS address (port 0 = any free port).
+    pub listen: SocketAddr,
+    /// Plain-HTTP address that redirects to HTTPS.
+    pub http_redirect: Option<SocketAddr>,
+    /// Plain-HTTP address for `/metrics`, `/api/v1/nodes` and health, for operators.
+    pub admin_listen: Option<SocketAddr>,
+    /// The API key file; without it, callers are told apart by signed client tokens.
+    pub api_keys: Option<PathBuf>,
+    /// Other origins whose pages may post here (`https://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// `Strict-Transport-Security` max-age in seconds (0: none).
+    pub hsts_max_age_s: u64,
+    pub limits: Limits,
+    pub conn: ConnLimits,
+}
+
+/// A running HTTPS front-end (and its optional plain-HTTP redirect and admin listener).
 pub struct RunningSite {
     /// The bound HTTPS address (useful with port 0).
     pub addr: SocketAddr,
     /// The bound redirect address, if any.
     pub redirect_addr: Option<SocketAddr>,
+    /// The bound admin address, if any.
+    pub admin_addr: Option<SocketAddr>,
     /// Shared state: job store, metrics, the cluster.
     pub site: Arc<Site>,
+    /// The HTTPS listener's connections.
+    pub connections: Arc<Registry>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -56,40 +100,106 @@ impl RunningSite {
     }
 }
 
-/// Bind and start serving `inference` over HTTPS on `listen` (port 0 = any free port).
+/// How often per-caller rate-limit state of idle callers is dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Bind and start serving `inference` as `config` says.
 pub async fn start_site(
-    listen: SocketAddr,
+    config: SiteConfig,
     tls: &TlsIdentity,
-    http_redirect: Option<SocketAddr>,
     inference: Arc<dyn Inference>,
-    limits: Limits,
 ) -> Result<RunningSite, ServerError> {
+    config.limits.validate().map_err(ServerError::Config)?;
+    let keys = match &config.api_keys {
+        Some(path) => Some(Arc::new(KeyFile::load(path)?)),
+        None => None,
+    };
+    let admin = match (config.admin_listen, &keys) {
+        (Some(_), _) => AdminAccess::Elsewhere,
+        (None, Some(_)) => AdminAccess::AdminKey,
+        (None, None) => AdminAccess::Open,
+    };
+    let identify = Identify {
+        keys: keys.clone(),
+        tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
+    };
     let (tx, rx) = watch::channel(false);
-    let site = Site::new(inference, limits, rx.clone());
-    let listener = server::bind(listen).await?;
+    let connections = Registry::new(config.conn);
+    let site = Site::new(
+        inference,
+        config.limits.clone(),
+        identify,
+        connections.clone(),
+        rx.clone(),
+    );
+    let access = Access {
+        admin,
+        allowed_origins: Arc::new(
+            config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        ),
+        hsts_max_age_s: config.hsts_max_age_s,
+    };
+    let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let routes = api::routes(site.clone());
     let mut tasks = Vec::new();
     let mut redirect_addr = None;
-    if let Some(redirect) = http_redirect {
+    if let Some(redirect) = config.http_redirect {
         let plain = server::bind(redirect).await?;
         redirect_addr = Some(plain.local_addr()?);
         tasks.push(tokio::spawn(server::serve_redirect(
             plain,
             addr.port(),
+            Registry::new(config.conn),
             stopped(rx.clone()),
         )));
     }
-    tasks.push(tokio::spawn(server::serve_https(
+    let mut admin_addr = None;
+    if let Some(admin) = config.admin_listen {
+        let plain = server::bind(admin).await?;
+        admin_addr = Some(plain.local_addr()?);
+        tasks.push(tokio::spawn(server::serve(
+            plain,
+            None,
+            Registry::new(config.conn),
+            api::admin_routes(site.clone()),
+            0,
+            stopped(rx.clone()),
+        )));
+    }
+    if let Some(keys) = keys {
+        tasks.push(tokio::spawn(keys.watch(stopped(rx.clone()))));
+    }
+    {
+        let site = site.clone();
+        let stop = stopped(rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stop = std::pin::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return,
+                    () = tokio::time::sleep(PRUNE_INTERVAL) => site.rate.prune(),
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(server::serve(
         listener,
-        tls.config.clone(),
-        routes,
+        Some(tls.config.clone()),
+        connections.clone(),
+        routes::https(site.clone(), &access),
+        config.hsts_max_age_s,
         stopped(rx),
     )));
     Ok(RunningSite {
         addr,
         redirect_addr,
+        admin_addr,
         site,
+        connections,
         shutdown: tx,
         tasks,
     })

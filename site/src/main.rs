@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use glimpse_site::cli::Cli;
-use glimpse_site::{cluster, server, start_site};
+use glimpse_site::cli::{Cli, Command, KeysCommand};
+use glimpse_site::{auth, cluster, conn, server, start_site};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -16,22 +16,26 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Keys { action }) = &cli.command {
+        return keys(action);
+    }
     // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
     // or weights load must drain and exit 0, not kill the process with the default action.
     let shutdown = shutdown_signal().context("listening for SIGTERM and SIGINT")?;
 
+    let nofile = conn::raise_fd_limit().context("raising the file-descriptor limit")?;
+    let config = cli.site_config(nofile);
+    config
+        .limits
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("checking the limits")?;
     let tls = server::tls_identity(cli.tls_cert.as_deref(), cli.tls_key.as_deref())
         .context("setting up HTTPS")?;
     let cluster = cluster::build(&cli).await.context("starting the cluster")?;
-    let site = start_site(
-        cli.listen,
-        &tls,
-        cli.http_redirect,
-        cluster.inference.clone(),
-        cli.limits(),
-    )
-    .await
-    .with_context(|| format!("listening on {}", cli.listen))?;
+    let site = start_site(config.clone(), &tls, cluster.inference.clone())
+        .await
+        .with_context(|| format!("listening on {}", cli.listen))?;
 
     let host = match site.addr.ip() {
         ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
@@ -50,6 +54,25 @@ async fn main() -> anyhow::Result<()> {
     if let Some(r) = site.redirect_addr {
         println!("Plain HTTP on {r} redirects to HTTPS");
     }
+    if let Some(a) = site.admin_addr {
+        println!("Metrics and node list on http://{a}/metrics and /api/v1/nodes (admin address)");
+    }
+    match &config.api_keys {
+        Some(path) => println!(
+            "API keys required (from {}); each key sees only its own jobs",
+            path.display()
+        ),
+        None if !site.addr.ip().is_loopback() => println!(
+            "WARNING: no --api-keys: anyone who can reach {} may upload (each client still sees only its own jobs); see README, Security",
+            site.addr
+        ),
+        None => {}
+    }
+    tracing::info!(
+        max_connections = config.conn.max_total,
+        fd_limit = nofile,
+        "connection limits"
+    );
     println!(
         "{} node(s) configured; /readyz turns 200 once one is connected",
         cluster.node_count()
@@ -72,6 +95,24 @@ async fn main() -> anyhow::Result<()> {
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// `glimpse keys new`: print a fresh key and append its hash to the file.
+fn keys(action: &KeysCommand) -> anyhow::Result<()> {
+    match action {
+        KeysCommand::New { file, name, admin } => {
+            let key = auth::add_new_key(file, name, *admin)
+                .with_context(|| format!("adding key {name:?} to {}", file.display()))?;
+            eprintln!(
+                "Added {}key {name:?} to {}. It is shown only now; a running server picks it up within {} s.",
+                if *admin { "admin " } else { "" },
+                file.display(),
+                auth::RELOAD_INTERVAL.as_secs()
+            );
+            println!("{key}");
+            Ok(())
+        }
+    }
 }
 
 /// Registers for SIGTERM and SIGINT (Ctrl-C) now and returns a future that completes on the

@@ -1,8 +1,9 @@
 //! HTTPS serving: our own TCP accept loop, a rustls handshake with ALPN `h2` and
 //! `http/1.1`, and hyper-util's auto connection builder running warp's routes as a tower
 //! service. warp 0.4 cannot do TLS itself and does not let a custom listener be plugged
-//! in, so this is the supported way. Shutdown is graceful: stop accepting, let open
-//! requests finish (bounded by a grace period), then close.
+//! in, so this is the supported way; it also lets every connection be admitted, watched
+//! and closed by [`crate::conn`]. Shutdown is graceful: stop accepting, let open requests
+//! finish (bounded by a grace period), then close.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,8 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -20,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
+
+use crate::conn::{Registry, Tracked};
 
 /// Errors of the serving layer.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,10 @@ pub enum ServerError {
     Generate(#[from] rcgen::Error),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error("API keys: {0}")]
+    Keys(#[from] crate::auth::KeyFileError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The server's TLS identity and how a user can check it.
@@ -136,49 +145,99 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
         .ok_or_else(|| ServerError::NoKey(path.display().to_string()))
 }
 
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections get to finish after shutdown starts.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Serve `routes` over HTTPS on `listener` until `shutdown` completes.
-pub async fn serve_https(
+/// Serve `routes` on `listener` until `shutdown` completes: over TLS when `tls` is given
+/// (the public listener), plain HTTP/1.1 or h2c otherwise (the admin listener). Every
+/// connection takes a slot in `registry`, which bounds how many there are and how long each
+/// may sit without a request (see [`crate::conn`]).
+pub async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    registry: Arc<Registry>,
     routes: BoxedFilter<(Response,)>,
+    hsts_max_age_s: u64,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let acceptor = tls.map(TlsAcceptor::from);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Pings find peers that vanished while an event stream was open.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(128);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
             break;
         };
+        let ticket = match registry.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "connection refused");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let service = TowerToHyperService::new(warp::service(routes.clone()));
+        let routes = routes.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let state = ticket.state().clone();
+            let limits = *registry.limits();
+            let service = |io| {
+                let svc = Tracked::new(warp::service(routes), state.clone(), peer, hsts_max_age_s);
+                watcher.watch(
+                    builder
+                        .serve_connection(io, TowerToHyperService::new(svc))
+                        .into_owned(),
+                )
             };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, "connection ended with error: {e}");
+            let served = match acceptor {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                    let tls = tokio::select! {
+                        r = handshake => r,
+                        () = state.evicted() => return,
+                    };
+                    match tls {
+                        Ok(Ok(tls)) => Some(service(TokioIo::new(Box::new(tls) as Box<dyn Io>))),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            None
+                        }
+                        Err(_) => {
+                            registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            None
+                        }
+                    }
+                }
+                None => Some(service(TokioIo::new(Box::new(tcp) as Box<dyn Io>))),
+            };
+            let Some(conn) = served else { return };
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "connection ended with error: {e}");
+                    }
+                }
+                timed_out = state.closing(&limits) => {
+                    if timed_out {
+                        registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(%peer, timed_out, "closing an idle connection");
+                }
             }
+            drop(ticket);
         });
     }
     drop(listener);
@@ -189,6 +248,10 @@ pub async fn serve_https(
         tracing::warn!("connections still open after {GRACE:?}; closing them");
     }
 }
+
+/// A connection's byte stream: TLS on the public listener, plain TCP on the admin one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// The next accepted connection, or `None` once `shutdown` completes. Accept errors (usually
 /// EMFILE under load) back off briefly instead of spinning.
@@ -211,17 +274,27 @@ async fn next_connection(
 }
 
 /// Plain-HTTP listener that redirects every request to the HTTPS port (308, so POSTs keep
-/// their method and body on the second try).
+/// their method and body on the second try). One request per connection; connections take
+/// slots in `registry` like the HTTPS ones and get its header timeout.
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
+    registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let builder = hyper::server::conn::http1::Builder::new();
+    let limits = *registry.limits();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Some((tcp, _)) = next_connection(&listener, shutdown.as_mut()).await else {
+        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
             break;
+        };
+        let Ok(ticket) = registry.admit(peer.ip()) else {
+            continue;
         };
         let builder = builder.clone();
         tokio::spawn(async move {
@@ -229,9 +302,12 @@ pub async fn serve_redirect(
                 hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
                     Ok::<_, std::convert::Infallible>(redirect(&req, https_port))
                 });
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let limit = limits.header_timeout + limits.idle_timeout;
+            if let Ok(Err(e)) = tokio::time::timeout(limit, conn).await {
                 tracing::debug!("redirect connection: {e}");
             }
+            drop(ticket);
         });
     }
 }

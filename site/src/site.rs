@@ -1,8 +1,8 @@
 //! Shared state of the front-end and the life of a job: admission, dispatch, result.
 //!
 //! Admission is all-or-nothing per request: a request whose images do not all fit in the
-//! queue gets 503 with Retry-After and nothing of it is queued, so a client can simply
-//! retry the same request. Admitted images are dispatched by their own task, so a client
+//! queue gets 503 with Retry-After (or 429 when it is the caller's own share of the queue
+//! that is full) and nothing of it is queued, so a client can simply retry the same request. Admitted images are dispatched by their own task, so a client
 //! that disconnects does not cancel work half way, and the result is still in the job
 //! store. A second, smaller semaphore bounds how many images are handed to the dispatcher
 //! at once; the rest wait as `queued`, which is what the page shows.
@@ -14,14 +14,19 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::budget::{ByteBudget, Held};
+use crate::caller::{Caller, Identify};
+use crate::error::ApiError;
 use crate::inference::{Failure, Inference, Progress, ProgressFn};
-use crate::jobs::{JobStatus, JobStore, JobView};
+use crate::jobs::{JobStatus, JobStore, JobView, Retention};
 use crate::metrics::Metrics;
 use crate::sniff::check_image;
+use crate::throttle::{KeyedCounter, RateLimit, RateSpec, ShareRefused};
+use crate::upload::{Intake, Upload};
 
 /// Limits on what one client can make the site do. Defaults are generous (users complain
 /// about surprise 413s) but bounded so one request cannot exhaust memory.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest single image in bytes.
     pub max_file_bytes: usize,
@@ -40,6 +45,20 @@ pub struct Limits {
     pub job_timeout: Duration,
     /// Finished jobs kept for `GET /api/v1/jobs/{id}`.
     pub job_retention: usize,
+    /// Bytes of finished jobs kept (oldest evicted first).
+    pub job_retention_bytes: usize,
+    /// Bytes of image data held at once: bodies being read, queued and in-flight images.
+    pub max_buffered_bytes: usize,
+    /// Most images one caller may have accepted and not yet answered; beyond: 429.
+    pub max_queued_per_caller: usize,
+    /// A request body that sends nothing for this long is abandoned (408).
+    pub body_timeout: Duration,
+    /// Event streams open at once, over all callers; beyond: 503.
+    pub max_event_streams: usize,
+    /// Event streams one caller may hold open; beyond: 429.
+    pub max_event_streams_per_caller: usize,
+    /// Requests per second (and burst) per caller; `None`: unlimited.
+    pub rate: Option<RateSpec>,
 }
 
 impl Default for Limits {
@@ -53,22 +72,35 @@ impl Default for Limits {
             retry_after_s: 2,
             job_timeout: Duration::from_secs(60),
             job_retention: 10_000,
+            job_retention_bytes: 64 << 20,
+            max_buffered_bytes: 512 << 20,
+            max_queued_per_caller: 128,
+            body_timeout: Duration::from_secs(30),
+            max_event_streams: 512,
+            max_event_streams_per_caller: 8,
+            rate: None,
         }
     }
 }
 
-/// One uploaded file before admission.
-#[derive(Debug, Clone)]
-pub struct Upload {
-    pub name: String,
-    pub content_type: Option<String>,
-    pub bytes: Bytes,
-}
-
-/// A request that did not fit in the queue.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueFull {
-    pub retry_after_s: u64,
+impl Limits {
+    /// Checks that the limits can work together: a request that is within every per-request
+    /// limit must be admissible when the server is idle.
+    pub fn validate(&self) -> Result<(), String> {
+        let one_request = self
+            .max_request_bytes
+            .min(self.max_files.saturating_mul(self.max_file_bytes));
+        if self.max_buffered_bytes < one_request {
+            return Err(format!(
+                "--max-buffered-bytes ({}) must be at least one request's worth ({} bytes: --max-request-bytes, or --max-files x --max-file-bytes if smaller)",
+                self.max_buffered_bytes, one_request
+            ));
+        }
+        if self.max_queued_per_caller == 0 || self.max_queued == 0 {
+            return Err("--max-queued and --max-queued-per-caller must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// A job created by [`Site::submit`]; `task` is `None` for files rejected on arrival.
@@ -77,12 +109,32 @@ pub struct Submitted {
     pub task: Option<JoinHandle<JobView>>,
 }
 
+/// What a job holds while it lives: its queue slot, its share of its caller's queue, and its
+/// image's bytes in the byte budget. All go back when the job ends, however it ends.
+struct Slots {
+    _queue: OwnedSemaphorePermit,
+    _caller: crate::throttle::Share,
+    _bytes: Held,
+}
+
 /// State shared by every handler.
 pub struct Site {
     pub inference: Arc<dyn Inference>,
     pub jobs: JobStore,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// Who is calling: API keys or signed client tokens.
+    pub identify: Identify,
+    /// Bytes of image data held (see [`crate::budget`]).
+    pub budget: ByteBudget,
+    /// Requests per second per caller.
+    pub rate: RateLimit,
+    /// Images accepted and not answered, per caller.
+    pub queued_by_caller: KeyedCounter,
+    /// Event streams open, per caller.
+    pub streams: KeyedCounter,
+    /// The HTTPS listener's connections (for `/metrics`).
+    pub connections: Arc<crate::conn::Registry>,
     queue: Arc<Semaphore>,
     dispatch: Arc<Semaphore>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -93,12 +145,26 @@ impl Site {
     pub fn new(
         inference: Arc<dyn Inference>,
         limits: Limits,
+        identify: Identify,
+        connections: Arc<crate::conn::Registry>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<Site> {
         Arc::new(Site {
             inference,
-            jobs: JobStore::new(limits.job_retention),
+            jobs: JobStore::new(Retention {
+                jobs: limits.job_retention,
+                bytes: limits.job_retention_bytes,
+            }),
             metrics: Metrics::default(),
+            identify,
+            budget: ByteBudget::new(limits.max_buffered_bytes),
+            rate: RateLimit::new(limits.rate),
+            queued_by_caller: KeyedCounter::new(limits.max_queued_per_caller, limits.max_queued),
+            streams: KeyedCounter::new(
+                limits.max_event_streams_per_caller,
+                limits.max_event_streams,
+            ),
+            connections,
             queue: Arc::new(Semaphore::new(limits.max_queued.max(1))),
             dispatch: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
@@ -111,6 +177,16 @@ impl Site {
         self.shutdown.clone()
     }
 
+    /// How request bodies are read: paid for from the byte budget, within the inactivity
+    /// timeout.
+    pub fn intake(&self) -> Intake {
+        Intake {
+            budget: self.budget.clone(),
+            inactivity: self.limits.body_timeout,
+            retry_after_s: self.limits.retry_after_s,
+        }
+    }
+
     /// Images accepted and not yet answered.
     pub fn queued(&self) -> usize {
         self.limits.max_queued.max(1) - self.queue.available_permits()
@@ -121,14 +197,16 @@ impl Site {
         self.limits.max_in_flight.max(1) - self.dispatch.available_permits()
     }
 
-    /// Create one job per upload and start dispatching the images. Files that are not
-    /// images get a failed job at once (415) and do not take a queue slot; the others are
-    /// admitted together or not at all.
+    /// Create one job per upload, owned by `caller`, and start dispatching the images. Files
+    /// that are not images get a failed job at once (415) and take no queue slot; the others
+    /// are admitted together or not at all: 429 when they would take the caller past its
+    /// share of the queue, 503 when the queue itself is full.
     pub fn submit(
         self: &Arc<Self>,
+        caller: &Caller,
         uploads: Vec<Upload>,
         top_k: u32,
-    ) -> Result<Vec<Submitted>, QueueFull> {
+    ) -> Result<Vec<Submitted>, ApiError> {
         let checked: Vec<(Upload, Result<(), String>)> = uploads
             .into_iter()
             .map(|u| {
@@ -137,62 +215,89 @@ impl Site {
             })
             .collect();
         let images = checked.iter().filter(|(_, v)| v.is_ok()).count();
-        let mut permits = if images > 0 {
-            let n = u32::try_from(images).unwrap_or(u32::MAX);
-            match self.queue.clone().try_acquire_many_owned(n) {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    self.metrics.request_rejected("queue_full");
-                    return Err(QueueFull {
-                        retry_after_s: self.limits.retry_after_s,
-                    });
+        let retry = self.limits.retry_after_s;
+        let mut slots = None;
+        if images > 0 {
+            let share = match self.queued_by_caller.take(&caller.limit, images) {
+                Ok(s) => s,
+                Err(ShareRefused::Caller { cap }) => {
+                    self.metrics.request_rejected("caller_queue_full");
+                    return Err(ApiError::too_many(
+                        format!(
+                            "you have too many images waiting (at most {cap} per caller); retry in {retry} s"
+                        ),
+                        retry,
+                    ));
                 }
-            }
-        } else {
-            None
-        };
+                Err(ShareRefused::Total { .. }) => return Err(self.queue_full()),
+            };
+            let n = u32::try_from(images).unwrap_or(u32::MAX);
+            let permits = match self.queue.clone().try_acquire_many_owned(n) {
+                Ok(p) => p,
+                Err(_) => return Err(self.queue_full()),
+            };
+            slots = Some((permits, share));
+        }
 
         let mut out = Vec::with_capacity(checked.len());
         for (upload, verdict) in checked {
             let id = self.jobs.new_id();
             let mut job = JobView::queued(id.clone(), upload.name, upload.bytes.len());
-            match verdict {
+            let parts = match verdict {
+                Ok(()) => slots
+                    .as_mut()
+                    .and_then(|(permits, share)| Some((permits.split(1)?, share.split(1)?))),
                 Err(reason) => {
                     let failure = Failure::Unsupported(reason);
                     job.status = JobStatus::Error;
                     job.code = Some(failure.status());
                     job.error = Some(failure.to_string());
                     self.metrics.image_done(failure.outcome(), None);
-                    self.jobs.insert(job);
+                    self.jobs.insert(&caller.owner, job);
                     out.push(Submitted { id, task: None });
+                    continue;
                 }
-                Ok(()) => {
-                    // `images` permits were taken above, one is split off per image.
-                    let Some(permit) = permits.as_mut().and_then(|p| p.split(1)) else {
-                        // Cannot happen (we hold exactly one permit per image), but never
-                        // dispatch an image without its queue slot.
-                        job.status = JobStatus::Error;
-                        job.code = Some(500);
-                        job.error = Some("internal error: queue accounting".to_string());
-                        self.jobs.insert(job);
-                        out.push(Submitted { id, task: None });
-                        continue;
-                    };
-                    self.metrics.uploaded(upload.bytes.len());
-                    self.jobs.insert(job);
-                    let site = Arc::clone(self);
-                    let job_id = id.clone();
-                    let task = tokio::spawn(async move {
-                        site.run_job(job_id, upload.bytes, top_k, permit).await
-                    });
-                    out.push(Submitted {
-                        id,
-                        task: Some(task),
-                    });
-                }
-            }
+            };
+            // One queue permit and one caller share per image were taken above; an image is
+            // never dispatched without its slots.
+            let Some((queue, share)) = parts else {
+                job.status = JobStatus::Error;
+                job.code = Some(500);
+                job.error = Some("internal error: queue accounting".to_string());
+                self.jobs.insert(&caller.owner, job);
+                out.push(Submitted { id, task: None });
+                continue;
+            };
+            self.metrics.uploaded(upload.bytes.len());
+            self.jobs.insert(&caller.owner, job);
+            let site = Arc::clone(self);
+            let job_id = id.clone();
+            let slots = Slots {
+                _queue: queue,
+                _caller: share,
+                _bytes: upload.held,
+            };
+            let image = upload.bytes;
+            let task = tokio::spawn(async move { site.run_job(job_id, image, top_k, slots).await });
+            out.push(Submitted {
+                id,
+                task: Some(task),
+            });
         }
         Ok(out)
+    }
+
+    /// The 503 of a full queue, counted.
+    fn queue_full(&self) -> ApiError {
+        self.metrics.request_rejected("queue_full");
+        let retry = self.limits.retry_after_s;
+        ApiError::unavailable(
+            format!(
+                "the queue is full ({} images waiting); retry in {retry} s",
+                self.limits.max_queued
+            ),
+            retry,
+        )
     }
 
     /// Wait for every submitted job and return the final views in submission order.
@@ -213,7 +318,7 @@ impl Site {
                 },
                 None => None,
             };
-            if let Some(view) = view.or_else(|| self.jobs.get(&s.id)) {
+            if let Some(view) = view.or_else(|| self.jobs.get_internal(&s.id)) {
                 results.push(view);
             }
         }
@@ -225,10 +330,10 @@ impl Site {
         id: String,
         image: Bytes,
         top_k: u32,
-        queue_slot: OwnedSemaphorePermit,
+        slots: Slots,
     ) -> JobView {
         let started = Instant::now();
-        let _queue_slot = queue_slot;
+        let _slots = slots;
         // The semaphore is never closed, so this only waits for a free slot.
         let _dispatch_slot = self.dispatch.clone().acquire_owned().await.ok();
 
@@ -245,7 +350,7 @@ impl Site {
         let result = match result {
             Ok(r) => r,
             Err(_) => {
-                let attempts = self.jobs.get(&id).map(|j| j.attempts).unwrap_or(0);
+                let attempts = self.jobs.get_internal(&id).map(|j| j.attempts).unwrap_or(0);
                 Err(Failure::Deadline { attempts })
             }
         };
@@ -276,15 +381,16 @@ impl Site {
                 })
             }
         };
-        view.or_else(|| self.jobs.get(&id)).unwrap_or_else(|| {
-            // Only reachable if the job was evicted while running, which retention of live
-            // jobs prevents; answer something truthful anyway.
-            let mut j = JobView::queued(id, String::new(), 0);
-            j.status = JobStatus::Error;
-            j.code = Some(500);
-            j.error = Some("internal error: job vanished".to_string());
-            j
-        })
+        view.or_else(|| self.jobs.get_internal(&id))
+            .unwrap_or_else(|| {
+                // Only reachable if the job was evicted while running, which retention of live
+                // jobs prevents; answer something truthful anyway.
+                let mut j = JobView::queued(id, String::new(), 0);
+                j.status = JobStatus::Error;
+                j.code = Some(500);
+                j.error = Some("internal error: job vanished".to_string());
+                j
+            })
     }
 
     fn on_progress(&self, id: &str, progress: Progress) {

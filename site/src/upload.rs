@@ -1,15 +1,49 @@
-//! Reading request bodies under the size limits, without buffering past them.
+//! Reading request bodies under the size, time and memory limits, without buffering past them.
 //!
-//! The body is consumed as a stream. A declared Content-Length over the limit is refused
-//! before reading anything; otherwise bytes are counted as they arrive and reading stops
-//! at the first byte over the limit (multer enforces the same per field and for the whole
-//! stream in the multipart case). The caller then answers 413 and hyper closes the
-//! connection or resets the HTTP/2 stream, so an oversized upload never sits in memory.
+//! The body is consumed as a stream ([`Metered`]). A declared Content-Length over the limit is
+//! refused before reading anything; otherwise bytes are counted as they arrive and reading
+//! stops at the first byte over the limit (multer enforces the same per field and for the
+//! whole stream in the multipart case). Every chunk is paid for from the front-end's
+//! [`ByteBudget`] before it is buffered, and a body that sends nothing for the inactivity
+//! timeout (a Content-Length that lies, then silence) ends with 408. The caller then answers
+//! and hyper closes the connection or resets the HTTP/2 stream, so an oversized or stalled
+//! upload never sits in memory or holds its connection.
+//!
+//! Multipart bodies also pass a [`PartScanner`] before multer sees them: multer rescans its
+//! whole buffer for the end of a part's headers (and for the first boundary) on every chunk,
+//! which costs time quadratic in their length, so the scanner refuses headers and preambles
+//! longer than [`MAX_PART_HEADER_BYTES`] in one linear pass.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use memchr::memmem;
+use tokio::time::Sleep;
 
-use crate::site::{Limits, Upload};
+use crate::budget::{ByteBudget, Held};
+use crate::jobs::display_name;
+use crate::site::Limits;
+
+/// Longest multipart part header section (and preamble before the first boundary), in
+/// bytes. A browser's part header is a few hundred bytes; 8 KiB leaves room for long names.
+pub const MAX_PART_HEADER_BYTES: usize = 8 * 1024;
+
+/// One uploaded file before admission, holding its bytes' share of the byte budget.
+#[derive(Debug)]
+pub struct Upload {
+    /// The file name as shown (see [`display_name`]).
+    pub name: String,
+    pub content_type: Option<String>,
+    pub bytes: Bytes,
+    /// The file's bytes in the front-end's byte budget; given back when the upload (or the
+    /// job it becomes) is dropped.
+    pub held: Held,
+}
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +60,10 @@ pub enum UploadError {
     Malformed(String),
     #[error("the request contains no file")]
     Empty,
+    #[error("no request body data arrived for {} s; the upload was abandoned", .0.as_secs())]
+    Stalled(Duration),
+    #[error("the server is holding as many uploaded bytes as it may; retry in {0} s")]
+    Busy(u64),
 }
 
 impl UploadError {
@@ -34,6 +72,16 @@ impl UploadError {
             UploadError::TooLarge(_) | UploadError::TooManyFiles(_) => 413,
             UploadError::UnsupportedType(_) => 415,
             UploadError::Malformed(_) | UploadError::Empty => 400,
+            UploadError::Stalled(_) => 408,
+            UploadError::Busy(_) => 503,
+        }
+    }
+
+    /// Seconds for `Retry-After`, when the same request may succeed later.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            UploadError::Busy(s) => Some(*s),
+            _ => None,
         }
     }
 
@@ -45,12 +93,64 @@ impl UploadError {
             UploadError::UnsupportedType(_) => "unsupported_type",
             UploadError::Malformed(_) => "malformed",
             UploadError::Empty => "empty",
+            UploadError::Stalled(_) => "body_timeout",
+            UploadError::Busy(_) => "bytes_busy",
         }
     }
 }
 
-/// Multipart field names accepted as files (`file` is the documented one).
-const FILE_FIELDS: [&str; 3] = ["file", "files", "image"];
+/// What a body read is bound by besides its size limits: the byte budget it pays into, and
+/// how long it may go without data.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub budget: ByteBudget,
+    pub inactivity: Duration,
+    /// `Retry-After` seconds when the budget is spent.
+    pub retry_after_s: u64,
+}
+
+/// Faults the body stream itself raises, carried inside `io::Error` through multer.
+#[derive(Debug, thiserror::Error)]
+enum BodyFault {
+    #[error("no body data for {0:?}")]
+    Stalled(Duration),
+    #[error("the byte budget is spent")]
+    Budget,
+    #[error("{0}")]
+    PartHeader(String),
+}
+
+impl BodyFault {
+    fn into_io(self) -> std::io::Error {
+        std::io::Error::other(self)
+    }
+
+    /// The fault inside an error from the body stream, directly or through multer.
+    fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyFault> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(f) = err.downcast_ref::<BodyFault>() {
+                return Some(f);
+            }
+            if let Some(io) = err.downcast_ref::<std::io::Error>()
+                && let Some(inner) = io.get_ref()
+                && let Some(f) = inner.downcast_ref::<BodyFault>()
+            {
+                return Some(f);
+            }
+            cur = err.source();
+        }
+        None
+    }
+
+    fn to_upload_error(&self, intake: &Intake) -> UploadError {
+        match self {
+            BodyFault::Stalled(d) => UploadError::Stalled(*d),
+            BodyFault::Budget => UploadError::Busy(intake.retry_after_s),
+            BodyFault::PartHeader(m) => UploadError::TooLarge(m.clone()),
+        }
+    }
+}
 
 /// Turn warp's body stream into the `Bytes` stream multer and our reader use.
 pub fn byte_stream<S, B>(
@@ -64,15 +164,115 @@ where
         .map_err(std::io::Error::other)
 }
 
+/// A body stream that pays for each chunk from the byte budget before passing it on, and
+/// fails when no chunk arrives for the inactivity timeout.
+pub struct Metered<S> {
+    inner: S,
+    /// `None`: only the inactivity timeout applies (the bytes are not kept).
+    budget: Option<ByteBudget>,
+    held: Arc<Mutex<Held>>,
+    inactivity: Duration,
+    timer: Pin<Box<Sleep>>,
+    done: bool,
+}
+
+impl<S> Metered<S> {
+    /// Meter `inner`; the bytes taken accumulate in the returned holding.
+    pub fn new(inner: S, intake: &Intake) -> (Metered<S>, Arc<Mutex<Held>>) {
+        let held = Arc::new(Mutex::new(Held::none()));
+        (
+            Metered {
+                inner,
+                budget: Some(intake.budget.clone()),
+                held: held.clone(),
+                inactivity: intake.inactivity,
+                timer: Box::pin(tokio::time::sleep(intake.inactivity)),
+                done: false,
+            },
+            held,
+        )
+    }
+
+    /// Only time `inner` out (a body that is parsed as it streams and not kept whole).
+    pub fn timed(inner: S, intake: &Intake) -> Metered<S> {
+        let (mut m, _) = Metered::new(inner, intake);
+        m.budget = None;
+        m
+    }
+}
+
+impl<S> Stream for Metered<S>
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+{
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let paid = match &this.budget {
+                    Some(budget) => {
+                        let mut held = this.held.lock().unwrap_or_else(|e| e.into_inner());
+                        budget.take(&mut held, chunk.len())
+                    }
+                    None => true,
+                };
+                if !paid {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(BodyFault::Budget.into_io())));
+                }
+                let next = tokio::time::Instant::now() + this.inactivity;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(other) => {
+                if other.is_none() {
+                    this.done = true;
+                }
+                Poll::Ready(other)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    Poll::Ready(Some(Err(BodyFault::Stalled(this.inactivity).into_io())))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Take what a metered read paid for out of its shared holding.
+fn take_held(held: &Arc<Mutex<Held>>) -> Held {
+    std::mem::replace(
+        &mut *held.lock().unwrap_or_else(|e| e.into_inner()),
+        Held::none(),
+    )
+}
+
+/// The upload error for a failed body read.
+pub(crate) fn read_error(e: std::io::Error, intake: &Intake) -> UploadError {
+    match BodyFault::find(&e) {
+        Some(f) => f.to_upload_error(intake),
+        None => UploadError::Malformed(format!("reading body: {e}")),
+    }
+}
+
 /// Read a whole body, stopping with [`UploadError::TooLarge`] at the first byte past `limit`.
+/// Returns the bytes and what they hold of the byte budget.
 pub async fn read_limited<S>(
     body: S,
     content_length: Option<u64>,
     limit: usize,
     what: &str,
-) -> Result<Bytes, UploadError>
+    intake: &Intake,
+) -> Result<(Bytes, Held), UploadError>
 where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send,
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
 {
     if let Some(len) = content_length
         && len > limit as u64
@@ -81,10 +281,12 @@ where
             "{what} is {len} bytes; the limit is {limit} bytes"
         )));
     }
-    let mut body = std::pin::pin!(body);
-    let mut buf = BytesMut::new();
+    let (mut body, held) = Metered::new(body, intake);
+    // Trust a declared length (it is within the limit) to size the buffer once; past it the
+    // read fails anyway.
+    let mut buf = BytesMut::with_capacity(content_length.map_or(0, |l| l as usize));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Malformed(format!("reading body: {e}")))?;
+        let chunk = chunk.map_err(|e| read_error(e, intake))?;
         if buf.len() + chunk.len() > limit {
             return Err(UploadError::TooLarge(format!(
                 "{what} exceeds the limit of {limit} bytes"
@@ -92,7 +294,7 @@ where
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), take_held(&held)))
 }
 
 /// Read the uploads of a `POST /api/v1/classify`: multipart `file` parts or one raw image.
@@ -102,9 +304,10 @@ pub async fn read_uploads<S>(
     content_length: Option<u64>,
     raw_name: Option<String>,
     limits: &Limits,
+    intake: &Intake,
 ) -> Result<Vec<Upload>, UploadError>
 where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
 {
     let content_type = content_type.unwrap_or("").trim();
     let essence = content_type
@@ -116,21 +319,24 @@ where
     if essence == "multipart/form-data" {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|e| UploadError::Malformed(format!("multipart boundary: {e}")))?;
-        read_multipart(body, boundary, content_length, limits).await
+        read_multipart(body, boundary, content_length, limits, intake).await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
         let limit = limits.max_file_bytes.min(limits.max_request_bytes);
-        let bytes = read_limited(body, content_length, limit, "the image").await?;
+        let (bytes, held) = read_limited(body, content_length, limit, "the image", intake).await?;
         if bytes.is_empty() {
             return Err(UploadError::Empty);
         }
-        let name = raw_name.unwrap_or_else(|| "upload".to_string());
         Ok(vec![Upload {
-            name,
+            name: display_name(raw_name.as_deref().unwrap_or("upload")),
             content_type: Some(essence),
             bytes,
+            held,
         }])
     } else {
-        Err(UploadError::UnsupportedType(content_type.to_string()))
+        Err(UploadError::UnsupportedType(crate::error::truncate(
+            content_type.to_string(),
+            200,
+        )))
     }
 }
 
@@ -139,9 +345,10 @@ async fn read_multipart<S>(
     boundary: String,
     content_length: Option<u64>,
     limits: &Limits,
+    intake: &Intake,
 ) -> Result<Vec<Upload>, UploadError>
 where
-    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
 {
     if let Some(len) = content_length
         && len > limits.max_request_bytes as u64
@@ -156,14 +363,20 @@ where
             .whole_stream(limits.max_request_bytes as u64)
             .per_field(limits.max_file_bytes as u64),
     );
-    let mut multipart =
-        multer::Multipart::with_constraints(DeferEof::new(Box::pin(body)), boundary, constraints);
-    let mut uploads = Vec::new();
+    let (metered, held) = Metered::new(body, intake);
+    let scanned = PartScanned::new(metered, &boundary);
+    let mut multipart = multer::Multipart::with_constraints(
+        DeferEof::new(Box::pin(scanned)),
+        boundary,
+        constraints,
+    );
+    let mut files: Vec<(String, Option<String>, Bytes)> = Vec::new();
+    let fail = |e: multer::Error| multer_error(e, limits, intake);
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
-            Err(e) => return Err(multer_error(e, limits)),
+            Err(e) => return Err(fail(e)),
         };
         let is_file = field
             .name()
@@ -171,28 +384,210 @@ where
             .unwrap_or(false);
         if !is_file {
             // Unknown fields are skipped (their bytes still count against the limits).
-            field.bytes().await.map_err(|e| multer_error(e, limits))?;
+            field.bytes().await.map_err(fail)?;
             continue;
         }
-        if uploads.len() >= limits.max_files {
+        if files.len() >= limits.max_files {
             return Err(UploadError::TooManyFiles(limits.max_files));
         }
         let name = field
             .file_name()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("file-{}", uploads.len() + 1));
+            .map(display_name)
+            .unwrap_or_else(|| format!("file-{}", files.len() + 1));
         let content_type = field.content_type().map(|m| m.essence_str().to_string());
-        let bytes = field.bytes().await.map_err(|e| multer_error(e, limits))?;
-        uploads.push(Upload {
+        let bytes = field.bytes().await.map_err(fail)?;
+        files.push((name, content_type, bytes));
+    }
+    if files.is_empty() {
+        return Err(UploadError::Empty);
+    }
+    // The request paid for everything it sent; each file keeps its own bytes' share and the
+    // framing is given back when `paid` drops.
+    let mut paid = take_held(&held);
+    Ok(files
+        .into_iter()
+        .map(|(name, content_type, bytes)| Upload {
+            held: paid.split(bytes.len()),
             name,
             content_type,
             bytes,
-        });
+        })
+        .collect())
+}
+
+/// Multipart field names accepted as files (`file` is the documented one).
+const FILE_FIELDS: [&str; 3] = ["file", "files", "image"];
+
+/// Finds where each multipart part's headers end, in one pass over the body, and refuses a
+/// part header section or preamble longer than [`MAX_PART_HEADER_BYTES`]. Sans-IO: it sees
+/// chunks and keeps only the last few bytes of the previous one.
+#[derive(Debug, Clone)]
+pub struct PartScanner {
+    /// `--BOUNDARY`: the first delimiter.
+    first: Vec<u8>,
+    /// `\r\nBOUNDARY`: every later delimiter.
+    next: Vec<u8>,
+    state: ScanState,
+    /// The tail of what was fed before, so a pattern split across chunks is found.
+    carry: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanState {
+    /// Before the first delimiter: `seen` bytes so far.
+    Preamble { seen: usize },
+    /// After a delimiter: `seen` bytes of headers so far.
+    Headers { seen: usize },
+    /// In a part's data.
+    Data,
+    /// After the closing delimiter.
+    Epilogue,
+}
+
+const CRLF_CRLF: &[u8] = b"\r\n\r\n";
+
+impl PartScanner {
+    /// A scanner for bodies delimited by `boundary`.
+    pub fn new(boundary: &str) -> PartScanner {
+        PartScanner {
+            first: format!("--{boundary}").into_bytes(),
+            next: format!("\r\n--{boundary}").into_bytes(),
+            state: ScanState::Preamble { seen: 0 },
+            carry: Vec::new(),
+        }
     }
-    if uploads.is_empty() {
-        return Err(UploadError::Empty);
+
+    /// Look at the next chunk of the body.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            match self.state {
+                ScanState::Epilogue => return Ok(()),
+                ScanState::Preamble { seen } => {
+                    let pat = self.first.clone();
+                    match self.find(&pat, data) {
+                        Some(end) => {
+                            self.check(seen + end, "the bytes before the first boundary")?;
+                            data = &data[end..];
+                            self.state = ScanState::Headers { seen: 0 };
+                        }
+                        None => {
+                            self.check(seen + data.len(), "the bytes before the first boundary")?;
+                            self.state = ScanState::Preamble {
+                                seen: seen + data.len(),
+                            };
+                            return Ok(());
+                        }
+                    }
+                }
+                ScanState::Headers { seen } => {
+                    // `--` right after a delimiter closes the body.
+                    if seen < 2 {
+                        let mut lead: Vec<u8> = self.carry.clone();
+                        lead.extend_from_slice(&data[..data.len().min(2 - seen)]);
+                        if lead.len() >= 2 && lead.starts_with(b"--") {
+                            self.state = ScanState::Epilogue;
+                            return Ok(());
+                        }
+                    }
+                    match self.find(CRLF_CRLF, data) {
+                        Some(end) => {
+                            self.check(seen + end, "a part's headers")?;
+                            data = &data[end..];
+                            self.state = ScanState::Data;
+                        }
+                        None => {
+                            self.check(seen + data.len(), "a part's headers")?;
+                            self.state = ScanState::Headers {
+                                seen: seen + data.len(),
+                            };
+                            return Ok(());
+                        }
+                    }
+                }
+                ScanState::Data => {
+                    let pat = self.next.clone();
+                    match self.find(&pat, data) {
+                        Some(end) => {
+                            data = &data[end..];
+                            self.state = ScanState::Headers { seen: 0 };
+                        }
+                        None => return Ok(()),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(uploads)
+
+    fn check(&self, seen: usize, what: &str) -> Result<(), String> {
+        if seen > MAX_PART_HEADER_BYTES {
+            Err(format!("{what} exceed {MAX_PART_HEADER_BYTES} bytes"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The index just past the first match of `pat` in what was carried plus `data`
+    /// (counted in `data`), or `None` after remembering the tail for the next chunk. The
+    /// carry is consumed either way.
+    fn find(&mut self, pat: &[u8], data: &[u8]) -> Option<usize> {
+        let keep = pat.len().saturating_sub(1);
+        let carry = std::mem::take(&mut self.carry);
+        if !carry.is_empty() {
+            let mut joined = carry.clone();
+            joined.extend_from_slice(&data[..data.len().min(keep)]);
+            if let Some(i) = memmem::find(&joined, pat) {
+                return Some(i + pat.len() - carry.len());
+            }
+        }
+        if let Some(i) = memmem::find(data, pat) {
+            return Some(i + pat.len());
+        }
+        // Remember the last `keep` bytes of everything seen so far.
+        self.carry = if data.len() >= keep {
+            data[data.len() - keep..].to_vec()
+        } else {
+            let mut tail = carry;
+            tail.extend_from_slice(data);
+            let excess = tail.len().saturating_sub(keep);
+            tail.drain(..excess);
+            tail
+        };
+        None
+    }
+}
+
+/// A body stream checked by a [`PartScanner`] as it passes.
+struct PartScanned<S> {
+    inner: S,
+    scanner: PartScanner,
+}
+
+impl<S> PartScanned<S> {
+    fn new(inner: S, boundary: &str) -> Self {
+        PartScanned {
+            inner,
+            scanner: PartScanner::new(boundary),
+        }
+    }
+}
+
+impl<S> Stream for PartScanned<S>
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+{
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => match this.scanner.feed(&chunk) {
+                Ok(()) => Poll::Ready(Some(Ok(chunk))),
+                Err(why) => Poll::Ready(Some(Err(BodyFault::PartHeader(why).into_io()))),
+            },
+            other => other,
+        }
+    }
 }
 
 /// Reports the end of a body only on a poll that yielded no data, one wake-up after the last
@@ -260,18 +655,21 @@ where
     }
 }
 
-fn multer_error(e: multer::Error, limits: &Limits) -> UploadError {
+fn multer_error(e: multer::Error, limits: &Limits, intake: &Intake) -> UploadError {
+    if let Some(fault) = BodyFault::find(&e) {
+        return fault.to_upload_error(intake);
+    }
     match e {
         multer::Error::FieldSizeExceeded { field_name, .. } => UploadError::TooLarge(format!(
             "file {:?} exceeds the limit of {} bytes per file",
-            field_name.unwrap_or_default(),
+            display_name(&field_name.unwrap_or_default()),
             limits.max_file_bytes
         )),
         multer::Error::StreamSizeExceeded { .. } => UploadError::TooLarge(format!(
             "the request exceeds the limit of {} bytes",
             limits.max_request_bytes
         )),
-        other => UploadError::Malformed(other.to_string()),
+        other => UploadError::Malformed(crate::error::truncate(other.to_string(), 300)),
     }
 }
 
@@ -281,21 +679,33 @@ mod tests {
 
     fn body(
         chunks: Vec<&'static [u8]>,
-    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static {
         futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))))
+    }
+
+    fn intake() -> Intake {
+        intake_with(ByteBudget::new(1 << 30), Duration::from_secs(30))
+    }
+
+    fn intake_with(budget: ByteBudget, inactivity: Duration) -> Intake {
+        Intake {
+            budget,
+            inactivity,
+            retry_after_s: 2,
+        }
     }
 
     #[tokio::test]
     async fn raw_body_stops_at_limit() {
-        let err = read_limited(body(vec![b"aaaa", b"bbbb", b"cc"]), None, 9, "x")
+        let err = read_limited(body(vec![b"aaaa", b"bbbb", b"cc"]), None, 9, "x", &intake())
             .await
             .unwrap_err();
         assert_eq!(err.status(), 413);
-        let ok = read_limited(body(vec![b"aaaa", b"bbbb"]), None, 8, "x")
+        let (ok, _) = read_limited(body(vec![b"aaaa", b"bbbb"]), None, 8, "x", &intake())
             .await
             .unwrap();
         assert_eq!(ok.len(), 8);
-        let early = read_limited(body(vec![]), Some(100), 8, "x")
+        let early = read_limited(body(vec![]), Some(100), 8, "x", &intake())
             .await
             .unwrap_err();
         assert_eq!(early.status(), 413);
@@ -311,6 +721,7 @@ mod tests {
             None,
             None,
             &limits,
+            &intake(),
         )
         .await
         .unwrap();
@@ -328,6 +739,7 @@ mod tests {
             None,
             None,
             &small,
+            &intake(),
         )
         .await
         .unwrap_err();
@@ -343,6 +755,7 @@ mod tests {
             None,
             None,
             &one,
+            &intake(),
         )
         .await
         .unwrap_err();
@@ -357,6 +770,7 @@ mod tests {
             None,
             None,
             &Limits::default(),
+            &intake(),
         )
         .await
         .unwrap_err();
@@ -401,10 +815,182 @@ mod tests {
             None,
             None,
             &Limits::default(),
+            &intake(),
         )
         .await
         .expect("a well-formed body parses however it is chunked");
         assert_eq!(ups.len(), 1);
         assert_eq!(&ups[0].bytes[..], b"AAAA");
+    }
+
+    const PAYLOAD: &[u8] = b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\nAAAA\r\n--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jpg\"\r\n\r\nBBBBBB\r\n--XX--\r\n";
+
+    #[test]
+    fn the_part_scanner_accepts_real_bodies_however_they_are_chunked() {
+        for size in [1, 2, 3, 5, 7, 64, PAYLOAD.len()] {
+            let mut s = PartScanner::new("XX");
+            for chunk in PAYLOAD.chunks(size) {
+                s.feed(chunk).unwrap();
+            }
+            assert_eq!(s.state, ScanState::Epilogue, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn the_part_scanner_refuses_long_headers_and_preambles() {
+        let mut s = PartScanner::new("XX");
+        s.feed(b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"")
+            .unwrap();
+        let long = vec![b'a'; 1024];
+        let mut refused = None;
+        for i in 0..16 {
+            if let Err(e) = s.feed(&long) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, why) = refused.expect("an unterminated header is refused");
+        assert_eq!(i, 7, "refused as soon as it passes 8 KiB");
+        assert!(why.contains("headers"), "{why}");
+
+        let mut s = PartScanner::new("XX");
+        let junk = vec![b'x'; MAX_PART_HEADER_BYTES + 1];
+        assert!(
+            s.feed(&junk)
+                .unwrap_err()
+                .contains("before the first boundary")
+        );
+
+        // Long file data is fine: only headers are bounded.
+        let mut s = PartScanner::new("XX");
+        s.feed(b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n")
+            .unwrap();
+        for _ in 0..100 {
+            s.feed(&long).unwrap();
+        }
+        s.feed(b"\r\n--XX--\r\n").unwrap();
+        assert_eq!(s.state, ScanState::Epilogue);
+    }
+
+    #[tokio::test]
+    async fn an_unterminated_part_header_is_refused_after_reading_little() {
+        // 2 x 64 MiB of header without its end took 70 CPU-seconds in multer alone: the
+        // request must be refused as soon as the header passes its limit, long before the
+        // 64 MiB have been read (and rescanned).
+        static A: [u8; 65536] = [b'a'; 65536];
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = read.clone();
+        let head: &'static [u8] =
+            b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"";
+        let chunks = futures_util::stream::iter(
+            std::iter::once(head).chain(std::iter::repeat_n(&A[..], 1024)),
+        )
+        .map(move |c| {
+            counter.fetch_add(c.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok(Bytes::from_static(c))
+        });
+        let limits = Limits {
+            max_request_bytes: 200 << 20,
+            max_file_bytes: 100 << 20,
+            ..Limits::default()
+        };
+        let err = read_uploads(
+            chunks,
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &limits,
+            &intake(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status(), 413, "{err}");
+        assert!(err.to_string().contains("headers"), "{err}");
+        let consumed = read.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(consumed <= head.len() + A.len(), "read {consumed} bytes");
+    }
+
+    #[tokio::test]
+    async fn every_byte_read_is_paid_for_and_files_keep_their_share() {
+        let budget = ByteBudget::new(1 << 20);
+        let ups = read_uploads(
+            body(vec![PAYLOAD]),
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &Limits::default(),
+            &intake_with(budget.clone(), Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ups.iter().map(|u| u.held.len()).collect::<Vec<_>>(), [4, 6]);
+        assert_eq!(budget.in_use(), 10, "framing bytes were given back");
+        drop(ups);
+        assert_eq!(budget.in_use(), 0);
+
+        // A budget smaller than the body: refused with 503 and nothing kept.
+        let tight = ByteBudget::new(100);
+        let err = read_uploads(
+            body(vec![PAYLOAD, PAYLOAD]),
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &Limits::default(),
+            &intake_with(tight.clone(), Duration::from_secs(30)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((err.status(), err.retry_after()), (503, Some(2)), "{err}");
+        assert_eq!(tight.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_sending_times_out() {
+        let stalled = futures_util::stream::iter([Ok(Bytes::from_static(b"--XX\r\n"))])
+            .chain(futures_util::stream::pending());
+        let start = std::time::Instant::now();
+        let err = read_uploads(
+            Box::pin(stalled),
+            Some("multipart/form-data; boundary=XX"),
+            Some(1 << 20),
+            None,
+            &Limits::default(),
+            &intake_with(ByteBudget::new(1 << 20), Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status(), 408, "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let raw = futures_util::stream::pending();
+        let err = read_limited(
+            Box::pin(raw),
+            Some(10),
+            100,
+            "x",
+            &intake_with(ByteBudget::new(1 << 20), Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status(), 408);
+    }
+
+    #[tokio::test]
+    async fn long_file_names_are_cut() {
+        let long = format!(
+            "--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}.png\"\r\n\r\nAAAA\r\n--XX--\r\n",
+            "n".repeat(4000)
+        );
+        let ups = read_uploads(
+            body(vec![Box::leak(long.into_bytes().into_boxed_slice())]),
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &Limits::default(),
+            &intake(),
+        )
+        .await
+        .unwrap();
+        assert!(ups[0].name.len() <= crate::jobs::MAX_NAME_BYTES);
+        assert!(ups[0].name.ends_with('…'));
     }
 }

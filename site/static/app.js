@@ -1,10 +1,20 @@
 // Glimpse upload page. Plain JavaScript, no build step. Every string that came from a
 // user or a node (file names, labels, node names, errors) is written with textContent
 // and never parsed as HTML, so nothing uploaded can inject markup.
+//
+// Who we are: without API keys the server sets an HttpOnly cookie that scopes our jobs and
+// events to this browser; with keys the page asks for one once, keeps it in localStorage
+// and sends it as `Authorization: Bearer` on every request. Events are read with fetch()
+// (EventSource cannot send that header).
 "use strict";
 
 const UPLOAD_CONCURRENCY = 4;
-const MAX_RETRIES_503 = 30;
+const MAX_RETRIES_BUSY = 30;
+const KEY_STORAGE = "glimpse-api-key";
+
+let session = null;             // what GET /api/v1/session said about us
+let listening = false;          // an event stream loop is running
+let polling = false;            // a status poll loop is running
 
 const cardsByJob = new Map();   // job id -> card state
 const early = new Map();        // job id -> latest event seen before the POST answered
@@ -13,6 +23,45 @@ let uploading = 0;
 let total = 0;
 
 const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------- the API, with our key when the server wants one ----------
+
+function apiKey() {
+  try { return localStorage.getItem(KEY_STORAGE) || ""; } catch { return ""; }
+}
+
+async function api(path, opts = {}) {
+  const headers = new Headers(opts.headers || {});
+  const key = apiKey();
+  if (key) headers.set("Authorization", `Bearer ${key}`);
+  const resp = await fetch(path, { ...opts, headers, credentials: "same-origin" });
+  if (resp.status === 401) askForKey(apiKey() ? "That key was not accepted." : "");
+  return resp;
+}
+
+function askForKey(message) {
+  session = null;
+  try { localStorage.removeItem(KEY_STORAGE); } catch { /* private mode */ }
+  $("key-error").textContent = message || "";
+  $("key-form").hidden = false;
+  $("key").focus();
+  setReady(null, "API key needed");
+}
+
+// Learn who we are (and get our cookie) before anything else, so the event stream and the
+// uploads share one identity.
+async function start() {
+  let resp;
+  try { resp = await api("/api/v1/session"); } catch { setReady(null); setTimeout(start, 2000); return; }
+  if (resp.status === 401) return;  // askForKey has shown the form
+  if (!resp.ok) { setReady(null); setTimeout(start, 2000); return; }
+  session = await resp.json();
+  $("key-form").hidden = true;
+  $("forget-key").hidden = session.auth !== "key";
+  listen();
+  pollStatus();
+}
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -160,16 +209,17 @@ async function upload(card, retries) {
   form.append("file", card.file, card.file.name || "upload");
   let resp, body;
   try {
-    resp = await fetch("/api/v1/classify", { method: "POST", body: form });
+    resp = await api("/api/v1/classify", { method: "POST", body: form });
     body = await resp.json().catch(() => ({}));
   } catch (e) {
     showError(card, `upload failed: ${e.message || e}`);
     return;
   }
-  if (resp.status === 503 && !body.jobs && retries < MAX_RETRIES_503) {
+  // 503: the server is full; 429: we are over our own share. Both say when to come back.
+  if ((resp.status === 503 || resp.status === 429) && !body.jobs && !body.results && retries < MAX_RETRIES_BUSY) {
     const after = Number(resp.headers.get("Retry-After")) || 2;
-    setStatus(card, "queued", `server busy, retrying in ${after} s`);
-    await new Promise((r) => setTimeout(r, after * 1000));
+    setStatus(card, "queued", `${resp.status === 429 ? "over our share" : "server busy"}, retrying in ${after} s`);
+    await sleep(after * 1000);
     return upload(card, retries + 1);
   }
   const jobs = body.jobs || body.results;
@@ -182,22 +232,64 @@ async function upload(card, retries) {
 
 // ---------- live updates ----------
 
-function listen() {
-  const es = new EventSource("/api/v1/events");
-  es.addEventListener("job", (ev) => {
-    let job;
-    try { job = JSON.parse(ev.data); } catch { return; }
-    const card = cardsByJob.get(job.id);
-    if (card) {
-      applyJob(card, job);
-    } else {
-      early.set(job.id, job);
-      if (early.size > 2000) early.delete(early.keys().next().value);
-    }
-  });
-  es.addEventListener("lagged", () => refreshUnfinished());
-  es.onerror = () => setReady(null);
-  es.onopen = () => refreshUnfinished();
+function onJobEvent(data) {
+  let job;
+  try { job = JSON.parse(data); } catch { return; }
+  const card = cardsByJob.get(job.id);
+  if (card) {
+    applyJob(card, job);
+  } else {
+    early.set(job.id, job);
+    if (early.size > 2000) early.delete(early.keys().next().value);
+  }
+}
+
+// One Server-Sent Events block: `event:` and `data:` lines.
+function parseEvent(block) {
+  let event = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  return { event, data: data.join("\n") };
+}
+
+// Follow our job updates; reconnect after a pause whenever the stream ends.
+async function listen() {
+  if (listening) return;
+  listening = true;
+  while (session) {
+    try {
+      const resp = await api("/api/v1/events", { headers: { Accept: "text/event-stream" } });
+      if (resp.status === 401) return;
+      if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
+      refreshUnfinished();
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const ev = parseEvent(buf.slice(0, end));
+          buf = buf.slice(end + 2);
+          if (ev.event === "job") onJobEvent(ev.data);
+          else if (ev.event === "lagged") refreshUnfinished();
+        }
+      }
+    } catch { /* reconnect below */ }
+    if (!session) break;
+    setReady(null);
+    await sleep(2000);
+  }
+  listening = false;
 }
 
 // After a reconnect or a lag, ask for the jobs whose updates may have been missed.
@@ -205,7 +297,7 @@ async function refreshUnfinished() {
   for (const [id, card] of cardsByJob) {
     if (card.final) continue;
     try {
-      const r = await fetch(`/api/v1/jobs/${encodeURIComponent(id)}`);
+      const r = await api(`/api/v1/jobs/${encodeURIComponent(id)}`);
       if (r.ok) applyJob(card, await r.json());
     } catch { /* the next event or refresh will catch up */ }
   }
@@ -213,21 +305,39 @@ async function refreshUnfinished() {
 
 // ---------- nodes ----------
 
-function setReady(ready) {
+function setReady(ready, text) {
   const pill = $("ready");
-  if (ready === null) { pill.textContent = "reconnecting…"; pill.className = "pill pill-wait"; return; }
+  if (ready === null) { pill.textContent = text || "reconnecting…"; pill.className = "pill pill-wait"; return; }
   pill.textContent = ready ? "ready" : "no node ready";
   pill.className = ready ? "pill pill-ok" : "pill pill-bad";
 }
 
-function renderNodes(data) {
-  setReady(data.ready);
-  const lim = data.limits;
+// What everyone may see: ready or not, the limits, and whether answers are real.
+function renderStatus(st) {
+  setReady(st.ready);
+  const lim = st.limits;
   if (lim) $("limits").textContent = `JPEG, PNG, GIF, WebP or BMP — up to ${fmtBytes(lim.max_file_bytes)} each`;
+  const warnings = [];
+  if (st.synthetic) warnings.push("A node runs a synthetic model: labels are made up (for load tests only).");
+  if (st.untrained) warnings.push("A node runs untrained (random) weights: labels are meaningless.");
+  const w = $("warning");
+  if (warnings.length) {
+    w.replaceChildren(el("strong", null, "⚠ These are not real predictions. "), el("span", null, warnings.join(" ")));
+    w.hidden = false;
+  } else {
+    w.hidden = true;
+  }
+  if (!session || !session.nodes) {
+    const list = $("nodes");
+    list.replaceChildren(el("p", "muted", `${st.nodes_ready} of ${st.nodes} node${st.nodes === 1 ? "" : "s"} ready`));
+  }
+}
+
+// The full node list, for operators (and for everyone on a server without keys).
+function renderNodes(data) {
   const list = $("nodes");
   list.replaceChildren();
   if (!data.nodes.length) list.append(el("p", "muted", "No nodes configured."));
-  const synthetic = [], untrained = [];
   for (const n of data.nodes) {
     const box = el("div", `node node-${n.state}`);
     const head = el("div", "node-head");
@@ -250,32 +360,32 @@ function renderNodes(data) {
     }
     if (n.synthetic) {
       box.append(el("p", "node-warn", "SYNTHETIC MODEL — answers are fake"));
-      synthetic.push(n.name);
     } else if (n.trained === false) {
       box.append(el("p", "node-warn", "UNTRAINED WEIGHTS — labels are meaningless"));
-      untrained.push(n.name);
     }
     list.append(box);
   }
-  const warnings = [];
-  const names = (a) => a.length === 1 ? `${a[0]} runs` : `${a.join(", ")} run`;
-  if (synthetic.length) warnings.push(`${names(synthetic)} a synthetic model: labels are made up (for load tests only).`);
-  if (untrained.length) warnings.push(`${names(untrained)} untrained (random) weights: labels are meaningless.`);
-  const w = $("warning");
-  if (warnings.length) {
-    w.replaceChildren(el("strong", null, "⚠ These are not real predictions. "), el("span", null, warnings.join(" ")));
-    w.hidden = false;
-  } else {
-    w.hidden = true;
-  }
 }
 
-async function pollNodes() {
+async function pollStatus() {
+  if (polling) return;
+  polling = true;
+  while (session) {
+    await pollOnce();
+    await sleep(2000);
+  }
+  polling = false;
+}
+
+async function pollOnce() {
   try {
-    const r = await fetch("/api/v1/nodes");
-    if (r.ok) renderNodes(await r.json());
+    const r = await api("/api/v1/status");
+    if (r.ok) renderStatus(await r.json());
+    if (session && session.nodes) {
+      const n = await api("/api/v1/nodes");
+      if (n.ok) renderNodes(await n.json());
+    }
   } catch { setReady(null); }
-  setTimeout(pollNodes, 2000);
 }
 
 // ---------- wiring ----------
@@ -301,6 +411,15 @@ window.addEventListener("DOMContentLoaded", () => {
     total = 0;
     updateSummary();
   });
-  listen();
-  pollNodes();
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("key").value.trim();
+    if (!key) return;
+    try { localStorage.setItem(KEY_STORAGE, key); } catch { /* private mode: asked again next time */ }
+    $("key").value = "";
+    $("key-error").textContent = "";
+    start();
+  });
+  $("forget-key").addEventListener("click", () => askForKey(""));
+  start();
 });

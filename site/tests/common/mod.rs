@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use glimpse_site::cli::Cli;
 use glimpse_site::cluster::{self, Cluster};
-use glimpse_site::{RunningSite, server, start_site};
+use glimpse_site::{RunningSite, conn, server, start_site};
 
 /// Generous: the CI machine has 2 cores and runs other builds.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,15 +38,10 @@ impl Harness {
         let cli = Cli::try_parse_from(argv).expect("valid test flags");
         let tls = server::tls_identity(None, None).expect("self-signed certificate");
         let cluster = cluster::build(&cli).await.expect("cluster starts");
-        let site = start_site(
-            cli.listen,
-            &tls,
-            cli.http_redirect,
-            cluster.inference.clone(),
-            cli.limits(),
-        )
-        .await
-        .expect("site starts");
+        let nofile = conn::raise_fd_limit().expect("file-descriptor limit");
+        let site = start_site(cli.site_config(nofile), &tls, cluster.inference.clone())
+            .await
+            .expect("site starts");
         let base = format!("https://127.0.0.1:{}", site.addr.port());
         Harness {
             site: Some(site),
@@ -153,9 +148,12 @@ impl Harness {
     }
 }
 
+/// A client that accepts the self-signed certificate and keeps cookies, like a browser: its
+/// requests share one client identity.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
+        .cookie_store(true)
         .timeout(Duration::from_secs(120))
         .build()
         .expect("client")

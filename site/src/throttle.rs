@@ -1,0 +1,267 @@
+//! Per-caller limits: a request rate (token bucket, `--rate-limit`) and counted shares of
+//! shared resources (images in the queue, event streams), so one caller cannot take what
+//! every caller shares. Both are keyed by [`LimitKey`] and both forget a caller once it has
+//! nothing counted, so their memory follows the number of active callers.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+
+use crate::caller::LimitKey;
+
+/// `--rate-limit`: requests per second and burst per caller, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    /// Sustained requests per second.
+    pub per_second: NonZeroU32,
+    /// Requests allowed at once before the rate applies.
+    pub burst: NonZeroU32,
+}
+
+/// The parsed flag: a rate or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateFlag(pub Option<RateSpec>);
+
+impl FromStr for RateFlag {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RateFlag, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(RateFlag(None));
+        }
+        let (rate, burst) = match s.split_once(':') {
+            Some((r, b)) => (r, Some(b)),
+            None => (s, None),
+        };
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(NonZeroU32::new)
+                .ok_or_else(|| {
+                    format!("expected RPS[:BURST] with positive integers, or off; got {s:?}")
+                })
+        };
+        let per_second = num(rate)?;
+        let burst = match burst {
+            Some(b) => num(b)?,
+            None => per_second,
+        };
+        Ok(RateFlag(Some(RateSpec { per_second, burst })))
+    }
+}
+
+type Keyed =
+    RateLimiter<LimitKey, governor::state::keyed::DefaultKeyedStateStore<LimitKey>, DefaultClock>;
+
+/// The request rate limiter (GCRA, from the `governor` crate).
+pub struct RateLimit {
+    limiter: Option<Keyed>,
+    clock: DefaultClock,
+}
+
+impl RateLimit {
+    /// A limiter for `spec`; `None` allows everything.
+    pub fn new(spec: Option<RateSpec>) -> RateLimit {
+        RateLimit {
+            limiter: spec
+                .map(|s| RateLimiter::keyed(Quota::per_second(s.per_second).allow_burst(s.burst))),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Count one request of `key`: `Err(wait)` when it is over its rate.
+    pub fn check(&self, key: &LimitKey) -> Result<(), Duration> {
+        match &self.limiter {
+            None => Ok(()),
+            Some(l) => l
+                .check_key(key)
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    /// Forget callers whose bucket is full again; run periodically so the table stays small.
+    pub fn prune(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Callers currently remembered (for tests and metrics).
+    pub fn tracked(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
+    }
+}
+
+/// Counts a shared resource per caller, with a cap per caller and one overall.
+#[derive(Debug)]
+pub struct KeyedCounter {
+    inner: Arc<Mutex<Counts>>,
+    per_key: usize,
+    total: usize,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_key: HashMap<LimitKey, usize>,
+    total: usize,
+}
+
+/// Why a share could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareRefused {
+    /// This caller already holds its cap.
+    Caller { cap: usize },
+    /// Every caller together holds the overall cap.
+    Total { cap: usize },
+}
+
+impl KeyedCounter {
+    /// At most `per_key` per caller and `total` overall.
+    pub fn new(per_key: usize, total: usize) -> KeyedCounter {
+        KeyedCounter {
+            inner: Arc::new(Mutex::new(Counts::default())),
+            per_key: per_key.max(1),
+            total: total.max(1),
+        }
+    }
+
+    /// Take `n` units for `key`, all or nothing.
+    pub fn take(&self, key: &LimitKey, n: usize) -> Result<Share, ShareRefused> {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let held = c.by_key.get(key).copied().unwrap_or(0);
+        if held + n > self.per_key {
+            return Err(ShareRefused::Caller { cap: self.per_key });
+        }
+        if c.total + n > self.total {
+            return Err(ShareRefused::Total { cap: self.total });
+        }
+        c.total += n;
+        *c.by_key.entry(key.clone()).or_default() += n;
+        Ok(Share {
+            inner: self.inner.clone(),
+            key: key.clone(),
+            n,
+        })
+    }
+
+    /// Units held by `key` now.
+    pub fn held(&self, key: &LimitKey) -> usize {
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.by_key.get(key).copied().unwrap_or(0)
+    }
+
+    /// Units held overall.
+    pub fn total(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// Units taken from a [`KeyedCounter`], given back on drop.
+#[derive(Debug)]
+pub struct Share {
+    inner: Arc<Mutex<Counts>>,
+    key: LimitKey,
+    n: usize,
+}
+
+impl Share {
+    /// Split `n` units off into a share of their own (one per image of a request).
+    pub fn split(&mut self, n: usize) -> Option<Share> {
+        if n > self.n {
+            return None;
+        }
+        self.n -= n;
+        Some(Share {
+            inner: self.inner.clone(),
+            key: self.key.clone(),
+            n,
+        })
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        c.total = c.total.saturating_sub(self.n);
+        if let Some(held) = c.by_key.get_mut(&self.key) {
+            *held = held.saturating_sub(self.n);
+            if *held == 0 {
+                c.by_key.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> LimitKey {
+        LimitKey::Key(Arc::from(s))
+    }
+
+    #[test]
+    fn rate_flags_parse() {
+        assert_eq!("off".parse::<RateFlag>().unwrap(), RateFlag(None));
+        let r = "20:50".parse::<RateFlag>().unwrap().0.unwrap();
+        assert_eq!((r.per_second.get(), r.burst.get()), (20, 50));
+        let r = "7".parse::<RateFlag>().unwrap().0.unwrap();
+        assert_eq!((r.per_second.get(), r.burst.get()), (7, 7));
+        for bad in ["0", "x", "5:0", "-1", ""] {
+            assert!(bad.parse::<RateFlag>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_burst_is_allowed_then_the_rate_applies_per_caller() {
+        let spec = "1:3".parse::<RateFlag>().unwrap().0;
+        let rl = RateLimit::new(spec);
+        for _ in 0..3 {
+            assert!(rl.check(&key("a")).is_ok());
+        }
+        let wait = rl.check(&key("a")).unwrap_err();
+        assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(1));
+        assert!(
+            rl.check(&key("b")).is_ok(),
+            "another caller has its own bucket"
+        );
+        assert_eq!(rl.tracked(), 2);
+        assert!(RateLimit::new(None).check(&key("a")).is_ok());
+    }
+
+    #[test]
+    fn shares_are_capped_per_caller_and_overall_and_given_back() {
+        let c = KeyedCounter::new(3, 4);
+        let mut a = c.take(&key("a"), 3).unwrap();
+        assert_eq!(
+            c.take(&key("a"), 1).unwrap_err(),
+            ShareRefused::Caller { cap: 3 }
+        );
+        let b = c.take(&key("b"), 1).unwrap();
+        assert_eq!(
+            c.take(&key("b"), 1).unwrap_err(),
+            ShareRefused::Total { cap: 4 }
+        );
+        let one = a.split(1).unwrap();
+        assert!(a.split(5).is_none());
+        drop(one);
+        assert_eq!(c.held(&key("a")), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(c.total(), 0);
+        assert!(
+            c.inner.lock().unwrap().by_key.is_empty(),
+            "forgotten at zero"
+        );
+    }
+}

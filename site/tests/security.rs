@@ -1,0 +1,554 @@
+//! The front-end's protections, attacked the way a stranger would, against an in-process site
+//! with real synthetic workers behind the real QUIC dispatcher: API keys, per-caller
+//! isolation, cross-origin refusal, rate and share limits, JSON errors for malformed
+//! requests, the admin listener, and the headers every response carries.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Harness, client, metric, part, png};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// A key file with an admin key and two user keys.
+struct Keys {
+    _dir: tempfile::TempDir,
+    path: String,
+    admin: String,
+    alice: String,
+    bob: String,
+}
+
+fn keys() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    let admin = glimpse_site::auth::add_new_key(&path, "ops", true).unwrap();
+    let alice = glimpse_site::auth::add_new_key(&path, "alice", false).unwrap();
+    let bob = glimpse_site::auth::add_new_key(&path, "bob", false).unwrap();
+    Keys {
+        path: path.to_string_lossy().into_owned(),
+        _dir: dir,
+        admin,
+        alice,
+        bob,
+    }
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+async fn status_and_json(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads SSE `job` events from `stream` for `window`, returning every event's data text.
+async fn collect_events(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    window: Duration,
+) -> String {
+    let mut text = String::new();
+    let _ = tokio::time::timeout(window, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    text
+}
+
+async fn open_events(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin + use<> {
+    let mut req = client.get(url);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    // Wait for the hello, so we are subscribed before anything is uploaded.
+    let hello = collect_until(&mut stream, "hello", Duration::from_secs(30)).await;
+    assert!(hello, "the stream says hello");
+    stream
+}
+
+async fn collect_until(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    needle: &str,
+    limit: Duration,
+) -> bool {
+    let mut text = String::new();
+    tokio::time::timeout(limit, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(needle) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_required_checked_reloaded_and_revoked() {
+    let k = keys();
+    let h = Harness::ready(1, 1, &["--api-keys", &k.path]).await;
+    let c = client();
+
+    // No key, a wrong key: 401 JSON with WWW-Authenticate.
+    for auth in [
+        None,
+        Some(bearer("glk_wrong")),
+        Some("Basic Zm9vOmJhcg==".into()),
+    ] {
+        for path in [
+            "/api/v1/session",
+            "/v2/health/live",
+            "/v2/models/googlenet",
+            "/api/v1/status",
+        ] {
+            let mut req = c.get(h.url(path));
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let (s, headers, body) = status_and_json(req.send().await.unwrap()).await;
+            assert_eq!(s, 401, "{path} with {auth:?}: {body}");
+            assert!(body["error"].is_string(), "{body}");
+            assert!(
+                headers["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer"),
+                "{headers:?}"
+            );
+        }
+    }
+    let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
+    let r = c
+        .post(h.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "uploads need a key too");
+
+    // The right key: 200, and the upload works.
+    let (s, _, session) = status_and_json(
+        c.get(h.url("/api/v1/session"))
+            .header("authorization", bearer(&k.alice))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        session,
+        json!({"auth": "key", "key": "alice", "admin": false, "nodes": false})
+    );
+    let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
+    let r = c
+        .post(h.url("/api/v1/classify?wait=true"))
+        .header("authorization", bearer(&k.alice))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Health probes need no key; operator data needs an admin key.
+    assert_eq!(c.get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(h.url("/readyz")).send().await.unwrap().status(), 200);
+    for path in ["/metrics", "/api/v1/nodes"] {
+        let r = c
+            .get(h.url(path))
+            .header("authorization", bearer(&k.bob))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path} with a user key");
+        let r = c
+            .get(h.url(path))
+            .header("authorization", bearer(&k.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} with the admin key");
+    }
+
+    // A key added to the file works within the reload interval; a removed one stops.
+    let carol =
+        glimpse_site::auth::add_new_key(std::path::Path::new(&k.path), "carol", false).unwrap();
+    let text = std::fs::read_to_string(&k.path).unwrap();
+    let without_bob: String = text
+        .lines()
+        .filter(|l| !l.starts_with("bob "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&k.path, without_bob).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let carol_ok = c
+            .get(h.url("/api/v1/session"))
+            .header("authorization", bearer(&carol))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200;
+        let bob_refused = c
+            .get(h.url("/api/v1/session"))
+            .header("authorization", bearer(&k.bob))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401;
+        if carol_ok && bob_refused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the key file was not reloaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keys_one_callers_jobs_never_reach_another() {
+    let k = keys();
+    let h = Harness::ready(1, 300, &["--api-keys", &k.path]).await;
+    let c = client();
+    let mut bob_events = open_events(&c, &h.url("/api/v1/events"), Some(&bearer(&k.bob))).await;
+    let mut alice_events = open_events(&c, &h.url("/api/v1/events"), Some(&bearer(&k.alice))).await;
+
+    let secret = "patient-4711-jane-doe-mri.png";
+    let form = reqwest::multipart::Form::new().part("file", part(png(4), secret, "image/png"));
+    let r = c
+        .post(h.url("/api/v1/classify"))
+        .header("authorization", bearer(&k.alice))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    assert!(
+        body.get("client_token").is_none(),
+        "keys identify callers; no token needed"
+    );
+
+    // Alice sees her job finish on her stream; Bob's stream carries nothing of it.
+    assert!(
+        collect_until(
+            &mut alice_events,
+            "\"status\":\"ok\"",
+            Duration::from_secs(60)
+        )
+        .await
+    );
+    let form =
+        reqwest::multipart::Form::new().part("file", part(png(5), "bobs-own.png", "image/png"));
+    let r = c
+        .post(h.url("/api/v1/classify"))
+        .header("authorization", bearer(&k.bob))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let seen = collect_events(&mut bob_events, Duration::from_secs(3)).await;
+    assert!(seen.contains("bobs-own.png"), "Bob's stream works: {seen}");
+    assert!(
+        !seen.contains(secret) && !seen.contains(&id),
+        "Bob saw Alice's job: {seen}"
+    );
+
+    // Lookups: Alice finds her job, Bob gets the same 404 as for a job that never existed.
+    let r = c
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .header("authorization", bearer(&k.alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .header("authorization", bearer(&k.bob))
+        .send()
+        .await
+        .unwrap();
+    let (s, _, body) = status_and_json(r).await;
+    assert_eq!(s, 404);
+    assert!(!body.to_string().contains(secret));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_a_fresh_client_sees_nothing_of_anyone_elses() {
+    let h = Harness::ready(1, 300, &[]).await;
+    let first = client();
+    let stranger = client();
+    let mut stranger_events = open_events(&stranger, &h.url("/api/v1/events"), None).await;
+
+    let secret = "patient-4711-jane-doe-mri.png";
+    let form = reqwest::multipart::Form::new().part("file", part(png(6), secret, "image/png"));
+    let r = first
+        .post(h.url("/api/v1/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    let body: Value = r.json().await.unwrap();
+    let id = body["jobs"][0]["id"].as_str().unwrap().to_string();
+    let token = body["client_token"]
+        .as_str()
+        .expect("API clients get their token")
+        .to_string();
+
+    let seen = collect_events(&mut stranger_events, Duration::from_secs(3)).await;
+    assert!(
+        !seen.contains(secret) && !seen.contains(&id),
+        "the stranger saw it: {seen}"
+    );
+    let r = stranger
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = first
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the uploader's cookie finds it");
+
+    // An API client without cookies follows its jobs with the token it was given.
+    let bare = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let r = bare
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = bare
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .header("x-glimpse-client", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A token this server did not sign is ignored (a new identity is made instead).
+    let r = bare
+        .get(h.url(&format!("/api/v1/jobs/{id}")))
+        .header("x-glimpse-client", format!("{}A", &token[..42]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_posts_are_refused() {
+    let h = Harness::ready(1, 1, &["--allowed-origin", "https://app.example"]).await;
+    let c = client();
+    let origin = h.base.clone();
+    let post = |origin: &str, site: &str| {
+        let form = reqwest::multipart::Form::new().part("file", part(png(1), "a.png", "image/png"));
+        c.post(h.url("/api/v1/classify?wait=true"))
+            .header("origin", origin)
+            .header("sec-fetch-site", site)
+            .multipart(form)
+            .send()
+    };
+    let (s, _, body) =
+        status_and_json(post("https://evil.example", "cross-site").await.unwrap()).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cross-origin"),
+        "{body}"
+    );
+    let (s, _, _) = status_and_json(post(&origin, "same-origin").await.unwrap()).await;
+    assert_eq!(s, 200, "our own page may post");
+    let (s, _, _) = status_and_json(post("https://app.example", "cross-site").await.unwrap()).await;
+    assert_eq!(s, 200, "an allowed origin may post");
+    let r = c
+        .post(h.url("/v2/models/googlenet/infer"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"inputs":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "KServe too");
+    let text = h.get_text("/metrics").await;
+    assert!(
+        text.contains("glimpse_images_total{outcome=\"ok\"} 2"),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_share_limits_answer_429_with_retry_after() {
+    let h = Harness::ready(
+        1,
+        4000,
+        &[
+            "--rate-limit",
+            "1:4",
+            "--max-queued-per-caller",
+            "2",
+            "--max-event-streams-per-caller",
+            "1",
+        ],
+    )
+    .await;
+    let c = client();
+    // Two slow images fill this caller's share of the queue: the third is 429.
+    let mut statuses = Vec::new();
+    for i in 0..3u8 {
+        let form =
+            reqwest::multipart::Form::new().part("file", part(png(i), "slow.png", "image/png"));
+        let r = c
+            .post(h.url("/api/v1/classify"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        statuses.push((
+            r.status().as_u16(),
+            r.headers().get("retry-after").is_some(),
+        ));
+    }
+    assert_eq!(statuses, [(202, false), (202, false), (429, true)]);
+    // One event stream is allowed; the second is refused while the first is open.
+    let first = c.get(h.url("/api/v1/events")).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    // That was the 4th request of a burst of 4: the 5th is over the rate.
+    let r = c.get(h.url("/api/v1/events")).send().await.unwrap();
+    let (s, headers, body) = status_and_json(r).await;
+    assert_eq!(s, 429, "{body}");
+    let after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&after), "{after}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many requests")
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c.get(h.url("/api/v1/events")).send().await.unwrap();
+    let (s, _, body) = status_and_json(r).await;
+    assert_eq!(s, 429, "the stream cap: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("event streams"),
+        "{body}"
+    );
+    drop(first);
+    // Health probes are never rate limited.
+    for _ in 0..10 {
+        assert_eq!(c.get(h.url("/healthz")).send().await.unwrap().status(), 200);
+    }
+    let text = h.get_text("/healthz").await;
+    assert!(text.contains("ok"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_json_errors_and_every_response_is_hardened() {
+    let h = Harness::ready(1, 1, &[]).await;
+    let c = client();
+    let long_uri = format!("/api/v1/jobs/{}", "x".repeat(10_000));
+    let (s, headers, body) = status_and_json(c.get(h.url(&long_uri)).send().await.unwrap()).await;
+    assert_eq!(s, 414, "{body}");
+    assert!(body["error"].is_string());
+    assert_eq!(headers["content-type"], "application/json");
+    let (s, _, body) = status_and_json(
+        c.get(h.url("/healthz"))
+            .header("x-junk", "j".repeat(20_000))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 431, "{body}");
+    assert!(body["error"].is_string());
+    for path in ["/", "/healthz", "/api/v1/status", "/nope"] {
+        let r = c.get(h.url(path)).send().await.unwrap();
+        assert_eq!(
+            r.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap()),
+            Some("max-age=31536000"),
+            "{path}"
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_takes_metrics_and_nodes_off_the_public_one() {
+    let h = Harness::ready(1, 1, &["--admin-listen", "127.0.0.1:0"]).await;
+    let admin = h
+        .site
+        .as_ref()
+        .and_then(|s| s.admin_addr)
+        .expect("admin address");
+    let c = client();
+    for path in ["/metrics", "/api/v1/nodes"] {
+        let r = c.get(h.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} is not public");
+        let r = c.get(format!("http://{admin}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path} on the admin address");
+    }
+    let text = c
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&text, "glimpse_connections").is_some(), "{text}");
+    assert!(
+        metric(&text, "glimpse_buffered_bytes_limit") == Some((512u64 << 20) as f64),
+        "{text}"
+    );
+    // The page still learns whether the cluster is ready, without node details.
+    let (s, status) = h.get_json("/api/v1/status").await;
+    assert_eq!(s, 200);
+    assert_eq!(status["ready"], true);
+    assert!(status.get("nodes").is_some_and(|n| n.is_u64()), "{status}");
+    assert!(
+        !status.to_string().contains("127.0.0.1"),
+        "no addresses: {status}"
+    );
+    h.stop().await;
+}
