@@ -29,7 +29,9 @@ pub use cache::default_cache_dir;
 pub use classes::IMAGENET_CLASSES;
 pub use googlenet::NUM_CLASSES;
 pub use googlenet::weights::{WEIGHTS_FILE, WEIGHTS_NAME, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL};
-pub use preprocess::{DecodeLimits, ImageError, ImageTensor, decode, prepare, preprocess};
+pub use preprocess::{
+    DecodeLimits, ImageError, ImageInfo, ImageTensor, decode, prepare, preprocess, probe,
+};
 
 use googlenet::GoogLeNet;
 use googlenet::weights::{PthSource, RandomSource, ZeroSource};

@@ -11,7 +11,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use image::{ColorType, DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 /// ImageNet channel means (RGB), as torchvision normalizes.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -90,10 +90,40 @@ impl ImageTensor {
     }
 }
 
-/// Decodes JPEG, PNG, GIF (first frame), WebP or BMP into 8-bit RGB, applying the EXIF
-/// orientation. Grayscale is replicated to RGB, 16-bit samples are scaled to 8 bits, palettes
-/// are expanded, and alpha is dropped without compositing, as Pillow's `convert("RGB")` does.
-pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+/// What [`probe`] learns from an image's header, without decoding a single pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Width as stored in the file, before the EXIF orientation is applied.
+    pub width: u32,
+    /// Height as stored in the file, before the EXIF orientation is applied.
+    pub height: u32,
+    /// An upper bound of the bytes [`decode`] followed by [`preprocess`] keep allocated at
+    /// once for this image: the decoder's output buffer (pixels × its bytes per pixel), its
+    /// own working memory (a GIF frame that does not fill the canvas, a progressive JPEG's
+    /// coefficients, a WebP's YUV planes and alpha, row buffers), the RGB8 conversion when the
+    /// decoder's color type is not RGB8, the copy a 90° EXIF rotation makes, and the
+    /// resize's intermediate rows. A 62-byte GIF that declares a 16000×4000 screen costs
+    /// about 260 MB here, which is what it would cost to decode: a caller can refuse or queue
+    /// it before allocating anything.
+    pub decode_bytes: u64,
+}
+
+/// Allocations every decode makes whatever the image: codec tables, zlib/LZW state, reader
+/// buffers, the resize's coefficient tables and the output tensor. Measured well under
+/// this (see `model/tests/decode_memory.rs`).
+const DECODE_SLACK_BYTES: u64 = 2 << 20;
+/// Row buffers per pixel of width: decoders work a few rows (JPEG: one MCU row of up to four
+/// components, with upsampling rows; PNG: the current and previous row) at a time.
+const ROW_BYTES_PER_COLUMN: u64 = 256;
+
+/// Reads only the image's header (and, for GIF, JPEG and WebP, the few structure bytes that
+/// decide how much memory the decoder needs) and returns its size and [`ImageInfo::decode_bytes`].
+///
+/// Applies the same checks, in the same order and with the same messages, as [`decode`]
+/// does before it allocates any pixels: encoded size, format, declared dimensions. A caller
+/// that must budget memory across concurrent decodes calls this first, reserves
+/// `decode_bytes`, then calls [`decode`].
+pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, ImageError> {
     if bytes.len() > limits.max_bytes {
         return Err(ImageError::TooLarge {
             detail: format!(
@@ -103,33 +133,299 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
             ),
         });
     }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
+    let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         return Err(ImageError::Unsupported(
             "not a JPEG, PNG, GIF, WebP or BMP file".to_string(),
         ));
-    }
-    // Room for the largest allowed image at 16-bit RGBA (8 bytes/pixel) plus codec state.
-    let max_alloc = limits.max_pixels.saturating_mul(8).saturating_add(64 << 20);
+    };
+    // Only the allocation cap, no dimension caps: an oversized image is refused below with
+    // its actual dimensions in the message.
+    let mut reader = reader;
+    let mut probe_limits = Limits::default();
+    probe_limits.max_alloc = Some(max_alloc(limits));
+    reader.limits(probe_limits);
+    let mut decoder = reader.into_decoder().map_err(codec_error)?;
+    let (width, height) = decoder.dimensions();
+    check_dimensions(width, height, limits)?;
+    let color = decoder.color_type();
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let decode_bytes = peak_bytes(format, bytes, width, height, color, orientation);
+    Ok(ImageInfo {
+        width,
+        height,
+        decode_bytes,
+    })
+}
 
-    // First read only the header, with the allocation cap but no dimension caps, so an
-    // oversized image is refused with its actual dimensions in the message.
-    let mut probe = ImageReader::new(Cursor::new(bytes))
+/// Room for the largest allowed image at 16-bit RGBA (8 bytes/pixel) plus codec state: the
+/// cap the codecs themselves enforce on any one allocation.
+fn max_alloc(limits: &DecodeLimits) -> u64 {
+    limits.max_pixels.saturating_mul(8).saturating_add(64 << 20)
+}
+
+/// The phases of [`decode`] + [`preprocess`] and what each holds at once; the largest wins.
+fn peak_bytes(
+    format: ImageFormat,
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    color: ColorType,
+    orientation: image::metadata::Orientation,
+) -> u64 {
+    use image::metadata::Orientation as O;
+    let px = u64::from(width) * u64::from(height);
+    let out = px * u64::from(color.bytes_per_pixel());
+    // 1. The codec fills its output buffer while holding its own working memory.
+    let working = decoder_working_bytes(format, bytes, width, height, color)
+        + ROW_BYTES_PER_COLUMN * u64::from(width);
+    let decoding = out + working;
+    // 2. Conversion to RGB8: nothing for RGB8, in place for RGBA8, a second buffer otherwise.
+    let (converting, rgb_held) = match color {
+        ColorType::Rgb8 => (out, out),
+        ColorType::Rgba8 => (out, out),
+        _ => (out + 3 * px, 3 * px),
+    };
+    // 3. The EXIF orientation, applied to the RGB8 image: a 90° turn makes a rotated copy,
+    //    flips and 180° work in place.
+    let turned = matches!(
+        orientation,
+        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH
+    );
+    let (orienting, held, (w, h)) = if turned {
+        (rgb_held + 3 * px, 3 * px, (height, width))
+    } else {
+        (rgb_held, rgb_held, (width, height))
+    };
+    // 4. Preprocessing holds the RGB image, the horizontal pass's rows (at most every input
+    //    row, 224 RGB pixels each) and the coefficient tables.
+    let rows = u64::from(h) * u64::from(CROP) * 3;
+    let preprocessing = held + rows + (u64::from(w) + u64::from(h)) * 8;
+    decoding
+        .max(converting)
+        .max(orienting)
+        .max(preprocessing)
+        .saturating_add(DECODE_SLACK_BYTES)
+}
+
+/// What a codec allocates beside the output buffer, for the formats [`decode`] accepts.
+fn decoder_working_bytes(
+    format: ImageFormat,
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    color: ColorType,
+) -> u64 {
+    let px = u64::from(width) * u64::from(height);
+    match format {
+        ImageFormat::Gif => {
+            // The gif crate decodes palette indices (1 byte/pixel of the frame) and expands
+            // them to RGBA. A frame that does not span the canvas' width from its left edge
+            // is decoded into a frame-sized RGBA buffer first, then copied onto the canvas.
+            match gif_first_frame(bytes) {
+                Some(f) => {
+                    let frame_px = u64::from(f.width) * u64::from(f.height);
+                    let in_place = f.left == 0
+                        && u32::from(f.width) == width
+                        && u32::from(f.top) + u32::from(f.height) <= height;
+                    frame_px * if in_place { 1 } else { 5 }
+                }
+                // No image descriptor: the decoder fails before allocating a frame.
+                None => 0,
+            }
+        }
+        ImageFormat::Jpeg => {
+            // The image crate copies the file; zune-jpeg keeps every component's DCT
+            // coefficients (i16 per sample) for a progressive image, or a baseline one whose
+            // first scan does not carry every component. Unparseable structure: assume the
+            // worst (four full-resolution components).
+            let coefficients = match jpeg_layout(bytes) {
+                Some(l) if l.whole_frame_coefficients() => l.coefficient_bytes(),
+                Some(_) => 0,
+                None => 8 * px,
+            };
+            bytes.len() as u64 + coefficients
+        }
+        ImageFormat::WebP => webp_working_bytes(bytes, width, height, color),
+        // PNG and BMP decode row by row straight into the output buffer.
+        _ => 0,
+    }
+}
+
+/// A GIF image descriptor's placement and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GifFrame {
+    left: u16,
+    top: u16,
+    width: u16,
+    height: u16,
+}
+
+/// The first image descriptor of a GIF: after the header, the logical screen descriptor, the
+/// global color table and any extension blocks.
+fn gif_first_frame(bytes: &[u8]) -> Option<GifFrame> {
+    let le = |i: usize| -> Option<u16> {
+        Some(u16::from_le_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]))
+    };
+    let packed = *bytes.get(10)?;
+    let mut i = 13usize;
+    if packed & 0x80 != 0 {
+        i += 3usize << ((packed & 0x07) + 1);
+    }
+    loop {
+        match *bytes.get(i)? {
+            0x2C => {
+                return Some(GifFrame {
+                    left: le(i + 1)?,
+                    top: le(i + 3)?,
+                    width: le(i + 5)?,
+                    height: le(i + 7)?,
+                });
+            }
+            0x21 => {
+                // Extension: label, then data sub-blocks up to an empty one.
+                i += 2;
+                loop {
+                    let n = usize::from(*bytes.get(i)?);
+                    i += 1 + n;
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The parts of a JPEG's frame header that decide the decoder's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JpegLayout {
+    width: u32,
+    height: u32,
+    progressive: bool,
+    /// (horizontal, vertical) sampling factor of each component.
+    sampling: Vec<(u8, u8)>,
+    /// Components in the first scan.
+    first_scan: usize,
+}
+
+impl JpegLayout {
+    fn whole_frame_coefficients(&self) -> bool {
+        self.progressive || self.first_scan < self.sampling.len()
+    }
+
+    /// i16 coefficients for every component, each padded to whole MCUs (as zune-jpeg
+    /// allocates them).
+    fn coefficient_bytes(&self) -> u64 {
+        let h_max = u64::from(self.sampling.iter().map(|s| s.0).max().unwrap_or(1).max(1));
+        let v_max = u64::from(self.sampling.iter().map(|s| s.1).max().unwrap_or(1).max(1));
+        let mcus_x = u64::from(self.width).div_ceil(8 * h_max);
+        let mcus_y = u64::from(self.height).div_ceil(8 * v_max);
+        self.sampling
+            .iter()
+            .map(|&(h, v)| 2 * (mcus_x * u64::from(h) * 8) * (mcus_y * u64::from(v) * 8))
+            .sum()
+    }
+}
+
+/// Walks a JPEG's marker segments up to the first scan.
+fn jpeg_layout(bytes: &[u8]) -> Option<JpegLayout> {
+    if bytes.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let be = |i: usize| -> Option<u16> {
+        Some(u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]))
+    };
+    let mut frame: Option<JpegLayout> = None;
+    let mut i = 2usize;
+    loop {
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        // Any number of 0xFF fill bytes may precede a marker.
+        while *bytes.get(i)? == 0xFF {
+            i += 1;
+        }
+        let marker = *bytes.get(i)?;
+        i += 1;
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            continue;
+        }
+        let len = usize::from(be(i)?);
+        let seg = bytes.get(i + 2..i + len.max(2))?;
+        match marker {
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                let n = usize::from(*seg.get(5)?);
+                let sampling = (0..n)
+                    .map(|c| seg.get(6 + 3 * c + 1).map(|hv| (hv >> 4, hv & 0x0F)))
+                    .collect::<Option<Vec<_>>>()?;
+                frame = Some(JpegLayout {
+                    height: u32::from(u16::from_be_bytes([*seg.get(1)?, *seg.get(2)?])),
+                    width: u32::from(u16::from_be_bytes([*seg.get(3)?, *seg.get(4)?])),
+                    progressive: matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE),
+                    sampling,
+                    first_scan: 0,
+                });
+            }
+            0xDA => {
+                let mut f = frame?;
+                f.first_scan = usize::from(*seg.first()?);
+                return Some(f);
+            }
+            0xD9 => return None,
+            _ => {}
+        }
+        i += len;
+    }
+}
+
+/// image-webp's working memory beside the output buffer, by the file's first chunk.
+fn webp_working_bytes(bytes: &[u8], width: u32, height: u32, color: ColorType) -> u64 {
+    let px = u64::from(width) * u64::from(height);
+    // VP8 (lossy) decodes to YUV 4:2:0 planes padded to 16×16 macroblocks.
+    let yuv = 384 * u64::from(width).div_ceil(16) * u64::from(height).div_ceil(16);
+    match bytes.get(12..16) {
+        Some(b"VP8 ") => yuv,
+        // Lossless without alpha decodes RGBA first, then copies RGB out; with alpha it
+        // decodes straight into the output.
+        Some(b"VP8L") if color == ColorType::Rgb8 => 4 * px,
+        Some(b"VP8L") => 0,
+        Some(b"VP8X") if bytes.get(20).is_some_and(|f| f & 0x02 != 0) => {
+            // Animated: the first frame is decoded (YUV + its alpha, up to 5 bytes/pixel for
+            // a losslessly compressed alpha plane), expanded to RGBA, and composited onto an
+            // RGBA canvas.
+            yuv + 5 * px + 4 * px + 4 * px
+        }
+        // Extended still image: lossy with an alpha plane, or lossless (4 bytes/pixel).
+        Some(b"VP8X") => yuv + 5 * px,
+        _ => yuv + 13 * px,
+    }
+}
+
+/// Decodes JPEG, PNG, GIF (first frame), WebP or BMP into 8-bit RGB, applying the EXIF
+/// orientation. Grayscale is replicated to RGB, 16-bit samples are scaled to 8 bits, palettes
+/// are expanded, and alpha is dropped without compositing, as Pillow's `convert("RGB")` does.
+///
+/// Memory: at most [`ImageInfo::decode_bytes`] of [`probe`] at once. The image is converted
+/// to RGB8 before the orientation is applied (a 90° turn copies the image, and an RGB8 copy
+/// is the smallest), and RGBA8 (GIF, PNG with alpha, WebP with alpha) is converted in place.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    // Size, format and declared dimensions are refused before any pixel buffer exists.
+    probe(bytes, limits)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let mut probe_limits = Limits::default();
-    probe_limits.max_alloc = Some(max_alloc);
-    probe.limits(probe_limits);
-    let (width, height) = probe.into_dimensions().map_err(codec_error)?;
-    check_dimensions(width, height, limits)?;
 
-    // Then decode, with every cap also enforced by the codec itself.
+    // Decode with every cap also enforced by the codec itself.
     let mut codec_limits = Limits::default();
     codec_limits.max_image_width = Some(limits.max_width);
     codec_limits.max_image_height = Some(limits.max_height);
-    codec_limits.max_alloc = Some(max_alloc);
+    codec_limits.max_alloc = Some(max_alloc(limits));
     reader.limits(codec_limits);
     let mut decoder = reader.into_decoder().map_err(codec_error)?;
     let (width, height) = decoder.dimensions();
@@ -137,9 +433,46 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageErro
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(codec_error)?;
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
+    let img = DynamicImage::from_decoder(decoder).map_err(codec_error)?;
+    let mut rgb = DynamicImage::ImageRgb8(into_rgb8(img)?);
+    rgb.apply_orientation(orientation);
+    Ok(rgb.into_rgb8())
+}
+
+/// `DynamicImage::into_rgb8`, except that RGBA8 is converted in place (each pixel's alpha
+/// dropped, the buffer reused): the largest decodes (GIF canvases) are RGBA8, and a second
+/// buffer would cost 3 more bytes per pixel. Same pixels as `into_rgb8` (tested).
+fn into_rgb8(img: DynamicImage) -> Result<RgbImage, ImageError> {
+    let DynamicImage::ImageRgba8(rgba) = img else {
+        return Ok(img.into_rgb8());
+    };
+    let (w, h) = rgba.dimensions();
+    let mut buf = rgba.into_raw();
+    let px = buf.len() / 4;
+    // Pixel i moves from 4i to 3i. The first pixels overlap their destinations; from pixel
+    // 3 × BLOCK on, a block's source lies wholly past its destination, so it can be split
+    // off and copied with slices the optimizer sees as disjoint.
+    const BLOCK: usize = 4096;
+    let head = px.min(3 * BLOCK);
+    for i in 0..head {
+        buf.copy_within(4 * i..4 * i + 3, 3 * i);
+    }
+    let mut start = head;
+    while start < px {
+        let end = (start + BLOCK).min(px);
+        let (dst, src) = buf.split_at_mut(4 * start);
+        // Whole pixels as arrays: no per-byte bounds checks, even in the lightly optimized
+        // builds this crate gets in development (3.5x faster than `copy_from_slice` there).
+        let (dst, _) = dst[3 * start..3 * end].as_chunks_mut::<3>();
+        let (src, _) = src[..4 * (end - start)].as_chunks::<4>();
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = [s[0], s[1], s[2]];
+        }
+        start = end;
+    }
+    buf.truncate(3 * px);
+    RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| ImageError::Corrupt(format!("internal: RGB buffer does not fit {w}x{h}")))
 }
 
 fn check_dimensions(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
@@ -353,6 +686,141 @@ fn triangle(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 62-byte GIF of the security issue: a 16000×4000 logical screen, one 1×1 frame.
+    fn gif_bomb() -> Vec<u8> {
+        let mut g = b"GIF89a".to_vec();
+        g.extend_from_slice(&16000u16.to_le_bytes());
+        g.extend_from_slice(&4000u16.to_le_bytes());
+        g.extend_from_slice(&[0x80, 0, 0]); // 2-entry global color table
+        g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+        g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
+        g.extend_from_slice(&[0x21, 0xFE, 15]); // comment extension
+        g.extend_from_slice(b"decode-bomb.gif");
+        g.push(0);
+        g.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0]); // 1x1 frame at (0, 0)
+        g.extend_from_slice(&[2, 2, 0x44, 0x01, 0]); // LZW: clear, index 0, end
+        g.push(0x3B);
+        g
+    }
+
+    #[test]
+    fn probe_reads_the_gif_bomb_without_decoding_it() {
+        let g = gif_bomb();
+        assert_eq!(g.len(), 62);
+        assert_eq!(
+            gif_first_frame(&g),
+            Some(GifFrame {
+                left: 0,
+                top: 0,
+                width: 1,
+                height: 1
+            })
+        );
+        let info = probe(&g, &DecodeLimits::default()).unwrap();
+        assert_eq!((info.width, info.height), (16000, 4000));
+        // The RGBA canvas (converted in place) dominates: 256 MB, plus rows and slack.
+        let canvas = 16000 * 4000 * 4;
+        assert!(info.decode_bytes >= canvas, "{info:?}");
+        assert!(info.decode_bytes < canvas + (12 << 20), "{info:?}");
+        // A budget-sized pixel cap refuses it with the same message decode gives.
+        let small = DecodeLimits {
+            max_pixels: 1_000_000,
+            ..DecodeLimits::default()
+        };
+        assert_eq!(
+            probe(&g, &small),
+            decode(&g, &small).map(|_| unreachable!())
+        );
+    }
+
+    #[test]
+    fn jpeg_layout_follows_the_frame_header() {
+        let jpeg = include_bytes!("../tests/fixtures/images/landscape.jpg");
+        let l = jpeg_layout(jpeg).expect("layout");
+        assert_eq!((l.width, l.height), (640, 427));
+        assert!(!l.progressive);
+        assert_eq!(l.sampling.len(), 3);
+        assert!(!l.whole_frame_coefficients());
+        // A progressive 4:2:0 frame keeps 2 bytes per luma sample and 0.5 per chroma one,
+        // padded to 16×16 MCUs.
+        let prog = JpegLayout {
+            width: 100,
+            height: 50,
+            progressive: true,
+            sampling: vec![(2, 2), (1, 1), (1, 1)],
+            first_scan: 1,
+        };
+        assert!(prog.whole_frame_coefficients());
+        assert_eq!(prog.coefficient_bytes(), 2 * (112 * 64 + 2 * 56 * 32));
+        assert_eq!(jpeg_layout(b"\xFF\xD8\xFF"), None);
+        assert_eq!(jpeg_layout(b"not a jpeg"), None);
+    }
+
+    /// Deterministic pixels of every kind `decode` meets.
+    fn sample_images(w: u32, h: u32) -> Vec<DynamicImage> {
+        let v = |x: u32, y: u32, c: u32| ((x * 31 + y * 17 + c * 101) % 251) as u8;
+        vec![
+            DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
+            })),
+            DynamicImage::ImageRgba8(image::RgbaImage::from_fn(w, h, |x, y| {
+                image::Rgba([v(x, y, 0), v(x, y, 1), v(x, y, 2), v(x, y, 3)])
+            })),
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| {
+                image::Luma([v(x, y, 0)])
+            })),
+            DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_fn(w, h, |x, y| {
+                image::LumaA([v(x, y, 0), v(x, y, 1)])
+            })),
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(w, h, |x, y| {
+                image::Rgb([
+                    u16::from(v(x, y, 0)) * 257,
+                    u16::from(v(x, y, 1)) * 250,
+                    u16::from(v(x, y, 2)) * 3,
+                ])
+            })),
+        ]
+    }
+
+    #[test]
+    fn in_place_rgba_conversion_gives_into_rgb8s_pixels() {
+        // Sizes below, at and well past the overlapping head (3 × 4096 pixels).
+        for (w, h) in [(1, 1), (3, 5), (64, 192), (200, 130), (4097, 7)] {
+            for img in sample_images(w, h) {
+                let want = img.to_rgb8();
+                let got = into_rgb8(img.clone()).unwrap();
+                assert_eq!(got, want, "{:?} {w}x{h}", img.color());
+            }
+        }
+    }
+
+    #[test]
+    fn converting_before_the_orientation_gives_the_same_pixels() {
+        use image::metadata::Orientation as O;
+        let all = [
+            O::NoTransforms,
+            O::Rotate90,
+            O::Rotate180,
+            O::Rotate270,
+            O::FlipHorizontal,
+            O::FlipVertical,
+            O::Rotate90FlipH,
+            O::Rotate270FlipH,
+        ];
+        for img in sample_images(37, 23) {
+            for o in all {
+                // The order decode used before: orientation on the decoded image, then RGB8.
+                let mut old = img.clone();
+                old.apply_orientation(o);
+                let old = old.into_rgb8();
+                // The order it uses now.
+                let mut new = DynamicImage::ImageRgb8(into_rgb8(img.clone()).unwrap());
+                new.apply_orientation(o);
+                assert_eq!(new.into_rgb8(), old, "{:?} {o:?}", img.color());
+            }
+        }
+    }
 
     #[test]
     fn resize_follows_torchvision_rounding() {
