@@ -21,7 +21,7 @@ use glimpse_transport::config::{
 };
 use glimpse_transport::{
     Dispatcher, DispatcherConfig, Handler, InferenceAnswer, InferenceError, InferenceRequest,
-    Label, LoadReport, NodeEndpoint, NodeInfo, NodeServer, NodeServerConfig, Timings,
+    Label, LoadReport, NodeEndpoint, NodeInfo, NodeServer, NodeServerConfig, Timings, WorkStarted,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,7 +29,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct ZeroWork;
 
 impl Handler for ZeroWork {
-    async fn handle(&self, req: InferenceRequest) -> Result<InferenceAnswer, InferenceError> {
+    async fn handle(
+        &self,
+        req: InferenceRequest,
+        started: WorkStarted,
+    ) -> Result<InferenceAnswer, InferenceError> {
+        // Like a real node, say the work started; yielding once lets the server write the
+        // Started frame before the answer (an answer ready in the same poll skips it), so
+        // every request here pays for the extra frame.
+        started.send(Duration::ZERO);
+        tokio::task::yield_now().await;
         Ok(InferenceAnswer {
             top: (0..req.top_k.min(5))
                 .map(|i| Label {
@@ -78,6 +87,7 @@ fn info(name: &str) -> NodeInfo {
         max_batch_wait_ms: 0,
         version: env!("CARGO_PKG_VERSION").into(),
         load_interval_ms: None,
+        acks: false,
     }
 }
 

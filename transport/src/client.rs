@@ -1,9 +1,12 @@
 //! One request on one stream, front-end side. Used by the dispatcher, tests and benchmarks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::Notify;
 
 use crate::codec::{
     self, CodecError, FrameReadError, MAX_FRAME_BYTES, Reply, RequestHeader, StreamCode,
@@ -78,6 +81,37 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Where [`request_observed`] reports the node's `Started` frame: when it arrived and the
+/// node's estimate of the work. Set at most once; `notify` wakes whoever watches the attempt
+/// (the dispatcher shares one `Notify` among a request's attempts).
+#[derive(Debug)]
+pub struct StartedSignal {
+    started: OnceLock<(Instant, Duration)>,
+    notify: Arc<Notify>,
+}
+
+impl StartedSignal {
+    /// A signal that wakes `notify` when the Started frame arrives.
+    pub fn new(notify: Arc<Notify>) -> StartedSignal {
+        StartedSignal {
+            started: OnceLock::new(),
+            notify,
+        }
+    }
+
+    /// When the node said it started, and how long it expects the work to take.
+    pub fn get(&self) -> Option<(Instant, Duration)> {
+        self.started.get().copied()
+    }
+
+    fn set(&self, expect: Duration) {
+        if self.started.set((Instant::now(), expect)).is_ok() {
+            // notify_one keeps a permit when nobody waits yet: the signal is never lost.
+            self.notify.notify_one();
+        }
+    }
+}
+
 /// Send one image on a new stream of `conn` and wait for the node's reply.
 ///
 /// Waits for stream credit first (backpressure from the node's capacity). Cancel-safe: dropping
@@ -87,6 +121,19 @@ pub async fn request(
     header: &RequestHeader,
     image: Bytes,
     bytes_sent: &AtomicU64,
+) -> Result<InferenceAnswer, AttemptError> {
+    request_observed(conn, header, image, bytes_sent, None).await
+}
+
+/// [`request`], reporting a `Reply::Started` frame (which the node sends only if
+/// `header.ack` asked for it) to `started` as soon as it arrives, then reading on to the
+/// final frame. A second Started frame breaks the protocol and fails the attempt.
+pub async fn request_observed(
+    conn: &Connection,
+    header: &RequestHeader,
+    image: Bytes,
+    bytes_sent: &AtomicU64,
+    started: Option<&StartedSignal>,
 ) -> Result<InferenceAnswer, AttemptError> {
     let frame = codec::encode_request_header(header).map_err(AttemptError::BadReply)?;
     let (send, recv) = conn
@@ -120,12 +167,34 @@ pub async fn request(
         }
         Err(e) => return Err(AttemptError::Stream(e.to_string())),
     };
-    let reply = codec::read_frame(&mut g.recv, MAX_FRAME_BYTES).await;
+    let mut seen_started = false;
+    let reply = loop {
+        let frame = codec::read_frame(&mut g.recv, MAX_FRAME_BYTES).await;
+        if let Ok(Some(body)) = &frame
+            && let Ok(Reply::Started { expect_ms }) = codec::decode_reply(body)
+        {
+            if seen_started {
+                // The guard stops the stream: nothing more from this node is wanted.
+                return Err(AttemptError::BadReply(CodecError::Malformed(
+                    "second started frame".into(),
+                )));
+            }
+            seen_started = true;
+            if let Some(s) = started {
+                s.set(Duration::from_millis(u64::from(expect_ms)));
+            }
+            continue;
+        }
+        break frame;
+    };
     g.done = true;
     match reply {
         Ok(Some(body)) => match codec::decode_reply(&body).map_err(AttemptError::BadReply)? {
             Reply::Answer(a) => Ok(a),
             Reply::Error(e) => Err(AttemptError::Rejected(e.into())),
+            Reply::Started { .. } => Err(AttemptError::BadReply(CodecError::Malformed(
+                "second started frame".into(),
+            ))),
         },
         Ok(None) => Err(match stopped_with {
             Some(code) => AttemptError::Reset(code),

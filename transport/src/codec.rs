@@ -10,9 +10,19 @@
 //! Streams:
 //! - control (unidirectional, node → front-end, opened by the node on connect):
 //!   `Hello(NodeInfo)`, then `Load(LoadReport)` periodically, then `Draining` on shutdown.
+//!   `NodeInfo::acks` says whether the node sends `Started` frames (below).
 //! - request (bidirectional, one per image, opened by the front-end):
 //!   front-end sends `RequestHeader` frame + `image_len` raw bytes + FIN;
-//!   node answers with one `Reply` frame + FIN, or resets/stops with a [`StreamCode`].
+//!   node answers with at most one `Reply::Started` frame (only if the header's `ack` asked
+//!   for it), then one final `Reply::Answer` or `Reply::Error` frame + FIN, or resets/stops
+//!   with a [`StreamCode`].
+//!
+//! `Started` says the node has begun real work on the image (it left the node's queues) and
+//! how long it expects that work to take, so the front-end can tell a request that waits at a
+//! node (safe to move elsewhere) from one being worked on (moving it would do the work
+//! twice). Both flags default to false and are left off the wire when false, so a node or a
+//! front-end that predates them interoperates unchanged: an old node ignores `ack` and never
+//! sends `Started`; an old front-end never sets `ack`, so it never sees one.
 //!
 //! Everything here is sans-IO except the two small quinn helpers at the end, so the format is
 //! unit-tested without sockets.
@@ -160,6 +170,10 @@ pub struct RequestHeader {
     pub top_k: u32,
     /// Number of image bytes following the header.
     pub image_len: u64,
+    /// This front-end understands `Reply::Started` frames: the node may send one before the
+    /// final reply. Absent (false) from front-ends that predate it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 impl RequestHeader {
@@ -178,7 +192,14 @@ impl RequestHeader {
             deadline_ms,
             top_k,
             image_len,
+            ack: false,
         }
+    }
+
+    /// The same header, asking for (or not) a `Reply::Started` frame.
+    pub fn with_ack(mut self, ack: bool) -> Self {
+        self.ack = ack;
+        self
     }
 }
 
@@ -250,13 +271,28 @@ impl From<ErrorReply> for InferenceError {
     }
 }
 
-/// The node's single reply on a request stream.
+/// A frame the node sends on a request stream: at most one `Started`, then exactly one
+/// final `Answer` or `Error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
-    /// Success.
+    /// Success. Final.
     Answer(InferenceAnswer),
-    /// Typed failure.
+    /// Typed failure. Final.
     Error(ErrorReply),
+    /// Not final: the node has started real work on the image (it is no longer queued) and
+    /// expects that work to take about `expect_ms` (0: no estimate). Sent only when the
+    /// request header's `ack` asked for it, at most once, before the final frame.
+    Started {
+        /// The node's estimate of the work it just started, in milliseconds.
+        expect_ms: u32,
+    },
+}
+
+impl Reply {
+    /// Whether this frame ends the reply (`Answer` or `Error`).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Reply::Started { .. })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -448,6 +484,62 @@ mod tests {
         assert_eq!(decode_request_header(body(&f)).unwrap(), h);
     }
 
+    /// A header from a front-end that predates `ack` (the field absent) decodes as not
+    /// asking; a new header without `ack` puts nothing on the wire, so old nodes see exactly
+    /// the old format; with `ack` it round-trips.
+    #[test]
+    fn request_header_ack_is_optional_on_the_wire() {
+        #[derive(Serialize, Deserialize)]
+        struct OldHeader {
+            v: u16,
+            request_id: u64,
+            attempt: u32,
+            deadline_ms: Option<u64>,
+            top_k: u32,
+            image_len: u64,
+        }
+        let old = encode_body(&OldHeader {
+            v: PROTOCOL_VERSION,
+            request_id: 7,
+            attempt: 1,
+            deadline_ms: None,
+            top_k: 5,
+            image_len: 10,
+        })
+        .unwrap();
+        let h = decode_request_header(body(&old)).unwrap();
+        assert_eq!(h, RequestHeader::new(7, 1, None, 5, 10));
+        assert!(!h.ack);
+        let plain = encode_request_header(&RequestHeader::new(7, 1, None, 5, 10)).unwrap();
+        assert_eq!(plain, old, "ack=false must encode exactly as before");
+        let asking = RequestHeader::new(7, 1, None, 5, 10).with_ack(true);
+        let f = encode_request_header(&asking).unwrap();
+        assert!(f.windows(3).any(|w| w == b"ack"));
+        assert!(decode_request_header(body(&f)).unwrap().ack);
+        // A node that predates `ack` ignores it (serde skips unknown fields).
+        let seen_by_old: OldHeader = serde_cbor::from_slice(body(&f)).unwrap();
+        assert_eq!((seen_by_old.request_id, seen_by_old.image_len), (7, 10));
+    }
+
+    #[test]
+    fn started_frame_round_trips_and_is_not_final() {
+        for expect_ms in [0, 1, 3000, u32::MAX] {
+            let r = Reply::Started { expect_ms };
+            let f = encode_reply(&r).unwrap();
+            let back = decode_reply(body(&f)).unwrap();
+            assert_eq!(back, r);
+            assert!(!back.is_final());
+        }
+        assert!(Reply::Answer(answer()).is_final());
+        assert!(
+            Reply::Error(ErrorReply {
+                kind: ErrorKind::BadImage,
+                message: String::new()
+            })
+            .is_final()
+        );
+    }
+
     #[test]
     fn replies_and_control_round_trip() {
         for r in [
@@ -487,12 +579,17 @@ mod tests {
             max_batch_wait_ms: 0,
             version: "0.1.0".into(),
             load_interval_ms: None,
+            acks: false,
         };
         let old = encode_control(&ControlMessage::Hello(info.clone())).unwrap();
         assert!(
             !old.windows(b"load_interval_ms".len())
                 .any(|w| w == b"load_interval_ms"),
             "an absent interval must not be on the wire (older nodes never send it)"
+        );
+        assert!(
+            !old.windows(b"acks".len()).any(|w| w == b"acks"),
+            "acks=false must not be on the wire (older nodes never send it)"
         );
         assert_eq!(
             decode_control(body(&old)).unwrap(),
@@ -502,8 +599,19 @@ mod tests {
         let new = encode_control(&ControlMessage::Hello(info.clone())).unwrap();
         assert_eq!(
             decode_control(body(&new)).unwrap(),
+            ControlMessage::Hello(info.clone())
+        );
+        // A node that sends Started frames says so; an old Hello (no `acks`) reads as false.
+        info.acks = true;
+        let acking = encode_control(&ControlMessage::Hello(info.clone())).unwrap();
+        assert_eq!(
+            decode_control(body(&acking)).unwrap(),
             ControlMessage::Hello(info)
         );
+        match decode_control(body(&old)).unwrap() {
+            ControlMessage::Hello(i) => assert!(!i.acks),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

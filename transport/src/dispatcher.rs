@@ -4,10 +4,21 @@
 //! tries) and follows the node's control stream (NodeInfo, load, draining). `classify` places
 //! each image by *power of two choices* on outstanding requests among Ready nodes with stream
 //! credit, and on any retryable failure reopens the image (the same `Bytes`, no copy) on another
-//! node, until an answer, a non-retryable error, `max_attempts` or the request deadline. An attempt
-//! that outlives its timeout (derived from observed latency) is *not* cancelled: the image is
-//! reopened on another node and the first answer wins, so a node that is merely slow (every
-//! answer held 10 s, say) still answers, while a stalled one is routed around. A node whose
+//! node, until an answer, a non-retryable error, `max_attempts` or the request deadline.
+//!
+//! Every request asks its node for a `Started` frame (see [`crate::codec`]): a node that sends
+//! them (`NodeInfo::acks`) says when the image leaves its queues and real work (decoding)
+//! begins, with an estimate of that work. An attempt is *overdue* at launch + its timeout
+//! (max(floor, factor × observed p99), or the cold timeout) + an upload allowance while it
+//! has not started, and at started + that timeout + [`STARTED_EXPECT_FACTOR`] × the node's
+//! estimate once it has. An overdue attempt that has started, or whose node does not send
+//! Started frames, is *not* cancelled: the image is reopened on another node and the first
+//! answer wins, so a node that is merely slow (every answer held 10 s, say) still answers,
+//! while a stalled one is routed around. An overdue attempt that has *not* started on a node
+//! that would have said so is only waiting there: it is reopened elsewhere and cancelled
+//! (its stream reset), so no image is ever decoded on two nodes because of a queue (when no
+//! other node can take it, it stays and keeps its place). Both cases count in
+//! `DispatchStats::timeouts`; the cancelled ones also in `unstarted_cancels`. A node whose
 //! control stream goes quiet (its load reports are its heartbeat) is marked *silent*: its
 //! in-flight images are reopened elsewhere at once, without waiting for QUIC's idle timeout,
 //! and it gets new work only when no other node can take it. With hedging on, a request still
@@ -26,10 +37,10 @@ use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::client::{self, AttemptError};
+use crate::client::{self, AttemptError, StartedSignal};
 use crate::codec::{
     self, CLOSE_SHUTDOWN, ControlMessage, FrameReadError, MAX_FRAME_BYTES, RequestHeader,
 };
@@ -265,8 +276,13 @@ pub struct DispatchStats {
     /// Attempts ended by a stream reset/stop from a node.
     pub resets: u64,
     /// Attempts that outlived the per-attempt timeout: the image was reopened on another node
-    /// while the slow attempt went on (it may still win).
+    /// while the slow attempt went on (it may still win), or, when it had not started, was
+    /// cancelled (counted again in `unstarted_cancels`).
     pub timeouts: u64,
+    /// Overdue attempts that had not started on a node that sends Started frames: the image
+    /// was still waiting in that node's queue, so it was reopened elsewhere and the waiting
+    /// attempt cancelled, instead of letting both nodes work on it.
+    pub unstarted_cancels: u64,
     /// Attempts ended by a lost connection.
     pub connection_losses: u64,
     /// Times a connected node went silent (no control frame within the silence timeout).
@@ -293,6 +309,7 @@ struct Counters {
     hedge_wins: AtomicU64,
     resets: AtomicU64,
     timeouts: AtomicU64,
+    unstarted_cancels: AtomicU64,
     connection_losses: AtomicU64,
     silences: AtomicU64,
     silence_reopens: AtomicU64,
@@ -316,6 +333,14 @@ const MIN_SAMPLES: usize = 20;
 
 /// How often a timed-out request looks again for a free node to reopen on.
 const RETRY_POLL: Duration = Duration::from_millis(50);
+
+/// Once a node has said it started an attempt, the attempt may take its usual timeout plus
+/// this many times the node's own estimate of the work it started. The estimate is an
+/// average of the node's recent rate; one image can run well over it when the node's cores
+/// are shared with other decodes and inference, or when a codec path is slower per byte
+/// than the average (a progressive JPEG). Twice the estimate absorbs that; past it the work
+/// is more likely wedged than slow, and a second copy elsewhere is worth its cost.
+pub const STARTED_EXPECT_FACTOR: u32 = 2;
 
 impl LatencyWindow {
     fn new() -> Self {
@@ -566,6 +591,9 @@ impl Dispatcher {
         // Wakes this request when some node goes silent: if it is the node of the newest
         // attempt, the image is reopened elsewhere at once.
         let mut silences = inner.silences.subscribe();
+        // Wakes this request when a node says it started one of its attempts: the newest
+        // attempt's overdue time moves.
+        let started_notify = Arc::new(Notify::new());
 
         loop {
             // Launch an attempt when nothing is running and attempts remain.
@@ -599,7 +627,7 @@ impl Dispatcher {
                 if attempts > 1 {
                     inc(&inner.counters.retries);
                 }
-                let timeout = self.launch(
+                let watch = self.launch(
                     &mut running,
                     node,
                     request_id,
@@ -608,20 +636,25 @@ impl Dispatcher {
                     top_k,
                     &image,
                     false,
+                    &started_notify,
                     progress,
                 );
                 running_nodes.push(node);
-                slow_at = Some(Overdue::new(node, timeout));
+                slow_at = Some(watch);
                 first_sent.get_or_insert_with(Instant::now);
             }
 
             let hedge_at = self.hedge_at(first_sent, hedged, running.len(), attempts);
-            let overdue_at = slow_at.as_ref().map(|o| o.due(&inner.slots));
+            let overdue_at = slow_at
+                .as_ref()
+                .map(|o| o.due(&inner.slots, Instant::now()));
             tokio::select! {
                 joined = running.join_next() => {
                     let Some(joined) = joined else { continue };
                     let outcome = match joined {
                         Ok(o) => o,
+                        // An attempt this request cancelled itself (overdue, not started).
+                        Err(e) if e.is_cancelled() => continue,
                         Err(e) => {
                             // A panicking attempt task: treat as a failed attempt.
                             last_error = Some(format!("attempt task failed: {e}"));
@@ -680,12 +713,19 @@ impl Dispatcher {
                 }
                 () = sleep_until_opt(overdue_at) => {
                     // The newest attempt has outlived its timeout, or its node went silent:
-                    // count it once, and reopen the image on another node while the slow
-                    // attempt goes on.
-                    let Some(slow) = slow_at.take() else { continue };
+                    // count it once, and reopen the image on another node. The slow attempt
+                    // goes on, unless it never started on a node that would have said so.
+                    let Some(mut slow) = slow_at.take() else { continue };
+                    let now = Instant::now();
+                    if now < slow.due(&inner.slots, now) {
+                        // A Started frame moved its timeout while this branch was waking.
+                        slow_at = Some(slow);
+                        continue;
+                    }
                     let slot = &inner.slots[slow.node];
-                    if !slow.counted {
-                        let silent = slot.silent.load(Ordering::SeqCst);
+                    let silent = slot.silent.load(Ordering::SeqCst);
+                    if slow.retry_at.is_none() {
+                        slow.silenced = silent;
                         inc(if silent { &inner.counters.silence_reopens } else { &inner.counters.timeouts });
                         slot.failed.fetch_add(1, Ordering::Relaxed);
                         failed_nodes.insert(slow.node);
@@ -696,18 +736,36 @@ impl Dispatcher {
                     if attempts >= cfg.max_attempts {
                         continue;
                     }
+                    // Waiting at a node that sends Started frames, and not started: nothing
+                    // was done there yet, so it moves instead of being duplicated. A silent
+                    // node cannot be trusted to have said so: it keeps its attempt.
+                    let cancel = !silent && !slow.silenced && slow.acks && slow.started.get().is_none();
                     match self.pick(&running_nodes, &failed_nodes, true) {
                         Some(node) => {
                             attempts += 1;
                             inc(&inner.counters.retries);
                             progress(Progress::Retrying { attempt: attempts, reason: last_error.clone().unwrap_or_default() });
-                            let timeout = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, false, progress);
+                            let next = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, false, &started_notify, progress);
                             running_nodes.push(node);
-                            slow_at = Some(Overdue::new(node, timeout));
+                            if cancel {
+                                // Its stream guard resets the stream: the node drops the work.
+                                slow.abort.abort();
+                                running_nodes.retain(|n| *n != slow.node);
+                                inc(&inner.counters.unstarted_cancels);
+                                debug!(request_id, node = %slot.endpoint.name, "not started: cancelled there");
+                            }
+                            slow_at = Some(next);
                         }
                         // No other node free right now: look again shortly.
-                        None => slow_at = Some(Overdue { node: slow.node, at: Instant::now() + RETRY_POLL, counted: true }),
+                        None => {
+                            slow.retry_at = Some(Instant::now() + RETRY_POLL);
+                            slow_at = Some(slow);
+                        }
                     }
+                }
+                () = started_notify.notified() => {
+                    // A node said it started an attempt: the next turn of the loop computes
+                    // the newest attempt's overdue time from it.
                 }
                 _ = silences.changed() => {
                     // Some node went silent: the next turn of the loop looks at the newest
@@ -719,7 +777,7 @@ impl Dispatcher {
                         attempts += 1;
                         inc(&inner.counters.hedges);
                         progress(Progress::Hedged { node: inner.slots[node].endpoint.name.clone() });
-                        let _ = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, true, progress);
+                        let _ = self.launch(&mut running, node, request_id, attempts, deadline, top_k, &image, true, &started_notify, progress);
                         running_nodes.push(node);
                     }
                 }
@@ -757,27 +815,29 @@ impl Dispatcher {
         Some(first + delay)
     }
 
-    /// Per-attempt timeout: max(floor, factor × p99) plus an upload allowance, or the cold
-    /// timeout before enough samples exist; never past the request deadline.
-    fn attempt_timeout(&self, image_len: usize, deadline: Instant) -> Duration {
+    /// The latency-derived part of an attempt's timeout: max(floor, factor × p99), or the
+    /// cold timeout before enough samples exist.
+    fn base_timeout(&self) -> Duration {
         let cfg = &self.inner.config;
-        let base = {
-            let window = lock(&self.inner.latency);
-            match window.percentile(99.0) {
-                Some(p99) if window.len() >= MIN_SAMPLES => {
-                    Duration::from_secs_f32((p99 * cfg.attempt_timeout_factor).max(0.0) / 1000.0)
-                        .max(cfg.attempt_timeout_floor)
-                }
-                _ => cfg.attempt_timeout_cold,
+        let window = lock(&self.inner.latency);
+        match window.percentile(99.0) {
+            Some(p99) if window.len() >= MIN_SAMPLES => {
+                Duration::from_secs_f32((p99 * cfg.attempt_timeout_factor).max(0.0) / 1000.0)
+                    .max(cfg.attempt_timeout_floor)
             }
-        };
-        let upload =
-            Duration::from_secs_f64(image_len as f64 / cfg.upload_bytes_per_sec.max(1) as f64);
-        (base + upload).min(deadline.saturating_duration_since(Instant::now()))
+            _ => cfg.attempt_timeout_cold,
+        }
     }
 
-    /// Starts one attempt and returns its timeout (see [`Self::attempt_timeout`]). The attempt
-    /// itself runs until it ends, the request ends, or the request deadline passes.
+    /// Time allowed for sending `image_len` bytes at the configured upload rate.
+    fn upload_allowance(&self, image_len: usize) -> Duration {
+        let cfg = &self.inner.config;
+        Duration::from_secs_f64(image_len as f64 / cfg.upload_bytes_per_sec.max(1) as f64)
+    }
+
+    /// Starts one attempt and returns what watches it for being overdue (see [`Overdue`]).
+    /// The attempt itself runs until it ends, the request ends, the request deadline passes,
+    /// or the request cancels it through the returned abort handle.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -789,8 +849,9 @@ impl Dispatcher {
         top_k: u32,
         image: &Bytes,
         hedge: bool,
+        started_notify: &Arc<Notify>,
         progress: &(impl Fn(Progress) + Send + Sync + 'static),
-    ) -> Duration {
+    ) -> Overdue {
         let inner = self.inner.clone();
         let slot = inner.slots[node].clone();
         inc(&inner.counters.attempts);
@@ -799,17 +860,24 @@ impl Dispatcher {
             slot: slot.clone(),
             inner: inner.clone(),
         };
-        let conn = lock(&slot.state).conn.clone();
-        let timeout = self.attempt_timeout(image.len(), deadline);
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (conn, acks) = {
+            let st = lock(&slot.state);
+            (st.conn.clone(), st.info.as_ref().is_some_and(|i| i.acks))
+        };
+        let base = self.base_timeout();
+        let launched = Instant::now();
+        let remaining = deadline.saturating_duration_since(launched);
+        let unstarted_at = launched + (base + self.upload_allowance(image.len())).min(remaining);
         let remaining_ms = remaining.as_millis() as u64;
+        // Every request asks for a Started frame; nodes that predate it ignore the flag.
         let header = RequestHeader::new(
             request_id,
             attempt,
             Some(remaining_ms),
             top_k,
             image.len() as u64,
-        );
+        )
+        .with_ack(true);
         let image = image.clone();
         if !hedge {
             progress(Progress::Sent {
@@ -817,15 +885,23 @@ impl Dispatcher {
                 attempt,
             });
         }
-        running.spawn(async move {
+        let started = Arc::new(StartedSignal::new(started_notify.clone()));
+        let signal = started.clone();
+        let abort = running.spawn(async move {
             let _outstanding = outstanding;
-            let started = Instant::now();
+            let t0 = Instant::now();
             let result = match conn {
                 None => Err(AttemptError::ConnectionLost("not connected".into())),
                 Some(conn) => {
                     match tokio::time::timeout(
                         remaining,
-                        client::request(&conn, &header, image, &inner.counters.bytes_sent),
+                        client::request_observed(
+                            &conn,
+                            &header,
+                            image,
+                            &inner.counters.bytes_sent,
+                            Some(&signal),
+                        ),
                     )
                     .await
                     {
@@ -837,11 +913,20 @@ impl Dispatcher {
             AttemptOutcome {
                 node,
                 hedge,
-                elapsed: started.elapsed(),
+                elapsed: t0.elapsed(),
                 result,
             }
         });
-        timeout
+        Overdue {
+            node,
+            abort,
+            started,
+            acks,
+            base,
+            unstarted_at,
+            retry_at: None,
+            silenced: false,
+        }
     }
 
     /// Power of two choices among Ready nodes with credit, avoiding nodes already running this
@@ -967,6 +1052,7 @@ impl Dispatcher {
             hedge_wins: l(&c.hedge_wins),
             resets: l(&c.resets),
             timeouts: l(&c.timeouts),
+            unstarted_cancels: l(&c.unstarted_cancels),
             connection_losses: l(&c.connection_losses),
             silences: l(&c.silences),
             silence_reopens: l(&c.silence_reopens),
@@ -1013,28 +1099,47 @@ impl Dispatcher {
 /// The newest attempt of a request, watched for being overdue.
 struct Overdue {
     node: usize,
-    /// When the attempt counts as timed out.
-    at: Instant,
-    /// Whether its timeout (or silence) was already counted: set while waiting for a free
-    /// node to reopen the image on.
-    counted: bool,
+    /// Cancels the attempt: its task is dropped, and its stream guard resets the stream, so
+    /// the node drops the work.
+    abort: AbortHandle,
+    /// Set when the node's Started frame arrives.
+    started: Arc<StartedSignal>,
+    /// Whether the node announced that it sends Started frames (`NodeInfo::acks`).
+    acks: bool,
+    /// The latency-derived timeout when the attempt was launched (see
+    /// [`Dispatcher::base_timeout`]).
+    base: Duration,
+    /// When the attempt is overdue if it never starts: launch + base + upload allowance,
+    /// never past the request deadline.
+    unstarted_at: Instant,
+    /// Set once its timeout (or silence) was counted, while waiting for a free node to
+    /// reopen the image on: when to look again.
+    retry_at: Option<Instant>,
+    /// It was counted because its node went silent (not because of its timeout).
+    silenced: bool,
 }
 
 impl Overdue {
-    fn new(node: usize, timeout: Duration) -> Overdue {
-        Overdue {
-            node,
-            at: Instant::now() + timeout,
-            counted: false,
+    /// When the attempt counts as timed out: from its Started frame once one arrived
+    /// (started + base + [`STARTED_EXPECT_FACTOR`] × the node's estimate), from its launch
+    /// before.
+    fn timeout_at(&self) -> Instant {
+        match self.started.get() {
+            Some((at, expect)) => at + self.base + expect.saturating_mul(STARTED_EXPECT_FACTOR),
+            None => self.unstarted_at,
         }
     }
 
-    /// When to act: at the timeout, or now if the attempt's node has gone silent.
-    fn due(&self, slots: &[Arc<NodeSlot>]) -> Instant {
-        if !self.counted && slots[self.node].silent.load(Ordering::SeqCst) {
-            Instant::now()
-        } else {
-            self.at
+    /// When to act: at the timeout, or now if the attempt's node has gone silent. While
+    /// waiting for a free node, at the next poll; after a timeout (not a silence), not
+    /// before the attempt's timeout as it stands now: a Started frame that arrived since
+    /// pushed it further, the work is under way and may finish.
+    fn due(&self, slots: &[Arc<NodeSlot>], now: Instant) -> Instant {
+        match self.retry_at {
+            None if slots[self.node].silent.load(Ordering::SeqCst) => now,
+            None => self.timeout_at(),
+            Some(poll) if self.silenced => poll,
+            Some(poll) => poll.max(self.timeout_at()),
         }
     }
 }

@@ -26,7 +26,7 @@ pub use error::TransportError;
 pub use server::{NodeServer, NodeServerConfig};
 pub use types::{
     Handler, InferenceAnswer, InferenceError, InferenceRequest, Label, LoadReport, NodeInfo,
-    Timings,
+    Timings, WorkStarted,
 };
 
 /// Re-exported so callers name the same certificate/key types this crate uses.

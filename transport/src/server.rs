@@ -1,4 +1,10 @@
 //! The node side: accept front-end connections, one task per request stream, draining shutdown.
+//!
+//! Each request stream's task reads the header and image, runs the [`Handler`], and writes the
+//! final reply. When the header asks for it (`ack`), the handler's [`WorkStarted`] signal
+//! becomes a `Reply::Started` frame, written while the handler keeps running; the Hello this
+//! server sends announces it (`NodeInfo::acks`). A stream the front-end stops or resets drops
+//! the handler's future at once.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Notify, watch};
@@ -19,7 +25,7 @@ use crate::codec::{
 };
 use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
-use crate::types::{Handler, InferenceError, InferenceRequest, NodeInfo};
+use crate::types::{Handler, InferenceError, InferenceRequest, NodeInfo, WorkStarted};
 
 /// Configuration of a node's QUIC server.
 #[derive(Debug)]
@@ -211,6 +217,8 @@ impl NodeServer {
                 load_interval_ms: Some(
                     u32::try_from(self.config.load_interval.as_millis()).unwrap_or(u32::MAX),
                 ),
+                // This server writes the Started frames its handler signals.
+                acks: true,
                 ..self.config.info.clone()
             },
             max_image_bytes: self.config.max_image_bytes,
@@ -349,6 +357,18 @@ async fn control_stream<H: Handler>(conn: Connection, shared: Arc<Shared>, handl
 
 /// Write one reply frame and finish the stream; failures mean the peer is gone (nothing to do).
 async fn send_reply(send: &mut SendStream, reply: &Reply) {
+    send_final(send, &[], reply).await;
+}
+
+/// Write `pending` (the unwritten rest of a Started frame), then the final reply frame, and
+/// finish the stream.
+async fn send_final(send: &mut SendStream, pending: &[u8], reply: &Reply) {
+    if !pending.is_empty()
+        && let Err(e) = send.write_all(pending).await
+    {
+        debug!(error = %e, "could not write the started frame");
+        return;
+    }
     match codec::encode_reply(reply) {
         Ok(frame) => {
             if let Err(e) = send.write_all(&frame).await {
@@ -461,12 +481,69 @@ async fn serve_stream<H: Handler>(
         image: image.freeze(),
     };
     let request_id = req.request_id;
-    // If the front-end cancels (hedge lost, client gone), stop working on it.
-    let result = tokio::select! {
-        r = handler.handle(req) => r,
-        stopped = send.stopped() => {
-            debug!(request_id, ?stopped, "request cancelled by the front-end");
-            return;
+    // The handler's "work started" signal reaches this task only if the front-end asked.
+    let (started, mut started_rx) = if header.ack {
+        let (handle, rx) = WorkStarted::channel();
+        (handle, Some(rx))
+    } else {
+        (WorkStarted::ignored(), None)
+    };
+    let work = handler.handle(req, started);
+    tokio::pin!(work);
+    // If the front-end cancels (hedge lost, overdue and moved, client gone), stop working.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    // The Started frame being written, and how much of it is out. It is written a piece at a
+    // time inside this loop so the handler keeps being polled meanwhile: a slow write never
+    // delays the work (a write future dropped half-way has written nothing more).
+    let mut started_frame: Option<(Bytes, usize)> = None;
+    let result = loop {
+        tokio::select! {
+            biased;
+            r = &mut work => break r,
+            expect = async {
+                match started_rx.as_mut() {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
+                }
+            }, if started_rx.is_some() => {
+                started_rx = None;
+                // Err: the handler dropped its handle without starting; nothing to say.
+                if let Ok(expect) = expect {
+                    let expect_ms = u32::try_from(expect.as_nanos().div_ceil(1_000_000))
+                        .unwrap_or(u32::MAX);
+                    match codec::encode_reply(&Reply::Started { expect_ms }) {
+                        Ok(frame) => started_frame = Some((frame, 0)),
+                        Err(e) => warn!(error = %e, "cannot encode started frame"),
+                    }
+                }
+            }
+            written = async {
+                match &started_frame {
+                    Some((frame, done)) => send.write(&frame[*done..]).await,
+                    None => std::future::pending().await,
+                }
+            }, if started_frame.is_some() => {
+                match written {
+                    Ok(n) => {
+                        if let Some((frame, done)) = &mut started_frame {
+                            *done += n;
+                            if *done >= frame.len() {
+                                started_frame = None;
+                            }
+                        }
+                    }
+                    // The peer stopped or reset: `stopped` reports it on the next turn.
+                    Err(e) => {
+                        debug!(request_id, error = %e, "could not write the started frame");
+                        started_frame = None;
+                    }
+                }
+            }
+            stopped = &mut stopped => {
+                debug!(request_id, ?stopped, "request cancelled by the front-end");
+                return;
+            }
         }
     };
     drop(recv);
@@ -474,5 +551,8 @@ async fn serve_stream<H: Handler>(
         Ok(answer) => Reply::Answer(answer),
         Err(e) => Reply::Error(ErrorReply::from(&e)),
     };
-    send_reply(&mut send, &reply).await;
+    let pending = started_frame
+        .as_ref()
+        .map_or(&[][..], |(f, done)| &f[*done..]);
+    send_final(&mut send, pending, &reply).await;
 }

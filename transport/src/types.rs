@@ -2,7 +2,7 @@
 //! request and an answer carry, and the [`Handler`] a node implements.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,13 @@ pub struct NodeInfo {
     /// 250 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_interval_ms: Option<u32>,
+    /// The node sends a `Reply::Started` frame when it starts real work on a request whose
+    /// header asked for one (see [`crate::codec`]). `NodeServer` sets it in the Hello it
+    /// sends. A front-end cancels an overdue request that has not started on such a node
+    /// (it is only waiting there) instead of letting it run on beside a copy elsewhere.
+    /// Absent (false) from nodes that predate it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acks: bool,
 }
 
 /// Periodic load report from a node (every `load_interval_ms`, 100 ms by default, on the
@@ -136,17 +143,64 @@ impl InferenceError {
     }
 }
 
+/// How a [`Handler`] tells the front-end that it has started real work on a request: the
+/// request left the node's queues (a decode budget, a free core) and the expensive part
+/// begins. The transport then sends a `Reply::Started` frame ahead of the answer, without
+/// waiting on that write.
+///
+/// Why it matters: a front-end moves a request that is overdue to another node. If the
+/// request was only waiting, the front-end cancels it here so the image is never worked on
+/// twice; if it had started, the front-end leaves it running (it may still answer first).
+/// A handler that never calls [`WorkStarted::send`] leaves its requests looking queued, so
+/// an overdue one is cancelled and moved.
+///
+/// `send` consumes the handle: at most one Started per request. It does nothing when the
+/// front-end did not ask for Started frames (older front-ends) or the stream is gone.
+#[derive(Debug)]
+pub struct WorkStarted {
+    tx: Option<tokio::sync::oneshot::Sender<Duration>>,
+}
+
+impl WorkStarted {
+    /// A handle whose `send` goes nowhere: the front-end did not ask, or a test calls a
+    /// handler directly.
+    pub fn ignored() -> WorkStarted {
+        WorkStarted { tx: None }
+    }
+
+    /// A handle and the receiver its `send` reaches (what the node server uses).
+    pub fn channel() -> (WorkStarted, tokio::sync::oneshot::Receiver<Duration>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (WorkStarted { tx: Some(tx) }, rx)
+    }
+
+    /// Whether a Started frame would reach the front-end (it asked for one).
+    pub fn is_wanted(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Work has started; `expect` is the handler's estimate of how long it will take
+    /// (`Duration::ZERO`: no estimate). Rounded up to whole milliseconds on the wire.
+    pub fn send(mut self, expect: Duration) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(expect);
+        }
+    }
+}
+
 /// What a node does with each image. Implemented by glimpse-node (and by tests).
 ///
 /// `handle` runs on the async runtime: CPU-bound work must go to `spawn_blocking` or a worker
 /// thread, or keep-alives stall and the front-end declares the node dead (quinn #1509).
-/// If the front-end cancels the stream (a hedge lost, the client went away), the future is
-/// dropped.
+/// If the front-end cancels the stream (a hedge lost, an overdue request that had not
+/// started moved to another node, the client went away), the future is dropped.
 pub trait Handler: Send + Sync + 'static {
-    /// Classify one image.
+    /// Classify one image. Call `started.send(expected duration)` when the request stops
+    /// waiting and real work begins (see [`WorkStarted`]).
     fn handle(
         &self,
         req: InferenceRequest,
+        started: WorkStarted,
     ) -> impl Future<Output = Result<InferenceAnswer, InferenceError>> + Send;
 
     /// Current load, sent to the front-end every report interval.

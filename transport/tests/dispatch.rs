@@ -527,3 +527,286 @@ async fn wait_cancelled(h: &TestHandler, n: u64, why: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Warms the dispatcher's latency window (20+ quick answers), so its attempt timeout is the
+/// 500 ms floor rather than the 10 s cold timeout.
+async fn warm_up(d: &glimpse_transport::Dispatcher) {
+    for i in 0..30u8 {
+        d.classify(image(200u8.wrapping_add(i), 100), 5, |_| {})
+            .await
+            .unwrap();
+    }
+}
+
+/// A node that says it started, expects 3 s of work and answers after 2 s is left alone by a
+/// warm dispatcher (whose attempt timeout is the 500 ms floor): the Started frame moves the
+/// attempt's timeout to started + 500 ms + 2 × 3 s. Before Started frames it was reopened
+/// on the second node at 500 ms and the image was worked on twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_slow_attempt_is_not_reopened_on_a_warm_dispatcher() {
+    init_tracing();
+    let pki = Pki::new();
+    let ha = TestHandler::new("a");
+    let a = start_node(pki.node_config("a", 8), ha.clone());
+    let hb = TestHandler::new("b");
+    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let d = glimpse_transport::Dispatcher::start(
+        pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]),
+    )
+    .unwrap();
+    ready(&d, 2).await;
+    assert!(d.nodes().iter().all(|n| n.info.as_ref().unwrap().acks));
+    warm_up(&d).await;
+    let before = d.stats();
+    let calls_before = ha.calls.load(Ordering::SeqCst) + hb.calls.load(Ordering::SeqCst);
+    for h in [&ha, &hb] {
+        h.delay_ms.store(2000, Ordering::SeqCst);
+        h.started_expect_ms.store(3000, Ordering::SeqCst);
+    }
+    let t = Instant::now();
+    let got = d.classify(image(1, 100), 5, |_| {}).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(2000));
+    assert_eq!(got.attempts, 1, "{:?}", d.stats());
+    let after = d.stats();
+    assert_eq!(after.attempts - before.attempts, 1, "{after:?}");
+    assert_eq!(after.retries, before.retries, "{after:?}");
+    assert_eq!(after.timeouts, before.timeouts, "{after:?}");
+    assert_eq!(after.unstarted_cancels, 0, "{after:?}");
+    // The other node never saw the image.
+    let calls = ha.calls.load(Ordering::SeqCst) + hb.calls.load(Ordering::SeqCst);
+    assert_eq!(calls - calls_before, 1);
+}
+
+/// A request held un-started at one node (waiting in its queue) past the attempt timeout
+/// is answered by another node, and the first node sees its stream cancelled (the handler
+/// future dropped) without ever starting the work: no image is decoded on two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstarted_overdue_attempt_moves_and_is_cancelled_where_it_waited() {
+    init_tracing();
+    let pki = Pki::new();
+    let ha = TestHandler::new("a");
+    let a = start_node(pki.node_config("a", 8), ha.clone());
+    let hb = TestHandler::new("b");
+    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
+    cfg.attempt_timeout_cold = Duration::from_millis(400);
+    let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
+    ready(&d, 2).await;
+    ha.hold_unstarted.store(true, Ordering::SeqCst);
+    hb.hold_unstarted.store(true, Ordering::SeqCst);
+    let task = {
+        let d = d.clone();
+        tokio::spawn(async move { d.classify(image(9, 100), 5, |_| {}).await })
+    };
+    // Whichever node got the first attempt holds it; the other one will serve at once.
+    let deadline = Instant::now() + LONG;
+    let (first, second) = loop {
+        if ha.calls.load(Ordering::SeqCst) > 0 {
+            break (&ha, &hb);
+        }
+        if hb.calls.load(Ordering::SeqCst) > 0 {
+            break (&hb, &ha);
+        }
+        assert!(Instant::now() < deadline, "no attempt arrived");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    second.hold_unstarted.store(false, Ordering::SeqCst);
+    let got = task.await.unwrap().unwrap();
+    assert_eq!(got.node, second.name);
+    assert_eq!(got.attempts, 2);
+    wait_cancelled(first, 1, "the waiting attempt was not cancelled").await;
+    assert_eq!(
+        first.started.load(Ordering::SeqCst),
+        0,
+        "it must never start"
+    );
+    assert_eq!(first.completed.load(Ordering::SeqCst), 0);
+    assert_eq!(second.completed.load(Ordering::SeqCst), 1);
+    let stats = d.stats();
+    assert_eq!(
+        (
+            stats.attempts,
+            stats.retries,
+            stats.timeouts,
+            stats.unstarted_cancels
+        ),
+        (2, 1, 1, 1),
+        "{stats:?}"
+    );
+    first.hold_unstarted.store(false, Ordering::SeqCst);
+}
+
+/// A node that predates Started frames: it ignores the header's `ack`, its Hello has no
+/// `acks`, and it answers each image after `delay` with one reply frame, like the old
+/// protocol. Counts the streams it answered and those reset before it could.
+async fn old_node(
+    pki: &Pki,
+    name: &str,
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    use glimpse_transport::codec::{
+        self, ControlMessage, MAX_FRAME_BYTES, Reply, decode_request_header, encode_control,
+        encode_reply,
+    };
+    use glimpse_transport::config::{
+        TransportTuning, bind_endpoint, node_quinn_config, node_tls_config,
+    };
+    use std::sync::atomic::AtomicU64;
+    let ck = pki
+        .ca
+        .issue_node(name, &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    let tuning = TransportTuning::default();
+    let tls = node_tls_config(
+        ck.cert_chain().unwrap(),
+        ck.private_key().unwrap(),
+        &[pki.ca.cert_der()],
+    )
+    .unwrap();
+    let ep = bind_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(node_quinn_config(tls, &tuning, 8).unwrap()),
+        &tuning,
+    )
+    .unwrap();
+    let addr = ep.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let reset = Arc::new(AtomicU64::new(0));
+    let (ans, rst) = (answered.clone(), reset.clone());
+    let mut hello = info(name, 8);
+    hello.load_interval_ms = Some(100);
+    tokio::spawn(async move {
+        while let Some(inc) = ep.accept().await {
+            let (hello, ans, rst) = (hello.clone(), ans.clone(), rst.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = inc.await else { return };
+                let Ok(mut ctl) = conn.open_uni().await else {
+                    return;
+                };
+                let frame = encode_control(&ControlMessage::Hello(hello)).unwrap();
+                assert!(!frame.windows(4).any(|w| w == b"acks"));
+                if ctl.write_all(&frame).await.is_err() {
+                    return;
+                }
+                // Heartbeat, so the front-end never takes it for silent.
+                let beat = conn.clone();
+                tokio::spawn(async move {
+                    let load = encode_control(&ControlMessage::Load(Default::default())).unwrap();
+                    while ctl.write_all(&load).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    drop(beat);
+                });
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let (ans, rst) = (ans.clone(), rst.clone());
+                    tokio::spawn(async move {
+                        let Ok(Some(body)) = codec::read_frame(&mut recv, MAX_FRAME_BYTES).await
+                        else {
+                            return;
+                        };
+                        let header = decode_request_header(&body).unwrap();
+                        let image = recv.read_to_end(64 << 20).await.unwrap();
+                        assert_eq!(image.len() as u64, header.image_len);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = send.stopped() => {
+                                rst.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                        let reply = Reply::Answer(glimpse_transport::InferenceAnswer {
+                            top: vec![glimpse_transport::Label {
+                                index: checksum(&image),
+                                label: "old".into(),
+                                probability: 1.0,
+                            }],
+                            timings: Default::default(),
+                            synthetic: true,
+                        });
+                        if send.write_all(&encode_reply(&reply).unwrap()).await.is_ok() {
+                            let _ = send.finish();
+                            ans.fetch_add(1, Ordering::SeqCst);
+                            let _ = send.stopped().await;
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, answered, reset)
+}
+
+/// Against nodes that never send Started frames, an overdue attempt is reopened elsewhere
+/// *without* being cancelled, exactly as before Started frames existed: the first answer
+/// wins, here the first attempt's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_nodes_without_acks_are_reopened_without_cancel_and_first_answer_wins() {
+    init_tracing();
+    let pki = Pki::new();
+    let (a, a_answered, _) = old_node(&pki, "a", Duration::from_millis(1500)).await;
+    let (b, b_answered, _) = old_node(&pki, "b", Duration::from_millis(1500)).await;
+    let mut cfg = pki.dispatcher_config(&[("a", a), ("b", b)]);
+    cfg.attempt_timeout_cold = Duration::from_millis(300);
+    cfg.max_attempts = 2;
+    let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
+    ready(&d, 2).await;
+    assert!(d.nodes().iter().all(|n| !n.info.as_ref().unwrap().acks));
+    let first = Arc::new(Mutex::new(None));
+    let f = first.clone();
+    let img = image(5, 300);
+    let got = d
+        .classify(img.clone(), 5, move |p| {
+            if let Progress::Sent { node, attempt: 1 } = p {
+                *f.lock().unwrap() = Some(node);
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.answer.top[0].index, checksum(&img));
+    // The first attempt kept running after the reopen, and its answer won.
+    assert_eq!(Some(got.node.clone()), *first.lock().unwrap());
+    assert_eq!(got.attempts, 2);
+    let stats = d.stats();
+    // Both attempts outlived the 300 ms timeout; only the first could be reopened.
+    assert_eq!(
+        (stats.timeouts, stats.retries, stats.unstarted_cancels),
+        (2, 1, 0),
+        "{stats:?}"
+    );
+    let answered = a_answered.load(Ordering::SeqCst) + b_answered.load(Ordering::SeqCst);
+    assert!(answered >= 1);
+}
+
+/// An image too large for a node is refused as TooLarge and never tried on another node:
+/// every node would refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_image_is_rejected_without_retry() {
+    init_tracing();
+    let pki = Pki::new();
+    let ha = TestHandler::failing("a", InferenceError::TooLarge("budget".into()));
+    let a = start_node(pki.node_config("a", 8), ha.clone());
+    let hb = TestHandler::failing("b", InferenceError::TooLarge("budget".into()));
+    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let d = glimpse_transport::Dispatcher::start(
+        pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]),
+    )
+    .unwrap();
+    ready(&d, 2).await;
+    for i in 0..6u8 {
+        let r = d.classify(image(i, 100), 5, |_| {}).await;
+        assert_eq!(
+            r.unwrap_err(),
+            DispatchError::Rejected(InferenceError::TooLarge("budget".into()))
+        );
+    }
+    let stats = d.stats();
+    assert_eq!((stats.attempts, stats.retries, stats.rejected), (6, 0, 6));
+    assert_eq!(
+        ha.calls.load(Ordering::SeqCst) + hb.calls.load(Ordering::SeqCst),
+        6
+    );
+}

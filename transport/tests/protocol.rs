@@ -42,6 +42,9 @@ fn expect_error(r: Reply, kind: ErrorKind) -> String {
             e.message
         }
         Reply::Answer(a) => panic!("expected {kind:?}, got answer {a:?}"),
+        Reply::Started { expect_ms } => {
+            panic!("expected {kind:?}, got started ({expect_ms} ms)")
+        }
     }
 }
 
@@ -350,6 +353,7 @@ async fn no_head_of_line_blocking_behind_a_slow_large_upload() {
     match reply {
         Reply::Answer(a) => assert_eq!(a.top[0].index, big_sum),
         Reply::Error(e) => panic!("big image failed: {e:?}"),
+        Reply::Started { .. } => panic!("a raw request without ack got a started frame"),
     }
     assert!(
         last_small.unwrap() < big_done,
@@ -388,4 +392,80 @@ async fn node_grants_twice_its_capacity_in_stream_credit() {
     );
     drop(open);
     conn.close(0u32.into(), b"done");
+}
+
+/// The node announces that it sends Started frames; a request whose header asks gets one
+/// (with the handler's estimate) before its answer, and one that does not ask (an older
+/// front-end) gets only the answer, as before. The client reports the frame as it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_frame_precedes_the_answer_only_when_asked() {
+    init_tracing();
+    let pki = Pki::new();
+    let h = TestHandler::with_delay("a", 200);
+    h.started_expect_ms.store(1234, Ordering::SeqCst);
+    let node = start_node(pki.node_config("a", 8), h.clone());
+    let (ep, cfg) = pki.raw_client();
+    let conn = raw_connect(&ep, &cfg, node.addr, "a").await.unwrap();
+    let mut ctl = conn.accept_uni().await.unwrap();
+    let hello = codec::read_frame(&mut ctl, MAX_FRAME_BYTES)
+        .await
+        .unwrap()
+        .unwrap();
+    match decode_control(&hello).unwrap() {
+        ControlMessage::Hello(info) => assert!(info.acks, "{info:?}"),
+        other => panic!("expected hello, got {other:?}"),
+    }
+
+    let img = image(4, 1000);
+    let mut frame = codec::encode_request_header(
+        &RequestHeader::new(1, 1, None, 5, img.len() as u64).with_ack(true),
+    )
+    .unwrap()
+    .to_vec();
+    frame.extend_from_slice(&img);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(
+        read_reply(&mut recv).await,
+        Reply::Started { expect_ms: 1234 }
+    );
+    match read_reply(&mut recv).await {
+        Reply::Answer(a) => assert_eq!(a.top[0].index, checksum(&img)),
+        other => panic!("expected the answer, got {other:?}"),
+    }
+    assert!(
+        codec::read_frame(&mut recv, MAX_FRAME_BYTES)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing after the final frame"
+    );
+
+    // Without `ack`: the answer alone.
+    let mut frame =
+        codec::encode_request_header(&RequestHeader::new(2, 1, None, 5, img.len() as u64))
+            .unwrap()
+            .to_vec();
+    frame.extend_from_slice(&img);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&frame).await.unwrap();
+    send.finish().unwrap();
+    assert!(matches!(read_reply(&mut recv).await, Reply::Answer(_)));
+
+    // The client reads past the Started frame and reports it.
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let signal = client::StartedSignal::new(notify.clone());
+    let sent = AtomicU64::new(0);
+    let t = Instant::now();
+    let header = RequestHeader::new(3, 1, None, 5, img.len() as u64).with_ack(true);
+    let answer = client::request_observed(&conn, &header, img.clone(), &sent, Some(&signal))
+        .await
+        .unwrap();
+    assert_eq!(answer.top[0].index, checksum(&img));
+    let (at, expect) = signal.get().expect("started reported");
+    assert!(at >= t);
+    assert_eq!(expect, Duration::from_millis(1234));
+    tokio::time::timeout(LONG, notify.notified()).await.unwrap();
+    assert_eq!(h.started.load(Ordering::SeqCst), 3);
 }

@@ -13,7 +13,7 @@ use glimpse_transport::config::{
 };
 use glimpse_transport::{
     Dispatcher, DispatcherConfig, Handler, InferenceAnswer, InferenceError, InferenceRequest,
-    Label, LoadReport, NodeEndpoint, NodeInfo, NodeServer, NodeServerConfig, Timings,
+    Label, LoadReport, NodeEndpoint, NodeInfo, NodeServer, NodeServerConfig, Timings, WorkStarted,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -125,6 +125,7 @@ pub fn info(name: &str, capacity: u32) -> NodeInfo {
         max_batch_wait_ms: 0,
         version: "test".into(),
         load_interval_ms: None,
+        acks: false,
     }
 }
 
@@ -138,6 +139,10 @@ pub fn checksum(bytes: &[u8]) -> u32 {
 
 /// A scriptable handler: optional delay, optional error, counts calls, completions and
 /// cancellations (future dropped before completion).
+///
+/// Like a real node it says it started work (a Started frame, `started_expect_ms` as its
+/// estimate) as soon as it is called, unless `hold_unstarted` is set: then it waits, not
+/// started, until the flag is cleared (a request queued at a node).
 pub struct TestHandler {
     pub name: String,
     pub delay_ms: AtomicU64,
@@ -147,6 +152,10 @@ pub struct TestHandler {
     pub cancelled: Arc<AtomicU64>,
     pub seen: Mutex<Vec<(u64, u32)>>,
     pub stall: AtomicBool,
+    pub hold_unstarted: AtomicBool,
+    pub started_expect_ms: AtomicU64,
+    /// Requests it said it started.
+    pub started: AtomicU64,
 }
 
 impl TestHandler {
@@ -160,6 +169,9 @@ impl TestHandler {
             cancelled: Arc::new(AtomicU64::new(0)),
             seen: Mutex::new(Vec::new()),
             stall: AtomicBool::new(false),
+            hold_unstarted: AtomicBool::new(false),
+            started_expect_ms: AtomicU64::new(0),
+            started: AtomicU64::new(0),
         })
     }
 
@@ -190,7 +202,11 @@ impl Drop for CancelGuard {
 }
 
 impl Handler for TestHandler {
-    async fn handle(&self, req: InferenceRequest) -> Result<InferenceAnswer, InferenceError> {
+    async fn handle(
+        &self,
+        req: InferenceRequest,
+        started: WorkStarted,
+    ) -> Result<InferenceAnswer, InferenceError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen
             .lock()
@@ -200,6 +216,13 @@ impl Handler for TestHandler {
             done: false,
             counter: self.cancelled.clone(),
         };
+        while self.hold_unstarted.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        started.send(Duration::from_millis(
+            self.started_expect_ms.load(Ordering::SeqCst),
+        ));
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
