@@ -26,6 +26,22 @@ pub const DEFAULT_MAX_IMAGE_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_SERVICE_MS: f64 = 50.0;
 /// Default time allowed for in-flight work after SIGTERM before the node gives up on it.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default decode budget, 768 MiB: the bytes all concurrent decodes (decoded pixels, the
+/// codec's working memory, the RGB8 conversion, preprocessing) may hold at once. It holds
+/// one image at the default 64-Mpx cap in any of its costly forms (a 16-bit RGBA PNG with its
+/// RGB8 copy, ~11 bytes/pixel, ~710 MB), or three 64-Mpx GIF canvases (~262 MB each), or a
+/// dozen 12-Mpx photos; with the model (~100 MB) and in-flight request bytes it keeps a
+/// node within about 1 GB of memory.
+pub const DEFAULT_DECODE_BUDGET_BYTES: u64 = 768 << 20;
+/// Smallest decode budget accepted: 16 MiB holds a 1-Mpx photo and the codec's state, and
+/// refuses a value given in MiB by mistake.
+pub const MIN_DECODE_BUDGET_BYTES: u64 = 16 << 20;
+/// Largest decode budget accepted: the budget is counted in KiB permits of a u32.
+pub const MAX_DECODE_BUDGET_BYTES: u64 = (u32::MAX as u64) << 10;
+/// Fewest bytes per pixel a large decode costs: RGBA8 (GIF canvases, PNG and WebP with
+/// alpha), converted to RGB8 in place. The node's pixel cap is its budget over this (see
+/// [`NodeConfig::decode_limits`]).
+pub const RGBA8_BYTES_PER_PIXEL: u64 = 4;
 
 /// TLS material of a node: its certificate chain and key, and the CA that signs front-ends.
 pub struct NodeTls {
@@ -131,11 +147,16 @@ pub struct NodeConfig {
     pub faults: FaultConfig,
     /// After shutdown starts, how long in-flight work may take before the node gives up.
     pub drain_timeout: Duration,
+    /// Bytes all concurrent decodes may hold at once (see [`DEFAULT_DECODE_BUDGET_BYTES`]).
+    /// Each image reserves its probed decode cost first-come first-served before decoding;
+    /// one that could never fit is refused as too large at once.
+    pub decode_budget_bytes: u64,
 }
 
 impl NodeConfig {
     /// A config with the documented defaults: GoogLeNet with `auto` weights and the default
-    /// backend, capacity 32, batches of up to 8 without waiting, 32 MiB images, no faults.
+    /// backend, capacity 32, batches of up to 8 without waiting, 32 MiB images, a 768 MiB
+    /// decode budget, no faults.
     pub fn new(listen: SocketAddr, tls: NodeTls, node_id: impl Into<String>) -> NodeConfig {
         NodeConfig {
             listen,
@@ -151,6 +172,25 @@ impl NodeConfig {
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             faults: FaultConfig::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            decode_budget_bytes: DEFAULT_DECODE_BUDGET_BYTES,
+        }
+    }
+
+    /// The decode limits this node applies: `max_image_bytes`, and a pixel cap derived from
+    /// the decode budget, min(64 Mpx, budget / 4 bytes). An image with more pixels than that
+    /// could not fit the budget even as the cheapest large decode (RGBA8 converted in
+    /// place), so it is refused from its header like any oversized image. Images under the
+    /// cap whose probed cost still exceeds the budget (16-bit samples, an EXIF rotation, a
+    /// progressive JPEG) are refused by the budget check before they queue. With the
+    /// default budget the cap stays at 64 Mpx.
+    pub fn decode_limits(&self) -> glimpse_model::DecodeLimits {
+        let defaults = glimpse_model::DecodeLimits::default();
+        glimpse_model::DecodeLimits {
+            max_bytes: self.max_image_bytes,
+            max_pixels: defaults
+                .max_pixels
+                .min(self.decode_budget_bytes / RGBA8_BYTES_PER_PIXEL),
+            ..defaults
         }
     }
 
@@ -165,6 +205,14 @@ impl NodeConfig {
         }
         if self.max_image_bytes == 0 {
             return bad("max image bytes must be at least 1".into());
+        }
+        if !(MIN_DECODE_BUDGET_BYTES..=MAX_DECODE_BUDGET_BYTES).contains(&self.decode_budget_bytes)
+        {
+            return bad(format!(
+                "decode budget must be between {MIN_DECODE_BUDGET_BYTES} and \
+                 {MAX_DECODE_BUDGET_BYTES} bytes, got {}",
+                self.decode_budget_bytes
+            ));
         }
         self.faults.validate().map_err(NodeError::Config)
     }
@@ -228,6 +276,15 @@ pub struct ServeArgs {
     /// Largest accepted image in bytes. Default: 33554432 (32 MiB).
     #[arg(long, env = "GLIMPSE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
     pub max_image_bytes: usize,
+    /// Bytes all concurrent image decodes may hold at once (decoded pixels, codec working
+    /// memory, RGB conversion, preprocessing), on top of the one-decode-per-core limit. Each
+    /// image's cost is read from its header before anything is decoded; images wait for
+    /// room first come, first served, and one that could never fit is refused as too large.
+    /// The pixel cap is this over 4 bytes (at most 64 Mpx). At least 16777216 (16 MiB).
+    /// Default: 805306368 (768 MiB): one 64-Mpx image even at 16 bits per sample, or three
+    /// 64-Mpx GIF canvases, and with the model a node stays within about 1 GB.
+    #[arg(long, env = "GLIMPSE_DECODE_BUDGET_BYTES", default_value_t = DEFAULT_DECODE_BUDGET_BYTES)]
+    pub decode_budget_bytes: u64,
     /// Fault injection: probability per request that the process dies at once (exit code 86,
     /// no QUIC close), like a crashed worker. Default: 0 (off).
     #[arg(long, env = "GLIMPSE_FAIL_RATE", default_value_t = 0.0)]
@@ -294,6 +351,7 @@ impl ServeArgs {
                 seed: self.seed,
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
+            decode_budget_bytes: self.decode_budget_bytes,
         };
         config.validate()?;
         Ok(config)
@@ -307,4 +365,46 @@ fn default_node_id() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "glimpse-node".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+
+    fn config(budget: u64) -> NodeConfig {
+        let tls = NodeTls {
+            cert_chain: Vec::new(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(vec![0u8; 4])),
+            client_ca: Vec::new(),
+        };
+        let mut c = NodeConfig::new("127.0.0.1:0".parse().expect("addr"), tls, "t");
+        c.decode_budget_bytes = budget;
+        c
+    }
+
+    #[test]
+    fn pixel_cap_follows_the_decode_budget() {
+        // The default budget keeps the default 64-Mpx cap.
+        let c = config(DEFAULT_DECODE_BUDGET_BYTES);
+        assert_eq!(c.decode_limits().max_pixels, 64_000_000);
+        assert_eq!(c.decode_limits().max_bytes, DEFAULT_MAX_IMAGE_BYTES);
+        // A 100 MiB budget cannot hold more than 100 MiB / 4 bytes of RGBA8 pixels.
+        assert_eq!(config(100 << 20).decode_limits().max_pixels, 26_214_400);
+        assert!(config(100 << 20).validate().is_ok());
+    }
+
+    #[test]
+    fn decode_budget_out_of_range_is_refused() {
+        for bad in [
+            0,
+            768,
+            MIN_DECODE_BUDGET_BYTES - 1,
+            MAX_DECODE_BUDGET_BYTES + 1,
+        ] {
+            let err = config(bad).validate().expect_err("refused");
+            assert!(err.to_string().contains("decode budget"), "{err}");
+        }
+        assert!(config(MIN_DECODE_BUDGET_BYTES).validate().is_ok());
+    }
 }

@@ -22,6 +22,9 @@ pub struct FaultConfig {
     pub fail_rate: f64,
     /// With this probability the node stops answering: that request and every later one hang
     /// forever while connections, keep-alives and load reports carry on, like a wedged process.
+    /// A stalled request first tells the front-end it started work (a `Started` frame): it
+    /// models a request wedged mid-work, which the front-end reopens elsewhere without
+    /// cancelling (as it would a slow one), not one merely waiting in a queue.
     pub stall_rate: f64,
     /// Every answer is held this long before it is sent.
     pub extra_delay: Duration,

@@ -3,7 +3,8 @@
 //! A node accepts QUIC connections from front-ends (mutual TLS, see glimpse-transport), takes
 //! one image per stream, and answers with the top-k labels and timings. The pieces:
 //!
-//! - [`handler`]: admission (capacity), decoding on tokio's blocking pool, fault injection,
+//! - [`handler`]: admission (capacity), a decode budget in bytes across concurrent decodes,
+//!   decoding on tokio's blocking pool, "work started" signals to the front-end, fault injection,
 //!   load reports;
 //! - [`engine`]: one dedicated inference thread that gathers images into batches (up to
 //!   `max_batch`, waiting at most `max_batch_wait`) and runs one forward pass per batch;
@@ -28,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glimpse_model::{Classifier, DecodeLimits};
+use glimpse_model::Classifier;
 use glimpse_transport::{NodeInfo, NodeServer, NodeServerConfig, TransportError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -82,7 +83,8 @@ impl RunningNode {
         &self.info
     }
 
-    /// Requests answered, failed and refused as overloaded so far.
+    /// Requests answered, failed and refused as overloaded so far; decodes run and the
+    /// decode budget in use.
     pub fn stats(&self) -> NodeStats {
         self.counters.snapshot()
     }
@@ -126,15 +128,13 @@ pub async fn start_node(
         },
     )
     .map_err(NodeError::Thread)?;
-    let limits = DecodeLimits {
-        max_bytes: config.max_image_bytes,
-        ..DecodeLimits::default()
-    };
+    let limits = config.decode_limits();
     let counters = Arc::new(NodeCounters::default());
     let handler = Arc::new(NodeHandler::new(
         engine,
         decode,
-        limits,
+        limits.clone(),
+        config.decode_budget_bytes,
         Faults::new(config.faults.clone()),
         config.capacity,
         counters.clone(),
@@ -162,6 +162,8 @@ pub async fn start_node(
         capacity = info.capacity,
         max_batch = info.max_batch,
         max_batch_wait_ms = info.max_batch_wait_ms,
+        decode_budget_bytes = config.decode_budget_bytes,
+        max_pixels = limits.max_pixels,
         "node listening"
     );
 
@@ -246,6 +248,8 @@ async fn load_model(config: &NodeConfig) -> Result<(ModelRunner, NodeInfo), Node
             max_batch_wait_ms: u32::try_from(config.max_batch_wait.as_millis()).unwrap_or(u32::MAX),
             version: version.clone(),
             load_interval_ms: None,
+            // The transport's NodeServer announces that it sends Started frames.
+            acks: false,
         }
     };
     let classifier: Arc<Classifier> = match &config.model {

@@ -48,6 +48,7 @@ fn start_resetting_node(cluster: &Cluster, name: &str) -> (std::net::SocketAddr,
         max_batch_wait_ms: 0,
         version: "test".into(),
         load_interval_ms: None,
+        acks: false,
     };
     let counter = resets.clone();
     tokio::spawn(async move {

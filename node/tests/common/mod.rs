@@ -97,6 +97,40 @@ impl NodeProc {
         service_ms: u32,
         extra: &[&str],
     ) -> NodeProc {
+        let service_ms = service_ms.to_string();
+        Self::spawn_model(
+            cluster,
+            name,
+            listen,
+            &["--model", "synthetic", "--service-ms", &service_ms],
+            extra,
+        )
+    }
+
+    /// Starts a GoogLeNet node with random weights (real decoding and inference, nothing to
+    /// download) and waits for its "listening" line.
+    pub fn spawn_googlenet(
+        cluster: &Cluster,
+        name: &str,
+        listen: SocketAddr,
+        extra: &[&str],
+    ) -> NodeProc {
+        Self::spawn_model(
+            cluster,
+            name,
+            listen,
+            &["--model", "googlenet", "--weights", "random"],
+            extra,
+        )
+    }
+
+    fn spawn_model(
+        cluster: &Cluster,
+        name: &str,
+        listen: SocketAddr,
+        model: &[&str],
+        extra: &[&str],
+    ) -> NodeProc {
         let (cert, key) = cluster.node_files(name);
         let log = cluster.path(&format!("{name}-{}.log", unique()));
         let stderr = std::fs::File::create(&log).expect("log file");
@@ -112,12 +146,7 @@ impl NodeProc {
             .arg(cluster.path("ca.pem"))
             .arg("--node-id")
             .arg(name)
-            .args([
-                "--model",
-                "synthetic",
-                "--service-ms",
-                &service_ms.to_string(),
-            ])
+            .args(model)
             .args(extra)
             .env("GLIMPSE_LOG", "info")
             .stdin(Stdio::null())
@@ -194,6 +223,49 @@ impl NodeProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// A field of /proc/PID/status in bytes (e.g. "VmHWM", the peak resident set).
+    pub fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|kb| kb.trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+}
+
+/// A GIF declaring a `screen_w`×`screen_h` logical screen with one frame at (`left`, `top`)
+/// of `frame_w`×`frame_h` whose data holds a single pixel: tiny on the wire, as costly as its
+/// screen (and its frame, if it does not fill the screen's width from the left) to decode.
+pub fn gif(screen_w: u16, screen_h: u16, frame: (u16, u16, u16, u16)) -> bytes::Bytes {
+    let (left, top, fw, fh) = frame;
+    let mut g = b"GIF89a".to_vec();
+    g.extend_from_slice(&screen_w.to_le_bytes());
+    g.extend_from_slice(&screen_h.to_le_bytes());
+    g.extend_from_slice(&[0x80, 0, 0]); // a 2-entry global color table follows
+    g.extend_from_slice(&[0, 0, 0, 255, 255, 255]);
+    g.extend_from_slice(&[0x21, 0xF9, 4, 0, 0, 0, 0, 0]); // graphic control extension
+    g.extend_from_slice(&[0x21, 0xFE, 15]); // comment extension
+    g.extend_from_slice(b"decode-bomb.gif");
+    g.push(0);
+    g.push(0x2C); // image descriptor
+    for v in [left, top, fw, fh] {
+        g.extend_from_slice(&v.to_le_bytes());
+    }
+    g.push(0);
+    // LZW, minimum code size 2, one 2-byte sub-block: clear (4), index 0, end (5).
+    g.extend_from_slice(&[2, 2, 0x44, 0x01, 0]);
+    g.push(0x3B);
+    bytes::Bytes::from(g)
+}
+
+/// The security issue's image: 62 bytes, a 16000×4000 logical screen, one 1×1 frame.
+pub fn gif_bomb() -> bytes::Bytes {
+    gif(16000, 4000, (0, 0, 1, 1))
 }
 
 impl Drop for NodeProc {
