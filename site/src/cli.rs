@@ -369,6 +369,8 @@ impl Cli {
             handshake_timeout: secs(self.handshake_timeout_s),
             header_timeout: secs(self.header_timeout_s),
             idle_timeout: secs(self.idle_timeout_s),
+            // The largest body any route accepts: KServe's base64 of a whole request.
+            linger_bytes: (self.max_request_bytes as u64).saturating_mul(4) / 3 + (64 << 10),
         }
     }
 

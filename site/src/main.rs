@@ -5,6 +5,9 @@ use clap::Parser;
 use glimpse_site::cli::{Cli, Command, KeysCommand};
 use glimpse_site::{auth, cluster, conn, server, start_site};
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -23,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     // or weights load must drain and exit 0, not kill the process with the default action.
     let shutdown = shutdown_signal().context("listening for SIGTERM and SIGINT")?;
 
+    tokio::spawn(return_memory());
     let nofile = conn::raise_fd_limit().context("raising the file-descriptor limit")?;
     let config = cli.site_config(nofile);
     config
@@ -95,6 +99,18 @@ async fn main() -> anyhow::Result<()> {
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Every second, have the allocator hand memory that is free again back to the OS. mimalloc
+/// purges freed pages only when the thread that freed them allocates again, so after a burst
+/// of large uploads an idle server would otherwise keep its peak size for good.
+async fn return_memory() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        // SAFETY: mi_collect only walks the allocator's own structures.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
 }
 
 /// `glimpse keys new`: print a fresh key and append its hash to the file.

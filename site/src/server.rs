@@ -193,7 +193,13 @@ pub async fn serve(
             let state = ticket.state().clone();
             let limits = *registry.limits();
             let service = |io| {
-                let svc = Tracked::new(warp::service(routes), state.clone(), peer, hsts_max_age_s);
+                let svc = Tracked::new(
+                    warp::service(routes),
+                    state.clone(),
+                    peer,
+                    hsts_max_age_s,
+                    limits.linger_bytes,
+                );
                 watcher.watch(
                     builder
                         .serve_connection(io, TowerToHyperService::new(svc))

@@ -552,3 +552,39 @@ async fn the_admin_listener_takes_metrics_and_nodes_off_the_public_one() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_read_to_its_end_so_the_client_sees_why() {
+    // Like curl, this client writes its whole body before it reads anything (and, like curl
+    // with a large body, says `Expect: 100-continue`). The server
+    // refuses the request after a few bytes; unless it keeps reading (and discarding) the
+    // rest, the client's writes fail and it never sees the answer.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::ready(1, 1, &[]).await;
+    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+    let body = {
+        let mut b = br#"{"inputs":[{"name":"image","datatype":"BYTES","data":["","#.to_vec();
+        b.resize(8 << 20, b' ');
+        b
+    };
+    let head = format!(
+        "POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body)
+        .await
+        .expect("the server reads the whole refused body");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    let text = text.trim_start_matches("HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("image[0] is empty"), "{text}");
+    h.stop().await;
+}

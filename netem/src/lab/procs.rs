@@ -278,6 +278,16 @@ pub fn site_args(
         a.push("--node".into());
         a.push(format!("{name}={addr}"));
     }
+    // The lab is one client standing in for many: the front-end's per-caller limits (made
+    // for strangers on a public deployment) would measure the lab, not the system.
+    for (flag, value) in [
+        ("--rate-limit", "off"),
+        ("--max-queued-per-caller", "100000"),
+    ] {
+        if !extra.iter().any(|e| e == flag) {
+            a.extend([flag.to_string(), value.to_string()]);
+        }
+    }
     a.extend(extra.iter().cloned());
     a
 }

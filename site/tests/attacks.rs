@@ -1,0 +1,391 @@
+//! The attacks that once took a public deployment down, run against the real `glimpse` binary
+//! in a process of its own (so its memory and file descriptors are its own), over loopback:
+//! slowloris under a 1,024 file-descriptor limit, retention and burst uploads, and KServe
+//! bodies built to amplify memory. These measure the process, so nextest runs them alone
+//! (see .config/nextest.toml).
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Spawned, client, metric, tls_connector};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MB: u64 = 1_000_000;
+
+/// One slowloris connection from `from`: completes TLS, starts a request and then sends one
+/// header line every 500 ms, forever. Returns how long after its start the server closed it,
+/// or `None` if it never got connected.
+async fn trickle(
+    connector: tokio_rustls::TlsConnector,
+    from: IpAddr,
+    server: SocketAddr,
+    connected: Arc<AtomicUsize>,
+) -> Option<Duration> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(from, 0)).ok()?;
+    let tcp = tokio::time::timeout(Duration::from_secs(10), socket.connect(server))
+        .await
+        .ok()?
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let start = Instant::now();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .ok()?;
+    connected.fetch_add(1, Ordering::SeqCst);
+    let mut buf = [0u8; 256];
+    loop {
+        tokio::select! {
+            r = tls.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return Some(start.elapsed()),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                if tls.write_all(b"X-Slow: yes\r\n").await.is_err() {
+                    return Some(start.elapsed());
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
+    let own = glimpse_site::conn::raise_fd_limit().expect("fd limit");
+    assert!(
+        own >= 4096,
+        "the test needs ~1,100 sockets of its own; the hard limit is {own}"
+    );
+    let header_timeout = 4;
+    let server = Spawned::start(
+        &[
+            "--local-workers",
+            "1",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "1",
+            "--header-timeout-s",
+            &header_timeout.to_string(),
+        ],
+        Some(1024),
+    );
+    server.wait_ready().await;
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), server.port());
+
+    // 1,000 slow connections from 50 addresses (20 each, under the per-address cap), so the
+    // global cap and eviction are what must hold, not the per-address one.
+    let connector = tls_connector();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut tricklers = tokio::task::JoinSet::new();
+    for i in 0..1000u32 {
+        let from = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2 + (i / 20) as u8));
+        tricklers.spawn(trickle(connector.clone(), from, addr, connected.clone()));
+        if i % 50 == 49 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let opened = Instant::now();
+    while connected.load(Ordering::SeqCst) < 900 && opened.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_peak = connected.load(Ordering::SeqCst);
+    assert!(
+        at_peak >= 900,
+        "only {at_peak} slow connections got through the handshake"
+    );
+
+    // A normal client, while the slow ones hold every slot, is answered within 2 s.
+    let c = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let r = c
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("answered");
+    let took = start.elapsed();
+    assert_eq!(r.status(), 200);
+    assert!(
+        took < Duration::from_secs(2),
+        "a normal client waited {took:?}"
+    );
+
+    // Every slow connection is closed: by the header timeout, or sooner when evicted.
+    let mut closed = 0;
+    let mut latest = Duration::ZERO;
+    let all = tokio::time::timeout(Duration::from_secs(header_timeout + 30), async {
+        while let Some(r) = tricklers.join_next().await {
+            if let Ok(Some(after)) = r {
+                closed += 1;
+                latest = latest.max(after);
+            }
+        }
+    })
+    .await;
+    assert!(all.is_ok(), "slow connections still open; {closed} closed");
+    assert!(closed >= 900, "{closed}");
+    assert!(
+        latest < Duration::from_secs(header_timeout + 10),
+        "{latest:?}"
+    );
+
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timed_out = metric(&text, "glimpse_connections_total{event=\"timed_out\"}").unwrap_or(0.0);
+    let evicted = metric(&text, "glimpse_connections_total{event=\"evicted\"}").unwrap_or(0.0);
+    assert!(
+        timed_out > 500.0,
+        "the header timeout closed most of them: {timed_out}"
+    );
+    assert!(
+        evicted > 0.0,
+        "new connections evicted idle ones at the cap: {evicted}"
+    );
+}
+
+/// A multipart body of `files` parts of `size` bytes each; PNG-looking when `png`.
+fn multipart(files: usize, size: usize, name: &str, png: bool) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..files {
+        let mut bytes = vec![0u8; size];
+        if png {
+            bytes[..8].copy_from_slice(b"\x89PNG\r\n\x1a\n");
+        }
+        bytes[size - 1] = i as u8;
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+        );
+    }
+    form
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_end_gives_memory_back_after_retention_and_burst_attacks() {
+    let server = Spawned::start(
+        &[
+            "--local-workers",
+            "2",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "1",
+        ],
+        None,
+    );
+    server.wait_ready().await;
+    let c = client();
+
+    // Retention: 32 requests of 64 non-images, each with a 1 MiB file name, once took 2 GB
+    // that was never freed. A 1 MiB part header is refused now; 8 KB names are kept cut.
+    for (name_len, expect) in [(1 << 20, 413), (8000, 415)] {
+        let name = "n".repeat(name_len);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let c = c.clone();
+            let url = server.url("/api/v1/classify?wait=true");
+            let form = multipart(64, 100, &name, false);
+            tasks.spawn(async move {
+                c.post(url)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), expect);
+        }
+    }
+
+    // Bursts: 10 x 8 concurrent requests of 5 x 19 MiB images.
+    let mut outcomes = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let c = c.clone();
+            let url = server.url("/api/v1/classify?wait=true");
+            let form = multipart(5, 19 << 20, "big.png", true);
+            tasks.spawn(async move {
+                c.post(url)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            *outcomes.entry(r.unwrap().unwrap_or(0)).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        outcomes.keys().all(|s| [200, 503].contains(s)),
+        "{outcomes:?}"
+    );
+    assert!(outcomes.get(&200).copied().unwrap_or(0) > 0, "{outcomes:?}");
+    let (_, peak) = server.memory();
+
+    let start = Instant::now();
+    let rss = loop {
+        let (rss, _) = server.memory();
+        if rss < 300 * MB || start.elapsed() > Duration::from_secs(10) {
+            break rss;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!(
+        "front-end RSS after the attacks: {} MB (peak {} MB); statuses {outcomes:?}",
+        rss / MB,
+        peak / MB
+    );
+    assert!(
+        rss < 300 * MB,
+        "RSS is {} MB 10 s after the attacks (peak {} MB)",
+        rss / MB,
+        peak / MB
+    );
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&text, "glimpse_buffered_bytes"), Some(0.0), "{text}");
+    let kept = metric(&text, "glimpse_retained_job_bytes").unwrap_or(f64::MAX);
+    assert!(kept <= (64u64 << 20) as f64, "{kept}");
+}
+
+/// A streamed KServe body of about `total` bytes: a JSON request whose `data` (or an ignored
+/// field, when `ignored`) holds millions of empty strings.
+fn empty_strings_body(total: usize, ignored: bool) -> reqwest::Body {
+    let head: &'static [u8] = if ignored {
+        b"{\"junk\":["
+    } else {
+        b"{\"inputs\":[{\"name\":\"image\",\"datatype\":\"BYTES\",\"shape\":[-1],\"data\":["
+    };
+    let chunk: bytes::Bytes = "\"\",".repeat(64 * 1024 / 3).into();
+    let n = total / chunk.len();
+    let stream = futures_util::stream::iter(
+        std::iter::once(bytes::Bytes::from_static(head))
+            .chain(std::iter::repeat_n(chunk, n))
+            .chain(std::iter::once(bytes::Bytes::from_static(b"\"\"]}")))
+            .map(Ok::<_, std::io::Error>),
+    );
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_bodies_of_empty_strings_do_not_amplify_memory_or_stall_the_server() {
+    let server = Spawned::start(
+        &[
+            "--local-workers",
+            "2",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "1",
+        ],
+        None,
+    );
+    server.wait_ready().await;
+    let c = client();
+    let (_, before) = server.memory();
+
+    // /healthz every 50 ms while the attack runs.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let c = c.clone();
+        let url = server.url("/healthz");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let ok = c
+                    .get(&url)
+                    .send()
+                    .await
+                    .map(|r| r.status() == 200)
+                    .unwrap_or(false);
+                assert!(ok, "/healthz failed during the attack");
+                worst = worst.max(t.elapsed());
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (worst, n)
+        })
+    };
+    let mut attacks = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let c = c.clone();
+        let url = server.url("/v2/models/googlenet/infer");
+        attacks.spawn(async move {
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .body(empty_strings_body(120 * MB as usize, i % 2 == 1))
+                .send()
+                .await;
+            match r {
+                Ok(r) => Some(r.status().as_u16()),
+                // The server may answer and close before the client has sent everything.
+                Err(_) => None,
+            }
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = attacks.join_next().await {
+        statuses.push(r.unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (worst, probes) = probe.await.expect("the probe ran");
+    let (_, peak) = server.memory();
+    println!(
+        "KServe attack statuses {statuses:?}, peak RSS {} MB (before {} MB), slowest of {probes} /healthz {worst:?}",
+        peak / MB,
+        before / MB
+    );
+    assert!(peak < 500 * MB, "peak RSS {} MB", peak / MB);
+    assert!(probes > 0);
+    assert!(
+        worst < Duration::from_millis(200),
+        "/healthz took {worst:?} during the attack"
+    );
+    for s in statuses.iter().flatten() {
+        assert!([400, 413].contains(s), "{statuses:?}");
+    }
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&text, "glimpse_dispatch_silences_total"),
+        Some(0.0),
+        "a node was falsely marked silent: {text}"
+    );
+}
