@@ -4,23 +4,20 @@
 //! end in the same `Dispatcher::start`, so local runs exercise exactly what production
 //! runs: mutual TLS, QUIC streams, retries and failover.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glimpse_certs::ClusterCa;
-use glimpse_node::{ModelSpec, NodeConfig, NodeTls, RunningNode, start_node};
 use glimpse_transport::{
     DispatchError, Dispatcher, DispatcherConfig, InferenceError, NodeEndpoint, NodeState,
     NodeStatus,
 };
-use tokio::sync::watch;
 
-use crate::cli::{Cli, ModelChoice};
+use crate::cli::Cli;
 use crate::inference::{
     ClassifyFuture, Failure, Inference, NodeView, Outcome, Progress, ProgressFn, TopLabel,
 };
+use crate::local::Workers;
 
 /// Errors while assembling the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +26,10 @@ pub enum ClusterError {
     Config(String),
     #[error("certificates: {0}")]
     Certs(#[from] glimpse_certs::CertError),
+    #[cfg(feature = "local-workers")]
     #[error("starting a local worker: {0}")]
     Node(#[from] glimpse_node::NodeError),
+    #[cfg(feature = "local-workers")]
     #[error("loading the model: {0}")]
     Model(#[from] glimpse_model::ModelError),
     #[error("dispatcher: {0}")]
@@ -92,7 +91,7 @@ impl Inference for DispatchInference {
     fn metrics_text(&self) -> String {
         let s = self.dispatcher.stats();
         let mut out = String::new();
-        let rows: [(&str, &str, u64); 11] = [
+        let rows: [(&str, &str, u64); 12] = [
             (
                 "attempts",
                 "Attempts sent to nodes (first tries, retries, hedges).",
@@ -114,6 +113,11 @@ impl Inference for DispatchInference {
                 "timeouts",
                 "Attempts that outlived the per-attempt timeout (reopened elsewhere).",
                 s.timeouts,
+            ),
+            (
+                "unstarted_cancels",
+                "Overdue attempts that had not started at their node: moved to another node and cancelled where they waited (also counted in timeouts).",
+                s.unstarted_cancels,
             ),
             (
                 "connection_losses",
@@ -207,8 +211,7 @@ fn node_view(n: NodeStatus) -> NodeView {
 /// The dispatcher plus whatever local workers this process runs.
 pub struct Cluster {
     pub inference: Arc<DispatchInference>,
-    workers: Vec<RunningNode>,
-    stop_workers: watch::Sender<bool>,
+    workers: Workers,
 }
 
 impl Cluster {
@@ -220,12 +223,7 @@ impl Cluster {
     /// Close the dispatcher's connections, then drain and stop the local workers.
     pub async fn shutdown(self) {
         self.inference.dispatcher.shutdown();
-        let _ = self.stop_workers.send(true);
-        for w in self.workers {
-            if let Err(e) = w.wait().await {
-                tracing::warn!("local worker stopped with: {e}");
-            }
-        }
+        self.workers.stop().await;
     }
 }
 
@@ -240,11 +238,24 @@ fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfi
 
 /// Build the cluster the flags describe.
 pub async fn build(cli: &Cli) -> Result<Cluster, ClusterError> {
-    let (tx, rx) = watch::channel(false);
     if cli.local_workers > 0 {
-        local(cli, tx, rx).await
+        let local = crate::local::start(cli).await?;
+        let config = dispatcher_config(
+            cli,
+            DispatcherConfig::new(
+                local.endpoints,
+                local.ca,
+                local.client_chain,
+                local.client_key,
+            ),
+        );
+        let dispatcher = Dispatcher::start(config)?;
+        Ok(Cluster {
+            inference: Arc::new(DispatchInference::new(dispatcher)),
+            workers: local.workers,
+        })
     } else if !cli.nodes.is_empty() {
-        remote(cli, tx).await
+        remote(cli).await
     } else {
         Err(ClusterError::Config(
             "no nodes: pass --local-workers N, or --node NAME=HOST:PORT with --ca, --cert and --key".to_string(),
@@ -252,7 +263,7 @@ pub async fn build(cli: &Cli) -> Result<Cluster, ClusterError> {
     }
 }
 
-async fn remote(cli: &Cli, stop: watch::Sender<bool>) -> Result<Cluster, ClusterError> {
+async fn remote(cli: &Cli) -> Result<Cluster, ClusterError> {
     let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
         return Err(ClusterError::Config(
             "--node needs --ca, --cert and --key".to_string(),
@@ -283,98 +294,8 @@ async fn remote(cli: &Cli, stop: watch::Sender<bool>) -> Result<Cluster, Cluster
     let dispatcher = Dispatcher::start(config)?;
     Ok(Cluster {
         inference: Arc::new(DispatchInference::new(dispatcher)),
-        workers: Vec::new(),
-        stop_workers: stop,
+        workers: Workers::none(),
     })
-}
-
-async fn local(
-    cli: &Cli,
-    stop: watch::Sender<bool>,
-    rx: watch::Receiver<bool>,
-) -> Result<Cluster, ClusterError> {
-    let model = match cli.model {
-        ModelChoice::Synthetic => {
-            if !cli.service_ms.is_finite() || cli.service_ms < 0.0 {
-                return Err(ClusterError::Config(format!(
-                    "--service-ms must be a non-negative number, got {}",
-                    cli.service_ms
-                )));
-            }
-            ModelSpec::Synthetic {
-                service: Duration::from_secs_f64(cli.service_ms / 1000.0),
-            }
-        }
-        ModelChoice::Googlenet => {
-            let weights: glimpse_model::WeightsSource = cli
-                .weights
-                .parse()
-                .map_err(|e| ClusterError::Config(format!("--weights: {e}")))?;
-            let backend: glimpse_model::Backend = match &cli.backend {
-                Some(b) => b
-                    .parse()
-                    .map_err(|e| ClusterError::Config(format!("--backend: {e}")))?,
-                None => glimpse_model::Backend::default(),
-            };
-            // Load once and share: N workers in one process need one copy of the weights.
-            let classifier = tokio::task::spawn_blocking(move || {
-                glimpse_model::Classifier::load(&weights, backend)
-            })
-            .await
-            .map_err(|e| ClusterError::Config(format!("model loading task failed: {e}")))??;
-            ModelSpec::Loaded(Arc::new(classifier))
-        }
-    };
-
-    let ca = ClusterCa::generate("glimpse local workers")?;
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut workers = Vec::new();
-    let mut endpoints = Vec::new();
-    for i in 1..=cli.local_workers {
-        let name = format!("local-{i}");
-        let issued = ca.issue_node(&name, &[loopback])?;
-        let tls = NodeTls {
-            cert_chain: issued.cert_chain()?,
-            key: issued.private_key()?,
-            client_ca: vec![ca.cert_der()],
-        };
-        let mut config = NodeConfig::new(SocketAddr::new(loopback, 0), tls, name.clone());
-        config.model = model.clone();
-        if let Some(c) = cli.worker_capacity {
-            config.capacity = c;
-        }
-        let node = start_node(config, stopped(rx.clone())).await?;
-        endpoints.push(NodeEndpoint {
-            name,
-            addr: node.addr(),
-        });
-        workers.push(node);
-    }
-    let client = ca.issue_client("glimpse-frontend")?;
-    let config = dispatcher_config(
-        cli,
-        DispatcherConfig::new(
-            endpoints,
-            vec![ca.cert_der()],
-            client.cert_chain()?,
-            client.private_key()?,
-        ),
-    );
-    let dispatcher = Dispatcher::start(config)?;
-    Ok(Cluster {
-        inference: Arc::new(DispatchInference::new(dispatcher)),
-        workers,
-        stop_workers: stop,
-    })
-}
-
-/// Completes when the workers' stop flag flips to true (or its sender is gone).
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// The warning a result carries when its labels are not trained GoogLeNet's: the answer says

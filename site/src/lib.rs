@@ -22,6 +22,7 @@ pub mod filters;
 pub mod inference;
 pub mod jobs;
 pub mod kserve;
+pub mod local;
 pub mod metrics;
 pub mod page;
 pub mod reply;
