@@ -1,0 +1,22 @@
+//! Replays the site's fuzz corpora (`fuzz/corpus/{multipart_upload,kserve_request}/`, and any
+//! regression inputs in `fuzz/crashes-found/`) through the very functions the fuzz targets
+//! run, so every CI run checks the seeds without AFL++. See fuzz/README.md.
+
+#[path = "../../fuzz/targets/multipart_upload.rs"]
+mod multipart_upload;
+
+#[path = "../../fuzz/targets/kserve_request.rs"]
+mod kserve_request;
+
+#[path = "../../fuzz/replay.rs"]
+mod replay;
+
+#[test]
+fn multipart_upload_corpus_replays() {
+    replay::replay("multipart_upload", multipart_upload::run);
+}
+
+#[test]
+fn kserve_request_corpus_replays() {
+    replay::replay("kserve_request", kserve_request::run);
+}
