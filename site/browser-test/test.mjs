@@ -6,10 +6,12 @@
 //   CHROMIUM         browser executable (default: /usr/bin/chromium)
 //   UPDATE_SCREENSHOT=1  also copy the desktop screenshot to docs/screenshot.png (the README's)
 //
-// Exits non-zero on any failure. Writes out/page.png (desktop), out/phone.png (phone
-// width) and out/error.png; a test run leaves tracked files alone.
+// Two servers: one without keys (uploads, live cards, the nodes panel, a non-image, phone
+// width), then one with --api-keys (the page asks for a key once). Exits non-zero on any
+// failure. Writes out/page.png (desktop), out/phone.png (phone width), out/error.png and
+// out/keys.png; a test run leaves tracked files alone.
 
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, copyFileSync, writeFileSync, existsSync } from "node:fs";
 import https from "node:https";
 import net from "node:net";
@@ -86,27 +88,97 @@ async function makeImages(page) {
   });
 }
 
-async function main() {
-  mkdirSync(out, { recursive: true });
-  if (!existsSync(bin)) throw new Error(`glimpse binary not found at ${bin} (build it: cargo build -p glimpse-site)`);
+// Starts `glimpse ARGS` on a free port; resolves once /readyz is 200.
+async function startServer(args) {
   const port = await freePort();
   const url = `https://127.0.0.1:${port}/`;
-  log("starting", bin, ...workerArgs, "on", url);
-  const server = spawn(bin, [...workerArgs, "--listen", `127.0.0.1:${port}`], {
+  log("starting", bin, ...args, "on", url);
+  const proc = spawn(bin, [...args, "--listen", `127.0.0.1:${port}`], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
   });
-  let serverLog = "";
-  server.stdout.on("data", (d) => { serverLog += d; });
-  server.stderr.on("data", (d) => { serverLog += d; });
-  const exited = new Promise((r) => server.on("exit", (code) => r(code)));
+  const server = { proc, url, log: "" };
+  proc.stdout.on("data", (d) => { server.log += d; });
+  proc.stderr.on("data", (d) => { server.log += d; });
+  server.exited = new Promise((r) => proc.on("exit", (code) => r(code)));
+  await waitFor("the server to print its URL", async () => server.log.includes("Glimpse is serving at"));
+  await waitFor("/readyz to be 200", async () => (await get(`${url}readyz`)) === 200);
+  log("server ready");
+  return server;
+}
+
+async function stopServer(server) {
+  server.proc.kill("SIGTERM");
+  const code = await Promise.race([server.exited, new Promise((r) => setTimeout(() => r("timeout"), 30_000))]);
+  if (code === "timeout") { server.proc.kill("SIGKILL"); throw new Error("glimpse did not stop on SIGTERM"); }
+  if (process.exitCode) process.stderr.write(server.log);
+}
+
+function watchConsole(page, consoleErrors) {
+  // HTTP error statuses (the expected 401 and 415, a missing favicon) are logged by chromium as
+  // "Failed to load resource"; only script errors count as failures.
+  page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.setDefaultTimeout(TIMEOUT);
+}
+
+// With --api-keys the page asks for a key once: a wrong one is refused with a message, the
+// right one works and is remembered, so a new page does not ask again. A user key sees no
+// node details, only how many nodes are ready.
+async function keysScenario(browser) {
+  const dir = path.join(out, "keys");
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, "keys.txt");
+  writeFileSync(file, "");
+  const key = execFileSync(bin, ["keys", "new", "--file", file, "--name", "browser"], { encoding: "utf8" }).trim();
+  if (!key.startsWith("glk_")) throw new Error(`glimpse keys new printed ${key}`);
+  const server = await startServer([...workerArgs, "--api-keys", file]);
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    watchConsole(page, consoleErrors);
+    await page.goto(server.url);
+    await page.waitForSelector("#key-form:not([hidden])");
+    await page.fill("#key", "glk_not-a-key");
+    await page.click("#key-form button");
+    await page.waitForFunction(() => document.getElementById("key-error").textContent.includes("not accepted"));
+    await page.fill("#key", key);
+    await page.click("#key-form button");
+    await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
+    if (await page.isVisible("#key-form")) throw new Error("the key form stayed after a good key");
+    const files = await makeImages(page);
+    await page.setInputFiles("#files", [files[0]]);
+    await page.waitForFunction(() => {
+      const cards = [...document.querySelectorAll(".card")];
+      return cards.length === 1 && cards[0].dataset.status === "ok";
+    });
+    const panel = await page.textContent("#nodes");
+    if (!/\d+ of \d+ nodes? ready/.test(panel)) throw new Error(`a user key should see only a summary: ${panel}`);
+    log("keys: a wrong key is refused, the right one works, the panel shows a summary");
+
+    const again = await context.newPage();
+    watchConsole(again, consoleErrors);
+    await again.goto(server.url);
+    await again.waitForFunction(() => document.getElementById("ready").textContent === "ready");
+    if (await again.isVisible("#key-form")) throw new Error("the page asked for the key a second time");
+    log("keys: a new page remembers the key");
+    await again.screenshot({ path: path.join(out, "keys.png"), fullPage: true });
+    if (consoleErrors.length) throw new Error(`console errors: ${consoleErrors.join(" | ")}`);
+    await context.close();
+  } finally {
+    await stopServer(server);
+  }
+}
+
+async function main() {
+  mkdirSync(out, { recursive: true });
+  if (!existsSync(bin)) throw new Error(`glimpse binary not found at ${bin} (build it: cargo build -p glimpse-site)`);
+  const server = await startServer(workerArgs);
+  const url = server.url;
 
   let browser;
   try {
-    await waitFor("the server to print its URL", async () => serverLog.includes("Glimpse is serving at"));
-    await waitFor("/readyz to be 200", async () => (await get(`${url}readyz`)) === 200);
-    log("server ready");
-
     browser = await chromium.launch({
       executablePath,
       headless: true,
@@ -116,11 +188,7 @@ async function main() {
     const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     const consoleErrors = [];
-    // HTTP error statuses (the expected 415, a missing favicon) are logged by chromium as
-    // "Failed to load resource"; only script errors count as failures.
-    page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) consoleErrors.push(m.text()); });
-    page.on("pageerror", (e) => consoleErrors.push(String(e)));
-    page.setDefaultTimeout(TIMEOUT);
+    watchConsole(page, consoleErrors);
 
     await page.goto(url);
     await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
@@ -176,13 +244,12 @@ async function main() {
       mkdirSync(docs, { recursive: true });
       copyFileSync(path.join(out, "page.png"), path.join(docs, "screenshot.png"));
     }
+    await stopServer(server);
+    await keysScenario(browser);
     log("PASS — screenshots in", out);
   } finally {
     if (browser) await browser.close().catch(() => {});
-    server.kill("SIGTERM");
-    const code = await Promise.race([exited, new Promise((r) => setTimeout(() => r("timeout"), 30_000))]);
-    if (code === "timeout") { server.kill("SIGKILL"); throw new Error("glimpse did not stop on SIGTERM"); }
-    if (process.exitCode) process.stderr.write(serverLog);
+    if (server.proc.exitCode === null) await stopServer(server);
   }
 }
 

@@ -389,3 +389,191 @@ async fn kserve_bodies_of_empty_strings_do_not_amplify_memory_or_stall_the_serve
         "a node was falsely marked silent: {text}"
     );
 }
+
+/// The 62-byte GIF from the security review: a 16000×4000 logical screen (a 256 MB canvas to
+/// decode), a 2-color table, a graphic control and a comment extension, one 1×1 frame.
+const GIF_BOMB: [u8; 62] = *b"GIF89a\x80\x3e\xa0\x0f\x80\x00\x00\x00\x00\x00\xff\xff\xff\
+\x21\xf9\x04\x00\x00\x00\x00\x00\x21\xfe\x0fdecode-bomb.gif\x00\
+\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+
+/// A `glimpse-node serve` process with GoogLeNet and random weights; SIGTERM and wait on drop.
+struct Node {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Node {
+    fn status_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("status field")
+    }
+
+    /// Drains the node (SIGTERM) and returns how many images it decoded, from its last log line.
+    fn stop(mut self) -> u64 {
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let _ = self.child.wait();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("node stopped"))
+            .find_map(|l| {
+                let rest = &l[l.find("decoded: ")? + "decoded: ".len()..];
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no final stats in the node log:\n{log}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_budgets() {
+    // The node binary is built beside this package's own by a workspace build.
+    let node_bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_glimpse")).with_file_name("glimpse-node");
+    assert!(
+        node_bin.exists(),
+        "{} is missing: build the workspace (cargo build --workspace), not only glimpse-site",
+        node_bin.display()
+    );
+    let budget: u64 = 512 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let ca = glimpse_certs::ClusterCa::generate("gif bomb test").unwrap();
+    let ca_path = write("ca.pem", ca.cert_pem());
+    let mut nodes = Vec::new();
+    let mut flags = Vec::new();
+    for name in ["a", "b"] {
+        let issued = ca
+            .issue_node(name, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .unwrap();
+        let cert = write(&format!("{name}.pem"), issued.cert_pem.clone());
+        let key = write(&format!("{name}.key"), issued.key_pem.clone());
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.path().join(format!("{name}.log"));
+        let child = std::process::Command::new(&node_bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--node-id",
+                name,
+            ])
+            .args(["--cert", &cert, "--key", &key, "--ca", &ca_path])
+            .args(["--model", "googlenet", "--weights", "random"])
+            .args(["--decode-budget-bytes", &budget.to_string()])
+            .env("GLIMPSE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start glimpse-node");
+        nodes.push(Node { child, log });
+        flags.push("--node".to_string());
+        flags.push(format!("{name}=127.0.0.1:{port}"));
+    }
+    let frontend = ca.issue_client("glimpse-frontend").unwrap();
+    let cert = write("frontend.pem", frontend.cert_pem.clone());
+    let key = write("frontend.key", frontend.key_pem.clone());
+    flags.extend(["--ca", &ca_path, "--cert", &cert, "--key", &key].map(String::from));
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Spawned::start(&args, None);
+    let c = client();
+    let start = Instant::now();
+    loop {
+        let (_, nodes) = {
+            let r = c.get(server.url("/api/v1/nodes")).send().await.unwrap();
+            (r.status(), r.json::<serde_json::Value>().await.unwrap())
+        };
+        let ready = nodes["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
+        if ready == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "nodes not ready: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..16 {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(GIF_BOMB.to_vec()).file_name(format!("bomb-{i}.gif")),
+        );
+    }
+    let r = c
+        .post(server.url("/api/v1/classify?wait=true"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 16, "each copy answered once");
+    for res in results {
+        assert_eq!(
+            res["status"], "ok",
+            "random weights answer a well-formed GIF: {res}"
+        );
+    }
+    let peaks: Vec<u64> = nodes.iter().map(|n| n.status_bytes("VmHWM")).collect();
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let decoded: Vec<u64> = nodes.into_iter().map(Node::stop).collect();
+    println!(
+        "node peaks {:?} MB, decoded {decoded:?}",
+        peaks.iter().map(|p| p / MB).collect::<Vec<_>>()
+    );
+    for peak in &peaks {
+        assert!(
+            *peak < budget + 300 * MB,
+            "a node peaked at {} MB",
+            peak / MB
+        );
+    }
+    assert_eq!(
+        decoded.iter().sum::<u64>(),
+        16,
+        "none decoded twice: {decoded:?}"
+    );
+    let attempts = metric(&text, "glimpse_dispatch_attempts_total").unwrap_or(0.0);
+    let moved = metric(&text, "glimpse_dispatch_unstarted_cancels_total").unwrap_or(-1.0);
+    assert_eq!(
+        attempts - moved,
+        16.0,
+        "every attempt beyond one per image was a queued one moved: {text}"
+    );
+}
