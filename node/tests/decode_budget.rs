@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, LOCALHOST, gif, gif_bomb, localhost_any_port};
+use common::{Cluster, LOCALHOST, gif, gif_bomb, localhost_any_port, stop_nodes};
 use glimpse_model::{Backend, Classifier};
-use glimpse_node::{ModelSpec, NodeConfig, NodeTls, RunningNode, shutdown_channel, start_node};
+use glimpse_node::{ModelSpec, NodeConfig, NodeTls, shutdown_channel, start_node};
 use glimpse_transport::client::{self, StartedSignal};
 use glimpse_transport::codec::RequestHeader;
 use glimpse_transport::{DispatchError, InferenceError};
@@ -43,16 +43,6 @@ fn node_config(cluster: &Cluster, name: &str, model: Arc<Classifier>, budget: u6
 fn reservation(config: &NodeConfig, image: &[u8]) -> u64 {
     let info = glimpse_model::probe(image, &config.decode_limits()).expect("probe");
     info.decode_bytes.div_ceil(1024) * 1024
-}
-
-async fn stop(trigger: glimpse_node::ShutdownTrigger, nodes: Vec<RunningNode>) {
-    trigger.trigger();
-    for node in nodes {
-        tokio::time::timeout(LONG, node.wait())
-            .await
-            .expect("drained in time")
-            .expect("clean drain");
-    }
 }
 
 /// A budget that holds one 8000×4000 GIF canvas (~132 MB) but not two: three such images
@@ -91,7 +81,7 @@ async fn big_decodes_wait_for_the_budget_one_after_the_other() {
     );
     assert_eq!(stats.decode_budget_in_use_bytes, 0, "{stats:?}");
     assert_eq!(d.stats().retries, 0, "{:?}", d.stats());
-    stop(trigger, vec![node]).await;
+    stop_nodes(trigger, vec![node]).await;
 }
 
 /// With a 100 MiB budget (pixel cap 26 Mpx): the 16000×4000 GIF is refused by the pixel
@@ -145,7 +135,7 @@ async fn image_that_cannot_fit_the_budget_is_too_large_at_once_and_not_retried()
         .map(|n| n.stats().decode_budget_peak_bytes)
         .sum();
     assert_eq!((failed, decoded, peak), (2, 0, 0));
-    stop(trigger, nodes).await;
+    stop_nodes(trigger, nodes).await;
 }
 
 /// A request cancelled while its blocking decode runs keeps its budget (and core) until the
@@ -235,5 +225,5 @@ async fn cancelled_request_keeps_its_budget_until_its_decode_ends() {
     assert_eq!(stats.decode_budget_peak_bytes, one, "{stats:?}");
     assert_eq!(stats.decode_budget_in_use_bytes, 0, "{stats:?}");
     conn.close(0u32.into(), b"done");
-    stop(trigger, vec![node]).await;
+    stop_nodes(trigger, vec![node]).await;
 }

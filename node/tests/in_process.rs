@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, LOCALHOST, expected_indices, image, localhost_any_port};
+use common::{Cluster, LOCALHOST, expected_indices, image, localhost_any_port, stop_nodes};
 use glimpse_node::{ModelSpec, NodeConfig, NodeTls, shutdown_channel, start_node};
 use glimpse_transport::{DispatchError, InferenceError};
 
@@ -72,13 +72,7 @@ async fn synthetic_nodes_in_process_serve_announce_and_drain() {
     let answered: u64 = nodes.iter().map(|n| n.stats().answered).sum();
     assert_eq!(answered, 20);
 
-    trigger.trigger();
-    for node in nodes {
-        tokio::time::timeout(Duration::from_secs(60), node.wait())
-            .await
-            .expect("drained in time")
-            .expect("clean drain");
-    }
+    stop_nodes(trigger, nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,11 +138,7 @@ async fn googlenet_node_decodes_classifies_and_rejects_bad_images() {
         ),
         "{bad:?}"
     );
-    trigger.trigger();
-    tokio::time::timeout(Duration::from_secs(60), node.wait())
-        .await
-        .expect("drained in time")
-        .expect("clean drain");
+    stop_nodes(trigger, vec![node]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,9 +183,5 @@ async fn node_beyond_capacity_answers_overloaded() {
     );
     let first = busy.await.expect("task").expect("first image answered");
     assert_eq!(first.node, "solo");
-    trigger.trigger();
-    tokio::time::timeout(Duration::from_secs(60), node.wait())
-        .await
-        .expect("drained in time")
-        .expect("clean drain");
+    stop_nodes(trigger, vec![node]).await;
 }

@@ -161,6 +161,23 @@ async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
     );
 }
 
+/// `glimpse` with two in-process synthetic workers (1 ms per image), ready.
+async fn two_synthetic_workers() -> Spawned {
+    let server = Spawned::start(
+        &[
+            "--local-workers",
+            "2",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "1",
+        ],
+        None,
+    );
+    server.wait_ready().await;
+    server
+}
+
 /// A multipart body of `files` parts of `size` bytes each; PNG-looking when `png`.
 fn multipart(files: usize, size: usize, name: &str, png: bool) -> reqwest::multipart::Form {
     let mut form = reqwest::multipart::Form::new();
@@ -180,18 +197,7 @@ fn multipart(files: usize, size: usize, name: &str, png: bool) -> reqwest::multi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_front_end_gives_memory_back_after_retention_and_burst_attacks() {
-    let server = Spawned::start(
-        &[
-            "--local-workers",
-            "2",
-            "--model",
-            "synthetic",
-            "--service-ms",
-            "1",
-        ],
-        None,
-    );
-    server.wait_ready().await;
+    let server = two_synthetic_workers().await;
     let c = client();
 
     // Retention: 32 requests of 64 non-images, each with a 1 MiB file name, once took 2 GB
@@ -296,18 +302,7 @@ fn empty_strings_body(total: usize, ignored: bool) -> reqwest::Body {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kserve_bodies_of_empty_strings_do_not_amplify_memory_or_stall_the_server() {
-    let server = Spawned::start(
-        &[
-            "--local-workers",
-            "2",
-            "--model",
-            "synthetic",
-            "--service-ms",
-            "1",
-        ],
-        None,
-    );
-    server.wait_ready().await;
+    let server = two_synthetic_workers().await;
     let c = client();
     let (_, before) = server.memory();
 
@@ -396,15 +391,12 @@ const GIF_BOMB: [u8; 62] = *b"GIF89a\x80\x3e\xa0\x0f\x80\x00\x00\x00\x00\x00\xff
 \x21\xf9\x04\x00\x00\x00\x00\x00\x21\xfe\x0fdecode-bomb.gif\x00\
 \x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
-/// A `glimpse-node serve` process with GoogLeNet and random weights; SIGTERM and wait on drop.
-struct Node {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
+/// A `glimpse-node serve` process; killed on drop.
+struct Node(std::process::Child);
 
 impl Node {
     fn status_bytes(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
@@ -412,32 +404,12 @@ impl Node {
             .map(|kb| kb * 1024)
             .expect("status field")
     }
-
-    /// Drains the node (SIGTERM) and returns how many images it decoded, from its last log line.
-    fn stop(mut self) -> u64 {
-        let pid = self.child.id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status();
-        let _ = self.child.wait();
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines()
-            .filter(|l| l.contains("node stopped"))
-            .find_map(|l| {
-                let rest = &l[l.find("decoded: ")? + "decoded: ".len()..];
-                rest.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no final stats in the node log:\n{log}"))
-    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -473,7 +445,6 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
             .local_addr()
             .unwrap()
             .port();
-        let log = dir.path().join(format!("{name}.log"));
         let child = std::process::Command::new(&node_bin)
             .args([
                 "serve",
@@ -485,12 +456,10 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
             .args(["--cert", &cert, "--key", &key, "--ca", &ca_path])
             .args(["--model", "googlenet", "--weights", "random"])
             .args(["--decode-budget-bytes", &budget.to_string()])
-            .env("GLIMPSE_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start glimpse-node");
-        nodes.push(Node { child, log });
+        nodes.push(Node(child));
         flags.push("--node".to_string());
         flags.push(format!("{name}=127.0.0.1:{port}"));
     }
@@ -544,17 +513,8 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
         );
     }
     let peaks: Vec<u64> = nodes.iter().map(|n| n.status_bytes("VmHWM")).collect();
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let decoded: Vec<u64> = nodes.into_iter().map(Node::stop).collect();
     println!(
-        "node peaks {:?} MB, decoded {decoded:?}",
+        "node peaks {:?} MB",
         peaks.iter().map(|p| p / MB).collect::<Vec<_>>()
     );
     for peak in &peaks {
@@ -564,16 +524,19 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
             peak / MB
         );
     }
-    assert_eq!(
-        decoded.iter().sum::<u64>(),
-        16,
-        "none decoded twice: {decoded:?}"
-    );
+    // None decoded twice: every attempt beyond one per image was one still waiting, unstarted,
+    // in a node's queue, moved elsewhere and cancelled there before any work was done. (The
+    // node-level test counts the decodes themselves, node/tests/gif_bomb.rs.)
+    let text = c
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let attempts = metric(&text, "glimpse_dispatch_attempts_total").unwrap_or(0.0);
     let moved = metric(&text, "glimpse_dispatch_unstarted_cancels_total").unwrap_or(-1.0);
-    assert_eq!(
-        attempts - moved,
-        16.0,
-        "every attempt beyond one per image was a queued one moved: {text}"
-    );
+    let hedges = metric(&text, "glimpse_dispatch_hedges_total").unwrap_or(-1.0);
+    assert_eq!((attempts - moved, hedges), (16.0, 0.0), "{text}");
 }

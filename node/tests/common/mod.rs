@@ -330,3 +330,17 @@ pub fn localhost_any_port() -> SocketAddr {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+/// Triggers the shutdown of in-process nodes and waits until each has drained cleanly.
+pub async fn stop_nodes(
+    trigger: glimpse_node::ShutdownTrigger,
+    nodes: Vec<glimpse_node::RunningNode>,
+) {
+    trigger.trigger();
+    for node in nodes {
+        tokio::time::timeout(Duration::from_secs(60), node.wait())
+            .await
+            .expect("drained in time")
+            .expect("clean drain");
+    }
+}

@@ -209,6 +209,8 @@ pub struct Spawned {
     child: std::process::Child,
     pub base: String,
     pub pid: u32,
+    /// Everything it printed on stdout so far.
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Spawned {
@@ -233,31 +235,67 @@ impl Spawned {
         let mut child = cmd.spawn().expect("start glimpse");
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        // Keep reading stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
             {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                sink.lock().unwrap().push(line);
             }
         });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let base = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("glimpse prints its URL");
-            if let Some(rest) = line.strip_prefix("Glimpse is serving at ") {
-                break rest
-                    .trim()
-                    .trim_end_matches('/')
-                    .replace("localhost", "127.0.0.1");
-            }
+        let mut spawned = Spawned {
+            child,
+            base: String::new(),
+            pid,
+            lines,
         };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Spawned { child, base, pid }
+        let url = spawned.printed("Glimpse is serving at ");
+        spawned.base = url.trim_end_matches('/').replace("localhost", "127.0.0.1");
+        spawned
+    }
+
+    /// The rest of the first stdout line that starts with `prefix`, waiting for it.
+    pub fn printed(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()));
+            if let Some(rest) = found {
+                return rest;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "glimpse did not print {prefix:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then its exit status (within 60 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "glimpse did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
