@@ -481,6 +481,7 @@ fn save_native(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ImageError;
 
     #[test]
     fn public_types_cross_threads() {

@@ -37,6 +37,12 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most header bytes (names, values and separators) accepted; more get a JSON 431. hyper's
 /// own limits sit above these, so this answer, not hyper's empty one, is what clients see.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most header fields accepted; more get a JSON 431 (hyper's own cap is set above it, see
+/// [`HYPER_MAX_HEADERS`]).
+pub const MAX_HEADER_COUNT: usize = 128;
+/// hyper's HTTP/1 header-count cap (its default is 100, answered with an empty 431): above
+/// [`MAX_HEADER_COUNT`], so our JSON answer comes first.
+pub const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADER_COUNT;
 
 /// Limits on connections (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,6 +427,13 @@ fn oversized<B>(req: &Request<B>) -> Option<ApiError> {
         return Some(ApiError::new(
             StatusCode::URI_TOO_LONG,
             format!("the request target is {target} bytes; the limit is {MAX_URI_BYTES}"),
+        ));
+    }
+    let count = req.headers().len();
+    if count > MAX_HEADER_COUNT {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request has {count} header fields; the limit is {MAX_HEADER_COUNT}"),
         ));
     }
     let headers: usize = req

@@ -162,6 +162,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_headers(crate::conn::HYPER_MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())

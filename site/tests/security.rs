@@ -499,6 +499,24 @@ async fn malformed_requests_get_json_errors_and_every_response_is_hardened() {
     .await;
     assert_eq!(s, 431, "{body}");
     assert!(body["error"].is_string());
+    // Too many header fields, over HTTP/1.1 and HTTP/2: JSON too, not hyper's empty 431.
+    let h1 = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .http1_only()
+        .build()
+        .unwrap();
+    for c in [&c, &h1] {
+        let mut req = c.get(h.url("/healthz"));
+        for i in 0..150 {
+            req = req.header(format!("x-h{i}"), "v");
+        }
+        let (s, _, body) = status_and_json(req.send().await.unwrap()).await;
+        assert_eq!(s, 431, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("header fields"),
+            "{body}"
+        );
+    }
     for path in ["/", "/healthz", "/api/v1/status", "/nope"] {
         let r = c.get(h.url(path)).send().await.unwrap();
         assert_eq!(
