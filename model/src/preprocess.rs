@@ -122,8 +122,12 @@ const ROW_BYTES_PER_COLUMN: u64 = 256;
 /// Applies the same checks, in the same order and with the same messages, as [`decode`]
 /// does before it allocates any pixels: encoded size, format, declared dimensions. A caller
 /// that must budget memory across concurrent decodes calls this first, reserves
-/// `decode_bytes`, then calls [`decode`].
+/// `decode_bytes`, then calls [`decode`]. Like [`decode`], a codec panic is a corrupt image.
 pub fn probe(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, ImageError> {
+    guarded(|| probe_unguarded(bytes, limits))
+}
+
+fn probe_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, ImageError> {
     if bytes.len() > limits.max_bytes {
         return Err(ImageError::TooLarge {
             detail: format!(
@@ -414,7 +418,35 @@ fn webp_working_bytes(bytes: &[u8], width: u32, height: u32, color: ColorType) -
 /// Memory: at most [`ImageInfo::decode_bytes`] of [`probe`] at once. The image is converted
 /// to RGB8 before the orientation is applied (a 90° turn copies the image, and an RGB8 copy
 /// is the smallest), and RGBA8 (GIF, PNG with alpha, WebP with alpha) is converted in place.
+///
+/// A codec that panics on a malformed file (png 0.18.1 does on a palette whose length is not a
+/// multiple of 3; fuzzing found it) is reported as a corrupt image, like any other decode
+/// failure, instead of unwinding into the caller: a hostile file must not look like a node
+/// fault that is worth retrying elsewhere.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    guarded(|| decode_unguarded(bytes, limits))
+}
+
+/// Runs a codec call, turning a panic inside it into [`ImageError::Corrupt`]. Nothing the
+/// panicking call touched outlives it (it only reads `bytes` and builds its own buffers).
+fn guarded<T>(f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".to_string());
+        tracing::warn!(
+            why,
+            "the image decoder panicked; answering that the image is corrupt"
+        );
+        Err(ImageError::Corrupt(
+            "the image decoder failed on this file".to_string(),
+        ))
+    })
+}
+
+fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     // Size, format and declared dimensions are refused before any pixel buffer exists.
     probe(bytes, limits)?;
     let mut reader = ImageReader::new(Cursor::new(bytes))
