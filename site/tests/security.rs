@@ -606,3 +606,33 @@ async fn a_refused_upload_is_read_to_its_end_so_the_client_sees_why() {
     assert!(text.contains("image[0] is empty"), "{text}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_png_that_panics_the_decoder_is_a_422_answered_once_not_retried() {
+    // Found by fuzzing: png 0.18.1 panics on this 55-byte palette. Real GoogLeNet nodes
+    // (random weights) decode it; the answer is "corrupt", from the first node, not a
+    // retryable node fault tried on every node.
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/crashes-found/model_decode/png-palette-of-55-bytes"
+    ))
+    .unwrap();
+    let h = Harness::start(&["--local-workers", "2", "--weights", "random"]).await;
+    h.wait_ready().await;
+    let form = reqwest::multipart::Form::new().part("file", part(crash, "bad.png", "image/png"));
+    let (status, body) = h.classify_wait(form).await;
+    assert_eq!(status, 422, "{body}");
+    let res = &body["results"][0];
+    assert_eq!(res["attempts"], 1, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("decoder failed"),
+        "{res}"
+    );
+    let text = h.get_text("/metrics").await;
+    assert_eq!(
+        metric(&text, "glimpse_dispatch_retries_total"),
+        Some(0.0),
+        "{text}"
+    );
+    h.stop().await;
+}
