@@ -636,3 +636,29 @@ async fn a_png_that_panics_the_decoder_is_a_422_answered_once_not_retried() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::ready(1, 1, &["--body-timeout-s", "1"]).await;
+    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+    tls.write_all(
+        b"POST /api/v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut answer))
+        .await
+        .expect("answered, not held forever")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("no request body data arrived"), "{text}");
+    h.stop().await;
+}
