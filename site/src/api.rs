@@ -24,7 +24,7 @@ use crate::inference::is_ready;
 use crate::jobs::{JobStatus, JobView};
 use crate::reply::{json_response, ok_json, with_retry_after};
 use crate::site::Site;
-use crate::throttle::{Share, ShareRefused};
+use crate::throttle::Share;
 use crate::upload::{UploadError, byte_stream, read_uploads};
 
 /// Default number of labels per image.
@@ -393,18 +393,9 @@ pub fn upload_error(site: &Site, e: UploadError) -> ApiError {
 /// `GET /api/v1/events`: the caller's job updates as Server-Sent Events, opening with a
 /// `hello`. Streams are capped per caller (429) and overall (503).
 fn events(site: &Site, caller: &Caller) -> Result<Response, ApiError> {
-    let retry = site.limits.retry_after_s;
     let share = site.streams.take(&caller.limit, 1).map_err(|refused| {
         site.metrics.request_rejected("event_streams_full");
-        match refused {
-            ShareRefused::Caller { cap } => ApiError::too_many(
-                format!("you have {cap} event streams open already (the limit per caller)"),
-                retry,
-            ),
-            ShareRefused::Total { .. } => {
-                ApiError::unavailable("too many event streams are open; retry later", retry)
-            }
-        }
+        refused.into_api_error("event streams open", site.limits.retry_after_s)
     })?;
     let sub = site.jobs.subscribe(caller.owner.clone());
     let hello = Event::default()

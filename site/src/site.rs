@@ -103,6 +103,14 @@ impl Limits {
     }
 }
 
+/// KServe requests one caller may have in parsing at once. A parse runs on a blocking thread
+/// that waits on the network while the body streams in, so a slow sender holds a thread:
+/// these caps keep the blocking pool (which node decoding shares with local workers) for
+/// everyone. Beyond them: 429, or 503 when every caller together holds [`PARSES_TOTAL`].
+pub const PARSES_PER_CALLER: usize = 4;
+/// KServe requests in parsing at once, over all callers.
+pub const PARSES_TOTAL: usize = 64;
+
 /// A job created by [`Site::submit`]; `task` is `None` for files rejected on arrival.
 pub struct Submitted {
     pub id: String,
@@ -133,6 +141,9 @@ pub struct Site {
     pub queued_by_caller: KeyedCounter,
     /// Event streams open, per caller.
     pub streams: KeyedCounter,
+    /// KServe bodies being parsed, per caller: each holds a blocking thread while its body
+    /// streams in (see [`PARSES_PER_CALLER`]).
+    pub parses: KeyedCounter,
     /// The HTTPS listener's connections (for `/metrics`).
     pub connections: Arc<crate::conn::Registry>,
     queue: Arc<Semaphore>,
@@ -164,6 +175,7 @@ impl Site {
                 limits.max_event_streams_per_caller,
                 limits.max_event_streams,
             ),
+            parses: KeyedCounter::new(PARSES_PER_CALLER, PARSES_TOTAL),
             connections,
             queue: Arc::new(Semaphore::new(limits.max_queued.max(1))),
             dispatch: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
@@ -220,14 +232,9 @@ impl Site {
         if images > 0 {
             let share = match self.queued_by_caller.take(&caller.limit, images) {
                 Ok(s) => s,
-                Err(ShareRefused::Caller { cap }) => {
+                Err(refused @ ShareRefused::Caller { .. }) => {
                     self.metrics.request_rejected("caller_queue_full");
-                    return Err(ApiError::too_many(
-                        format!(
-                            "you have too many images waiting (at most {cap} per caller); retry in {retry} s"
-                        ),
-                        retry,
-                    ));
+                    return Err(refused.into_api_error("images waiting", retry));
                 }
                 Err(ShareRefused::Total { .. }) => return Err(self.queue_full()),
             };

@@ -13,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
 
 use crate::caller::LimitKey;
+use crate::error::ApiError;
 
 /// `--rate-limit`: requests per second and burst per caller, or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +121,27 @@ pub enum ShareRefused {
     Caller { cap: usize },
     /// Every caller together holds the overall cap.
     Total { cap: usize },
+}
+
+impl ShareRefused {
+    /// The answer to a caller refused a share of `what` ("event streams open", say): 429 when
+    /// it is its own cap, 503 when it is everyone's; both with `Retry-After`.
+    pub fn into_api_error(self, what: &str, retry_after_s: u64) -> ApiError {
+        match self {
+            ShareRefused::Caller { cap } => ApiError::too_many(
+                format!(
+                    "you have {cap} {what} already (the limit per caller); retry in {retry_after_s} s"
+                ),
+                retry_after_s,
+            ),
+            ShareRefused::Total { cap } => ApiError::unavailable(
+                format!(
+                    "the server has {cap} {what} over all callers (its limit); retry in {retry_after_s} s"
+                ),
+                retry_after_s,
+            ),
+        }
+    }
 }
 
 impl KeyedCounter {

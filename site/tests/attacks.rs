@@ -40,6 +40,7 @@ async fn trickle(
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .ok()?;
+    tls.flush().await.ok()?;
     connected.fetch_add(1, Ordering::SeqCst);
     let mut buf = [0u8; 256];
     loop {
@@ -49,7 +50,8 @@ async fn trickle(
                 Ok(_) => {}
             },
             () = tokio::time::sleep(Duration::from_millis(500)) => {
-                if tls.write_all(b"X-Slow: yes\r\n").await.is_err() {
+                let sent = tls.write_all(b"X-Slow: yes\r\n").await.and(tls.flush().await);
+                if sent.is_err() {
                     return Some(start.elapsed());
                 }
             }

@@ -662,3 +662,54 @@ async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back()
     assert!(text.contains("no request body data arrived"), "{text}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
+    // Each KServe body is parsed on a blocking thread while it streams in: one caller gets
+    // at most 4 of those at once.
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::ready(1, 1, &[]).await;
+    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..glimpse_site::site::PARSES_PER_CALLER {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+        tls.write_all(
+            b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\":[",
+        )
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        stalled.push(tls);
+    }
+    // The stalled requests take their slots as soon as their heads arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="] }] });
+    let (s, _, err) = loop {
+        let r = h
+            .client
+            .post(h.url("/v2/models/googlenet/infer"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let got = status_and_json(r).await;
+        if got.0 == 429 || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s, 429, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("inference requests being received"),
+        "{err}"
+    );
+    drop(stalled);
+    h.stop().await;
+}

@@ -144,7 +144,15 @@ where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
 {
     known_model(&name)?;
+    let slot = site.parses.take(&caller.limit, 1).map_err(|refused| {
+        site.metrics.request_rejected("parses_full");
+        refused.into_api_error(
+            "inference requests being received",
+            site.limits.retry_after_s,
+        )
+    })?;
     let req = read_request(&site, content_length, body).await?;
+    drop(slot);
     let id = req.id.clone();
     let (uploads, top_k, wanted) = to_uploads(req, &site)?;
     let submitted = site.submit(caller, uploads, top_k)?;
