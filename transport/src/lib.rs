@@ -14,6 +14,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 pub mod server;
+pub mod sync;
 pub mod types;
 
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};

@@ -25,6 +25,7 @@ use crate::codec::{
 };
 use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
+use crate::sync::lock;
 use crate::types::{Handler, InferenceError, InferenceRequest, NodeInfo, WorkStarted};
 
 /// Configuration of a node's QUIC server.
@@ -270,11 +271,6 @@ impl NodeServer {
         info!(node = %shared.info.node_id, "drained");
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding this lock cannot leave the map inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn serve_connection<H: Handler>(

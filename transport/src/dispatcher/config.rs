@@ -1,0 +1,195 @@
+//! What the front-end is told: the nodes, its certificate, and the knobs of placement,
+//! retries, hedging and supervision, with the reason for each default. [`Policy`] is the part
+//! the sans-IO core needs, copied out so the core never sees certificates or sockets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+use crate::config::TransportTuning;
+
+/// A node to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeEndpoint {
+    /// Expected TLS server name (DNS SAN of the node's certificate).
+    pub name: String,
+    /// UDP address.
+    pub addr: SocketAddr,
+}
+
+/// Front-end configuration.
+#[derive(Debug)]
+pub struct DispatcherConfig {
+    /// Nodes to connect to.
+    pub nodes: Vec<NodeEndpoint>,
+    /// Cluster CA: node certificates must chain to it.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// Front-end client certificate (signed by the cluster CA).
+    pub client_cert_chain: Vec<CertificateDer<'static>>,
+    /// Its private key.
+    pub client_key: PrivateKeyDer<'static>,
+    /// Most attempts per request, hedges included. Default 4.
+    pub max_attempts: u32,
+    /// Overall budget per request, retries and waiting for a node included. Default 30 s.
+    pub request_deadline: Duration,
+    /// Send a second copy of slow requests to another node. Default off: it costs capacity.
+    pub hedge: bool,
+    /// Never hedge earlier than this. Default 5 ms (below it the hedge costs more than it saves).
+    pub hedge_min_delay: Duration,
+    /// Lower bound of the per-attempt timeout. Default 500 ms.
+    pub attempt_timeout_floor: Duration,
+    /// Per-attempt timeout = max(floor, factor × observed p99) once latency is known. Default 4.
+    pub attempt_timeout_factor: f32,
+    /// Per-attempt timeout before 20 latency samples exist. Default 10 s: the first GoogLeNet
+    /// batches on a cold 2-core node are slow, and retrying them would only double the load.
+    pub attempt_timeout_cold: Duration,
+    /// Upload allowance added to the per-attempt timeout, in bytes per second: large images
+    /// take longer to send than small ones. Default 4 MiB/s (a 16 MiB image gets +4 s).
+    pub upload_bytes_per_sec: u64,
+    /// First reconnect delay. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay. Default 2 s: a restarted node is back in use within ~2 s.
+    pub reconnect_max: Duration,
+    /// Handshake + Hello timeout. Default 3 s.
+    pub connect_timeout: Duration,
+    /// A node is *silent* when nothing arrives on its control stream for
+    /// max(this floor, `silence_reports` × its load interval) + 2 × the connection's RTT; its
+    /// in-flight images are then reopened on other nodes (the attempts go on and may still
+    /// win). Default 500 ms: a killed node's images move on in about half a second instead
+    /// of QUIC's 10 s idle timeout, while a node that is only briefly descheduled rarely
+    /// trips it (and a false alarm costs a duplicate attempt, never an answer).
+    pub silence_floor: Duration,
+    /// Load reports a node may miss before it counts as silent (see `silence_floor`).
+    /// Default 5.
+    pub silence_reports: u32,
+    /// QUIC settings (`max_image_bytes` also caps what `classify` accepts).
+    pub tuning: TransportTuning,
+    /// Local UDP address to bind. Default: unspecified address of the first node's family, port 0.
+    pub bind: Option<SocketAddr>,
+}
+
+impl Clone for DispatcherConfig {
+    fn clone(&self) -> Self {
+        DispatcherConfig {
+            nodes: self.nodes.clone(),
+            ca: self.ca.clone(),
+            client_cert_chain: self.client_cert_chain.clone(),
+            client_key: self.client_key.clone_key(),
+            max_attempts: self.max_attempts,
+            request_deadline: self.request_deadline,
+            hedge: self.hedge,
+            hedge_min_delay: self.hedge_min_delay,
+            attempt_timeout_floor: self.attempt_timeout_floor,
+            attempt_timeout_factor: self.attempt_timeout_factor,
+            attempt_timeout_cold: self.attempt_timeout_cold,
+            upload_bytes_per_sec: self.upload_bytes_per_sec,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            connect_timeout: self.connect_timeout,
+            silence_floor: self.silence_floor,
+            silence_reports: self.silence_reports,
+            tuning: self.tuning.clone(),
+            bind: self.bind,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// A config with the documented defaults.
+    pub fn new(
+        nodes: Vec<NodeEndpoint>,
+        ca: Vec<CertificateDer<'static>>,
+        client_cert_chain: Vec<CertificateDer<'static>>,
+        client_key: PrivateKeyDer<'static>,
+    ) -> Self {
+        let p = Policy::default();
+        DispatcherConfig {
+            nodes,
+            ca,
+            client_cert_chain,
+            client_key,
+            max_attempts: p.max_attempts,
+            request_deadline: p.request_deadline,
+            hedge: p.hedge,
+            hedge_min_delay: p.hedge_min_delay,
+            attempt_timeout_floor: p.attempt_timeout_floor,
+            attempt_timeout_factor: p.attempt_timeout_factor,
+            attempt_timeout_cold: p.attempt_timeout_cold,
+            upload_bytes_per_sec: p.upload_bytes_per_sec,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            silence_floor: p.silence_floor,
+            silence_reports: p.silence_reports,
+            tuning: TransportTuning::default(),
+            bind: None,
+        }
+    }
+}
+
+/// The decisions' settings, taken from [`DispatcherConfig`]: what a [`super::Request`] and
+/// the cluster state need, and nothing that does I/O. The simulator builds one directly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// See [`DispatcherConfig::max_attempts`].
+    pub max_attempts: u32,
+    /// See [`DispatcherConfig::request_deadline`].
+    pub request_deadline: Duration,
+    /// See [`DispatcherConfig::hedge`].
+    pub hedge: bool,
+    /// See [`DispatcherConfig::hedge_min_delay`].
+    pub hedge_min_delay: Duration,
+    /// See [`DispatcherConfig::attempt_timeout_floor`].
+    pub attempt_timeout_floor: Duration,
+    /// See [`DispatcherConfig::attempt_timeout_factor`].
+    pub attempt_timeout_factor: f32,
+    /// See [`DispatcherConfig::attempt_timeout_cold`].
+    pub attempt_timeout_cold: Duration,
+    /// See [`DispatcherConfig::upload_bytes_per_sec`].
+    pub upload_bytes_per_sec: u64,
+    /// Largest image accepted (`TransportTuning::max_image_bytes`).
+    pub max_image_bytes: usize,
+    /// See [`DispatcherConfig::silence_floor`].
+    pub silence_floor: Duration,
+    /// See [`DispatcherConfig::silence_reports`].
+    pub silence_reports: u32,
+}
+
+impl Default for Policy {
+    /// The documented defaults of [`DispatcherConfig`].
+    fn default() -> Self {
+        Policy {
+            max_attempts: 4,
+            request_deadline: Duration::from_secs(30),
+            hedge: false,
+            hedge_min_delay: Duration::from_millis(5),
+            attempt_timeout_floor: Duration::from_millis(500),
+            attempt_timeout_factor: 4.0,
+            attempt_timeout_cold: Duration::from_secs(10),
+            upload_bytes_per_sec: 4 * 1024 * 1024,
+            max_image_bytes: TransportTuning::default().max_image_bytes,
+            silence_floor: Duration::from_millis(500),
+            silence_reports: 5,
+        }
+    }
+}
+
+impl From<&DispatcherConfig> for Policy {
+    fn from(c: &DispatcherConfig) -> Policy {
+        Policy {
+            max_attempts: c.max_attempts,
+            request_deadline: c.request_deadline,
+            hedge: c.hedge,
+            hedge_min_delay: c.hedge_min_delay,
+            attempt_timeout_floor: c.attempt_timeout_floor,
+            attempt_timeout_factor: c.attempt_timeout_factor,
+            attempt_timeout_cold: c.attempt_timeout_cold,
+            upload_bytes_per_sec: c.upload_bytes_per_sec,
+            max_image_bytes: c.tuning.max_image_bytes,
+            silence_floor: c.silence_floor,
+            silence_reports: c.silence_reports,
+        }
+    }
+}
