@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::Connection;
 
-use super::request::{Cause, Failure};
+use super::action::{Cause, Failure};
 use super::shared::Credit;
 use crate::client::{self, AttemptError, StartedSignal};
 use crate::codec::RequestHeader;

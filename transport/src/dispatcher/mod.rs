@@ -19,12 +19,14 @@
 //! task per node), `attempt.rs` (one attempt on one stream). `glimpse-lab simulate` drives
 //! the same core with simulated nodes on a virtual clock.
 
+mod action;
 mod attempt;
 mod cluster;
 mod config;
 mod heartbeat;
 mod latency;
 mod node;
+mod overdue;
 pub mod placement;
 mod request;
 mod shared;
@@ -42,11 +44,13 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
+pub use action::{Action, Cause, Failure, Open, Won};
 pub use cluster::{Cluster, NodeState, NodeStatus};
 pub use config::{DispatcherConfig, NodeEndpoint, Policy};
 pub use heartbeat::{Backoff, Heartbeat, LEGACY_LOAD_INTERVAL};
 pub use latency::{LATENCY_WINDOW, LatencyWindow, MIN_SAMPLES};
-pub use request::{Action, Cause, Failure, Open, RETRY_POLL, Request, STARTED_EXPECT_FACTOR, Won};
+pub use overdue::STARTED_EXPECT_FACTOR;
+pub use request::{RETRY_POLL, Request};
 pub use stats::DispatchStats;
 
 use crate::client::StartedSignal;

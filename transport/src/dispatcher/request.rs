@@ -32,134 +32,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::action::{Action, Cause, Failure, Open, Won};
+use super::overdue::{Attempt, Slow, base_timeout, upload_allowance};
 use super::placement::Avoid;
 use super::{Cluster, DispatchError, Policy, Progress};
 use crate::types::InferenceError;
 
-/// Once a node has said it started an attempt, the attempt may take its usual timeout plus
-/// this many times the node's own estimate of the work it started. The estimate is an
-/// average of the node's recent rate; one image can run well over it when the node's cores
-/// are shared with other decodes and inference, or when a codec path is slower per byte
-/// than the average (a progressive JPEG). Twice the estimate absorbs that; past it the work
-/// is more likely wedged than slow, and a second copy elsewhere is worth its cost.
-pub const STARTED_EXPECT_FACTOR: u32 = 2;
-
 /// How often an overdue request looks again for a free node to reopen on.
 pub const RETRY_POLL: Duration = Duration::from_millis(50);
-
-/// Open an attempt: send the image to `node`. Its credit is already taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Open {
-    /// The attempt's number within the request (1, 2, ...): its id in later events.
-    pub attempt: u32,
-    /// The node, an index into the cluster.
-    pub node: usize,
-    /// A hedge copy (the first attempt is still running).
-    pub hedge: bool,
-    /// Time left until the request's deadline: the attempt ends by then.
-    pub remaining: Duration,
-}
-
-/// How a request was answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Won {
-    /// The attempt that answered.
-    pub attempt: u32,
-    /// Its node.
-    pub node: usize,
-    /// Attempts made in all (hedges included).
-    pub attempts: u32,
-    /// The answer came from a hedge copy.
-    pub hedge: bool,
-    /// From the request's start to the answer.
-    pub latency: Duration,
-}
-
-/// What the driver must do next.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Nothing runs: get a node with [`Cluster::wait_or_grant`] (passing
-    /// [`Request::failed`]), then report it with [`Request::on_granted`].
-    Wait,
-    /// Start an attempt.
-    Open(Open),
-    /// Stop an attempt (reset its stream); give its credit back once it is stopped.
-    Cancel {
-        /// The attempt.
-        attempt: u32,
-        /// Its node.
-        node: usize,
-    },
-    /// Tell the caller.
-    Progress(Progress),
-    /// The request's one final answer. Running attempts were cancelled just before.
-    Done(Result<Won, DispatchError>),
-}
-
-/// Why an attempt failed, for the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The node reset or stopped the stream.
-    Reset,
-    /// The attempt ran out of time.
-    Timeout,
-    /// The connection to the node was lost.
-    ConnectionLost,
-    /// The node answered with a retryable typed error (overloaded, draining, internal).
-    NodeError,
-    /// Anything else (a garbled reply, a stream error, a non-retryable rejection).
-    Other,
-}
-
-/// A failed attempt, as the state machine needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    /// For the counters.
-    pub cause: Cause,
-    /// Set when the failure is about the image, not the node: the request ends with it.
-    pub fatal: Option<InferenceError>,
-    /// What went wrong, for the caller's "retrying" progress and the final error.
-    pub message: String,
-}
-
-#[derive(Debug, Clone)]
-struct Attempt {
-    id: u32,
-    node: usize,
-    hedge: bool,
-    launched: Instant,
-    /// When the node said it started, and its estimate of the work.
-    started: Option<(Instant, Duration)>,
-    /// Its node sends Started frames.
-    acks: bool,
-    /// The latency-derived timeout at launch (see [`Request::base_timeout`]).
-    base: Duration,
-    /// Overdue at this time if it never starts: launch + base + upload allowance, never past
-    /// the request deadline.
-    unstarted_at: Instant,
-}
-
-impl Attempt {
-    /// When it counts as timed out: from its Started frame once one arrived, from its launch
-    /// before.
-    fn timeout_at(&self) -> Instant {
-        match self.started {
-            Some((at, expect)) => at + self.base + expect.saturating_mul(STARTED_EXPECT_FACTOR),
-            None => self.unstarted_at,
-        }
-    }
-}
-
-/// The newest (non-hedge) attempt, watched for being overdue.
-#[derive(Debug, Clone)]
-struct Slow {
-    attempt: u32,
-    /// Set once its timeout (or silence) was counted, while waiting for a free node to reopen
-    /// the image on: when to look again.
-    retry_at: Option<Instant>,
-    /// It was counted because its node went silent, not because of its timeout.
-    silenced: bool,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -446,9 +326,10 @@ impl Request {
         } else if id > 1 {
             stats.retries += 1;
         }
-        let base = self.base_timeout(cluster);
+        let base = base_timeout(&self.policy, cluster);
         let remaining = self.deadline.saturating_duration_since(now);
-        let unstarted_at = now + (base + self.upload_allowance()).min(remaining);
+        let unstarted_at =
+            now + (base + upload_allowance(&self.policy, self.image_len)).min(remaining);
         let name = cluster.name(node).to_string();
         self.actions.push_back(Action::Progress(if hedge {
             Progress::Hedged { node: name }
@@ -615,25 +496,5 @@ impl Request {
             Some(poll) if slow.silenced => poll,
             Some(poll) => poll.max(a.timeout_at()),
         })
-    }
-
-    /// The latency-derived part of an attempt's timeout: max(floor, factor × p99), or the
-    /// cold timeout before enough samples exist.
-    fn base_timeout<W>(&self, cluster: &mut Cluster<W>) -> Duration {
-        let p = &self.policy;
-        match cluster.latency().settled_percentile(99.0) {
-            Some(p99) => {
-                Duration::from_secs_f32((p99 * p.attempt_timeout_factor).max(0.0) / 1000.0)
-                    .max(p.attempt_timeout_floor)
-            }
-            None => p.attempt_timeout_cold,
-        }
-    }
-
-    /// Time allowed for sending the image at the configured upload rate.
-    fn upload_allowance(&self) -> Duration {
-        Duration::from_secs_f64(
-            self.image_len as f64 / self.policy.upload_bytes_per_sec.max(1) as f64,
-        )
     }
 }
