@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::heartbeat::{Backoff, Heartbeat};
-use super::shared::Shared;
+use super::shared::{Shared, sleep_until_opt};
 use crate::codec::{self, CLOSE_SHUTDOWN, ControlMessage, FrameReadError, MAX_FRAME_BYTES};
 use crate::sync::lock;
 use crate::types::NodeInfo;
@@ -165,7 +165,7 @@ async fn follow_control(
                 }
                 pending = Box::pin(next_control_frame(control));
             }
-            () = super::sleep_until_opt(quiet_at) => {
+            () = sleep_until_opt(quiet_at) => {
                 let now = Instant::now();
                 if heartbeat.on_timeout(now, conn.rtt()) {
                     warn!(

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use quinn::Connection;
 use tokio::sync::{Notify, oneshot, watch};
@@ -129,5 +130,14 @@ impl Drop for Credit {
             let node = self.node;
             self.shared.with_cluster(|c| c.release(node));
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for (a `select!` branch
+/// that never fires).
+pub(super) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
