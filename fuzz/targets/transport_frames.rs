@@ -3,9 +3,10 @@
 //!
 //! The input is what arrives on a QUIC stream: a sequence of length-prefixed frames. It is cut
 //! with the sans-IO splitter ([`codec::decode_frame`], which checks the prefix with
-//! [`codec::frame_len`], the same check the async `codec::read_frame` makes before it
-//! buffers a body), and each whole frame body is fed to all three body decoders: the request
-//! header (what a node reads), the reply (what the front-end reads) and the control message
+//! [`codec::frame_len`] before a body is buffered; the async `stream::read_frame` cuts
+//! production frames with this same function, through `codec::FrameDecoder`), and each whole
+//! frame body is fed to all three body decoders: the request header (what a node reads), the
+//! reply (what the front-end reads) and the control message
 //! (the node's control stream). The first eight bytes also go through
 //! [`StreamCode::from_code`], the parser of a peer's RESET_STREAM / STOP_SENDING code.
 //!

@@ -24,9 +24,11 @@
 //! front-end that predates them interoperates unchanged: an old node ignores `ack` and never
 //! sends `Started`; an old front-end never sets `ack`, so it never sees one.
 //!
-//! Everything here is sans-IO except the small quinn helpers at the end, so the format is
-//! unit-tested without sockets. Frames are cut by [`decode_frame`], incrementally by
-//! [`FrameDecoder`].
+//! Everything here is sans-IO: no `quinn`, no sockets, no async. Bytes go in, messages come
+//! out, so the format is unit-tested (and fuzzed) without a network. Reading frames off a real
+//! QUIC stream is [`crate::stream`]'s job, and it does so by feeding a [`FrameDecoder`], which
+//! cuts frames with [`decode_frame`]: production, the unit tests below and the
+//! `transport_frames` fuzz target all go through that one function.
 //!
 //! Names pair up, so each encoder's inverse is easy to find:
 //! - frames: [`encode_frame`] (body → prefix + body) and [`decode_frame`] (bytes → body), with
@@ -97,11 +99,6 @@ impl StreamCode {
             0x14 => StreamCode::Internal,
             c => StreamCode::Unknown(c),
         }
-    }
-
-    /// As a quinn `VarInt` (all our codes are small).
-    pub fn varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u64(self.code()).unwrap_or(quinn::VarInt::from_u32(0x14))
     }
 
     /// Whether a request that got this code may be retried on another node. A bad request
@@ -408,7 +405,8 @@ pub fn frame_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, CodecErr
 /// bytes". The prefix is checked against `max` (with [`frame_len`]) as soon as its four bytes
 /// are there, so an oversized frame is refused before any of its body is waited for.
 ///
-/// [`FrameDecoder`] cuts frames with it, as do the tests and the fuzz target.
+/// This is the one place frames are cut: [`FrameDecoder`] (and through it the QUIC reader in
+/// [`crate::stream`]) calls it, as do the tests and the fuzz target.
 pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, CodecError> {
     let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
@@ -432,7 +430,8 @@ pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, Co
 /// - a reader that asks its stream for no more than [`FrameDecoder::wanted`] bytes never reads
 ///   past the frame it returns, so whatever follows on the stream (the raw image bytes after a
 ///   request header, or the next frame) is still in the stream for whoever reads it next,
-///   however they read it: such a reader needs no buffer that outlives one frame.
+///   however they read it. That is why [`crate::stream::read_frame`] needs no buffer that
+///   outlives one call, and why it can take a plain `&mut quinn::RecvStream`.
 ///
 /// Whole frames are cut by [`decode_frame`] itself, so the production reader and the tests of
 /// `decode_frame` exercise the same code.
@@ -509,57 +508,6 @@ impl FrameDecoder {
         } else {
             Err(CodecError::Truncated)
         }
-    }
-}
-
-/// Why reading a frame from a QUIC stream failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FrameReadError {
-    /// The bytes were wrong.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    /// The peer reset the stream with this code.
-    #[error("stream reset by peer ({0:?})")]
-    Reset(StreamCode),
-    /// The connection died.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    /// Any other stream error.
-    #[error("stream error: {0}")]
-    Stream(String),
-}
-
-impl From<quinn::ReadError> for FrameReadError {
-    fn from(e: quinn::ReadError) -> Self {
-        match e {
-            quinn::ReadError::Reset(code) => {
-                FrameReadError::Reset(StreamCode::from_code(code.into_inner()))
-            }
-            quinn::ReadError::ConnectionLost(c) => FrameReadError::ConnectionLost(c.to_string()),
-            other => FrameReadError::Stream(other.to_string()),
-        }
-    }
-}
-
-/// Read one frame body from a quinn stream. `Ok(None)`: the stream finished cleanly before
-/// the first byte of a frame (the normal end of a control stream).
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameReadError> {
-    let mut prefix = [0u8; LEN_PREFIX];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(CodecError::Truncated.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
-    }
-    let len = frame_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body)),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(CodecError::Truncated.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
     }
 }
 

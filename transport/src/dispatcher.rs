@@ -41,11 +41,10 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::client::{self, AttemptError, StartedSignal};
-use crate::codec::{
-    self, CLOSE_SHUTDOWN, ControlMessage, FrameReadError, MAX_FRAME_BYTES, RequestHeader,
-};
+use crate::codec::{self, CLOSE_SHUTDOWN, ControlMessage, MAX_FRAME_BYTES, RequestHeader};
 use crate::config::{TransportTuning, bind_endpoint, frontend_quinn_config, frontend_tls_config};
 use crate::error::TransportError;
+use crate::stream::{self, FrameReadError};
 use crate::types::{InferenceAnswer, InferenceError, LoadReport, NodeInfo};
 
 /// A node to connect to.
@@ -1237,7 +1236,7 @@ async fn connect(
             .accept_uni()
             .await
             .map_err(|e| format!("control stream: {e}"))?;
-        let body = codec::read_frame(&mut control, MAX_FRAME_BYTES)
+        let body = stream::read_frame(&mut control, MAX_FRAME_BYTES)
             .await
             .map_err(|e| format!("hello: {e}"))?
             .ok_or_else(|| "control stream ended before hello".to_string())?;
@@ -1266,7 +1265,7 @@ const LEGACY_LOAD_INTERVAL: Duration = Duration::from_millis(250);
 async fn next_control_frame(
     mut control: quinn::RecvStream,
 ) -> (quinn::RecvStream, Result<Option<Vec<u8>>, FrameReadError>) {
-    let frame = codec::read_frame(&mut control, MAX_FRAME_BYTES).await;
+    let frame = stream::read_frame(&mut control, MAX_FRAME_BYTES).await;
     (control, frame)
 }
 
