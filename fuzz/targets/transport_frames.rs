@@ -2,10 +2,11 @@
 //! bytes a peer controls.
 //!
 //! The input is what arrives on a QUIC stream: a sequence of length-prefixed frames. It is cut
-//! with the sans-IO splitter ([`codec::split_frame`], which checks the prefix with
-//! [`codec::frame_len`], the same check the async `codec::read_frame` makes before it
-//! buffers a body), and each whole frame body is fed to all three body decoders: the request
-//! header (what a node reads), the reply (what the front-end reads) and the control message
+//! with the sans-IO splitter ([`codec::decode_frame`], which checks the prefix with
+//! [`codec::frame_len`] before a body is buffered; the async `stream::read_frame` cuts
+//! production frames with this same function, through `codec::FrameDecoder`), and each whole
+//! frame body is fed to all three body decoders: the request header (what a node reads), the
+//! reply (what the front-end reads) and the control message
 //! (the node's control stream). The first eight bytes also go through
 //! [`StreamCode::from_code`], the parser of a peer's RESET_STREAM / STOP_SENDING code.
 //!
@@ -41,7 +42,7 @@ pub fn run(data: &[u8]) -> bool {
     let mut accepted = false;
     let mut rest = data;
     loop {
-        match codec::split_frame(rest, MAX_FRAME_BYTES) {
+        match codec::decode_frame(rest, MAX_FRAME_BYTES) {
             Ok(Some((body, used))) => {
                 assert_eq!(used, LEN_PREFIX + body.len(), "frame length accounting");
                 assert!(used <= rest.len() && body.len() <= MAX_FRAME_BYTES);
@@ -70,7 +71,7 @@ pub fn run(data: &[u8]) -> bool {
 
 /// The body of a frame the encoder produced.
 fn body_of(frame: &[u8]) -> &[u8] {
-    match codec::split_frame(frame, MAX_FRAME_BYTES) {
+    match codec::decode_frame(frame, MAX_FRAME_BYTES) {
         Ok(Some((body, used))) if used == frame.len() => body,
         other => panic!("an encoded frame does not split back: {other:?}"),
     }

@@ -8,9 +8,8 @@ use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::Notify;
 
-use crate::codec::{
-    self, CodecError, FrameReadError, MAX_FRAME_BYTES, Reply, RequestHeader, StreamCode,
-};
+use crate::codec::{self, CodecError, MAX_FRAME_BYTES, Reply, RequestHeader, StreamCode};
+use crate::stream::{self, FrameReadError};
 use crate::types::{InferenceAnswer, InferenceError};
 
 /// How one attempt on one node failed.
@@ -148,7 +147,7 @@ pub async fn request_observed(
     // If the node stops reading (refused: draining, too large, bad request) it has also
     // written a typed reply, which says more than the stop code: go read it.
     let write = async {
-        g.send.write_all(&frame).await?;
+        stream::write_frame(&mut g.send, &frame).await?;
         bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
         let n = image.len() as u64;
         g.send.write_chunk(image).await?;
@@ -161,7 +160,7 @@ pub async fn request_observed(
     .await;
     let stopped_with = match write {
         Ok(()) => None,
-        Err(quinn::WriteError::Stopped(code)) => Some(StreamCode::from_code(code.into_inner())),
+        Err(quinn::WriteError::Stopped(code)) => Some(StreamCode::from_varint(code)),
         Err(quinn::WriteError::ConnectionLost(e)) => {
             return Err(AttemptError::ConnectionLost(e.to_string()));
         }
@@ -169,7 +168,7 @@ pub async fn request_observed(
     };
     let mut seen_started = false;
     let reply = loop {
-        let frame = codec::read_frame(&mut g.recv, MAX_FRAME_BYTES).await;
+        let frame = stream::read_frame(&mut g.recv, MAX_FRAME_BYTES).await;
         if let Ok(Some(body)) = &frame
             && let Ok(Reply::Started { expect_ms }) = codec::decode_reply(body)
         {

@@ -24,8 +24,19 @@
 //! front-end that predates them interoperates unchanged: an old node ignores `ack` and never
 //! sends `Started`; an old front-end never sets `ack`, so it never sees one.
 //!
-//! Everything here is sans-IO except the two small quinn helpers at the end, so the format is
-//! unit-tested without sockets.
+//! Everything here is sans-IO: no `quinn`, no sockets, no async. Bytes go in, messages come
+//! out, so the format is unit-tested (and fuzzed) without a network. Reading frames off a real
+//! QUIC stream is [`crate::stream`]'s job, and it does so by feeding a [`FrameDecoder`], which
+//! cuts frames with [`decode_frame`]: production, the unit tests below and the
+//! `transport_frames` fuzz target all go through that one function.
+//!
+//! Names pair up, so each encoder's inverse is easy to find:
+//! - frames: [`encode_frame`] (body → prefix + body) and [`decode_frame`] (bytes → body), with
+//!   [`FrameDecoder`] as the incremental form of `decode_frame`;
+//! - messages: `encode_X` turns a message into a whole frame (prefix included, ready to write)
+//!   and `decode_X` turns a frame *body* (what `decode_frame` yields) back into the message,
+//!   for X in `request_header`, `control` and `reply`. So `decode_X` of the body that
+//!   `decode_frame` cuts from `encode_X(m)` is `m` again (the unit tests below check it).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
@@ -88,11 +99,6 @@ impl StreamCode {
             0x14 => StreamCode::Internal,
             c => StreamCode::Unknown(c),
         }
-    }
-
-    /// As a quinn `VarInt` (all our codes are small).
-    pub fn varint(self) -> quinn::VarInt {
-        quinn::VarInt::from_u64(self.code()).unwrap_or(quinn::VarInt::from_u32(0x14))
     }
 
     /// Whether a request that got this code may be retried on another node. A bad request
@@ -313,19 +319,10 @@ struct VersionProbe {
     v: u16,
 }
 
+/// CBOR-encode `msg` and frame it.
 fn encode_body<T: Serialize>(msg: &T) -> Result<Bytes, CodecError> {
     let body = serde_cbor::to_vec(msg).map_err(|e| CodecError::Encode(e.to_string()))?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(CodecError::Oversized {
-            len: body.len(),
-            max: MAX_FRAME_BYTES,
-        });
-    }
-    let mut out = BytesMut::with_capacity(LEN_PREFIX + body.len());
-    // Fits: body.len() <= MAX_FRAME_BYTES < u32::MAX.
-    out.put_u32(body.len() as u32);
-    out.extend_from_slice(&body);
-    Ok(out.freeze())
+    encode_frame(&body)
 }
 
 fn decode_versioned<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
@@ -376,6 +373,24 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, CodecError> {
     decode_versioned::<ReplyFrame>(body).map(|f| f.reply)
 }
 
+/// Frame `body`: its length as a big-endian `u32`, then the body. The inverse of
+/// [`decode_frame`]. Refuses a body over [`MAX_FRAME_BYTES`], so we never send a frame that a
+/// peer built like us would refuse to read (the decoders take `max` as a parameter only so
+/// tests can use a small one).
+pub fn encode_frame(body: &[u8]) -> Result<Bytes, CodecError> {
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(CodecError::Oversized {
+            len: body.len(),
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    let mut out = BytesMut::with_capacity(LEN_PREFIX + body.len());
+    // Fits: body.len() <= MAX_FRAME_BYTES < u32::MAX.
+    out.put_u32(body.len() as u32);
+    out.extend_from_slice(body);
+    Ok(out.freeze())
+}
+
 /// Parse a length prefix, enforcing the frame limit before anything is buffered.
 pub fn frame_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, CodecError> {
     let len = u32::from_be_bytes(prefix) as usize;
@@ -385,69 +400,114 @@ pub fn frame_len(prefix: [u8; LEN_PREFIX], max: usize) -> Result<usize, CodecErr
     Ok(len)
 }
 
-/// Sans-IO frame splitter: if `buf` holds a whole frame, return its body and how many bytes
-/// it used; `Ok(None)` means "need more bytes".
-pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, CodecError> {
-    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+/// Sans-IO frame splitter, the inverse of [`encode_frame`]: if `buf` starts with a whole
+/// frame, return its body and how many bytes of `buf` it used; `Ok(None)` means "need more
+/// bytes". The prefix is checked against `max` (with [`frame_len`]) as soon as its four bytes
+/// are there, so an oversized frame is refused before any of its body is waited for.
+///
+/// This is the one place frames are cut: [`FrameDecoder`] (and through it the QUIC reader in
+/// [`crate::stream`]) calls it, as do the tests and the fuzz target.
+pub fn decode_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, CodecError> {
+    let Some(prefix) = buf.first_chunk::<LEN_PREFIX>() else {
         return Ok(None);
     };
-    let mut p = [0u8; LEN_PREFIX];
-    p.copy_from_slice(prefix);
-    let len = frame_len(p, max)?;
+    let len = frame_len(*prefix, max)?;
     match buf.get(LEN_PREFIX..LEN_PREFIX + len) {
         Some(body) => Ok(Some((body, LEN_PREFIX + len))),
         None => Ok(None),
     }
 }
 
-/// Why reading a frame from a QUIC stream failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FrameReadError {
-    /// The bytes were wrong.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
-    /// The peer reset the stream with this code.
-    #[error("stream reset by peer ({0:?})")]
-    Reset(StreamCode),
-    /// The connection died.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    /// Any other stream error.
-    #[error("stream error: {0}")]
-    Stream(String),
+/// Incremental, sans-IO form of [`decode_frame`]: feed it bytes as they arrive, in chunks of
+/// any size, and take whole frame bodies out.
+///
+/// It holds at most one frame (prefix and body, so at most `LEN_PREFIX + max` bytes) and never
+/// takes bytes past the end of that frame: [`FrameDecoder::feed`] says how many of the offered
+/// bytes it took, and the caller keeps the rest. Two things follow:
+/// - memory stays bounded whatever a peer sends: a prefix over `max` is refused as soon as its
+///   four bytes are in, before any of the body is buffered, and a stream of many small frames
+///   in one chunk is taken one frame at a time;
+/// - a reader that asks its stream for no more than [`FrameDecoder::wanted`] bytes never reads
+///   past the frame it returns, so whatever follows on the stream (the raw image bytes after a
+///   request header, or the next frame) is still in the stream for whoever reads it next,
+///   however they read it. That is why [`crate::stream::read_frame`] needs no buffer that
+///   outlives one call, and why it can take a plain `&mut quinn::RecvStream`.
+///
+/// Whole frames are cut by [`decode_frame`] itself, so the production reader and the tests of
+/// `decode_frame` exercise the same code.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    /// The frame being assembled: never more than one, never past its end.
+    buf: Vec<u8>,
+    /// Largest body accepted.
+    max: usize,
 }
 
-impl From<quinn::ReadError> for FrameReadError {
-    fn from(e: quinn::ReadError) -> Self {
-        match e {
-            quinn::ReadError::Reset(code) => {
-                FrameReadError::Reset(StreamCode::from_code(code.into_inner()))
-            }
-            quinn::ReadError::ConnectionLost(c) => FrameReadError::ConnectionLost(c.to_string()),
-            other => FrameReadError::Stream(other.to_string()),
+impl FrameDecoder {
+    /// A decoder that refuses frame bodies over `max` bytes.
+    pub fn new(max: usize) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max,
         }
     }
-}
 
-/// Read one frame body from a quinn stream. `Ok(None)`: the stream finished cleanly before
-/// the first byte of a frame (the normal end of a control stream).
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: usize,
-) -> Result<Option<Vec<u8>>, FrameReadError> {
-    let mut prefix = [0u8; LEN_PREFIX];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(CodecError::Truncated.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
+    /// How many more bytes the frame being assembled needs: the rest of the prefix while it is
+    /// incomplete, then the rest of the body; 0 when a whole frame is buffered (take it with
+    /// [`FrameDecoder::next_frame`]). Reading at most this many bytes never over-reads.
+    /// Fails with [`CodecError::Oversized`] once a prefix over the limit is in.
+    pub fn wanted(&self) -> Result<usize, CodecError> {
+        match self.buf.first_chunk::<LEN_PREFIX>() {
+            None => Ok(LEN_PREFIX - self.buf.len()),
+            Some(prefix) => Ok(LEN_PREFIX + frame_len(*prefix, self.max)? - self.buf.len()),
+        }
     }
-    let len = frame_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body)),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(CodecError::Truncated.into()),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
+
+    /// Offer `bytes`; returns how many were taken. Takes bytes only up to the end of the
+    /// current frame (so fewer than offered once a frame is whole: take it with
+    /// [`FrameDecoder::next_frame`], then offer the rest again). Fails as soon as the prefix
+    /// announces a body over the limit, having buffered nothing but the prefix.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, CodecError> {
+        let mut taken = 0;
+        // At most three turns: finish the prefix, then the body, then see the frame is whole.
+        loop {
+            let wanted = self.wanted()?;
+            let n = wanted.min(bytes.len() - taken);
+            if n == 0 {
+                return Ok(taken);
+            }
+            // Exactly what this frame still needs (bounded by `max`), not a doubling guess.
+            self.buf.reserve_exact(wanted);
+            self.buf.extend_from_slice(&bytes[taken..taken + n]);
+            taken += n;
+        }
+    }
+
+    /// The body of the buffered frame once it is whole (cut by [`decode_frame`]), leaving the
+    /// decoder empty for the next one; `Ok(None)` while bytes are missing.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, CodecError> {
+        let Some((body, used)) = decode_frame(&self.buf, self.max)? else {
+            return Ok(None);
+        };
+        let body = body.to_vec();
+        self.buf.drain(..used);
+        Ok(Some(body))
+    }
+
+    /// Bytes held: those of the frame being assembled.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The stream ended. Fine between frames (nothing buffered: a clean end, like a control
+    /// stream closing); [`CodecError::Truncated`] if it ended inside one. Call it after
+    /// [`FrameDecoder::next_frame`] has taken any whole frame.
+    pub fn finish(&self) -> Result<(), CodecError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(CodecError::Truncated)
+        }
     }
 }
 
@@ -472,7 +532,7 @@ mod tests {
     }
 
     fn body(frame: &[u8]) -> &[u8] {
-        let (b, used) = split_frame(frame, MAX_FRAME_BYTES).unwrap().unwrap();
+        let (b, used) = decode_frame(frame, MAX_FRAME_BYTES).unwrap().unwrap();
         assert_eq!(used, frame.len());
         b
     }
@@ -634,7 +694,7 @@ mod tests {
     fn oversized_length_is_rejected_before_buffering() {
         let prefix = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes();
         assert!(matches!(
-            split_frame(&prefix, MAX_FRAME_BYTES),
+            decode_frame(&prefix, MAX_FRAME_BYTES),
             Err(CodecError::Oversized { .. })
         ));
         assert!(matches!(
@@ -648,10 +708,238 @@ mod tests {
         let f = encode_request_header(&RequestHeader::new(1, 1, None, 5, 10)).unwrap();
         for cut in 0..f.len() {
             assert_eq!(
-                split_frame(&f[..cut], MAX_FRAME_BYTES).unwrap(),
+                decode_frame(&f[..cut], MAX_FRAME_BYTES).unwrap(),
                 None,
                 "cut at {cut}"
             );
+        }
+    }
+
+    /// Two encoded frames back to back, as a peer would send them.
+    fn two_frames() -> (Bytes, Bytes, Vec<u8>) {
+        let a = encode_request_header(&RequestHeader::new(1, 1, Some(5), 5, 10)).unwrap();
+        let b = encode_reply(&Reply::Started { expect_ms: 77 }).unwrap();
+        let both = [&a[..], &b[..]].concat();
+        (a, b, both)
+    }
+
+    /// Feed `bytes` to `d` in chunks of `size`, the way a stream reader would (offering again
+    /// what a full decoder did not take); returns every body that came out.
+    fn feed_in_chunks(d: &mut FrameDecoder, bytes: &[u8], size: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(size) {
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let taken = d.feed(rest).unwrap();
+                rest = &rest[taken..];
+                if let Some(body) = d.next_frame().unwrap() {
+                    out.push(body);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encode_frame_and_decode_frame_are_inverses() {
+        for body in [&b""[..], b"x", &[7u8; 300][..]] {
+            let f = encode_frame(body).unwrap();
+            assert_eq!(&f[..LEN_PREFIX], (body.len() as u32).to_be_bytes());
+            assert_eq!(
+                decode_frame(&f, MAX_FRAME_BYTES).unwrap(),
+                Some((body, f.len()))
+            );
+        }
+        assert!(matches!(
+            encode_frame(&vec![0u8; MAX_FRAME_BYTES + 1]),
+            Err(CodecError::Oversized { .. })
+        ));
+        // The message encoders are encode_frame over CBOR: same bytes as before the split.
+        let h = RequestHeader::new(3, 1, None, 5, 9);
+        assert_eq!(
+            encode_request_header(&h).unwrap(),
+            encode_frame(&serde_cbor::to_vec(&h).unwrap()).unwrap()
+        );
+    }
+
+    #[test]
+    fn decoder_reassembles_a_frame_from_tiny_chunks() {
+        let (a, _, both) = two_frames();
+        for size in [1, 2, 3, 5] {
+            let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+            let bodies = feed_in_chunks(&mut d, &a, size);
+            assert_eq!(bodies, vec![body(&a).to_vec()], "chunks of {size}");
+            assert_eq!(d.buffered(), 0);
+            assert_eq!(d.finish(), Ok(()));
+            let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+            assert_eq!(
+                feed_in_chunks(&mut d, &both, size).len(),
+                2,
+                "chunks of {size}"
+            );
+        }
+    }
+
+    /// Byte by byte, `wanted` is exactly what is missing (of the prefix, then of the whole
+    /// frame): a reader that asks for no more never reads past the frame.
+    #[test]
+    fn decoder_wants_exactly_the_rest_of_the_frame() {
+        let (a, _, _) = two_frames();
+        let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+        for (i, byte) in a.iter().enumerate() {
+            let missing = if i < LEN_PREFIX { LEN_PREFIX } else { a.len() } - i;
+            assert_eq!(d.wanted().unwrap(), missing, "at byte {i}");
+            assert_eq!(d.next_frame().unwrap(), None);
+            assert_eq!(d.feed(&[*byte]).unwrap(), 1);
+        }
+        assert_eq!(d.wanted().unwrap(), 0);
+        assert_eq!(
+            d.feed(b"more").unwrap(),
+            0,
+            "a whole frame takes nothing more"
+        );
+        assert_eq!(d.next_frame().unwrap().unwrap(), body(&a));
+        assert_eq!(d.wanted().unwrap(), LEN_PREFIX);
+    }
+
+    #[test]
+    fn decoder_takes_two_frames_in_one_chunk_one_at_a_time() {
+        let (a, b, mut both) = two_frames();
+        both.extend_from_slice(b"raw image bytes");
+        let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+        let taken = d.feed(&both).unwrap();
+        assert_eq!(taken, a.len(), "stops at the end of the first frame");
+        assert_eq!(d.next_frame().unwrap().unwrap(), body(&a));
+        let rest = &both[taken..];
+        let taken = d.feed(rest).unwrap();
+        assert_eq!(taken, b.len());
+        let second = d.next_frame().unwrap().unwrap();
+        assert_eq!(
+            decode_reply(&second).unwrap(),
+            Reply::Started { expect_ms: 77 }
+        );
+        assert_eq!(
+            &rest[taken..],
+            b"raw image bytes",
+            "what follows is left to the caller"
+        );
+        assert_eq!(d.next_frame().unwrap(), None);
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn decoder_refuses_a_too_large_prefix_without_buffering_its_body() {
+        let max = 16;
+        let mut input = ((max + 1) as u32).to_be_bytes().to_vec();
+        input.extend_from_slice(&[0xaa; 64]);
+        // All at once, and with the prefix split across chunks.
+        let mut d = FrameDecoder::new(max);
+        assert_eq!(
+            d.feed(&input),
+            Err(CodecError::Oversized { len: max + 1, max })
+        );
+        assert!(d.buffered() <= LEN_PREFIX, "buffered {}", d.buffered());
+        assert!(
+            d.wanted().is_err() && d.feed(&input[LEN_PREFIX..]).is_err(),
+            "stays refused"
+        );
+        assert_eq!(d.buffered(), LEN_PREFIX);
+        let mut d = FrameDecoder::new(max);
+        assert_eq!(d.feed(&input[..3]), Ok(3));
+        assert!(matches!(
+            d.feed(&input[3..]),
+            Err(CodecError::Oversized { .. })
+        ));
+        assert_eq!(d.buffered(), LEN_PREFIX);
+        // A body of exactly `max` is fine.
+        let mut d = FrameDecoder::new(max);
+        let f = encode_frame(&[1u8; 16]).unwrap();
+        assert_eq!(d.feed(&f), Ok(f.len()));
+        assert_eq!(d.next_frame().unwrap().unwrap(), vec![1u8; 16]);
+    }
+
+    #[test]
+    fn decoder_reports_a_stream_that_ends_inside_a_frame() {
+        let (a, _, _) = two_frames();
+        // Inside the prefix and inside the body.
+        for cut in [1, LEN_PREFIX - 1, LEN_PREFIX, LEN_PREFIX + 1, a.len() - 1] {
+            let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+            assert_eq!(d.feed(&a[..cut]), Ok(cut));
+            assert_eq!(d.next_frame().unwrap(), None);
+            assert_eq!(d.finish(), Err(CodecError::Truncated), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn decoder_accepts_a_clean_end_between_frames() {
+        let d = FrameDecoder::new(MAX_FRAME_BYTES);
+        assert_eq!(d.finish(), Ok(()), "no byte at all");
+        let mut d = FrameDecoder::new(MAX_FRAME_BYTES);
+        let empty = encode_frame(b"").unwrap();
+        assert_eq!(d.feed(&empty), Ok(LEN_PREFIX));
+        assert_eq!(
+            d.next_frame().unwrap(),
+            Some(Vec::new()),
+            "an empty body is a frame"
+        );
+        assert_eq!(d.finish(), Ok(()), "after a whole frame");
+    }
+
+    /// The decoder and `decode_frame` agree on every input, whatever the chunking: garbage
+    /// included (deterministic xorshift, as in `garbage_never_panics`).
+    #[test]
+    fn decoder_agrees_with_decode_frame_on_garbage() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let max = 64;
+        for _ in 0..2000 {
+            let len = (next() % 160) as usize;
+            // Small lengths so that whole frames occur often.
+            let buf: Vec<u8> = (0..len)
+                .map(|i| if i % 8 < 3 { 0 } else { next() as u8 })
+                .collect();
+            let mut expected = Vec::new();
+            let mut rest = &buf[..];
+            let expected_err = loop {
+                match decode_frame(rest, max) {
+                    Ok(Some((b, used))) => {
+                        expected.push(b.to_vec());
+                        rest = &rest[used..];
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            };
+            let size = 1 + (next() % 9) as usize;
+            let mut d = FrameDecoder::new(max);
+            let mut got = Vec::new();
+            let mut err = None;
+            'outer: for chunk in buf.chunks(size) {
+                let mut c = chunk;
+                while !c.is_empty() {
+                    match d.feed(c) {
+                        Ok(n) => c = &c[n..],
+                        Err(e) => {
+                            err = Some(e);
+                            break 'outer;
+                        }
+                    }
+                    if let Some(b) = d.next_frame().unwrap() {
+                        got.push(b);
+                    }
+                }
+            }
+            assert_eq!(got, expected);
+            assert_eq!(err, expected_err);
+            assert!(d.buffered() <= LEN_PREFIX + max);
+            if err.is_none() {
+                assert_eq!(d.buffered(), rest.len());
+            }
         }
     }
 
@@ -690,7 +978,7 @@ mod tests {
             let _ = decode_request_header(&buf);
             let _ = decode_reply(&buf);
             let _ = decode_control(&buf);
-            if let Ok(Some((b, used))) = split_frame(&buf, MAX_FRAME_BYTES) {
+            if let Ok(Some((b, used))) = decode_frame(&buf, MAX_FRAME_BYTES) {
                 assert!(used <= buf.len());
                 let _ = decode_request_header(b);
             }

@@ -2,6 +2,8 @@
 //!
 //! - [`codec`]: the versioned, length-prefixed CBOR wire format and stream error codes
 //!   (sans-IO, unit-tested without sockets).
+//! - [`stream`]: reading and writing those frames on quinn streams (thin glue over
+//!   [`codec::FrameDecoder`]).
 //! - [`config`]: mutual-TLS (rustls + ring) and QUIC transport settings, with reasons.
 //! - [`NodeServer`]: the node side; calls a [`Handler`] per image, drains on shutdown.
 //! - [`Dispatcher`]: the front-end side; connects to every node, places images by power of two
@@ -14,6 +16,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 pub mod server;
+pub mod stream;
 pub mod sync;
 pub mod types;
 

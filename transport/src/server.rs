@@ -20,11 +20,11 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::codec::{
-    self, CLOSE_DRAINED, ControlMessage, ErrorKind, ErrorReply, FrameReadError, MAX_FRAME_BYTES,
-    Reply, StreamCode,
+    self, CLOSE_DRAINED, ControlMessage, ErrorKind, ErrorReply, MAX_FRAME_BYTES, Reply, StreamCode,
 };
 use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
+use crate::stream::{self, FrameReadError};
 use crate::sync::lock;
 use crate::types::{Handler, InferenceError, InferenceRequest, NodeInfo, WorkStarted};
 
@@ -323,7 +323,7 @@ async fn control_stream<H: Handler>(conn: Connection, shared: Arc<Shared>, handl
     let result: Result<(), String> = async {
         let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
         let hello = codec::encode_control(&ControlMessage::Hello(shared.info.clone())).map_err(|e| e.to_string())?;
-        send.write_all(&hello).await.map_err(|e| e.to_string())?;
+        stream::write_frame(&mut send, &hello).await.map_err(|e| e.to_string())?;
         let mut draining = shared.draining.clone();
         let mut tick = tokio::time::interval(shared.load_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,13 +331,13 @@ async fn control_stream<H: Handler>(conn: Connection, shared: Arc<Shared>, handl
         loop {
             if *draining.borrow() && !announced {
                 let f = codec::encode_control(&ControlMessage::Draining).map_err(|e| e.to_string())?;
-                send.write_all(&f).await.map_err(|e| e.to_string())?;
+                stream::write_frame(&mut send, &f).await.map_err(|e| e.to_string())?;
                 announced = true;
             }
             tokio::select! {
                 _ = tick.tick() => {
                     let f = codec::encode_control(&ControlMessage::Load(handler.load())).map_err(|e| e.to_string())?;
-                    send.write_all(&f).await.map_err(|e| e.to_string())?;
+                    stream::write_frame(&mut send, &f).await.map_err(|e| e.to_string())?;
                 }
                 changed = draining.changed(), if !announced => {
                     if changed.is_err() { return Ok(()); }
@@ -367,7 +367,7 @@ async fn send_final(send: &mut SendStream, pending: &[u8], reply: &Reply) {
     }
     match codec::encode_reply(reply) {
         Ok(frame) => {
-            if let Err(e) = send.write_all(&frame).await {
+            if let Err(e) = stream::write_frame(send, &frame).await {
                 debug!(error = %e, "could not write reply");
                 return;
             }
@@ -404,7 +404,7 @@ async fn serve_stream<H: Handler>(
     }
     let header = match tokio::time::timeout(
         shared.header_timeout,
-        codec::read_frame(&mut recv, MAX_FRAME_BYTES),
+        stream::read_frame(&mut recv, MAX_FRAME_BYTES),
     )
     .await
     {

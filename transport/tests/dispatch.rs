@@ -659,9 +659,9 @@ async fn old_node(
     Arc<std::sync::atomic::AtomicU64>,
 ) {
     use glimpse_transport::codec::{
-        self, ControlMessage, MAX_FRAME_BYTES, Reply, decode_request_header, encode_control,
-        encode_reply,
+        ControlMessage, MAX_FRAME_BYTES, Reply, decode_request_header, encode_control, encode_reply,
     };
+    use glimpse_transport::stream;
     use std::sync::atomic::AtomicU64;
     let (ep, addr) = raw_node_endpoint(pki, name);
     let answered = Arc::new(AtomicU64::new(0));
@@ -694,7 +694,7 @@ async fn old_node(
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let (ans, rst) = (ans.clone(), rst.clone());
                     tokio::spawn(async move {
-                        let Ok(Some(body)) = codec::read_frame(&mut recv, MAX_FRAME_BYTES).await
+                        let Ok(Some(body)) = stream::read_frame(&mut recv, MAX_FRAME_BYTES).await
                         else {
                             return;
                         };

@@ -15,10 +15,11 @@ use glimpse_transport::codec::{
     self, ControlMessage, ErrorKind, MAX_FRAME_BYTES, Reply, RequestHeader, decode_control,
     decode_reply,
 };
+use glimpse_transport::stream;
 use glimpse_transport::{DispatchError, Dispatcher, InferenceError, NodeState};
 
 async fn read_reply(recv: &mut quinn::RecvStream) -> Reply {
-    let body = tokio::time::timeout(LONG, codec::read_frame(recv, MAX_FRAME_BYTES))
+    let body = tokio::time::timeout(LONG, stream::read_frame(recv, MAX_FRAME_BYTES))
         .await
         .expect("reply in time")
         .expect("reply frame")
@@ -80,7 +81,7 @@ async fn node_announces_itself_on_the_control_stream() {
         Some(glimpse_transport::ALPN.to_vec())
     );
     let mut ctl = conn.accept_uni().await.unwrap();
-    let hello = codec::read_frame(&mut ctl, MAX_FRAME_BYTES)
+    let hello = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
         .await
         .unwrap()
         .unwrap();
@@ -91,7 +92,7 @@ async fn node_announces_itself_on_the_control_stream() {
         }
         other => panic!("expected hello, got {other:?}"),
     }
-    let load = codec::read_frame(&mut ctl, MAX_FRAME_BYTES)
+    let load = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
         .await
         .unwrap()
         .unwrap();
@@ -407,7 +408,7 @@ async fn started_frame_precedes_the_answer_only_when_asked() {
     let (ep, cfg) = pki.raw_client();
     let conn = raw_connect(&ep, &cfg, node.addr, "a").await.unwrap();
     let mut ctl = conn.accept_uni().await.unwrap();
-    let hello = codec::read_frame(&mut ctl, MAX_FRAME_BYTES)
+    let hello = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
         .await
         .unwrap()
         .unwrap();
@@ -435,7 +436,7 @@ async fn started_frame_precedes_the_answer_only_when_asked() {
         other => panic!("expected the answer, got {other:?}"),
     }
     assert!(
-        codec::read_frame(&mut recv, MAX_FRAME_BYTES)
+        stream::read_frame(&mut recv, MAX_FRAME_BYTES)
             .await
             .unwrap()
             .is_none(),

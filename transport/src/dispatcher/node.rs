@@ -11,7 +11,8 @@ use tracing::{debug, info, warn};
 
 use super::heartbeat::{Backoff, Heartbeat};
 use super::shared::{Shared, sleep_until_opt};
-use crate::codec::{self, CLOSE_SHUTDOWN, ControlMessage, FrameReadError, MAX_FRAME_BYTES};
+use crate::codec::{self, CLOSE_SHUTDOWN, ControlMessage, MAX_FRAME_BYTES};
+use crate::stream::{self, FrameReadError};
 use crate::sync::lock;
 use crate::types::NodeInfo;
 
@@ -91,7 +92,7 @@ async fn connect(
             .accept_uni()
             .await
             .map_err(|e| format!("control stream: {e}"))?;
-        let body = codec::read_frame(&mut control, MAX_FRAME_BYTES)
+        let body = stream::read_frame(&mut control, MAX_FRAME_BYTES)
             .await
             .map_err(|e| format!("hello: {e}"))?
             .ok_or_else(|| "control stream ended before hello".to_string())?;
@@ -117,7 +118,7 @@ async fn connect(
 async fn next_control_frame(
     mut control: quinn::RecvStream,
 ) -> (quinn::RecvStream, Result<Option<Vec<u8>>, FrameReadError>) {
-    let frame = codec::read_frame(&mut control, MAX_FRAME_BYTES).await;
+    let frame = stream::read_frame(&mut control, MAX_FRAME_BYTES).await;
     (control, frame)
 }
 
