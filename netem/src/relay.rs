@@ -17,15 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::impair::{Counters, DirectionConfig, SpecError};
-use crate::link::LinkControl;
+use crate::impair::{DirectionConfig, SpecError};
+use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, ScheduleTx, enqueue, lock, release};
 
 /// Largest datagram the relay forwards (the UDP maximum).
@@ -40,28 +39,6 @@ pub enum RelayError {
     Socket(#[from] io::Error),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("unknown direction {0:?} (expected up, down or both)")]
-    Direction(String),
-}
-
-/// Which way a packet travels: `Up` is client → upstream, `Down` is upstream → client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Up,
-    Down,
-    Both,
-}
-
-impl std::str::FromStr for Direction {
-    type Err = RelayError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "up" => Ok(Direction::Up),
-            "down" => Ok(Direction::Down),
-            "both" => Ok(Direction::Both),
-            other => Err(RelayError::Direction(other.to_string())),
-        }
-    }
 }
 
 /// Everything a relay needs to start.
@@ -94,14 +71,6 @@ impl RelayConfig {
             max_sessions: 256,
         }
     }
-}
-
-/// A snapshot of both directions' configuration and counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct RelayStats {
-    pub up: Counters,
-    pub down: Counters,
-    pub sessions: usize,
 }
 
 struct Session {
@@ -236,10 +205,10 @@ impl RelayHandle {
         Ok(LinkControl::apply_spec(self, dir, spec)?)
     }
 
-    pub fn stats(&self) -> RelayStats {
+    pub fn stats(&self) -> LinkStats {
         let s = &self.inner.shared;
         let (up, down) = s.engines.counters();
-        RelayStats {
+        LinkStats {
             up,
             down,
             sessions: lock(&s.sessions).len(),
@@ -402,7 +371,7 @@ impl LinkControl for RelayHandle {
     fn set_config(&self, dir: Direction, config: DirectionConfig) {
         RelayHandle::set_config(self, dir, config);
     }
-    fn stats(&self) -> RelayStats {
+    fn stats(&self) -> LinkStats {
         RelayHandle::stats(self)
     }
     fn reset_counters(&self) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::impair::{Counters, DirectionConfig, Impairment, Verdict};
-use crate::relay::Direction;
+use crate::link::Direction;
 
 /// Locks a mutex, recovering from poisoning: the protected state (counters, config) is
 /// always consistent between statements, so a panic elsewhere must not stop a link.

@@ -48,8 +48,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::impair::DirectionConfig;
-use crate::link::LinkControl;
-use crate::relay::{Direction, RelayStats};
+use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, enqueue, lock, release};
 
 /// Largest packet read from a device; above any MTU the link is configured with.
@@ -486,9 +485,9 @@ impl LinkControl for TunLink {
         self.shared.set_config(dir, config);
     }
 
-    fn stats(&self) -> RelayStats {
+    fn stats(&self) -> LinkStats {
         let (up, down) = self.shared.counters();
-        RelayStats {
+        LinkStats {
             up,
             down,
             sessions: 0,

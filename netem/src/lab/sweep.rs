@@ -17,8 +17,8 @@ use super::procs::{
     Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
 };
 use crate::impair::DirectionConfig;
-use crate::link::LinkControl;
-use crate::relay::{Direction, RelayConfig, RelayHandle};
+use crate::link::{Direction, LinkControl};
+use crate::relay::{RelayConfig, RelayHandle};
 
 /// Port of a Glimpse node inside its namespace (`--net netns`; the namespace is fresh, so a
 /// fixed port cannot collide).
