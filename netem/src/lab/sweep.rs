@@ -708,6 +708,255 @@ async fn run_baseline(
 mod tests {
     use super::*;
 
+    /// The options `glimpse-lab sweep` builds by default (48 images, 24 with `--quick`).
+    fn options(quick: bool, net: NetMode) -> LabOptions {
+        LabOptions {
+            out: PathBuf::from("/nonexistent"),
+            quick,
+            model: "synthetic".into(),
+            runs: 1,
+            images: if quick { 24 } else { 48 },
+            concurrency: 4,
+            service_ms: 100,
+            capacity: 1,
+            bins: Bins {
+                dir: PathBuf::from("/nonexistent"),
+            },
+            systems: vec![System::Glimpse, System::Baseline],
+            site_extra: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+            baseline_timeout: Duration::from_secs(5),
+            client_attempts: 3,
+            run_limit: Duration::from_secs(600),
+            seed: 1,
+            net,
+            only: Vec::new(),
+            points: Vec::new(),
+        }
+    }
+
+    /// `(x, label)` of each point.
+    type Points = Vec<(f64, String)>;
+
+    /// `(id, images, points)` of every experiment of a sweep.
+    fn shape(sweep: &str, o: &LabOptions) -> Vec<(String, usize, Points)> {
+        experiments(sweep, o)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let pts = e.points.iter().map(|p| (p.x, p.label.clone())).collect();
+                (e.id, e.images, pts)
+            })
+            .collect()
+    }
+
+    fn pts(xs: &[(f64, &str)]) -> Points {
+        xs.iter().map(|(x, l)| (*x, l.to_string())).collect()
+    }
+
+    /// Every sweep's experiments, images and points, full and `--quick`: a wrong row in the
+    /// catalogue shows up here.
+    #[test]
+    fn the_catalogue_of_every_sweep() {
+        let full = options(false, NetMode::Relay);
+        let quick = options(true, NetMode::Relay);
+        let workers: Points = (1..=8).map(|w| (w as f64, w.to_string())).collect();
+        assert_eq!(
+            shape("workers", &full),
+            vec![("workers".into(), 48, workers)]
+        );
+        assert_eq!(
+            shape("workers", &quick),
+            vec![(
+                "workers".into(),
+                24,
+                pts(&[(1.0, "1"), (2.0, "2"), (4.0, "4"), (8.0, "8")])
+            )]
+        );
+        let seed_loss = pts(&[(0.0, "0"), (0.4, "0.4"), (0.8, "0.8")]);
+        assert_eq!(
+            shape("loss", &full),
+            vec![
+                ("loss-seed".into(), 24, seed_loss.clone()),
+                (
+                    "loss-packet".into(),
+                    24,
+                    pts(&[
+                        (0.0, "0%"),
+                        (1.0, "1%"),
+                        (5.0, "5%"),
+                        (10.0, "10%"),
+                        (20.0, "20%"),
+                        (40.0, "40%"),
+                        (80.0, "80%")
+                    ])
+                ),
+            ]
+        );
+        assert_eq!(
+            shape("loss", &quick),
+            vec![
+                ("loss-seed".into(), 12, seed_loss.clone()),
+                (
+                    "loss-packet".into(),
+                    12,
+                    pts(&[(0.0, "0%"), (5.0, "5%"), (20.0, "20%")])
+                ),
+            ]
+        );
+        let holds = pts(&[(0.0, "0 s"), (5.0, "5 s"), (10.0, "10 s")]);
+        assert_eq!(
+            shape("delay", &full),
+            vec![
+                ("delay-seed".into(), 12, holds.clone()),
+                (
+                    "delay-rtt".into(),
+                    48,
+                    pts(&[
+                        (0.0, "0 ms"),
+                        (50.0, "50 ms"),
+                        (200.0, "200 ms"),
+                        (1000.0, "1000 ms")
+                    ])
+                ),
+            ]
+        );
+        assert_eq!(
+            shape("delay", &quick),
+            vec![
+                ("delay-seed".into(), 6, holds),
+                (
+                    "delay-rtt".into(),
+                    24,
+                    pts(&[(0.0, "0 ms"), (200.0, "200 ms")])
+                ),
+            ]
+        );
+        assert_eq!(
+            shape("failure", &full),
+            vec![
+                ("failure-seed".into(), 48, seed_loss.clone()),
+                (
+                    "failure-cycles".into(),
+                    48,
+                    pts(&[
+                        (0.0, "none"),
+                        (2000.0, "every 2000 ms"),
+                        (1000.0, "every 1000 ms"),
+                        (500.0, "every 500 ms")
+                    ])
+                ),
+            ]
+        );
+        assert_eq!(
+            shape("failure", &quick),
+            vec![
+                ("failure-seed".into(), 24, seed_loss),
+                (
+                    "failure-cycles".into(),
+                    24,
+                    pts(&[(0.0, "none"), (1000.0, "every 1000 ms")])
+                ),
+            ]
+        );
+        // A few images more than the floor of the seed-loss experiments: never fewer than 6.
+        let mut few = options(false, NetMode::Relay);
+        few.images = 4;
+        assert_eq!(shape("loss", &few)[0].1, 6);
+    }
+
+    fn cluster(sweep: &str, id: &str, label: &str) -> ClusterSpec {
+        let all = experiments(sweep, &options(false, NetMode::Relay)).unwrap();
+        let e = all.into_iter().find(|e| e.id == id).unwrap();
+        e.points
+            .into_iter()
+            .find(|p| p.label == label)
+            .unwrap()
+            .cluster
+    }
+
+    /// What each experiment varies in the cluster of a point.
+    #[test]
+    fn points_set_the_cluster() {
+        assert_eq!(cluster("workers", "workers", "5").workers, 5);
+        assert_eq!(cluster("loss", "loss-seed", "0.4").exchange_loss, 0.4);
+        let packet = cluster("loss", "loss-packet", "5%");
+        assert_eq!((packet.workers, packet.link), (3, Some("loss=5%".into())));
+        assert_eq!(cluster("loss", "loss-packet", "0%").link, None);
+        assert_eq!(cluster("delay", "delay-seed", "5 s").extra_delay_ms, 5000);
+        assert_eq!(
+            cluster("delay", "delay-rtt", "200 ms").link,
+            Some("delay=100ms".into())
+        );
+        assert_eq!(cluster("delay", "delay-rtt", "0 ms").link, None);
+        assert_eq!(cluster("failure", "failure-seed", "0.8").fail_rate_one, 0.8);
+        assert_eq!(
+            cluster("failure", "failure-cycles", "every 500 ms").crash_every,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            cluster("failure", "failure-cycles", "none").crash_every,
+            None
+        );
+    }
+
+    /// Titles, axis labels and method texts: the service time and the network mode are
+    /// filled in, and the two link experiments explain each mode differently.
+    #[test]
+    fn methods_name_the_network() {
+        let relay = experiments("workers", &options(false, NetMode::Relay)).unwrap();
+        assert_eq!(relay[0].title, "Throughput vs number of workers");
+        assert_eq!(relay[0].x_label, "workers");
+        assert!(relay[0].method.starts_with(
+            "Each worker serves one image at a time (100 ms service time with the synthetic model); no impairment. Network `--net relay`"
+        ));
+        for (sweep, id) in [("loss", "loss-packet"), ("delay", "delay-rtt")] {
+            let text = |net| {
+                experiments(sweep, &options(false, net))
+                    .unwrap()
+                    .into_iter()
+                    .find(|e| e.id == id)
+                    .unwrap()
+                    .method
+            };
+            let (r, n) = (text(NetMode::Relay), text(NetMode::Netns));
+            assert!(
+                r.contains("relay") && r.ends_with(NetMode::Relay.describe()),
+                "{r}"
+            );
+            assert!(
+                n.contains("TUN link") && n.ends_with(NetMode::Netns.describe()),
+                "{n}"
+            );
+        }
+    }
+
+    /// Unknown sweeps, `--only` ids and `--points` are usage errors that list what exists.
+    #[test]
+    fn unknown_names_are_usage_errors() {
+        let o = options(false, NetMode::Relay);
+        let err = experiments("latency", &o).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "usage: unknown sweep \"latency\" (workers, loss, delay, failure)"
+        );
+        let mut only = o.clone();
+        only.only = vec!["loss-bits".into()];
+        let err = experiments("loss", &only).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "usage: --only \"loss-bits\": sweep loss has experiments loss-seed, loss-packet"
+        );
+        only.only = vec!["loss-packet".into()];
+        only.points = vec!["5".into(), "20%".into()];
+        assert_eq!(
+            shape("loss", &only),
+            vec![("loss-packet".into(), 24, pts(&[(5.0, "5%"), (20.0, "20%")]))]
+        );
+        only.points = vec!["3%".into()];
+        assert!(experiments("loss", &only).is_err());
+    }
+
     fn with_link(spec: &str) -> ClusterSpec {
         let mut c = ClusterSpec::plain(3);
         c.link = Some(spec.into());
