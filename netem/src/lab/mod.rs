@@ -6,6 +6,7 @@
 //! lab links none of those crates, so it measures what an operator deploys.
 
 pub mod baseline;
+pub mod catalogue;
 pub mod driver;
 pub mod images;
 pub mod net;
@@ -73,7 +74,7 @@ pub async fn run_sweep(
     o: &LabOptions,
     images: Vec<Bytes>,
 ) -> Result<SweepOutcome, LabError> {
-    let experiments = sweep::experiments(sweep_name, o)?;
+    let experiments = catalogue::experiments(sweep_name, o)?;
     o.net.check()?;
     std::fs::create_dir_all(&o.out)?;
     let needs_glimpse = o.systems.contains(&System::Glimpse);
