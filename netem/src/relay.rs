@@ -3,12 +3,14 @@
 //! One relay stands for one link. Clients send to the relay's listen address; for every client
 //! address the relay opens its own upstream socket (like a NAT), so the upstream server's
 //! answers on that socket go back to exactly that client. Each direction has one
-//! [`Impairment`] and one scheduler task that releases packets when their time comes.
+//! [`Impairment`](crate::impair::Impairment) and one scheduler task that releases packets when their time comes.
 //!
-//! Deliberately no UDP GRO/GSO: each datagram is impaired on its own, which is what per-packet
-//! loss experiments need (quinn's GSO batches would otherwise be lost together, see the
-//! quinn notes). Receive buffers are raised so that bursts are dropped by the impairment
-//! logic and counted, not silently by the kernel.
+//! Deliberately no UDP GRO/GSO on the relay's sockets: each datagram is received, impaired
+//! and sent on its own, which is what per-packet loss experiments need. quinn sends up to
+//! ten datagrams in one GSO batch; with GRO the kernel could hand such a batch to the relay
+//! as one buffer, and the relay would then drop or delay the ten together. Receive buffers
+//! are raised so that bursts are dropped by the impairment logic and counted, not silently
+//! by the kernel.
 
 use std::collections::HashMap;
 use std::io;

@@ -1,5 +1,5 @@
 //! The release side shared by every impaired link (the UDP relay and the TUN link): packets
-//! that passed an [`Impairment`](crate::impair::Impairment) wait in a time-ordered heap and
+//! that passed an [`Impairment`] wait in a time-ordered heap and
 //! leave when their instant comes.
 //!
 //! Kept apart from the sockets so that the relay and the TUN link schedule identically: the
