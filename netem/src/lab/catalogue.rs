@@ -367,10 +367,11 @@ mod tests {
         xs.iter().map(|(x, l)| (*x, l.to_string())).collect()
     }
 
-    /// Every sweep's experiments, images and points, full and `--quick`: a wrong row in the
-    /// catalogue shows up here.
+    // Each sweep's experiments, images and points, full and `--quick`: a wrong row in the
+    // catalogue shows up in one of these four.
+
     #[test]
-    fn the_catalogue_of_every_sweep() {
+    fn the_workers_sweep() {
         let full = options(false, NetMode::Relay);
         let quick = options(true, NetMode::Relay);
         let workers: Points = (1..=8).map(|w| (w as f64, w.to_string())).collect();
@@ -386,6 +387,12 @@ mod tests {
                 pts(&[(1.0, "1"), (2.0, "2"), (4.0, "4"), (8.0, "8")])
             )]
         );
+    }
+
+    #[test]
+    fn the_loss_sweep() {
+        let full = options(false, NetMode::Relay);
+        let quick = options(true, NetMode::Relay);
         let seed_loss = pts(&[(0.0, "0"), (0.4, "0.4"), (0.8, "0.8")]);
         assert_eq!(
             shape("loss", &full),
@@ -417,6 +424,16 @@ mod tests {
                 ),
             ]
         );
+        // Half of --images, but never fewer than 6.
+        let mut few = options(false, NetMode::Relay);
+        few.images = 4;
+        assert_eq!(shape("loss", &few)[0].1, 6);
+    }
+
+    #[test]
+    fn the_delay_sweep() {
+        let full = options(false, NetMode::Relay);
+        let quick = options(true, NetMode::Relay);
         let holds = pts(&[(0.0, "0 s"), (5.0, "5 s"), (10.0, "10 s")]);
         assert_eq!(
             shape("delay", &full),
@@ -445,6 +462,13 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn the_failure_sweep() {
+        let full = options(false, NetMode::Relay);
+        let quick = options(true, NetMode::Relay);
+        let seed_loss = pts(&[(0.0, "0"), (0.4, "0.4"), (0.8, "0.8")]);
         assert_eq!(
             shape("failure", &full),
             vec![
@@ -472,10 +496,6 @@ mod tests {
                 ),
             ]
         );
-        // A few images more than the floor of the seed-loss experiments: never fewer than 6.
-        let mut few = options(false, NetMode::Relay);
-        few.images = 4;
-        assert_eq!(shape("loss", &few)[0].1, 6);
     }
 
     fn cluster(sweep: &str, id: &str, label: &str) -> ClusterSpec {
