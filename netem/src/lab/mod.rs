@@ -13,6 +13,7 @@ pub mod net;
 pub mod procs;
 pub mod report;
 pub mod sweep;
+pub mod testbed;
 
 use std::sync::Arc;
 

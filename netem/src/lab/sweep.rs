@@ -9,18 +9,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::Mutex;
 
 use super::LabError;
 use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
 use super::driver::{HttpsSubmitter, RunResult, Submit, drive};
 use super::net::{NetMode, NsLink};
 use super::procs::{
-    Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
+    Bins, Certs, NodeSpec, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
 };
+use super::testbed::Testbed;
 use crate::impair::DirectionConfig;
-use crate::link::{Direction, LinkControl};
-use crate::relay::{RelayConfig, RelayHandle};
 
 /// Port of a Glimpse node inside its namespace (`--net netns`; the namespace is fresh, so a
 /// fixed port cannot collide).
@@ -201,50 +199,8 @@ pub async fn run_point(
     }
 }
 
-/// Kills one worker (round robin) every `every` and restarts it `down_for` later.
-async fn crash_cycles(
-    procs: Arc<Mutex<Vec<Proc>>>,
-    respawn: Vec<(String, PathBuf, Vec<String>)>,
-    every: Duration,
-    down_for: Duration,
-    log_dir: PathBuf,
-) {
-    let mut k = 0usize;
-    loop {
-        tokio::time::sleep(every).await;
-        let idx = k % respawn.len();
-        k += 1;
-        procs.lock().await[idx].kill().await;
-        tokio::time::sleep(down_for).await;
-        let (name, prog, args) = &respawn[idx];
-        match Proc::spawn(name, prog, args, &log_dir) {
-            Ok(p) => procs.lock().await[idx] = p,
-            Err(e) => tracing::warn!(error = %e, "restart failed"),
-        }
-    }
-}
-
-/// Seed-semantics loss for Glimpse: each `slot`, each link goes dark (both directions) with
-/// probability `p`, independently.
-async fn flap_links(links: Vec<Arc<dyn LinkControl>>, p: f64, slot: Duration, seed: u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    loop {
-        for r in &links {
-            let dark = rng.random_bool(p.clamp(0.0, 1.0));
-            let spec = if dark {
-                "blackhole=on"
-            } else {
-                "blackhole=off"
-            };
-            if let Err(e) = r.apply_spec(Direction::Both, spec) {
-                tracing::warn!(error = %e, "flap");
-            }
-        }
-        tokio::time::sleep(slot).await;
-    }
-}
-
+/// One Glimpse run: a node per worker (each behind a relay or in its namespace, as the point
+/// and `--net` ask), the front-end, the point's impairment and disturbances, then the load.
 async fn run_glimpse(
     o: &LabOptions,
     certs: &Certs,
@@ -256,14 +212,8 @@ async fn run_glimpse(
 ) -> Result<RunResult, LabError> {
     let c = &p.cluster;
     let node_bin = o.bins.path("glimpse-node");
-    let mut procs = Vec::new();
-    let mut respawn = Vec::new();
-    let mut relays = Vec::new();
-    // Every impaired link, whatever its kind: what `c.link` and the flapping act on.
-    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
-    // Declared after `procs`, so on an early return the namespaces go before the processes
-    // are killed; either order cleans up.
-    let mut ns_links = Vec::new();
+    // Owns everything started below; an early return tears it down in its `Drop`.
+    let mut bed = Testbed::new(log_dir);
     let mut site_nodes = Vec::new();
     for i in 0..c.workers {
         let name = format!("n{}", i + 1);
@@ -290,27 +240,16 @@ async fn run_glimpse(
             Some(l) => l.wrap(&node_bin, &spec.args(certs)),
             None => (node_bin.clone(), spec.args(certs)),
         };
-        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
-        respawn.push((name.clone(), prog, args));
-        let addr = if let Some(l) = ns {
-            links.push(l.control());
-            ns_links.push(l);
+        let in_namespace = ns.is_some();
+        if let Some(l) = ns {
+            bed.add_namespace(l);
+        }
+        bed.spawn_worker(&name, prog, args)?;
+        let addr = if in_namespace {
+            // The TUN link into the namespace is the impaired link.
             listen
         } else if c.link.is_some() || c.exchange_loss > 0.0 {
-            let mut rc = RelayConfig::new(
-                "127.0.0.1:0"
-                    .parse()
-                    .map_err(|e| LabError::Setup(format!("{e}")))?,
-                listen,
-            );
-            rc.seed = link_seed;
-            let relay = RelayHandle::start(rc)
-                .await
-                .map_err(|e| LabError::Setup(e.to_string()))?;
-            let a = relay.local_addr();
-            links.push(Arc::new(relay.clone()));
-            relays.push(relay);
-            a
+            bed.start_relay(listen, link_seed).await?
         } else {
             listen
         };
@@ -318,54 +257,27 @@ async fn run_glimpse(
     }
     let site_port = free_tcp_port()?;
     let site_listen: SocketAddr = ([127, 0, 0, 1], site_port).into();
-    let mut site = Proc::spawn(
+    let site = bed.spawn_frontend(
         "glimpse",
         &o.bins.path("glimpse"),
         &site_args(certs, site_listen, &site_nodes, &o.site_extra),
-        log_dir,
     )?;
     let base = format!("https://127.0.0.1:{site_port}");
-    wait_site_ready(&base, c.workers, Duration::from_secs(60), &mut site).await?;
+    wait_site_ready(&base, c.workers, Duration::from_secs(60), site).await?;
     // Impair the links only once the connections are up: the experiment is about serving
     // under loss, not about handshakes under loss (quinn's initial PTO makes those minutes).
-    impair_links(&links, c)?;
-    let flapper = (c.exchange_loss > 0.0).then(|| {
-        tokio::spawn(flap_links(
-            links.clone(),
-            c.exchange_loss,
-            c.loss_slot,
-            seed,
-        ))
-    });
-    let procs = Arc::new(Mutex::new(procs));
-    let cycler = c.crash_every.map(|every| {
-        tokio::spawn(crash_cycles(
-            procs.clone(),
-            respawn,
-            every,
-            c.down_for,
-            log_dir.to_path_buf(),
-        ))
-    });
+    if let Some(link) = &c.link {
+        bed.impair(link)?;
+    }
+    if c.exchange_loss > 0.0 {
+        bed.start_flapping(c.exchange_loss, c.loss_slot, seed);
+    }
+    if let Some(every) = c.crash_every {
+        bed.start_crash_cycles(every, c.down_for);
+    }
     let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
     let result = drive_run(o, submitter, images, on_done).await;
-    if let Some(t) = cycler {
-        t.abort();
-    }
-    if let Some(t) = flapper {
-        t.abort();
-    }
-    for l in &links {
-        tracing::debug!(stats = ?l.stats(), "link counters");
-    }
-    for r in &relays {
-        r.shutdown();
-    }
-    drop(site);
-    drop(procs);
-    for l in ns_links {
-        l.close().await;
-    }
+    bed.close().await;
     result
 }
 
@@ -387,17 +299,9 @@ async fn drive_run<S: Submit>(
     .await
 }
 
-/// Applies the point's link impairment (both directions) to every link.
-fn impair_links(links: &[Arc<dyn LinkControl>], c: &ClusterSpec) -> Result<(), LabError> {
-    if let Some(link) = &c.link {
-        for l in links {
-            l.apply_spec(Direction::Both, link)
-                .map_err(|e| LabError::Setup(e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
+/// One baseline run: a worker per point worker (behind a TCP delay proxy or in its
+/// namespace, as the point and `--net` ask), the point's impairment and crash cycles, then
+/// the lab's own dispatcher as the load.
 async fn run_baseline(
     o: &LabOptions,
     images: Arc<Vec<Bytes>>,
@@ -409,12 +313,9 @@ async fn run_baseline(
     let c = &p.cluster;
     c.baseline_supported(o.net).map_err(LabError::Unsupported)?;
     let lab = std::env::current_exe().map_err(LabError::Io)?;
-    let mut procs = Vec::new();
-    let mut respawn = Vec::new();
+    // Owns everything started below; an early return tears it down in its `Drop`.
+    let mut bed = Testbed::new(log_dir);
     let mut addrs = Vec::new();
-    let mut proxies = Vec::new();
-    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
-    let mut ns_links = Vec::new();
     for i in 0..c.workers {
         let name = format!("baseline-w{}", i + 1);
         let ns = match o.net {
@@ -447,52 +348,34 @@ async fn run_baseline(
             Some(l) => l.wrap(&lab, &args),
             None => (lab.clone(), args),
         };
-        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
-        respawn.push((name, prog, args));
+        let in_namespace = ns.is_some();
+        if let Some(l) = ns {
+            bed.add_namespace(l);
+        }
+        bed.spawn_worker(&name, prog, args)?;
         wait_tcp(listen, Duration::from_secs(20)).await?;
         let delay = c.link_delay();
-        if let Some(l) = ns {
-            // The TUN link carries the impairment; no proxy.
-            links.push(l.control());
-            ns_links.push(l);
-            addrs.push(listen);
-        } else if delay.is_zero() {
+        if in_namespace || delay.is_zero() {
+            // In a namespace the TUN link carries the impairment; no proxy.
             addrs.push(listen);
         } else {
             let (a, task) = start_tcp_delay_proxy(listen, delay).await?;
-            proxies.push(task);
+            bed.add_proxy(task);
             addrs.push(a);
         }
     }
     // As for Glimpse: the workers are up before their links are impaired.
-    impair_links(&links, c)?;
-    let procs = Arc::new(Mutex::new(procs));
-    let cycler = c.crash_every.map(|every| {
-        tokio::spawn(crash_cycles(
-            procs.clone(),
-            respawn,
-            every,
-            c.down_for,
-            log_dir.to_path_buf(),
-        ))
-    });
+    if let Some(link) = &c.link {
+        bed.impair(link)?;
+    }
+    if let Some(every) = c.crash_every {
+        bed.start_crash_cycles(every, c.down_for);
+    }
     let dispatcher = Arc::new(BaselineDispatcher::start(&addrs, o.baseline_timeout));
     let started = Instant::now();
     let result = drive_run(o, dispatcher, images, on_done).await;
     tracing::debug!(elapsed = ?started.elapsed(), "baseline run done");
-    if let Some(t) = cycler {
-        t.abort();
-    }
-    for t in proxies {
-        t.abort();
-    }
-    for l in &links {
-        tracing::debug!(stats = ?l.stats(), "link counters");
-    }
-    drop(procs);
-    for l in ns_links {
-        l.close().await;
-    }
+    bed.close().await;
     result
 }
 
