@@ -8,6 +8,7 @@
 pub mod baseline;
 pub mod catalogue;
 pub mod driver;
+mod error;
 pub mod images;
 pub mod net;
 pub mod procs;
@@ -19,28 +20,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use thiserror::Error;
 
+pub use error::LabError;
 use sweep::{LabOptions, Sample, System};
-
-/// Errors of the lab.
-#[derive(Debug, Error)]
-pub enum LabError {
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("setup: {0}")]
-    Setup(String),
-    #[error("images: {0}")]
-    Images(String),
-    #[error("driver: {0}")]
-    Driver(String),
-    #[error("report: {0}")]
-    Report(String),
-    #[error("usage: {0}")]
-    Usage(String),
-    #[error("not supported: {0}")]
-    Unsupported(String),
-}
 
 /// What a finished sweep produced.
 #[derive(Debug)]
