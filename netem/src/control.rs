@@ -20,8 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::impair::DirectionConfig;
-use crate::link::LinkControl;
-use crate::relay::Direction;
+use crate::link::{Direction, LinkControl};
 
 /// Longest command line accepted; longer lines close the connection.
 const MAX_LINE: usize = 4096;

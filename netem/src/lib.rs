@@ -5,7 +5,8 @@
 //!   clock so it is unit-testable and reproducible.
 //! * [`relay`] — the userspace UDP impairment relay (one per link) around it, used by the
 //!   `glimpse-relay` binary, by `glimpse-lab` in-process, and by the tests.
-//! * [`link`] — [`link::LinkControl`], the control surface shared by the relay and the TUN link.
+//! * [`link`] — [`link::LinkControl`], the control surface shared by the relay and the TUN link,
+//!   with its vocabulary: [`link::Direction`] and [`link::LinkStats`].
 //! * `tun` (Linux) — `TunLink`: an IP-level impaired point-to-point link into a network
 //!   namespace, made of two TUN devices, so TCP crosses the same impairment as UDP.
 //! * [`control`] — the links' line-based control protocol on a loopback TCP port.

@@ -4,11 +4,53 @@
 //! UDP only) and the IP-level TUN link (`crate::tun::TunLink`, Linux and root, any protocol).
 //! The control port ([`crate::control`]) and the lab's link flapping are written against this
 //! trait, so an experiment can switch the kind of link without touching how it is driven.
+//!
+//! The vocabulary of that trait — [`Direction`] and [`LinkStats`] — lives here too, below
+//! both kinds of link: the relay, the TUN link and the scheduler they share import it from
+//! here, and this module imports nothing from them, so the modules form no cycle.
 
 use std::sync::Arc;
 
-use crate::impair::{DirectionConfig, SpecError};
-use crate::relay::{Direction, RelayStats};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::impair::{Counters, DirectionConfig, SpecError};
+
+/// Which way a packet travels: `Up` is client → upstream (front-end → worker), `Down` is
+/// upstream → client. `Both` addresses the two at once when configuring a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+    Both,
+}
+
+/// A direction name that is not `up`, `down` or `both` (e.g. in a control command).
+#[derive(Debug, Error)]
+#[error("unknown direction {0:?} (expected up, down or both)")]
+pub struct UnknownDirection(pub String);
+
+impl std::str::FromStr for Direction {
+    type Err = UnknownDirection;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "up" => Ok(Direction::Up),
+            "down" => Ok(Direction::Down),
+            "both" => Ok(Direction::Both),
+            other => Err(UnknownDirection(other.to_string())),
+        }
+    }
+}
+
+/// A snapshot of both directions' counters, as the control port's `stats` and `json`
+/// commands report them.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStats {
+    pub up: Counters,
+    pub down: Counters,
+    /// Client sessions of a UDP relay; always 0 for links without sessions (TUN).
+    pub sessions: usize,
+}
 
 /// Reconfigure, observe and stop one impaired link (two directions, one
 /// [`Impairment`](crate::impair::Impairment) each).
@@ -20,7 +62,7 @@ pub trait LinkControl: Send + Sync {
     fn set_config(&self, dir: Direction, config: DirectionConfig);
 
     /// Counters of both directions (`sessions` is 0 for links without sessions).
-    fn stats(&self) -> RelayStats;
+    fn stats(&self) -> LinkStats;
 
     /// Counters back to zero.
     fn reset_counters(&self);
@@ -59,7 +101,7 @@ impl<L: LinkControl + ?Sized> LinkControl for Arc<L> {
     fn set_config(&self, dir: Direction, config: DirectionConfig) {
         (**self).set_config(dir, config);
     }
-    fn stats(&self) -> RelayStats {
+    fn stats(&self) -> LinkStats {
         (**self).stats()
     }
     fn reset_counters(&self) {

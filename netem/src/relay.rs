@@ -3,12 +3,14 @@
 //! One relay stands for one link. Clients send to the relay's listen address; for every client
 //! address the relay opens its own upstream socket (like a NAT), so the upstream server's
 //! answers on that socket go back to exactly that client. Each direction has one
-//! [`Impairment`] and one scheduler task that releases packets when their time comes.
+//! [`Impairment`](crate::impair::Impairment) and one scheduler task that releases packets when their time comes.
 //!
-//! Deliberately no UDP GRO/GSO: each datagram is impaired on its own, which is what per-packet
-//! loss experiments need (quinn's GSO batches would otherwise be lost together, see the
-//! quinn notes). Receive buffers are raised so that bursts are dropped by the impairment
-//! logic and counted, not silently by the kernel.
+//! Deliberately no UDP GRO/GSO on the relay's sockets: each datagram is received, impaired
+//! and sent on its own, which is what per-packet loss experiments need. quinn sends up to
+//! ten datagrams in one GSO batch; with GRO the kernel could hand such a batch to the relay
+//! as one buffer, and the relay would then drop or delay the ten together. Receive buffers
+//! are raised so that bursts are dropped by the impairment logic and counted, not silently
+//! by the kernel.
 
 use std::collections::HashMap;
 use std::io;
@@ -17,15 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::impair::{Counters, DirectionConfig, SpecError};
-use crate::link::LinkControl;
+use crate::impair::{DirectionConfig, SpecError};
+use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, ScheduleTx, enqueue, lock, release};
 
 /// Largest datagram the relay forwards (the UDP maximum).
@@ -40,28 +41,6 @@ pub enum RelayError {
     Socket(#[from] io::Error),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("unknown direction {0:?} (expected up, down or both)")]
-    Direction(String),
-}
-
-/// Which way a packet travels: `Up` is client → upstream, `Down` is upstream → client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Up,
-    Down,
-    Both,
-}
-
-impl std::str::FromStr for Direction {
-    type Err = RelayError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "up" => Ok(Direction::Up),
-            "down" => Ok(Direction::Down),
-            "both" => Ok(Direction::Both),
-            other => Err(RelayError::Direction(other.to_string())),
-        }
-    }
 }
 
 /// Everything a relay needs to start.
@@ -94,14 +73,6 @@ impl RelayConfig {
             max_sessions: 256,
         }
     }
-}
-
-/// A snapshot of both directions' configuration and counters.
-#[derive(Debug, Clone, Serialize)]
-pub struct RelayStats {
-    pub up: Counters,
-    pub down: Counters,
-    pub sessions: usize,
 }
 
 struct Session {
@@ -236,10 +207,10 @@ impl RelayHandle {
         Ok(LinkControl::apply_spec(self, dir, spec)?)
     }
 
-    pub fn stats(&self) -> RelayStats {
+    pub fn stats(&self) -> LinkStats {
         let s = &self.inner.shared;
         let (up, down) = s.engines.counters();
-        RelayStats {
+        LinkStats {
             up,
             down,
             sessions: lock(&s.sessions).len(),
@@ -402,7 +373,7 @@ impl LinkControl for RelayHandle {
     fn set_config(&self, dir: Direction, config: DirectionConfig) {
         RelayHandle::set_config(self, dir, config);
     }
-    fn stats(&self) -> RelayStats {
+    fn stats(&self) -> LinkStats {
         RelayHandle::stats(self)
     }
     fn reset_counters(&self) {

@@ -1,5 +1,5 @@
 //! The release side shared by every impaired link (the UDP relay and the TUN link): packets
-//! that passed an [`Impairment`](crate::impair::Impairment) wait in a time-ordered heap and
+//! that passed an [`Impairment`] wait in a time-ordered heap and
 //! leave when their instant comes.
 //!
 //! Kept apart from the sockets so that the relay and the TUN link schedule identically: the
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::impair::{Counters, DirectionConfig, Impairment, Verdict};
-use crate::relay::Direction;
+use crate::link::Direction;
 
 /// Locks a mutex, recovering from poisoning: the protected state (counters, config) is
 /// always consistent between statements, so a panic elsewhere must not stop a link.

@@ -4,7 +4,7 @@
 //! A TCP baseline therefore could not be measured under packet loss, and a TCP delay proxy
 //! terminates connections on loopback, which changes what is measured. A [`TunLink`] instead
 //! carries whole IP packets: the root namespace routes `10.77.I.0/24` into TUN device `A`,
-//! this process reads each packet, passes it through the same [`Impairment`] engine as the
+//! this process reads each packet, passes it through the same [`Impairment`](crate::impair::Impairment) engine as the
 //! relay and writes it into TUN device `B`, which lives in the worker namespace and owns
 //! `10.77.I.2`. Replies go the other way. Whatever runs in the namespace (QUIC over UDP, TCP,
 //! ICMP) crosses exactly the same impaired path.
@@ -48,8 +48,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::impair::DirectionConfig;
-use crate::link::LinkControl;
-use crate::relay::{Direction, RelayStats};
+use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, enqueue, lock, release};
 
 /// Largest packet read from a device; above any MTU the link is configured with.
@@ -486,9 +485,9 @@ impl LinkControl for TunLink {
         self.shared.set_config(dir, config);
     }
 
-    fn stats(&self) -> RelayStats {
+    fn stats(&self) -> LinkStats {
         let (up, down) = self.shared.counters();
-        RelayStats {
+        LinkStats {
             up,
             down,
             sessions: 0,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use glimpse_netem::control;
 use glimpse_netem::impair::DirectionConfig;
-use glimpse_netem::relay::{Direction, RelayConfig, RelayHandle};
+use glimpse_netem::link::Direction;
+use glimpse_netem::relay::{RelayConfig, RelayHandle};
 use tokio::net::UdpSocket;
 
 /// A UDP echo server on 127.0.0.1; returns its address.

@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use glimpse_netem::link::LinkControl;
-use glimpse_netem::relay::Direction;
+use glimpse_netem::link::{Direction, LinkControl};
 use glimpse_netem::tun::{TunConfig, TunLink, check_available};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};

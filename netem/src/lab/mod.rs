@@ -6,39 +6,23 @@
 //! lab links none of those crates, so it measures what an operator deploys.
 
 pub mod baseline;
+pub mod catalogue;
 pub mod driver;
+mod error;
 pub mod images;
 pub mod net;
 pub mod procs;
 pub mod report;
 pub mod sweep;
+pub mod testbed;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use thiserror::Error;
 
+pub use error::LabError;
 use sweep::{LabOptions, Sample, System};
-
-/// Errors of the lab.
-#[derive(Debug, Error)]
-pub enum LabError {
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("setup: {0}")]
-    Setup(String),
-    #[error("images: {0}")]
-    Images(String),
-    #[error("driver: {0}")]
-    Driver(String),
-    #[error("report: {0}")]
-    Report(String),
-    #[error("usage: {0}")]
-    Usage(String),
-    #[error("not supported: {0}")]
-    Unsupported(String),
-}
 
 /// What a finished sweep produced.
 #[derive(Debug)]
@@ -73,7 +57,7 @@ pub async fn run_sweep(
     o: &LabOptions,
     images: Vec<Bytes>,
 ) -> Result<SweepOutcome, LabError> {
-    let experiments = sweep::experiments(sweep_name, o)?;
+    let experiments = catalogue::experiments(sweep_name, o)?;
     o.net.check()?;
     std::fs::create_dir_all(&o.out)?;
     let needs_glimpse = o.systems.contains(&System::Glimpse);

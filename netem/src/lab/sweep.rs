@@ -1,4 +1,6 @@
-//! The four sweeps and the code that runs one measurement point on either system.
+//! What a sweep is made of (experiments, points, clusters, the command line's options) and
+//! the code that runs one measurement point on either system. Which experiments each sweep
+//! runs is the table in [`super::catalogue`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,18 +9,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::Mutex;
 
 use super::LabError;
 use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
 use super::driver::{HttpsSubmitter, RunResult, Submit, drive};
 use super::net::{NetMode, NsLink};
 use super::procs::{
-    Bins, Certs, NodeSpec, Proc, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
+    Bins, Certs, NodeSpec, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
 };
+use super::testbed::Testbed;
 use crate::impair::DirectionConfig;
-use crate::link::LinkControl;
-use crate::relay::{Direction, RelayConfig, RelayHandle};
 
 /// Port of a Glimpse node inside its namespace (`--net netns`; the namespace is fresh, so a
 /// fixed port cannot collide).
@@ -155,216 +155,6 @@ pub struct LabOptions {
     pub points: Vec<String>,
 }
 
-fn point(x: f64, label: impl Into<String>, cluster: ClusterSpec) -> Point {
-    Point {
-        x,
-        label: label.into(),
-        cluster,
-    }
-}
-
-/// The experiments of a sweep (`workers`, `loss`, `delay`, `failure`), narrowed by
-/// `--only` / `--points`, with the network mode stated in every method text.
-pub fn experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabError> {
-    let mut all = all_experiments(sweep, o)?;
-    if !o.only.is_empty() {
-        let ids: Vec<String> = all.iter().map(|e| e.id.clone()).collect();
-        if let Some(bad) = o.only.iter().find(|id| !ids.contains(id)) {
-            return Err(LabError::Usage(format!(
-                "--only {bad:?}: sweep {sweep} has experiments {}",
-                ids.join(", ")
-            )));
-        }
-        all.retain(|e| o.only.contains(&e.id));
-    }
-    if !o.points.is_empty() {
-        for e in &mut all {
-            e.points.retain(|p| {
-                o.points
-                    .iter()
-                    .any(|q| *q == p.label || *q == p.x.to_string())
-            });
-        }
-        all.retain(|e| !e.points.is_empty());
-        if all.is_empty() {
-            return Err(LabError::Usage(format!(
-                "--points {}: no point of the selected experiments matches",
-                o.points.join(",")
-            )));
-        }
-    }
-    for e in &mut all {
-        e.method = format!("{} {}", e.method, o.net.describe());
-    }
-    Ok(all)
-}
-
-fn all_experiments(sweep: &str, o: &LabOptions) -> Result<Vec<Experiment>, LabError> {
-    let net = o.net;
-    let q = o.quick;
-    let n = o.images;
-    let svc = o.service_ms;
-    Ok(match sweep {
-        "workers" => {
-            let counts: Vec<usize> = if q {
-                vec![1, 2, 4, 8]
-            } else {
-                (1..=8).collect()
-            };
-            vec![Experiment {
-                id: "workers".into(),
-                title: "Throughput vs number of workers".into(),
-                x_label: "workers".into(),
-                points: counts
-                    .into_iter()
-                    .map(|w| point(w as f64, w.to_string(), ClusterSpec::plain(w)))
-                    .collect(),
-                images: n,
-                method: format!(
-                    "Each worker serves one image at a time ({svc} ms service time with the synthetic model); no impairment."
-                ),
-            }]
-        }
-        "loss" => {
-            let seed_rates = [0.0, 0.4, 0.8];
-            let pkt: Vec<f64> = if q {
-                vec![0.0, 5.0, 20.0]
-            } else {
-                vec![0.0, 1.0, 5.0, 10.0, 20.0, 40.0, 80.0]
-            };
-            vec![
-                Experiment {
-                    id: "loss-seed".into(),
-                    title: "Throughput vs request/answer loss (seed semantics)".into(),
-                    x_label: "loss probability".into(),
-                    points: seed_rates
-                        .iter()
-                        .map(|&p| {
-                            let mut c = ClusterSpec::plain(3);
-                            c.exchange_loss = p;
-                            point(p, format!("{p}"), c)
-                        })
-                        .collect(),
-                    images: (n / 2).max(6),
-                    method: "A whole exchange is lost with probability p. Baseline: the worker drops each answer with probability p (the seed's semantics exactly). Glimpse: `glimpse-node --stall-rate` is sticky (a stalled node never answers again), so instead each link blackholes both directions for each 1 s slot with probability p; requests caught in a dark slot are recovered by the front-end's attempt timeout and a resend to another node. Recovery is by timeout and resend in both: the baseline's fixed 5 s, Glimpse's adaptive attempt timeout.".into(),
-                },
-                Experiment {
-                    id: "loss-packet".into(),
-                    title: "Throughput vs packet loss on every link".into(),
-                    x_label: "packet loss (%)".into(),
-                    points: pkt
-                        .iter()
-                        .map(|&p| {
-                            let mut c = ClusterSpec::plain(3);
-                            if p > 0.0 {
-                                c.link = Some(format!("loss={p}%"));
-                            }
-                            point(p, format!("{p}%"), c)
-                        })
-                        .collect(),
-                    images: (n / 2).max(6),
-                    method: match net {
-                        NetMode::Relay => "Random loss in both directions of every front-end↔worker link, applied by one userspace relay per link after the QUIC connections are up. The baseline's TCP links cannot lose packets in userspace, so its column is empty except at 0%; rerun with `--net netns` for TCP loss.",
-                        NetMode::Netns => "Random loss in both directions of every front-end↔worker link, applied to IP packets by the worker's TUN link once the connections are up (QUIC handshakes / TCP connects done), for both systems alike.",
-                    }.into(),
-                },
-            ]
-        }
-        "delay" => {
-            let holds: Vec<u64> = vec![0, 5000, 10_000];
-            let rtts: Vec<u64> = if q {
-                vec![0, 200]
-            } else {
-                vec![0, 50, 200, 1000]
-            };
-            vec![
-                Experiment {
-                    id: "delay-seed".into(),
-                    title: "Throughput vs answer delay (seed semantics)".into(),
-                    x_label: "answer held (s)".into(),
-                    points: holds
-                        .iter()
-                        .map(|&d| {
-                            let mut c = ClusterSpec::plain(3);
-                            c.extra_delay_ms = d;
-                            point(d as f64 / 1000.0, format!("{} s", d / 1000), c)
-                        })
-                        .collect(),
-                    images: if q { 6 } else { 12 },
-                    method: "Each answer is held D seconds by the worker (Glimpse: `glimpse-node --extra-delay-ms`; baseline worker: same flag). The baseline's fixed 5 s timeout fires first for D ≥ 5 s, so it resends and the resent copy occupies the worker again.".into(),
-                },
-                Experiment {
-                    id: "delay-rtt".into(),
-                    title: "Throughput vs link round-trip time".into(),
-                    x_label: "RTT (ms)".into(),
-                    points: rtts
-                        .iter()
-                        .map(|&rtt| {
-                            let mut c = ClusterSpec::plain(3);
-                            if rtt > 0 {
-                                c.link = Some(format!("delay={}ms", rtt / 2));
-                            }
-                            point(rtt as f64, format!("{rtt} ms"), c)
-                        })
-                        .collect(),
-                    images: n,
-                    method: match net {
-                        NetMode::Relay => "RTT/2 one-way delay in each direction of every link: UDP relay for Glimpse, TCP delay proxy for the baseline.",
-                        NetMode::Netns => "RTT/2 one-way delay in each direction of every link, applied to IP packets by the worker's TUN link for both systems.",
-                    }.into(),
-                },
-            ]
-        }
-        "failure" => {
-            let rates = [0.0, 0.4, 0.8];
-            let cycles: Vec<u64> = if q {
-                vec![0, 1000]
-            } else {
-                vec![0, 2000, 1000, 500]
-            };
-            vec![
-                Experiment {
-                    id: "failure-seed".into(),
-                    title: "Throughput vs worker failure rate (seed semantics)".into(),
-                    x_label: "failure probability".into(),
-                    points: rates
-                        .iter()
-                        .map(|&p| {
-                            let mut c = ClusterSpec::plain(3);
-                            c.fail_rate_one = p;
-                            point(p, format!("{p}"), c)
-                        })
-                        .collect(),
-                    images: n,
-                    method: "Each request to worker 1 kills that worker with probability p (`--fail-rate p` on one worker only, so at most one of three dies, as in the seed); it stays dead for the rest of the run.".into(),
-                },
-                Experiment {
-                    id: "failure-cycles".into(),
-                    title: "Throughput under repeated crash/restart cycles".into(),
-                    x_label: "crash interval (ms, 0 = none)".into(),
-                    points: cycles
-                        .iter()
-                        .map(|&ms| {
-                            let mut c = ClusterSpec::plain(3);
-                            if ms > 0 {
-                                c.crash_every = Some(Duration::from_millis(ms));
-                            }
-                            point(ms as f64, if ms == 0 { "none".into() } else { format!("every {ms} ms") }, c)
-                        })
-                        .collect(),
-                    images: n,
-                    method: "Every interval one worker (round robin) is SIGKILLed and restarted 500 ms later on the same port.".into(),
-                },
-            ]
-        }
-        other => {
-            return Err(LabError::Usage(format!(
-                "unknown sweep {other:?} (workers, loss, delay, failure)"
-            )));
-        }
-    })
-}
-
 /// A raw measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
@@ -409,50 +199,8 @@ pub async fn run_point(
     }
 }
 
-/// Kills one worker (round robin) every `every` and restarts it `down_for` later.
-async fn crash_cycles(
-    procs: Arc<Mutex<Vec<Proc>>>,
-    respawn: Vec<(String, PathBuf, Vec<String>)>,
-    every: Duration,
-    down_for: Duration,
-    log_dir: PathBuf,
-) {
-    let mut k = 0usize;
-    loop {
-        tokio::time::sleep(every).await;
-        let idx = k % respawn.len();
-        k += 1;
-        procs.lock().await[idx].kill().await;
-        tokio::time::sleep(down_for).await;
-        let (name, prog, args) = &respawn[idx];
-        match Proc::spawn(name, prog, args, &log_dir) {
-            Ok(p) => procs.lock().await[idx] = p,
-            Err(e) => tracing::warn!(error = %e, "restart failed"),
-        }
-    }
-}
-
-/// Seed-semantics loss for Glimpse: each `slot`, each link goes dark (both directions) with
-/// probability `p`, independently.
-async fn flap_links(links: Vec<Arc<dyn LinkControl>>, p: f64, slot: Duration, seed: u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-    loop {
-        for r in &links {
-            let dark = rng.random_bool(p.clamp(0.0, 1.0));
-            let spec = if dark {
-                "blackhole=on"
-            } else {
-                "blackhole=off"
-            };
-            if let Err(e) = r.apply_spec(Direction::Both, spec) {
-                tracing::warn!(error = %e, "flap");
-            }
-        }
-        tokio::time::sleep(slot).await;
-    }
-}
-
+/// One Glimpse run: a node per worker (each behind a relay or in its namespace, as the point
+/// and `--net` ask), the front-end, the point's impairment and disturbances, then the load.
 async fn run_glimpse(
     o: &LabOptions,
     certs: &Certs,
@@ -464,14 +212,8 @@ async fn run_glimpse(
 ) -> Result<RunResult, LabError> {
     let c = &p.cluster;
     let node_bin = o.bins.path("glimpse-node");
-    let mut procs = Vec::new();
-    let mut respawn = Vec::new();
-    let mut relays = Vec::new();
-    // Every impaired link, whatever its kind: what `c.link` and the flapping act on.
-    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
-    // Declared after `procs`, so on an early return the namespaces go before the processes
-    // are killed; either order cleans up.
-    let mut ns_links = Vec::new();
+    // Owns everything started below; an early return tears it down in its `Drop`.
+    let mut bed = Testbed::new(log_dir);
     let mut site_nodes = Vec::new();
     for i in 0..c.workers {
         let name = format!("n{}", i + 1);
@@ -498,27 +240,16 @@ async fn run_glimpse(
             Some(l) => l.wrap(&node_bin, &spec.args(certs)),
             None => (node_bin.clone(), spec.args(certs)),
         };
-        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
-        respawn.push((name.clone(), prog, args));
-        let addr = if let Some(l) = ns {
-            links.push(l.control());
-            ns_links.push(l);
+        let in_namespace = ns.is_some();
+        if let Some(l) = ns {
+            bed.add_namespace(l);
+        }
+        bed.spawn_worker(&name, prog, args)?;
+        let addr = if in_namespace {
+            // The TUN link into the namespace is the impaired link.
             listen
         } else if c.link.is_some() || c.exchange_loss > 0.0 {
-            let mut rc = RelayConfig::new(
-                "127.0.0.1:0"
-                    .parse()
-                    .map_err(|e| LabError::Setup(format!("{e}")))?,
-                listen,
-            );
-            rc.seed = link_seed;
-            let relay = RelayHandle::start(rc)
-                .await
-                .map_err(|e| LabError::Setup(e.to_string()))?;
-            let a = relay.local_addr();
-            links.push(Arc::new(relay.clone()));
-            relays.push(relay);
-            a
+            bed.start_relay(listen, link_seed).await?
         } else {
             listen
         };
@@ -526,54 +257,27 @@ async fn run_glimpse(
     }
     let site_port = free_tcp_port()?;
     let site_listen: SocketAddr = ([127, 0, 0, 1], site_port).into();
-    let mut site = Proc::spawn(
+    let site = bed.spawn_frontend(
         "glimpse",
         &o.bins.path("glimpse"),
         &site_args(certs, site_listen, &site_nodes, &o.site_extra),
-        log_dir,
     )?;
     let base = format!("https://127.0.0.1:{site_port}");
-    wait_site_ready(&base, c.workers, Duration::from_secs(60), &mut site).await?;
+    wait_site_ready(&base, c.workers, Duration::from_secs(60), site).await?;
     // Impair the links only once the connections are up: the experiment is about serving
     // under loss, not about handshakes under loss (quinn's initial PTO makes those minutes).
-    impair_links(&links, c)?;
-    let flapper = (c.exchange_loss > 0.0).then(|| {
-        tokio::spawn(flap_links(
-            links.clone(),
-            c.exchange_loss,
-            c.loss_slot,
-            seed,
-        ))
-    });
-    let procs = Arc::new(Mutex::new(procs));
-    let cycler = c.crash_every.map(|every| {
-        tokio::spawn(crash_cycles(
-            procs.clone(),
-            respawn,
-            every,
-            c.down_for,
-            log_dir.to_path_buf(),
-        ))
-    });
+    if let Some(link) = &c.link {
+        bed.impair(link)?;
+    }
+    if c.exchange_loss > 0.0 {
+        bed.start_flapping(c.exchange_loss, c.loss_slot, seed);
+    }
+    if let Some(every) = c.crash_every {
+        bed.start_crash_cycles(every, c.down_for);
+    }
     let submitter = Arc::new(HttpsSubmitter::new(&base, o.request_timeout)?);
     let result = drive_run(o, submitter, images, on_done).await;
-    if let Some(t) = cycler {
-        t.abort();
-    }
-    if let Some(t) = flapper {
-        t.abort();
-    }
-    for l in &links {
-        tracing::debug!(stats = ?l.stats(), "link counters");
-    }
-    for r in &relays {
-        r.shutdown();
-    }
-    drop(site);
-    drop(procs);
-    for l in ns_links {
-        l.close().await;
-    }
+    bed.close().await;
     result
 }
 
@@ -595,17 +299,9 @@ async fn drive_run<S: Submit>(
     .await
 }
 
-/// Applies the point's link impairment (both directions) to every link.
-fn impair_links(links: &[Arc<dyn LinkControl>], c: &ClusterSpec) -> Result<(), LabError> {
-    if let Some(link) = &c.link {
-        for l in links {
-            l.apply_spec(Direction::Both, link)
-                .map_err(|e| LabError::Setup(e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
+/// One baseline run: a worker per point worker (behind a TCP delay proxy or in its
+/// namespace, as the point and `--net` ask), the point's impairment and crash cycles, then
+/// the lab's own dispatcher as the load.
 async fn run_baseline(
     o: &LabOptions,
     images: Arc<Vec<Bytes>>,
@@ -617,12 +313,9 @@ async fn run_baseline(
     let c = &p.cluster;
     c.baseline_supported(o.net).map_err(LabError::Unsupported)?;
     let lab = std::env::current_exe().map_err(LabError::Io)?;
-    let mut procs = Vec::new();
-    let mut respawn = Vec::new();
+    // Owns everything started below; an early return tears it down in its `Drop`.
+    let mut bed = Testbed::new(log_dir);
     let mut addrs = Vec::new();
-    let mut proxies = Vec::new();
-    let mut links: Vec<Arc<dyn LinkControl>> = Vec::new();
-    let mut ns_links = Vec::new();
     for i in 0..c.workers {
         let name = format!("baseline-w{}", i + 1);
         let ns = match o.net {
@@ -655,52 +348,34 @@ async fn run_baseline(
             Some(l) => l.wrap(&lab, &args),
             None => (lab.clone(), args),
         };
-        procs.push(Proc::spawn(&name, &prog, &args, log_dir)?);
-        respawn.push((name, prog, args));
+        let in_namespace = ns.is_some();
+        if let Some(l) = ns {
+            bed.add_namespace(l);
+        }
+        bed.spawn_worker(&name, prog, args)?;
         wait_tcp(listen, Duration::from_secs(20)).await?;
         let delay = c.link_delay();
-        if let Some(l) = ns {
-            // The TUN link carries the impairment; no proxy.
-            links.push(l.control());
-            ns_links.push(l);
-            addrs.push(listen);
-        } else if delay.is_zero() {
+        if in_namespace || delay.is_zero() {
+            // In a namespace the TUN link carries the impairment; no proxy.
             addrs.push(listen);
         } else {
             let (a, task) = start_tcp_delay_proxy(listen, delay).await?;
-            proxies.push(task);
+            bed.add_proxy(task);
             addrs.push(a);
         }
     }
     // As for Glimpse: the workers are up before their links are impaired.
-    impair_links(&links, c)?;
-    let procs = Arc::new(Mutex::new(procs));
-    let cycler = c.crash_every.map(|every| {
-        tokio::spawn(crash_cycles(
-            procs.clone(),
-            respawn,
-            every,
-            c.down_for,
-            log_dir.to_path_buf(),
-        ))
-    });
+    if let Some(link) = &c.link {
+        bed.impair(link)?;
+    }
+    if let Some(every) = c.crash_every {
+        bed.start_crash_cycles(every, c.down_for);
+    }
     let dispatcher = Arc::new(BaselineDispatcher::start(&addrs, o.baseline_timeout));
     let started = Instant::now();
     let result = drive_run(o, dispatcher, images, on_done).await;
     tracing::debug!(elapsed = ?started.elapsed(), "baseline run done");
-    if let Some(t) = cycler {
-        t.abort();
-    }
-    for t in proxies {
-        t.abort();
-    }
-    for l in &links {
-        tracing::debug!(stats = ?l.stats(), "link counters");
-    }
-    drop(procs);
-    for l in ns_links {
-        l.close().await;
-    }
+    bed.close().await;
     result
 }
 
