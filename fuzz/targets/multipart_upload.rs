@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
+use glimpse_site::Limits;
 use glimpse_site::budget::ByteBudget;
-use glimpse_site::jobs::MAX_NAME_BYTES;
-use glimpse_site::site::Limits;
+use glimpse_site::job::MAX_NAME_BYTES;
 use glimpse_site::upload::{Intake, read_uploads};
 
 /// Small limits, so inputs reach them: 4 KiB per file, 16 KiB per request, 4 files.

@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use glimpse_model::Classifier;
 use glimpse_transport::{NodeInfo, NodeServer, NodeServerConfig, TransportError};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::{ModelKind, ModelSpec, NodeConfig, NodeTls, ServeArgs};
@@ -167,10 +166,10 @@ pub async fn start_node(
         "node listening"
     );
 
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = shutdown_channel();
     let shutdown = async move {
         shutdown.await;
-        drain_tx.send_replace(true);
+        drain_tx.trigger();
     };
     let run = tokio::spawn(server.run(handler.clone(), shutdown));
     let task_counters = counters.clone();
@@ -195,21 +194,19 @@ pub async fn start_node(
 
 async fn supervise(
     mut run: JoinHandle<Result<(), TransportError>>,
-    mut drain: watch::Receiver<bool>,
+    drain: Shutdown,
     drain_timeout: Duration,
 ) -> Result<(), NodeError> {
     let flatten = |r: Result<Result<(), TransportError>, tokio::task::JoinError>| match r {
         Ok(inner) => inner.map_err(NodeError::from),
         Err(e) => Err(NodeError::Task(e.to_string())),
     };
-    let drain_started = tokio::select! {
+    // The trigger lives in the shutdown future the server holds: if the server stops on its
+    // own, dropping that future fires the signal too, and `run` is already finished below.
+    tokio::select! {
         r = &mut run => return flatten(r),
-        started = drain.wait_for(|d| *d) => started.is_ok(),
+        () = drain.wait() => {}
     };
-    if !drain_started {
-        // The shutdown future was dropped unfinished: the server stopped on its own.
-        return flatten(run.await);
-    }
     tracing::debug!(backstop = ?drain_timeout, "shutdown started; waiting for the transport to drain");
     match tokio::time::timeout(drain_timeout, &mut run).await {
         Ok(r) => flatten(r),

@@ -20,17 +20,13 @@ use crate::caller::Caller;
 use crate::error::{ApiError, respond};
 use crate::events::{self, Subscription};
 use crate::filters::{caller, same_origin, with_site};
-use crate::inference::is_ready;
-use crate::jobs::{JobStatus, JobView};
+use crate::health::readiness;
+use crate::inference::{is_ready, parse_top_k};
+use crate::job::{JobStatus, JobView};
 use crate::reply::{json_response, ok_json, with_retry_after};
 use crate::site::Site;
 use crate::throttle::Share;
-use crate::upload::{UploadError, byte_stream, read_uploads};
-
-/// Default number of labels per image.
-pub const DEFAULT_TOP_K: u32 = 5;
-/// Largest `top_k` a client may ask for (all ImageNet classes).
-pub const MAX_TOP_K: u32 = 1000;
+use crate::upload::{byte_stream, read_uploads};
 
 /// Who may read operator data (`/metrics`, `/api/v1/nodes`) on the public listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,20 +37,6 @@ pub enum AdminAccess {
     AdminKey,
     /// Nobody: it is served on the separate `--admin-listen` address instead.
     Elsewhere,
-}
-
-/// Parse `top_k` from a query or parameter value; `None` means the default.
-pub fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
-    match raw {
-        None => Ok(DEFAULT_TOP_K),
-        Some(s) => match s.trim().parse::<u32>() {
-            Ok(k) if (1..=MAX_TOP_K).contains(&k) => Ok(k),
-            _ => Err(format!(
-                "top_k must be an integer from 1 to {MAX_TOP_K}, got {:?}",
-                crate::error::truncate(s.to_string(), 40)
-            )),
-        },
-    }
 }
 
 /// The `/api/v1/...` routes.
@@ -258,31 +240,13 @@ fn metrics(site: &Site) -> Response {
     let nodes = site.inference.nodes();
     let mut text = site.metrics.render(site.queued(), site.in_flight(), &nodes);
     text.push_str(&site.inference.metrics_text());
-    text.push_str(&crate::metrics::render_guards(site));
+    text.push_str(&crate::guards::render_guards(site));
     let mut resp = text.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
-}
-
-/// `/readyz`: 200 only while a node with a loaded model is connected.
-pub fn readiness(site: &Site) -> Response {
-    let nodes = site.inference.nodes();
-    let ready = nodes.iter().filter(|n| n.can_serve()).count();
-    if ready > 0 {
-        ok_json(&json!({ "ready": true, "nodes_ready": ready }))
-    } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "ready": false,
-                "nodes_ready": 0,
-                "error": "no node with a loaded model is connected",
-            }),
-        )
-    }
 }
 
 async fn classify<S>(
@@ -311,7 +275,7 @@ where
         &site.intake(),
     )
     .await
-    .map_err(|e| upload_error(&site, e))?;
+    .map_err(|e| site.refuse_upload(e))?;
     let submitted = site.submit(caller, uploads, top_k)?;
     let token = caller.token.as_deref();
     if wait {
@@ -379,17 +343,6 @@ fn results_response(
     }
 }
 
-/// An upload error as the client sees it, counted.
-pub fn upload_error(site: &Site, e: UploadError) -> ApiError {
-    site.metrics.request_rejected(e.reason());
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let err = ApiError::new(status, e.to_string());
-    match e.retry_after() {
-        Some(s) => err.retry_after(s),
-        None => err,
-    }
-}
-
 /// `GET /api/v1/events`: the caller's job updates as Server-Sent Events, opening with a
 /// `hello`. Streams are capped per caller (429) and overall (503).
 fn events(site: &Site, caller: &Caller) -> Result<Response, ApiError> {
@@ -421,22 +374,17 @@ fn events(site: &Site, caller: &Caller) -> Result<Response, ApiError> {
 fn updates(
     sub: Subscription,
     share: Share,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: glimpse_transport::Shutdown,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(
         (sub, share, shutdown),
         |(sub, share, mut shutdown)| async move {
             loop {
-                if *shutdown.borrow() {
+                if shutdown.is_triggered() {
                     return None;
                 }
                 let event = tokio::select! {
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            return None;
-                        }
-                        continue;
-                    }
+                    () = shutdown.recv() => return None,
                     event = sub.next() => event,
                 };
                 let sse = match event {

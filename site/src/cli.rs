@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::SiteConfig;
 use crate::conn::{ConnLimits, max_connections_for};
-use crate::site::Limits;
+use crate::limits::Limits;
 use crate::throttle::RateFlag;
 
 /// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.

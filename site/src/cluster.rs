@@ -14,32 +14,11 @@ use glimpse_transport::{
 };
 
 use crate::cli::Cli;
+use crate::cluster_error::ClusterError;
 use crate::inference::{
     ClassifyFuture, Failure, Inference, NodeView, Outcome, Progress, ProgressFn, TopLabel,
 };
 use crate::local::Workers;
-
-/// Errors while assembling the cluster.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("{0}")]
-    Config(String),
-    #[error("certificates: {0}")]
-    Certs(#[from] glimpse_certs::CertError),
-    #[cfg(feature = "local-workers")]
-    #[error("starting a local worker: {0}")]
-    Node(#[from] glimpse_node::NodeError),
-    #[cfg(feature = "local-workers")]
-    #[error("loading the model: {0}")]
-    Model(#[from] glimpse_model::ModelError),
-    #[error("dispatcher: {0}")]
-    Transport(#[from] glimpse_transport::TransportError),
-    #[error("resolving {target}: {source}")]
-    Resolve {
-        target: String,
-        source: std::io::Error,
-    },
-}
 
 /// The real dispatcher seen through the site's [`Inference`] seam.
 #[derive(Clone)]

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 
 use crate::caller::Owner;
-use crate::jobs::JobView;
+use crate::job::JobView;
 
 /// Bytes of updates one subscriber may have waiting before it starts losing them.
 pub const QUEUE_BYTES: usize = 256 * 1024;

@@ -15,13 +15,18 @@ pub mod budget;
 pub mod caller;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_error;
 pub mod conn;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod guards;
+pub mod health;
 pub mod inference;
+pub mod job;
 pub mod jobs;
 pub mod kserve;
+pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod page;
@@ -38,12 +43,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use glimpse_transport::{ShutdownTrigger, shutdown_channel};
 use tokio::task::JoinHandle;
 
 pub use inference::Inference;
+pub use limits::Limits;
 pub use server::{ServerError, TlsIdentity};
-pub use site::{Limits, Site};
+pub use site::Site;
 
 use api::AdminAccess;
 use auth::KeyFile;
@@ -82,14 +88,14 @@ pub struct RunningSite {
     pub site: Arc<Site>,
     /// The HTTPS listener's connections.
     pub connections: Arc<Registry>,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningSite {
     /// Stop accepting, end SSE streams, let open requests finish (bounded), and return.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         for task in self.tasks {
             let _ = task.await;
         }
@@ -97,7 +103,7 @@ impl RunningSite {
 
     /// Start a graceful shutdown without waiting for it (see [`RunningSite::shutdown`]).
     pub fn trigger_shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
     }
 }
 
@@ -124,7 +130,7 @@ pub async fn start_site(
         keys: keys.clone(),
         tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
     };
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = shutdown_channel();
     let connections = Registry::new(config.conn);
     let site = Site::new(
         inference,
@@ -155,7 +161,7 @@ pub async fn start_site(
             plain,
             addr.port(),
             Registry::new(config.conn),
-            stopped(rx.clone()),
+            rx.clone().wait(),
         )));
     }
     let mut admin_addr = None;
@@ -168,15 +174,15 @@ pub async fn start_site(
             Registry::new(config.conn),
             api::admin_routes(site.clone()),
             0,
-            stopped(rx.clone()),
+            rx.clone().wait(),
         )));
     }
     if let Some(keys) = keys {
-        tasks.push(tokio::spawn(keys.watch(stopped(rx.clone()))));
+        tasks.push(tokio::spawn(keys.watch(rx.clone().wait())));
     }
     {
         let site = site.clone();
-        let stop = stopped(rx.clone());
+        let stop = rx.clone().wait();
         tasks.push(tokio::spawn(async move {
             let mut stop = std::pin::pin!(stop);
             loop {
@@ -193,7 +199,7 @@ pub async fn start_site(
         connections.clone(),
         routes::https(site.clone(), &access),
         config.hsts_max_age_s,
-        stopped(rx),
+        rx.wait(),
     )));
     Ok(RunningSite {
         addr,
@@ -204,13 +210,4 @@ pub async fn start_site(
         shutdown: tx,
         tasks,
     })
-}
-
-/// Completes when the watch flips to true (or its sender is gone).
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }

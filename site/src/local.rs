@@ -35,16 +35,16 @@ mod imp {
     use glimpse_certs::ClusterCa;
     use glimpse_node::{ModelSpec, NodeConfig, NodeTls, RunningNode, start_node};
     use glimpse_transport::NodeEndpoint;
-    use tokio::sync::watch;
+    use glimpse_transport::{ShutdownTrigger, shutdown_channel};
 
     use super::Started;
     use crate::cli::{Cli, ModelChoice};
-    use crate::cluster::ClusterError;
+    use crate::cluster_error::ClusterError;
 
     /// The running local workers.
     pub struct Workers {
         nodes: Vec<RunningNode>,
-        stop: Option<watch::Sender<bool>>,
+        stop: Option<ShutdownTrigger>,
     }
 
     impl Workers {
@@ -59,7 +59,7 @@ mod imp {
         /// Drain and stop them.
         pub async fn stop(self) {
             if let Some(stop) = self.stop {
-                let _ = stop.send(true);
+                stop.trigger();
             }
             for w in self.nodes {
                 if let Err(e) = w.wait().await {
@@ -71,7 +71,7 @@ mod imp {
 
     /// Start `--local-workers` nodes as the flags say.
     pub async fn start(cli: &Cli) -> Result<Started, ClusterError> {
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = shutdown_channel();
         let model = match cli.model {
             ModelChoice::Synthetic => {
                 if !cli.service_ms.is_finite() || cli.service_ms < 0.0 {
@@ -122,7 +122,7 @@ mod imp {
             if let Some(c) = cli.worker_capacity {
                 config.capacity = c;
             }
-            let node = start_node(config, stopped(rx.clone())).await?;
+            let node = start_node(config, rx.clone().wait()).await?;
             endpoints.push(NodeEndpoint {
                 name,
                 addr: node.addr(),
@@ -141,22 +141,13 @@ mod imp {
             client_key: client.private_key()?,
         })
     }
-
-    /// Completes when the workers' stop flag flips to true (or its sender is gone).
-    async fn stopped(mut rx: watch::Receiver<bool>) {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 #[cfg(not(feature = "local-workers"))]
 mod none {
     use super::Started;
     use crate::cli::Cli;
-    use crate::cluster::ClusterError;
+    use crate::cluster_error::ClusterError;
 
     /// No local workers: this build has none.
     pub struct Workers;

@@ -8,7 +8,7 @@
 //! at once; the rest wait as `queued`, which is what the page shows.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -18,70 +18,13 @@ use crate::budget::{ByteBudget, Held};
 use crate::caller::{Caller, Identify};
 use crate::error::ApiError;
 use crate::inference::{Failure, Inference, Progress, ProgressFn};
-use crate::jobs::{JobStatus, JobStore, JobView, Retention};
+use crate::job::{JobStatus, JobView};
+use crate::jobs::{JobStore, Retention};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::sniff::check_image;
-use crate::throttle::{KeyedCounter, RateLimit, RateSpec, ShareRefused};
-use crate::upload::{Intake, Upload};
-
-/// Limits on what one client can make the site do. Defaults are generous (users complain
-/// about surprise 413s) but bounded so one request cannot exhaust memory.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Largest single image in bytes.
-    pub max_file_bytes: usize,
-    /// Largest request body in bytes (all files together).
-    pub max_request_bytes: usize,
-    /// Most files in one request.
-    pub max_files: usize,
-    /// Most images accepted and not yet answered, over all clients; beyond: 503.
-    pub max_queued: usize,
-    /// Most images handed to the dispatcher at once.
-    pub max_in_flight: usize,
-    /// Seconds suggested in Retry-After when the queue is full.
-    pub retry_after_s: u64,
-    /// Site-side bound on one image's dispatch; the dispatcher's own deadline should be
-    /// shorter, this only guarantees that no client waits forever.
-    pub job_timeout: Duration,
-    /// Finished jobs kept for `GET /api/v1/jobs/{id}`.
-    pub job_retention: usize,
-    /// Bytes of finished jobs kept (oldest evicted first).
-    pub job_retention_bytes: usize,
-    /// Bytes of image data held at once: bodies being read, queued and in-flight images.
-    pub max_buffered_bytes: usize,
-    /// Most images one caller may have accepted and not yet answered; beyond: 429.
-    pub max_queued_per_caller: usize,
-    /// A request body that sends nothing for this long is abandoned (408).
-    pub body_timeout: Duration,
-    /// Event streams open at once, over all callers; beyond: 503.
-    pub max_event_streams: usize,
-    /// Event streams one caller may hold open; beyond: 429.
-    pub max_event_streams_per_caller: usize,
-    /// Requests per second (and burst) per caller; `None`: unlimited.
-    pub rate: Option<RateSpec>,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_file_bytes: 20 * 1024 * 1024,
-            max_request_bytes: 100 * 1024 * 1024,
-            max_files: 64,
-            max_queued: 512,
-            max_in_flight: 64,
-            retry_after_s: 2,
-            job_timeout: Duration::from_secs(60),
-            job_retention: 10_000,
-            job_retention_bytes: 64 << 20,
-            max_buffered_bytes: 512 << 20,
-            max_queued_per_caller: 128,
-            body_timeout: Duration::from_secs(30),
-            max_event_streams: 512,
-            max_event_streams_per_caller: 8,
-            rate: None,
-        }
-    }
-}
+use crate::throttle::{KeyedCounter, RateLimit, ShareRefused};
+use crate::upload::{Intake, Upload, UploadError};
 
 impl Limits {
     /// Checks that the limits can work together: a request that is within every per-request
@@ -148,17 +91,29 @@ pub struct Site {
     pub connections: Arc<crate::conn::Registry>,
     queue: Arc<Semaphore>,
     dispatch: Arc<Semaphore>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: glimpse_transport::Shutdown,
 }
 
 impl Site {
+    /// An upload error as the client sees it, counted.
+    pub fn refuse_upload(&self, e: UploadError) -> ApiError {
+        self.metrics.request_rejected(e.reason());
+        let status = warp::http::StatusCode::from_u16(e.status())
+            .unwrap_or(warp::http::StatusCode::BAD_REQUEST);
+        let err = ApiError::new(status, e.to_string());
+        match e.retry_after() {
+            Some(s) => err.retry_after(s),
+            None => err,
+        }
+    }
+
     /// `shutdown` flips to true when the server stops; long-lived streams (SSE) end then.
     pub fn new(
         inference: Arc<dyn Inference>,
         limits: Limits,
         identify: Identify,
         connections: Arc<crate::conn::Registry>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: glimpse_transport::Shutdown,
     ) -> Arc<Site> {
         Arc::new(Site {
             inference,
@@ -185,7 +140,7 @@ impl Site {
     }
 
     /// A receiver that changes when the server shuts down.
-    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+    pub fn shutdown_signal(&self) -> glimpse_transport::Shutdown {
         self.shutdown.clone()
     }
 

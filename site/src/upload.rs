@@ -26,8 +26,8 @@ use memchr::memmem;
 use tokio::time::Sleep;
 
 use crate::budget::{ByteBudget, Held};
-use crate::jobs::display_name;
-use crate::site::Limits;
+use crate::job::display_name;
+use crate::limits::Limits;
 
 /// Longest multipart part header section (and preamble before the first boundary), in
 /// bytes. A browser's part header is a few hundred bytes; 8 KiB leaves room for long names.
@@ -1025,7 +1025,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(ups[0].name.len() <= crate::jobs::MAX_NAME_BYTES);
+        assert!(ups[0].name.len() <= crate::job::MAX_NAME_BYTES);
         assert!(ups[0].name.ends_with('…'));
     }
 }

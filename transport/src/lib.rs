@@ -16,6 +16,7 @@ pub mod config;
 pub mod dispatcher;
 pub mod error;
 pub mod server;
+pub mod shutdown;
 pub mod stream;
 pub mod sync;
 pub mod types;
@@ -28,6 +29,7 @@ pub use dispatcher::{
 };
 pub use error::TransportError;
 pub use server::{NodeServer, NodeServerConfig};
+pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};
 pub use types::{
     Handler, InferenceAnswer, InferenceError, InferenceRequest, Label, LoadReport, NodeInfo,
     Timings, WorkStarted,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use quinn::{Connection, RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::codec::{
@@ -24,6 +24,7 @@ use crate::codec::{
 };
 use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
+use crate::shutdown::{Shutdown, shutdown_channel};
 use crate::stream::{self, FrameReadError};
 use crate::sync::lock;
 use crate::types::{Handler, InferenceError, InferenceRequest, NodeInfo, WorkStarted};
@@ -156,7 +157,7 @@ struct Shared {
     max_image_bytes: usize,
     load_interval: Duration,
     header_timeout: Duration,
-    draining: watch::Receiver<bool>,
+    draining: Shutdown,
     in_flight: Arc<InFlight>,
     connections: Mutex<HashMap<usize, Connection>>,
 }
@@ -212,7 +213,7 @@ impl NodeServer {
         handler: Arc<H>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), TransportError> {
-        let (drain_tx, drain_rx) = watch::channel(false);
+        let (drain_tx, drain_rx) = shutdown_channel();
         let shared = Arc::new(Shared {
             info: NodeInfo {
                 load_interval_ms: Some(
@@ -247,7 +248,7 @@ impl NodeServer {
         info!(node = %shared.info.node_id, "draining: refusing new work, finishing in-flight requests");
         // No new connections from here on.
         self.endpoint.set_server_config(None);
-        let _ = drain_tx.send(true);
+        drain_tx.trigger();
         let conns: Vec<Connection> = lock(&shared.connections).values().cloned().collect();
         for c in &conns {
             // Grant no further stream credit; streams already granted are refused with DRAINING.
@@ -301,7 +302,7 @@ async fn serve_connection<H: Handler>(
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let guard = shared.in_flight.enter();
-                    let is_draining = *draining.borrow();
+                    let is_draining = draining.is_triggered();
                     tokio::spawn(serve_stream(send, recv, shared.clone(), handler.clone(), is_draining, guard));
                 }
                 Err(e) => {
@@ -309,9 +310,7 @@ async fn serve_connection<H: Handler>(
                     break;
                 }
             },
-            changed = draining.changed(), if !*draining.borrow() => {
-                if changed.is_err() { break; }
-            }
+            () = draining.recv(), if !draining.is_triggered() => {}
         }
     }
     control.abort();
@@ -329,7 +328,7 @@ async fn control_stream<H: Handler>(conn: Connection, shared: Arc<Shared>, handl
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut announced = false;
         loop {
-            if *draining.borrow() && !announced {
+            if draining.is_triggered() && !announced {
                 let f = codec::encode_control(&ControlMessage::Draining).map_err(|e| e.to_string())?;
                 stream::write_frame(&mut send, &f).await.map_err(|e| e.to_string())?;
                 announced = true;
@@ -339,9 +338,7 @@ async fn control_stream<H: Handler>(conn: Connection, shared: Arc<Shared>, handl
                     let f = codec::encode_control(&ControlMessage::Load(handler.load())).map_err(|e| e.to_string())?;
                     stream::write_frame(&mut send, &f).await.map_err(|e| e.to_string())?;
                 }
-                changed = draining.changed(), if !announced => {
-                    if changed.is_err() { return Ok(()); }
-                }
+                () = draining.recv(), if !announced => {}
             }
         }
     }

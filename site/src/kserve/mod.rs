@@ -26,11 +26,12 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::api::{parse_top_k, readiness, upload_error};
 use crate::caller::Caller;
 use crate::error::{ApiError, respond};
 use crate::filters::{caller, same_origin, with_site};
-use crate::jobs::{JobStatus, display_name};
+use crate::health::readiness;
+use crate::inference::parse_top_k;
+use crate::job::{JobStatus, display_name};
 use crate::reply::ok_json;
 use crate::site::Site;
 use crate::upload::{Metered, Upload, UploadError, byte_stream, read_error};
@@ -224,12 +225,9 @@ where
     if let Some(len) = content_length
         && len > limit as u64
     {
-        return Err(upload_error(
-            site,
-            UploadError::TooLarge(format!(
-                "the request is {len} bytes; the limit is {limit} bytes"
-            )),
-        ));
+        return Err(site.refuse_upload(UploadError::TooLarge(format!(
+            "the request is {len} bytes; the limit is {limit} bytes"
+        ))));
     }
     let limits = ParseLimits {
         max_images: site.limits.max_files,
@@ -281,7 +279,7 @@ where
         (Ok(req), _) => Ok(req),
         // The body failed first (too large, stalled): that is the reason, not the parser's
         // "unexpected end of input".
-        (Err(ParseError::Body(_) | ParseError::Invalid(_)), Err(e)) => Err(upload_error(site, e)),
+        (Err(ParseError::Body(_) | ParseError::Invalid(_)), Err(e)) => Err(site.refuse_upload(e)),
         (Err(e), _) => Err(parse_error(site, e)),
     }
 }

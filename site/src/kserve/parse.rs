@@ -672,7 +672,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_, '_> {
             match key.0.as_str() {
                 "top_k" | "classification" => {
                     let raw = map.next_value_seed(Scalar { ctx })?;
-                    let k = super::parse_top_k(Some(&raw))
+                    let k = crate::inference::parse_top_k(Some(&raw))
                         .map_err(|e| ctx.fail(ParseError::Invalid(e)))?;
                     p.top_k = Some(k);
                 }

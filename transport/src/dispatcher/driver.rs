@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
@@ -22,17 +22,18 @@ use crate::client::StartedSignal;
 use crate::codec::{CLOSE_SHUTDOWN, RequestHeader};
 use crate::config::{bind_endpoint, frontend_quinn_config, frontend_tls_config};
 use crate::error::TransportError;
+use crate::shutdown::{ShutdownTrigger, shutdown_channel};
 use crate::types::InferenceAnswer;
 
 /// Stops the background tasks when the last `Dispatcher` clone is dropped.
 struct ShutdownOnDrop {
     shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
 }
 
 impl ShutdownOnDrop {
     fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         self.shared.endpoint.close(
             quinn::VarInt::from_u32(CLOSE_SHUTDOWN),
             b"front-end shutdown",
@@ -85,9 +86,9 @@ impl Dispatcher {
         });
         let endpoint = bind_endpoint(bind, None, &config.tuning)?;
         let shared = Arc::new(Shared::new(config, endpoint, client_config));
-        let (shutdown, _) = watch::channel(false);
+        let (shutdown, signal) = shutdown_channel();
         for i in 0..shared.config.nodes.len() {
-            tokio::spawn(node::supervise(shared.clone(), i, shutdown.subscribe()));
+            tokio::spawn(node::supervise(shared.clone(), i, signal.clone()));
         }
         Ok(Dispatcher {
             lifetime: Arc::new(ShutdownOnDrop {

@@ -6,32 +6,28 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quinn::Connection;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::heartbeat::{Backoff, Heartbeat};
 use super::shared::{Shared, sleep_until_opt};
 use crate::codec::{self, CLOSE_SHUTDOWN, ControlMessage, MAX_FRAME_BYTES};
+use crate::shutdown::Shutdown;
 use crate::stream::{self, FrameReadError};
 use crate::sync::lock;
 use crate::types::NodeInfo;
 
 /// Keeps node `idx` connected until `shutdown` turns true.
-pub(super) async fn supervise(
-    shared: Arc<Shared>,
-    idx: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(super) async fn supervise(shared: Arc<Shared>, idx: usize, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(shared.config.reconnect_min, shared.config.reconnect_max);
     let name = shared.config.nodes[idx].name.clone();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_triggered() {
             break;
         }
         set(&shared, |c| c.set_connecting(idx));
         let session = tokio::select! {
             r = connect(&shared, idx) => r,
-            _ = shutdown.changed() => break,
+            () = shutdown.recv() => break,
         };
         let reason = match session {
             Ok((conn, control, hello)) => {
@@ -44,7 +40,7 @@ pub(super) async fn supervise(
                 set(&shared, |c| c.set_ready(idx, hello));
                 let reason = tokio::select! {
                     r = follow_control(&shared, idx, &conn, control, interval) => r,
-                    _ = shutdown.changed() => {
+                    () = shutdown.recv() => {
                         conn.close(quinn::VarInt::from_u32(CLOSE_SHUTDOWN), b"front-end shutdown");
                         break;
                     }
@@ -62,7 +58,7 @@ pub(super) async fn supervise(
         let delay = backoff.next_delay(&mut rand::rng());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => break,
+            () = shutdown.recv() => break,
         }
     }
     *lock(&shared.conns[idx]) = None;

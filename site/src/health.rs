@@ -1,0 +1,27 @@
+//! Readiness as load balancers and Triton's clients ask for it: ready when at least one
+//! node with a loaded model is connected.
+
+use serde_json::json;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::reply::{json_response, ok_json};
+use crate::site::Site;
+
+/// `/readyz`: 200 only while a node with a loaded model is connected.
+pub fn readiness(site: &Site) -> Response {
+    let nodes = site.inference.nodes();
+    let ready = nodes.iter().filter(|n| n.can_serve()).count();
+    if ready > 0 {
+        ok_json(&json!({ "ready": true, "nodes_ready": ready }))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "ready": false,
+                "nodes_ready": 0,
+                "error": "no node with a loaded model is connected",
+            }),
+        )
+    }
+}

@@ -1,0 +1,65 @@
+//! What one client, and all of them together, may make the site do: sizes, counts, queues,
+//! rates and timeouts, with the reason for each default.
+
+use std::time::Duration;
+
+use crate::throttle::RateSpec;
+
+/// Limits on what one client can make the site do. Defaults are generous (users complain
+/// about surprise 413s) but bounded so one request cannot exhaust memory.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest single image in bytes.
+    pub max_file_bytes: usize,
+    /// Largest request body in bytes (all files together).
+    pub max_request_bytes: usize,
+    /// Most files in one request.
+    pub max_files: usize,
+    /// Most images accepted and not yet answered, over all clients; beyond: 503.
+    pub max_queued: usize,
+    /// Most images handed to the dispatcher at once.
+    pub max_in_flight: usize,
+    /// Seconds suggested in Retry-After when the queue is full.
+    pub retry_after_s: u64,
+    /// Site-side bound on one image's dispatch; the dispatcher's own deadline should be
+    /// shorter, this only guarantees that no client waits forever.
+    pub job_timeout: Duration,
+    /// Finished jobs kept for `GET /api/v1/jobs/{id}`.
+    pub job_retention: usize,
+    /// Bytes of finished jobs kept (oldest evicted first).
+    pub job_retention_bytes: usize,
+    /// Bytes of image data held at once: bodies being read, queued and in-flight images.
+    pub max_buffered_bytes: usize,
+    /// Most images one caller may have accepted and not yet answered; beyond: 429.
+    pub max_queued_per_caller: usize,
+    /// A request body that sends nothing for this long is abandoned (408).
+    pub body_timeout: Duration,
+    /// Event streams open at once, over all callers; beyond: 503.
+    pub max_event_streams: usize,
+    /// Event streams one caller may hold open; beyond: 429.
+    pub max_event_streams_per_caller: usize,
+    /// Requests per second (and burst) per caller; `None`: unlimited.
+    pub rate: Option<RateSpec>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_file_bytes: 20 * 1024 * 1024,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_files: 64,
+            max_queued: 512,
+            max_in_flight: 64,
+            retry_after_s: 2,
+            job_timeout: Duration::from_secs(60),
+            job_retention: 10_000,
+            job_retention_bytes: 64 << 20,
+            max_buffered_bytes: 512 << 20,
+            max_queued_per_caller: 128,
+            body_timeout: Duration::from_secs(30),
+            max_event_streams: 512,
+            max_event_streams_per_caller: 8,
+            rate: None,
+        }
+    }
+}
