@@ -18,9 +18,9 @@
 
 pub mod classify;
 pub mod config;
-pub mod engine;
-pub mod faults;
-pub mod handler;
+mod engine;
+mod faults;
+mod handler;
 pub mod shutdown;
 pub mod synthetic;
 

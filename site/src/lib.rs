@@ -9,33 +9,33 @@
 //! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the caller's own SSE stream
 //! ([`events`]). Every refusal is an [`error::ApiError`].
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod budget;
-pub mod caller;
+mod caller;
 pub mod cli;
 pub mod cluster;
-pub mod cluster_error;
+mod cluster_error;
 pub mod conn;
-pub mod error;
-pub mod events;
-pub mod filters;
-pub mod guards;
-pub mod health;
-pub mod inference;
+mod error;
+mod events;
+mod filters;
+mod guards;
+mod health;
+mod inference;
 pub mod job;
-pub mod jobs;
+mod jobs;
 pub mod kserve;
 pub mod limits;
-pub mod local;
-pub mod metrics;
-pub mod page;
-pub mod reply;
-pub mod routes;
+mod local;
+mod metrics;
+mod page;
+mod reply;
+mod routes;
 pub mod server;
-pub mod site;
-pub mod sniff;
-pub mod throttle;
+mod site;
+mod sniff;
+mod throttle;
 pub mod upload;
 
 use std::net::SocketAddr;
@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 pub use inference::Inference;
 pub use limits::Limits;
 pub use server::{ServerError, TlsIdentity};
-pub use site::Site;
+pub use site::{PARSES_PER_CALLER, PARSES_TOTAL, Site};
 
 use api::AdminAccess;
 use auth::KeyFile;

@@ -671,7 +671,7 @@ async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
     let h = Harness::ready(1, 1, &[]).await;
     let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
     let mut stalled = Vec::new();
-    for _ in 0..glimpse_site::site::PARSES_PER_CALLER {
+    for _ in 0..glimpse_site::PARSES_PER_CALLER {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();

@@ -14,12 +14,12 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod dispatcher;
-pub mod error;
-pub mod server;
+mod error;
+mod server;
 pub mod shutdown;
 pub mod stream;
 pub mod sync;
-pub mod types;
+mod types;
 
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};
 pub use config::{CongestionControl, DEFAULT_MAX_IMAGE_BYTES, TransportTuning};
