@@ -30,7 +30,7 @@ use crate::upload::{byte_stream, read_uploads};
 
 /// Who may read operator data (`/metrics`, `/api/v1/nodes`) on the public listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminAccess {
+pub(crate) enum AdminAccess {
     /// Anyone who can reach the site (no keys, no admin listener: a local or trusted setup).
     Open,
     /// Callers with an admin key.
@@ -40,7 +40,7 @@ pub enum AdminAccess {
 }
 
 /// The `/api/v1/...` routes.
-pub fn routes(
+pub(crate) fn routes(
     site: Arc<Site>,
     admin: AdminAccess,
     origins: Arc<Vec<String>>,
@@ -150,7 +150,7 @@ pub fn routes(
 
 /// `/healthz` and `/readyz`: no authentication (load balancers and Kubernetes probe them),
 /// and nothing in them about anyone's data.
-pub fn health(site: Arc<Site>) -> BoxedFilter<(Response,)> {
+pub(crate) fn health(site: Arc<Site>) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| ok_json(&json!({ "status": "ok" })));
@@ -163,7 +163,7 @@ pub fn health(site: Arc<Site>) -> BoxedFilter<(Response,)> {
 
 /// The routes of the `--admin-listen` address: health, `/metrics` and `/api/v1/nodes`,
 /// without authentication (bind it to an address only operators reach).
-pub fn admin_routes(site: Arc<Site>) -> BoxedFilter<(Response,)> {
+pub(crate) fn admin_routes(site: Arc<Site>) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_site(site.clone()))

@@ -28,28 +28,50 @@ pub const KEY_PREFIX: &str = "glk_";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("reading {path}: {source}")]
+    /// The key file could not be read.
     Read {
+        /// The key file.
         path: String,
+        /// What the file system said.
         source: std::io::Error,
     },
     #[error("writing {path}: {source}")]
+    /// The key file could not be written (`glimpse keys new`).
     Write {
+        /// The key file.
         path: String,
+        /// What the file system said.
         source: std::io::Error,
     },
     #[error("{path} line {line}: {why}")]
+    /// A line is not `NAME SHA256HEX [admin]`.
     Syntax {
+        /// The key file.
         path: String,
+        /// The line, counted from 1.
         line: usize,
+        /// What is wrong with it.
         why: String,
     },
     #[error("{path} has no keys: every request would be refused")]
-    Empty { path: String },
+    /// The file holds no key at all.
+    Empty {
+        /// The key file.
+        path: String,
+    },
     #[error("invalid key name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
+    /// A key name with characters other than letters, digits, `.`, `_` or `-`, or too long.
     BadName(String),
     #[error("{path} already has a key named {name:?}")]
-    Duplicate { path: String, name: String },
+    /// Two keys share a name.
+    Duplicate {
+        /// The key file.
+        path: String,
+        /// The name used twice.
+        name: String,
+    },
     #[error("the system random number generator failed")]
+    /// No randomness for a new key.
     Random,
 }
 

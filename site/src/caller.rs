@@ -25,14 +25,14 @@ use crate::auth::{KeyFile, KeyHolder};
 use crate::error::ApiError;
 
 /// Name of the client-token cookie.
-pub const COOKIE: &str = "glimpse_client";
+pub(crate) const COOKIE: &str = "glimpse_client";
 /// Header API clients send their client token in (without keys).
-pub const TOKEN_HEADER: &str = "x-glimpse-client";
+pub(crate) const TOKEN_HEADER: &str = "x-glimpse-client";
 
 /// The TCP peer of a request, put into its extensions by the accept loop (warp's own
 /// remote-address filter only works with warp's own server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 /// Whose job is it: what scopes job lookups and events.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ impl LimitKey {
 
 /// The address an address-keyed limit counts: IPv4 as is (and IPv4-mapped IPv6 as IPv4),
 /// IPv6 by its /64, the smallest block a host is normally given.
-pub fn net_of(addr: IpAddr) -> IpAddr {
+pub(crate) fn net_of(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

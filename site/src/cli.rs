@@ -16,6 +16,7 @@ use crate::throttle::RateFlag;
 /// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeArg {
+    /// The node's name: the DNS name its certificate must carry.
     pub name: String,
     /// `HOST:PORT`, resolved at start.
     pub target: String,
@@ -67,6 +68,7 @@ pub enum ModelChoice {
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// A command besides serving (none: serve).
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -304,6 +306,7 @@ pub struct Cli {
 pub enum Command {
     /// Manage the API keys of --api-keys.
     Keys {
+        /// What to do with the keys.
         #[command(subcommand)]
         action: KeysCommand,
     },

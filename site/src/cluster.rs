@@ -27,10 +27,12 @@ pub struct DispatchInference {
 }
 
 impl DispatchInference {
+    /// Serves inference through `dispatcher`.
     pub fn new(dispatcher: Dispatcher) -> DispatchInference {
         DispatchInference { dispatcher }
     }
 
+    /// The dispatcher behind it (for its nodes and counters).
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
     }
@@ -189,6 +191,7 @@ fn node_view(n: NodeStatus) -> NodeView {
 
 /// The dispatcher plus whatever local workers this process runs.
 pub struct Cluster {
+    /// Inference through the dispatcher, for the site.
     pub inference: Arc<DispatchInference>,
     workers: Workers,
 }

@@ -47,10 +47,15 @@ pub const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADER_COUNT;
 /// Limits on connections (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
+    /// Connections open at once over all addresses (default: the fd limit minus 128).
     pub max_total: usize,
+    /// Connections open at once from one address (an IPv6 /64 counts as one).
     pub max_per_ip: usize,
+    /// Time a new connection has to finish its TLS handshake.
     pub handshake_timeout: Duration,
+    /// Time a connection has to send its first complete request head.
     pub header_timeout: Duration,
+    /// Time a connection may sit with no request in progress.
     pub idle_timeout: Duration,
     /// Most bytes of a refused request's body read and thrown away (see [`Lingering`]);
     /// the largest body the server would otherwise accept.
@@ -121,10 +126,15 @@ pub enum Refused {
 /// Counters of the registry, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ConnCounters {
+    /// Connections admitted.
     pub accepted: AtomicU64,
+    /// Connections refused because their address had its share open.
     pub refused_per_ip: AtomicU64,
+    /// Connections refused because every slot was taken by active ones.
     pub refused_full: AtomicU64,
+    /// Idle connections closed to make room for new ones.
     pub evicted: AtomicU64,
+    /// Connections closed by the handshake, header or idle timeout.
     pub timed_out: AtomicU64,
 }
 
@@ -134,6 +144,7 @@ pub struct Registry {
     limits: ConnLimits,
     inner: Mutex<Slots>,
     next_id: AtomicU64,
+    /// What became of connections, for `/metrics`.
     pub counters: ConnCounters,
 }
 
@@ -247,6 +258,7 @@ impl Drop for Ticket {
 }
 
 impl Registry {
+    /// An empty registry enforcing `limits`.
     pub fn new(limits: ConnLimits) -> Arc<Registry> {
         Arc::new(Registry {
             limits,
@@ -256,6 +268,7 @@ impl Registry {
         })
     }
 
+    /// The limits it enforces.
     pub fn limits(&self) -> &ConnLimits {
         &self.limits
     }
@@ -350,6 +363,7 @@ pub struct Tracked<S> {
 }
 
 impl<S> Tracked<S> {
+    /// Wraps the service of one connection (`state`) from `peer`.
     pub fn new(
         inner: S,
         state: Arc<ConnState>,
@@ -369,6 +383,7 @@ impl<S> Tracked<S> {
 
 /// Names the body type of a response (warp's is not exported by name).
 pub trait ResponseBody {
+    /// The body type.
     type Body;
 }
 
@@ -492,6 +507,7 @@ pub struct Lingering<B: Body + Send + Unpin + 'static> {
 }
 
 impl<B: Body + Send + Unpin + 'static> Lingering<B> {
+    /// Wraps a refused request's body: reads and drops at most `max_bytes` of it.
     pub fn new(inner: B, max_bytes: u64) -> Lingering<B> {
         Lingering {
             inner: Some(inner),

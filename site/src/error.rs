@@ -18,7 +18,7 @@ use warp::{Rejection, Reply};
 use crate::reply::{json_response, with_retry_after};
 
 /// Longest error message sent to a client, in bytes; longer ones are cut with "…".
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// An error answer: `{"error": message}` with `status` and the headers it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +116,12 @@ impl Reply for ApiError {
 }
 
 /// A handler's result as a response.
-pub fn respond(result: Result<Response, ApiError>) -> Response {
+pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
 /// Cut `s` to at most `max` bytes on a character boundary, marking the cut with "…".
-pub fn truncate(mut s: String, max: usize) -> String {
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() <= max {
         return s;
     }
@@ -136,7 +136,7 @@ pub fn truncate(mut s: String, max: usize) -> String {
 
 /// Turn every rejection, ours or warp's, into the same JSON error. Statuses that hyper or
 /// warp would otherwise answer with an empty body (400, 405, 413, 414, 431) get a message too.
-pub async fn recover(r: Rejection) -> Result<Response, Infallible> {
+pub(crate) async fn recover(r: Rejection) -> Result<Response, Infallible> {
     let e = if let Some(e) = r.find::<ApiError>() {
         e.clone()
     } else if r.is_not_found() {

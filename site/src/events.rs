@@ -15,7 +15,7 @@ use crate::caller::Owner;
 use crate::job::JobView;
 
 /// Bytes of updates one subscriber may have waiting before it starts losing them.
-pub const QUEUE_BYTES: usize = 256 * 1024;
+pub(crate) const QUEUE_BYTES: usize = 256 * 1024;
 
 /// What a subscriber receives next.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +42,7 @@ struct Subscriber {
 
 /// Routes job updates to their owner's subscribers.
 #[derive(Debug, Default)]
-pub struct EventHub {
+pub(crate) struct EventHub {
     subs: Mutex<HashMap<Owner, Vec<Weak<Subscriber>>>>,
 }
 
@@ -56,12 +56,12 @@ pub struct Subscription {
 
 impl EventHub {
     /// Subscribe to `owner`'s updates, with [`QUEUE_BYTES`] of room.
-    pub fn subscribe(self: &Arc<Self>, owner: Owner) -> Subscription {
+    pub(crate) fn subscribe(self: &Arc<Self>, owner: Owner) -> Subscription {
         self.subscribe_with(owner, QUEUE_BYTES)
     }
 
     /// Subscribe with `max_bytes` of room (tests use small queues).
-    pub fn subscribe_with(self: &Arc<Self>, owner: Owner, max_bytes: usize) -> Subscription {
+    pub(crate) fn subscribe_with(self: &Arc<Self>, owner: Owner, max_bytes: usize) -> Subscription {
         let sub = Arc::new(Subscriber {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -79,7 +79,7 @@ impl EventHub {
     }
 
     /// Deliver `job` (`size` bytes, as the job store counts them) to `owner`'s subscribers.
-    pub fn publish(&self, owner: &Owner, job: &Arc<JobView>, size: usize) {
+    pub(crate) fn publish(&self, owner: &Owner, job: &Arc<JobView>, size: usize) {
         let subs: Vec<Arc<Subscriber>> = match self.lock().get(owner) {
             Some(list) => list.iter().filter_map(Weak::upgrade).collect(),
             None => return,
@@ -99,7 +99,7 @@ impl EventHub {
     }
 
     /// Subscriptions open now, over all owners.
-    pub fn subscribers(&self) -> usize {
+    pub(crate) fn subscribers(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }
 

@@ -14,21 +14,23 @@ use crate::error::ApiError;
 use crate::site::Site;
 
 /// The shared state, for handlers.
-pub fn with_site(
+pub(crate) fn with_site(
     site: Arc<Site>,
 ) -> impl Filter<Extract = (Arc<Site>,), Error = Infallible> + Clone {
     warp::any().map(move || Arc::clone(&site))
 }
 
 /// The TCP peer, when the accept loop recorded it.
-pub fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+pub(crate) fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
     warp::ext::optional::<PeerAddr>().map(|p: Option<PeerAddr>| p.map(|p| p.0))
 }
 
 /// The caller of an `/api` or `/v2` request: identified (401 without a valid key when keys
 /// are required) and counted against its request rate (429 with `Retry-After` past it).
 /// Put it after a route's path and method filters, so it runs once per request.
-pub fn caller(site: Arc<Site>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+pub(crate) fn caller(
+    site: Arc<Site>,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::headers_cloned()
         .and(peer())
         .and(with_site(site))
@@ -56,7 +58,7 @@ pub fn caller(site: Arc<Site>) -> impl Filter<Extract = (Caller,), Error = Rejec
 /// browsers upload to an instance they can reach (an intranet one, say), cookies included.
 /// Browsers say where a request comes from in `Sec-Fetch-Site` (modern ones) and `Origin`
 /// (every POST); a request with neither is not from a browser page and is let through.
-pub fn same_origin(
+pub(crate) fn same_origin(
     allowed: Arc<Vec<String>>,
 ) -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::header::headers_cloned()
@@ -71,7 +73,7 @@ pub fn same_origin(
 }
 
 /// See [`same_origin`].
-pub fn check_origin(
+pub(crate) fn check_origin(
     headers: &HeaderMap,
     authority: Option<&Authority>,
     allowed: &[String],

@@ -7,7 +7,7 @@ use crate::site::Site;
 
 /// Gauges and counters of the site's protections: the byte budget, event streams, kept
 /// jobs and connections.
-pub fn render_guards(site: &Site) -> String {
+pub(crate) fn render_guards(site: &Site) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::with_capacity(2048);
     let (kept, kept_bytes) = site.jobs.retained();

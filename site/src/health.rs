@@ -9,7 +9,7 @@ use crate::reply::{json_response, ok_json};
 use crate::site::Site;
 
 /// `/readyz`: 200 only while a node with a loaded model is connected.
-pub fn readiness(site: &Site) -> Response {
+pub(crate) fn readiness(site: &Site) -> Response {
     let nodes = site.inference.nodes();
     let ready = nodes.iter().filter(|n| n.can_serve()).count();
     if ready > 0 {

@@ -120,10 +120,10 @@ pub enum Progress {
 }
 
 /// Callback type for [`Progress`]; shared so the dispatcher may call it from any task.
-pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+pub(crate) type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// A boxed classification future (the trait must be object safe for `Arc<dyn Inference>`).
-pub type ClassifyFuture = Pin<Box<dyn Future<Output = Result<Outcome, Failure>> + Send>>;
+pub(crate) type ClassifyFuture = Pin<Box<dyn Future<Output = Result<Outcome, Failure>> + Send>>;
 
 /// What the nodes panel, `/api/v1/nodes` and `/metrics` show about one node.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -171,17 +171,17 @@ pub trait Inference: Send + Sync + 'static {
 }
 
 /// True while at least one node with a loaded model is connected (what `/readyz` reports).
-pub fn is_ready(inference: &dyn Inference) -> bool {
+pub(crate) fn is_ready(inference: &dyn Inference) -> bool {
     inference.nodes().iter().any(NodeView::can_serve)
 }
 
 /// Default number of labels per image.
-pub const DEFAULT_TOP_K: u32 = 5;
+pub(crate) const DEFAULT_TOP_K: u32 = 5;
 /// Largest `top_k` a client may ask for (all ImageNet classes).
-pub const MAX_TOP_K: u32 = 1000;
+pub(crate) const MAX_TOP_K: u32 = 1000;
 
 /// Parse `top_k` from a query or parameter value; `None` means the default.
-pub fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
+pub(crate) fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
     match raw {
         None => Ok(DEFAULT_TOP_K),
         Some(s) => match s.trim().parse::<u32>() {

@@ -33,9 +33,11 @@ impl JobStatus {
 /// `results` array of `POST /api/v1/classify?wait=true`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobView {
+    /// The job's id, unguessable, unique in this process.
     pub id: String,
     /// The uploaded file name (user supplied: the page shows it with `textContent`).
     pub name: String,
+    /// Where the job is in its life.
     pub status: JobStatus,
     /// Top labels, best first; empty until the job is done.
     pub top: Vec<TopLabel>,

@@ -72,7 +72,9 @@ pub struct SiteConfig {
     pub allowed_origins: Vec<String>,
     /// `Strict-Transport-Security` max-age in seconds (0: none).
     pub hsts_max_age_s: u64,
+    /// What clients may make the site do.
     pub limits: Limits,
+    /// Connection caps and timeouts.
     pub conn: ConnLimits,
 }
 

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use glimpse_transport::NodeEndpoint;
 
 /// What the dispatcher needs to reach the local workers, and the workers themselves.
-pub struct Started {
+pub(crate) struct Started {
     pub workers: Workers,
     pub endpoints: Vec<NodeEndpoint>,
     /// The in-memory CA that signed the workers.
@@ -21,7 +21,7 @@ pub struct Started {
 }
 
 #[cfg(feature = "local-workers")]
-pub use imp::{Workers, start};
+pub(crate) use imp::{Workers, start};
 
 #[cfg(not(feature = "local-workers"))]
 pub use none::{Workers, start};
@@ -42,14 +42,14 @@ mod imp {
     use crate::cluster_error::ClusterError;
 
     /// The running local workers.
-    pub struct Workers {
+    pub(crate) struct Workers {
         nodes: Vec<RunningNode>,
         stop: Option<ShutdownTrigger>,
     }
 
     impl Workers {
         /// No local workers (remote nodes only).
-        pub fn none() -> Workers {
+        pub(crate) fn none() -> Workers {
             Workers {
                 nodes: Vec::new(),
                 stop: None,
@@ -57,7 +57,7 @@ mod imp {
         }
 
         /// Drain and stop them.
-        pub async fn stop(self) {
+        pub(crate) async fn stop(self) {
             if let Some(stop) = self.stop {
                 stop.trigger();
             }
@@ -70,7 +70,7 @@ mod imp {
     }
 
     /// Start `--local-workers` nodes as the flags say.
-    pub async fn start(cli: &Cli) -> Result<Started, ClusterError> {
+    pub(crate) async fn start(cli: &Cli) -> Result<Started, ClusterError> {
         let (stop, rx) = shutdown_channel();
         let model = match cli.model {
             ModelChoice::Synthetic => {

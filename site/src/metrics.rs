@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::inference::NodeView;
 
 /// Outcomes an image can end with; `ok` plus [`crate::inference::Failure::outcome`].
-pub const OUTCOMES: [&str; 9] = [
+pub(crate) const OUTCOMES: [&str; 9] = [
     "ok",
     "bad_image",
     "unsupported",

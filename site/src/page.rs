@@ -34,7 +34,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// `GET /`, `/index.html`, `/app.js`, `/style.css`.
-pub fn routes() -> BoxedFilter<(Response,)> {
+pub(crate) fn routes() -> BoxedFilter<(Response,)> {
     let index = warp::path::end()
         .or(warp::path!("index.html"))
         .unify()

@@ -10,7 +10,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 /// A JSON response with the given status.
-pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let mut resp = warp::reply::json(body).into_response();
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -19,12 +19,12 @@ pub fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 }
 
 /// `200 OK` with a JSON body.
-pub fn ok_json<T: Serialize>(body: &T) -> Response {
+pub(crate) fn ok_json<T: Serialize>(body: &T) -> Response {
     json_response(StatusCode::OK, body)
 }
 
 /// Add `Retry-After` (seconds), as 429s and 503s carry.
-pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
+pub(crate) fn with_retry_after(mut resp: Response, secs: u64) -> Response {
     if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
@@ -37,7 +37,7 @@ pub fn with_retry_after(mut resp: Response, secs: u64) -> Response {
 /// rendered as HTML against its declared type. Browsers ignore HSTS received over a
 /// connection with certificate errors (RFC 6797 §8.1), so it is harmless with the
 /// self-signed development certificate.
-pub fn harden(mut resp: Response, hsts_max_age_s: u64) -> Response {
+pub(crate) fn harden(mut resp: Response, hsts_max_age_s: u64) -> Response {
     let h = resp.headers_mut();
     if hsts_max_age_s > 0
         && let Ok(v) = HeaderValue::from_str(&format!("max-age={hsts_max_age_s}"))

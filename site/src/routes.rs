@@ -14,7 +14,7 @@ use crate::{error, kserve, page, reply};
 
 /// How the public listener treats operators' data and browsers.
 #[derive(Debug, Clone)]
-pub struct Access {
+pub(crate) struct Access {
     /// Who may read `/metrics` and `/api/v1/nodes` here.
     pub admin: AdminAccess,
     /// Extra origins (`https://host[:port]`, lower case) whose pages may post to this site.
@@ -24,7 +24,7 @@ pub struct Access {
 }
 
 /// The routes of the HTTPS listener.
-pub fn https(site: Arc<Site>, access: &Access) -> BoxedFilter<(Response,)> {
+pub(crate) fn https(site: Arc<Site>, access: &Access) -> BoxedFilter<(Response,)> {
     let counting = site.clone();
     let hsts = access.hsts_max_age_s;
     page::routes()

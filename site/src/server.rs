@@ -30,28 +30,39 @@ use crate::conn::{Registry, Tracked};
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("reading {path}: {source}")]
+    /// A certificate or key file could not be read.
     Read {
+        /// The file.
         path: String,
+        /// What the file system said.
         source: std::io::Error,
     },
     #[error("no certificate found in {0}")]
+    /// The certificate file holds no PEM certificate.
     NoCertificate(String),
     #[error("no private key found in {0}")]
+    /// The key file holds no PEM private key.
     NoKey(String),
     #[error("TLS configuration: {0}")]
+    /// rustls refused the certificate and key.
     Tls(#[from] rustls::Error),
     #[error("generating a self-signed certificate: {0}")]
+    /// The self-signed development certificate could not be made.
     Generate(#[from] rcgen::Error),
     #[error("socket: {0}")]
+    /// Binding or serving failed.
     Io(#[from] std::io::Error),
     #[error("API keys: {0}")]
+    /// The API key file is unusable.
     Keys(#[from] crate::auth::KeyFileError),
     #[error("{0}")]
+    /// An inconsistent configuration.
     Config(String),
 }
 
 /// The server's TLS identity and how a user can check it.
 pub struct TlsIdentity {
+    /// The rustls configuration the listener serves with.
     pub config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the leaf certificate (DER), colon separated hex, as browsers show it.
     pub fingerprint: String,

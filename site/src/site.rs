@@ -70,9 +70,13 @@ struct Slots {
 
 /// State shared by every handler.
 pub struct Site {
+    /// Where images are classified (the dispatcher, or a test double).
     pub inference: Arc<dyn Inference>,
+    /// Every job, scoped to its owner.
     pub jobs: JobStore,
+    /// Counters and histograms for `/metrics`.
     pub metrics: Metrics,
+    /// What clients may make the site do.
     pub limits: Limits,
     /// Who is calling: API keys or signed client tokens.
     pub identify: Identify,

@@ -8,7 +8,7 @@
 
 /// Image container formats recognised by their signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
+pub(crate) enum ImageKind {
     Jpeg,
     Png,
     Gif,
@@ -16,21 +16,10 @@ pub enum ImageKind {
     Bmp,
 }
 
-impl ImageKind {
-    /// The MIME type for this format.
-    pub fn mime(self) -> &'static str {
-        match self {
-            ImageKind::Jpeg => "image/jpeg",
-            ImageKind::Png => "image/png",
-            ImageKind::Gif => "image/gif",
-            ImageKind::Webp => "image/webp",
-            ImageKind::Bmp => "image/bmp",
-        }
-    }
-}
+impl ImageKind {}
 
 /// Identify the image format from the first bytes, or `None` if it is not one we accept.
-pub fn sniff(bytes: &[u8]) -> Option<ImageKind> {
+pub(crate) fn sniff(bytes: &[u8]) -> Option<ImageKind> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         Some(ImageKind::Jpeg)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
@@ -47,7 +36,7 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageKind> {
 }
 
 /// Check an upload and explain a rejection in words a user understands.
-pub fn check_image(bytes: &[u8], declared: Option<&str>) -> Result<ImageKind, String> {
+pub(crate) fn check_image(bytes: &[u8], declared: Option<&str>) -> Result<ImageKind, String> {
     if bytes.is_empty() {
         return Err("the file is empty".to_string());
     }

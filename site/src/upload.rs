@@ -38,7 +38,9 @@ pub const MAX_PART_HEADER_BYTES: usize = 8 * 1024;
 pub struct Upload {
     /// The file name as shown (see [`display_name`]).
     pub name: String,
+    /// The part's declared Content-Type (the site sniffs the bytes regardless).
     pub content_type: Option<String>,
+    /// The file's bytes.
     pub bytes: Bytes,
     /// The file's bytes in the front-end's byte budget; given back when the upload (or the
     /// job it becomes) is dropped.
@@ -49,24 +51,32 @@ pub struct Upload {
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("{0}")]
+    /// A file or the whole body is over its limit (413).
     TooLarge(String),
     #[error("too many files in one request (limit {0})")]
+    /// More files than allowed in one request (413).
     TooManyFiles(usize),
     #[error(
         "unsupported content type {0:?}: send multipart/form-data with `file` parts, or a raw image body with an image/* content type"
     )]
+    /// The body is not `multipart/form-data` (415).
     UnsupportedType(String),
     #[error("malformed request body: {0}")]
+    /// The multipart body is broken (400).
     Malformed(String),
     #[error("the request contains no file")]
+    /// No file in the request (400).
     Empty,
     #[error("no request body data arrived for {} s; the upload was abandoned", .0.as_secs())]
+    /// The body sent nothing for this long (408).
     Stalled(Duration),
     #[error("the server is holding as many uploaded bytes as it may; retry in {0} s")]
+    /// The byte budget is spent; retry after this many seconds (503).
     Busy(u64),
 }
 
 impl UploadError {
+    /// The HTTP status the client gets.
     pub fn status(&self) -> u16 {
         match self {
             UploadError::TooLarge(_) | UploadError::TooManyFiles(_) => 413,
@@ -103,7 +113,9 @@ impl UploadError {
 /// how long it may go without data.
 #[derive(Debug, Clone)]
 pub struct Intake {
+    /// What every byte read is paid from.
     pub budget: ByteBudget,
+    /// A body that sends nothing for this long is abandoned.
     pub inactivity: Duration,
     /// `Retry-After` seconds when the budget is spent.
     pub retry_after_s: u64,

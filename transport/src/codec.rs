@@ -132,13 +132,23 @@ pub const CLOSE_SHUTDOWN: u32 = 0x2;
 pub enum CodecError {
     /// The length prefix announces more than the maximum frame size.
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// The length the prefix announced.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// The body is not valid CBOR for the expected message.
     #[error("malformed frame: {0}")]
     Malformed(String),
     /// The peer speaks a protocol version we do not.
     #[error("unsupported protocol version {got} (this build speaks {supported})")]
-    UnknownVersion { got: u16, supported: u16 },
+    UnknownVersion {
+        /// The version the peer sent.
+        got: u16,
+        /// The version this build speaks.
+        supported: u16,
+    },
     /// The stream ended in the middle of a frame.
     #[error("stream ended inside a frame")]
     Truncated,

@@ -9,7 +9,9 @@ pub enum TransportError {
     /// The UDP socket could not be bound.
     #[error("cannot bind UDP {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: SocketAddr,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },

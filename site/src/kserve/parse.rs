@@ -52,6 +52,7 @@ impl ParseLimits {
 /// One output the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestedOutput {
+    /// The output's name.
     pub name: String,
     /// Triton's `classification` (or our `top_k`) parameter on the output.
     pub class_count: Option<u32>,
@@ -60,18 +61,24 @@ pub struct RequestedOutput {
 /// A parsed inference request.
 #[derive(Debug, Default)]
 pub struct InferRequest {
+    /// The request id the client chose, echoed in the answer.
     pub id: Option<String>,
     /// The request's `top_k` parameter.
     pub top_k: Option<u32>,
+    /// The input tensors.
     pub inputs: Vec<Input>,
+    /// The outputs asked for (all of them when absent).
     pub outputs: Option<Vec<RequestedOutput>>,
 }
 
 /// One input tensor.
 #[derive(Debug, Default)]
 pub struct Input {
+    /// The input's name.
     pub name: String,
+    /// KServe v2 datatype, e.g. `BYTES`.
     pub datatype: String,
+    /// Its shape as the client declared it.
     pub shape: Option<Vec<i64>>,
     /// Decoded BYTES elements, in order, each with its share of the byte budget.
     pub data: Vec<(Bytes, Held)>,
@@ -146,8 +153,10 @@ fn from_json_error(e: serde_json::Error) -> ParseError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GuardError {
     #[error("string longer than {0} bytes")]
+    /// A JSON string longer than this many bytes.
     StringTooLong(usize),
     #[error("nesting deeper than {0}")]
+    /// JSON nested deeper than this many levels.
     TooDeep(usize),
 }
 
@@ -166,6 +175,7 @@ pub struct JsonGuard {
 }
 
 impl JsonGuard {
+    /// A guard refusing strings over `max_string` bytes and nesting over `max_depth`.
     pub fn new(max_string: usize, max_depth: usize) -> JsonGuard {
         JsonGuard {
             max_string,

@@ -14,9 +14,9 @@ use glimpse_site::cluster::{self, Cluster};
 use glimpse_site::{RunningSite, conn, server, start_site};
 
 /// Generous: the CI machine has 2 cores and runs other builds.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub site: Option<RunningSite>,
     pub cluster: Option<Cluster>,
     pub base: String,
@@ -25,7 +25,7 @@ pub struct Harness {
 
 impl Harness {
     /// Start a site; `args` are extra `glimpse` flags.
-    pub async fn start(args: &[&str]) -> Harness {
+    pub(crate) async fn start(args: &[&str]) -> Harness {
         // Logs show with a failing test's output (RUST_LOG picks the level; default info).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -53,7 +53,7 @@ impl Harness {
     }
 
     /// Start with `n` synthetic local workers and wait until `/readyz` says 200.
-    pub async fn ready(n: u32, service_ms: u32, extra: &[&str]) -> Harness {
+    pub(crate) async fn ready(n: u32, service_ms: u32, extra: &[&str]) -> Harness {
         let n = n.to_string();
         let ms = service_ms.to_string();
         let mut args = vec![
@@ -70,11 +70,11 @@ impl Harness {
         h
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let start = Instant::now();
         loop {
             if let Ok(r) = self.client.get(self.url("/readyz")).send().await
@@ -91,7 +91,7 @@ impl Harness {
     }
 
     /// `GET path` as text (the metrics page).
-    pub async fn get_text(&self, path: &str) -> String {
+    pub(crate) async fn get_text(&self, path: &str) -> String {
         self.client
             .get(self.url(path))
             .send()
@@ -103,7 +103,10 @@ impl Harness {
     }
 
     /// `POST /api/v1/classify?wait=true` with a multipart form: status and JSON body.
-    pub async fn classify_wait(&self, form: reqwest::multipart::Form) -> (u16, serde_json::Value) {
+    pub(crate) async fn classify_wait(
+        &self,
+        form: reqwest::multipart::Form,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .client
             .post(self.url("/api/v1/classify?wait=true"))
@@ -117,7 +120,7 @@ impl Harness {
 
     /// `POST /api/v1/classify?wait=true` with `form`; `None` if no response came within
     /// `limit` (the tests that use it check that the site answers instead of hanging).
-    pub async fn post_form_within(
+    pub(crate) async fn post_form_within(
         &self,
         form: reqwest::multipart::Form,
         limit: Duration,
@@ -133,13 +136,13 @@ impl Harness {
             .map(|r| r.expect("request sent"))
     }
 
-    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.client.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
         (status, r.json().await.expect("JSON body"))
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(site) = self.site.take() {
             site.shutdown().await;
         }
@@ -151,7 +154,7 @@ impl Harness {
 
 /// A client that accepts the self-signed certificate and keeps cookies, like a browser: its
 /// requests share one client identity.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .cookie_store(true)
@@ -171,7 +174,7 @@ fn gradient(w: u32, h: u32, seed: u8) -> image::RgbImage {
 }
 
 /// A small PNG; different seeds give different bytes (and synthetic labels).
-pub fn png(seed: u8) -> Vec<u8> {
+pub(crate) fn png(seed: u8) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     gradient(64, 48, seed)
         .write_to(&mut out, image::ImageFormat::Png)
@@ -180,7 +183,7 @@ pub fn png(seed: u8) -> Vec<u8> {
 }
 
 /// A small JPEG.
-pub fn jpeg(seed: u8) -> Vec<u8> {
+pub(crate) fn jpeg(seed: u8) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     gradient(80, 60, seed)
         .write_to(&mut out, image::ImageFormat::Jpeg)
@@ -188,7 +191,7 @@ pub fn jpeg(seed: u8) -> Vec<u8> {
     out.into_inner()
 }
 
-pub fn part(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Part {
+pub(crate) fn part(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Part {
     reqwest::multipart::Part::bytes(bytes)
         .file_name(name.to_string())
         .mime_str(mime)
@@ -196,7 +199,7 @@ pub fn part(bytes: Vec<u8>, name: &str, mime: &str) -> reqwest::multipart::Part 
 }
 
 /// Read a Prometheus sample value by its exact series text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|rest| rest.trim().parse().ok())
@@ -205,7 +208,7 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 /// The real `glimpse` binary in a process of its own, for tests that measure the process
 /// (memory, file descriptors) or attack it from outside. Killed on drop.
-pub struct Spawned {
+pub(crate) struct Spawned {
     child: std::process::Child,
     pub base: String,
     pub pid: u32,
@@ -216,7 +219,7 @@ pub struct Spawned {
 impl Spawned {
     /// Start `glimpse ARGS --listen 127.0.0.1:0` with its open-file limit set to `nofile`
     /// (soft and hard, as `ulimit -n` does) when given, and wait for its URL.
-    pub fn start(args: &[&str], nofile: Option<u64>) -> Spawned {
+    pub(crate) fn start(args: &[&str], nofile: Option<u64>) -> Spawned {
         use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_glimpse");
         let mut cmd = match nofile {
@@ -258,7 +261,7 @@ impl Spawned {
     }
 
     /// The rest of the first stdout line that starts with `prefix`, waiting for it.
-    pub fn printed(&self, prefix: &str) -> String {
+    pub(crate) fn printed(&self, prefix: &str) -> String {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let found = self
@@ -279,7 +282,7 @@ impl Spawned {
     }
 
     /// SIGTERM, then its exit status (within 60 s).
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
@@ -298,12 +301,12 @@ impl Spawned {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// The port of the HTTPS listener.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.base
             .rsplit(':')
             .next()
@@ -312,7 +315,7 @@ impl Spawned {
     }
 
     /// `VmRSS` and `VmHWM` (peak) of the process, in bytes.
-    pub fn memory(&self) -> (u64, u64) {
+    pub(crate) fn memory(&self) -> (u64, u64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
         let field = |name: &str| {
@@ -328,7 +331,7 @@ impl Spawned {
     }
 
     /// Wait until `/readyz` says 200.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         let c = client();
         let start = Instant::now();
         loop {
@@ -352,7 +355,7 @@ impl Drop for Spawned {
 
 /// Accepts any server certificate: the tests attack their own server.
 #[derive(Debug)]
-pub struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -396,7 +399,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-pub fn tls_connector() -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

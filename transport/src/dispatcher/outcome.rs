@@ -10,11 +10,24 @@ use crate::types::{InferenceAnswer, InferenceError};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Progress {
     /// An attempt was sent to `node`.
-    Sent { node: String, attempt: u32 },
+    Sent {
+        /// The node's name.
+        node: String,
+        /// The attempt's number (1 for the first).
+        attempt: u32,
+    },
     /// An attempt failed and the image will be retried.
-    Retrying { attempt: u32, reason: String },
+    Retrying {
+        /// The number of the attempt about to be made.
+        attempt: u32,
+        /// Why the last one failed, with its node's name.
+        reason: String,
+    },
     /// A hedge copy was sent to `node`.
-    Hedged { node: String },
+    Hedged {
+        /// The node the copy went to.
+        node: String,
+    },
 }
 
 /// A successful classification.
@@ -41,8 +54,16 @@ pub enum DispatchError {
     NoNodes,
     /// The request deadline passed.
     #[error("deadline exceeded after {attempts} attempt(s)")]
-    DeadlineExceeded { attempts: u32 },
+    DeadlineExceeded {
+        /// Attempts made before it.
+        attempts: u32,
+    },
     /// Every attempt failed.
     #[error("all {attempts} attempt(s) failed; last: {last}")]
-    AttemptsExhausted { attempts: u32, last: String },
+    AttemptsExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// Why the last one failed.
+        last: String,
+    },
 }

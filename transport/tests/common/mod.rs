@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Generous: a loaded 2-core machine may stall for seconds.
-pub const LONG: Duration = Duration::from_secs(30);
+pub(crate) const LONG: Duration = Duration::from_secs(30);
 
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -31,19 +31,19 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub struct Pki {
+pub(crate) struct Pki {
     pub ca: ClusterCa,
     pub frontend: CertifiedKey,
 }
 
 impl Pki {
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let ca = ClusterCa::generate("test CA").unwrap();
         let frontend = ca.issue_client("frontend").unwrap();
         Pki { ca, frontend }
     }
 
-    pub fn node_config(&self, name: &str, capacity: u32) -> NodeServerConfig {
+    pub(crate) fn node_config(&self, name: &str, capacity: u32) -> NodeServerConfig {
         let ck = self
             .ca
             .issue_node(name, &["127.0.0.1".parse().unwrap()])
@@ -57,7 +57,7 @@ impl Pki {
         )
     }
 
-    pub fn dispatcher_config(&self, nodes: &[(&str, SocketAddr)]) -> DispatcherConfig {
+    pub(crate) fn dispatcher_config(&self, nodes: &[(&str, SocketAddr)]) -> DispatcherConfig {
         let mut cfg = DispatcherConfig::new(
             nodes
                 .iter()
@@ -76,12 +76,12 @@ impl Pki {
     }
 
     /// A raw QUIC client endpoint with the front-end's certificate (for protocol-level tests).
-    pub fn raw_client(&self) -> (quinn::Endpoint, quinn::ClientConfig) {
+    pub(crate) fn raw_client(&self) -> (quinn::Endpoint, quinn::ClientConfig) {
         client_with(&self.ca, &self.frontend)
     }
 }
 
-pub fn client_with(
+pub(crate) fn client_with(
     trust: &ClusterCa,
     identity: &CertifiedKey,
 ) -> (quinn::Endpoint, quinn::ClientConfig) {
@@ -97,7 +97,7 @@ pub fn client_with(
     (ep, cfg)
 }
 
-pub async fn raw_connect(
+pub(crate) async fn raw_connect(
     ep: &quinn::Endpoint,
     cfg: &quinn::ClientConfig,
     addr: SocketAddr,
@@ -112,7 +112,7 @@ pub async fn raw_connect(
         .map_err(|e| e.to_string())
 }
 
-pub fn info(name: &str, capacity: u32) -> NodeInfo {
+pub(crate) fn info(name: &str, capacity: u32) -> NodeInfo {
     NodeInfo {
         node_id: name.to_string(),
         model: "test".into(),
@@ -130,7 +130,7 @@ pub fn info(name: &str, capacity: u32) -> NodeInfo {
 }
 
 /// Checksum the answer carries, so tests can see the node got the right bytes.
-pub fn checksum(bytes: &[u8]) -> u32 {
+pub(crate) fn checksum(bytes: &[u8]) -> u32 {
     bytes
         .iter()
         .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)))
@@ -143,7 +143,7 @@ pub fn checksum(bytes: &[u8]) -> u32 {
 /// Like a real node it says it started work (a Started frame, `started_expect_ms` as its
 /// estimate) as soon as it is called, unless `hold_unstarted` is set: then it waits, not
 /// started, until the flag is cleared (a request queued at a node).
-pub struct TestHandler {
+pub(crate) struct TestHandler {
     pub name: String,
     pub delay_ms: AtomicU64,
     pub fail: Mutex<Option<InferenceError>>,
@@ -159,7 +159,7 @@ pub struct TestHandler {
 }
 
 impl TestHandler {
-    pub fn new(name: &str) -> Arc<TestHandler> {
+    pub(crate) fn new(name: &str) -> Arc<TestHandler> {
         Arc::new(TestHandler {
             name: name.to_string(),
             delay_ms: AtomicU64::new(0),
@@ -175,13 +175,13 @@ impl TestHandler {
         })
     }
 
-    pub fn with_delay(name: &str, ms: u64) -> Arc<TestHandler> {
+    pub(crate) fn with_delay(name: &str, ms: u64) -> Arc<TestHandler> {
         let h = TestHandler::new(name);
         h.delay_ms.store(ms, Ordering::SeqCst);
         h
     }
 
-    pub fn failing(name: &str, e: InferenceError) -> Arc<TestHandler> {
+    pub(crate) fn failing(name: &str, e: InferenceError) -> Arc<TestHandler> {
         let h = TestHandler::new(name);
         *h.fail.lock().unwrap() = Some(e);
         h
@@ -256,7 +256,7 @@ impl Handler for TestHandler {
     }
 }
 
-pub struct RunningNode {
+pub(crate) struct RunningNode {
     pub addr: SocketAddr,
     pub shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), glimpse_transport::TransportError>>,
@@ -264,7 +264,7 @@ pub struct RunningNode {
 
 impl RunningNode {
     /// Graceful drain; returns the server's result.
-    pub async fn drain(mut self) -> Result<(), glimpse_transport::TransportError> {
+    pub(crate) async fn drain(mut self) -> Result<(), glimpse_transport::TransportError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -275,14 +275,14 @@ impl RunningNode {
     }
 }
 
-pub fn start_node<H: Handler>(config: NodeServerConfig, handler: Arc<H>) -> RunningNode {
+pub(crate) fn start_node<H: Handler>(config: NodeServerConfig, handler: Arc<H>) -> RunningNode {
     let server = NodeServer::bind(config).unwrap();
     run_server(server, handler)
 }
 
 /// Bind, retrying while the address is still held by a previous server on it (a closed quinn
 /// endpoint keeps its socket until its connections finish draining).
-pub async fn start_node_on_same_addr<H: Handler>(
+pub(crate) async fn start_node_on_same_addr<H: Handler>(
     config: NodeServerConfig,
     handler: Arc<H>,
 ) -> RunningNode {
@@ -313,13 +313,13 @@ fn run_server<H: Handler>(server: NodeServer, handler: Arc<H>) -> RunningNode {
 
 /// A node on its own runtime and thread, so it can be killed abruptly: shutting the runtime
 /// down drops every task and the socket without a CONNECTION_CLOSE, like SIGKILL.
-pub struct KillableNode {
+pub(crate) struct KillableNode {
     pub addr: SocketAddr,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl KillableNode {
-    pub fn start<H: Handler>(config: NodeServerConfig, handler: Arc<H>) -> KillableNode {
+    pub(crate) fn start<H: Handler>(config: NodeServerConfig, handler: Arc<H>) -> KillableNode {
         // Built on another thread: a runtime cannot be started from inside the test's runtime.
         let (runtime, addr) = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -342,7 +342,7 @@ impl KillableNode {
         }
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
@@ -355,7 +355,7 @@ impl Drop for KillableNode {
     }
 }
 
-pub async fn ready(d: &Dispatcher, n: usize) {
+pub(crate) async fn ready(d: &Dispatcher, n: usize) {
     assert!(
         d.wait_ready(n, LONG).await,
         "nodes not ready: {:?}",
@@ -363,7 +363,7 @@ pub async fn ready(d: &Dispatcher, n: usize) {
     );
 }
 
-pub fn image(seed: u8, len: usize) -> bytes::Bytes {
+pub(crate) fn image(seed: u8, len: usize) -> bytes::Bytes {
     bytes::Bytes::from(
         (0..len)
             .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
