@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// Replays `fuzz/{corpus,crashes-found}/<target>/*` through `run`; reports every failing
 /// input at once.
-pub fn replay(target: &str, run: fn(&[u8]) -> bool) {
+pub(crate) fn replay(target: &str, run: fn(&[u8]) -> bool) {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
     let corpus = fuzz.join("corpus").join(target);
     let seeds = files(&corpus);

@@ -31,7 +31,7 @@ impl Read for Trickle<'_> {
 }
 
 /// Runs one input; `true` when the request parsed.
-pub fn run(data: &[u8]) -> bool {
+pub(crate) fn run(data: &[u8]) -> bool {
     let Some((&step, body)) = data.split_first() else {
         return false;
     };

@@ -15,7 +15,7 @@
 use glimpse_model::{DecodeLimits, ImageTensor, decode, preprocess, probe};
 
 /// 4096 × 4096 at most, 4 Mpx, 1 MiB of encoded bytes.
-pub const LIMITS: DecodeLimits = DecodeLimits {
+pub(crate) const LIMITS: DecodeLimits = DecodeLimits {
     max_bytes: 1 << 20,
     max_width: 4096,
     max_height: 4096,
@@ -23,7 +23,7 @@ pub const LIMITS: DecodeLimits = DecodeLimits {
 };
 
 /// Runs one input; `true` when it decoded (and was then preprocessed).
-pub fn run(data: &[u8]) -> bool {
+pub(crate) fn run(data: &[u8]) -> bool {
     let Ok(img) = decode(data, &LIMITS) else {
         return false;
     };

@@ -28,7 +28,7 @@ fn limits() -> Limits {
 }
 
 /// Runs one input; `true` when the body was accepted.
-pub fn run(data: &[u8]) -> bool {
+pub(crate) fn run(data: &[u8]) -> bool {
     let Some((&chunk, body)) = data.split_first() else {
         return false;
     };

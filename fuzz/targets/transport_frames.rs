@@ -27,7 +27,7 @@ use glimpse_transport::codec::{
 };
 
 /// Runs one input; `true` when at least one whole frame decoded as some message.
-pub fn run(data: &[u8]) -> bool {
+pub(crate) fn run(data: &[u8]) -> bool {
     if let Some(prefix) = data.first_chunk::<LEN_PREFIX>() {
         match codec::frame_len(*prefix, MAX_FRAME_BYTES) {
             Ok(len) => assert!(len <= MAX_FRAME_BYTES),
