@@ -26,19 +26,32 @@ pub enum CertError {
     /// rcgen refused the parameters or could not sign.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
-    /// A name is not usable as a DNS subject alternative name.
+    /// A node name is not usable as a DNS subject alternative name (and file name), or a
+    /// `NAME=IP,...` node spec has an IP address that does not parse.
     #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
+    InvalidName {
+        /// The name (or whole node spec) as given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// PEM input contained no certificate or key, or could not be parsed.
     #[error("invalid PEM in {what}: {reason}")]
-    Pem { what: String, reason: String },
+    Pem {
+        /// The input that was being parsed: a file path, or a label such as "CA certificate".
+        what: String,
+        /// The parser's error, or which PEM block was missing.
+        reason: String,
+    },
     /// A file already exists and `--force` was not given.
     #[error("{0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
     /// Filesystem error while reading or writing `path`.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory being read, written or created.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },

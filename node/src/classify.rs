@@ -49,15 +49,20 @@ pub struct ClassifyArgs {
 /// One label in the output.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TopEntry {
+    /// ImageNet class index, 0..1000.
     pub index: usize,
+    /// torchvision's name for the class.
     pub label: &'static str,
+    /// Softmax probability over all 1000 classes.
     pub probability: f32,
 }
 
 /// Per-image timings in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TimingsMs {
+    /// Reading the file and decoding it to RGB.
     pub decode: f64,
+    /// Resizing, cropping and normalizing the decoded image into the network's input tensor.
     pub preprocess: f64,
     /// This image's share of its batch's forward pass.
     pub infer: f64,
@@ -71,17 +76,24 @@ pub struct TimingsMs {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum FileResult {
+    /// The file was classified.
     Ok {
+        /// The path as given on the command line.
         file: String,
+        /// The `--top-k` most probable labels, best first.
         top: Vec<TopEntry>,
+        /// Where the time went for this file.
         timings_ms: TimingsMs,
         /// Weights identity, e.g. "googlenet-1378be20" or "random-seed-0".
         weights: String,
         /// False for random weights: the labels are then meaningless.
         trained: bool,
     },
+    /// The file could not be read, decoded or classified.
     Err {
+        /// The path as given on the command line.
         file: String,
+        /// Why, on one line.
         error: String,
         /// Time spent on the file before it failed.
         elapsed_ms: f64,

@@ -45,7 +45,11 @@ pub const RGBA8_BYTES_PER_PIXEL: u64 = 4;
 
 /// TLS material of a node: its certificate chain and key, and the CA that signs front-ends.
 pub struct NodeTls {
+    /// The node's server certificate, leaf first, issued by the cluster CA for the name the
+    /// front-ends expect.
     pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf certificate's private key. Never logged. The node's QUIC stateless-reset key
+    /// is derived from it, so a node restarted with the same key resets its old connections.
     pub key: PrivateKeyDer<'static>,
     /// Clients (front-ends) must present a certificate signed by one of these.
     pub client_ca: Vec<CertificateDer<'static>>,
@@ -98,14 +102,19 @@ impl NodeTls {
 pub enum ModelSpec {
     /// GoogLeNet, loaded by the node at start.
     GoogLeNet {
+        /// Where the weights come from (`auto`, a file, or random for transport tests).
         weights: WeightsSource,
+        /// The CPU backend that runs the network.
         backend: Backend,
     },
     /// GoogLeNet already loaded by the caller: in-process nodes (`glimpse --local-workers N`)
     /// share one copy of the weights instead of loading N.
     Loaded(Arc<Classifier>),
     /// The synthetic stand-in: `service` per image, labels from a hash of the bytes, no weights.
-    Synthetic { service: Duration },
+    Synthetic {
+        /// Time spent per image; a batch of n takes n times this.
+        service: Duration,
+    },
 }
 
 impl std::fmt::Debug for ModelSpec {
@@ -130,9 +139,11 @@ impl std::fmt::Debug for ModelSpec {
 pub struct NodeConfig {
     /// UDP address to listen on; port 0 picks a free port (see [`crate::RunningNode::addr`]).
     pub listen: SocketAddr,
+    /// The node's certificate and key, and the CA its clients must be signed by.
     pub tls: NodeTls,
     /// Name announced to front-ends (informational; the TLS name is what they verify).
     pub node_id: String,
+    /// The model served, and how it is loaded.
     pub model: ModelSpec,
     /// Images taken at once: announced to front-ends (each keeps at most this many outstanding
     /// here) and the bound on queued work.
@@ -144,6 +155,7 @@ pub struct NodeConfig {
     pub max_batch_wait: Duration,
     /// Largest accepted encoded image.
     pub max_image_bytes: usize,
+    /// Fault injection for experiments and failover tests; all off by default.
     pub faults: FaultConfig,
     /// After shutdown starts, how long in-flight work may take before the node gives up.
     pub drain_timeout: Duration,

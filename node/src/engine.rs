@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use crate::synthetic::SyntheticModel;
 
 /// The model the inference thread runs.
-pub enum ModelRunner {
+pub(crate) enum ModelRunner {
     /// GoogLeNet through glimpse-model; expects decoded, preprocessed tensors.
     GoogLeNet(Arc<Classifier>),
     /// The synthetic stand-in; expects the raw image bytes.
@@ -33,13 +33,13 @@ pub enum ModelRunner {
 
 impl ModelRunner {
     /// Whether requests must be decoded and preprocessed before they reach this model.
-    pub fn needs_decoding(&self) -> bool {
+    pub(crate) fn needs_decoding(&self) -> bool {
         matches!(self, ModelRunner::GoogLeNet(_))
     }
 }
 
 /// What one request hands the inference thread.
-pub enum Prepared {
+pub(crate) enum Prepared {
     /// A preprocessed image for GoogLeNet.
     Tensor(ImageTensor),
     /// Raw bytes for the synthetic model.
@@ -47,7 +47,7 @@ pub enum Prepared {
 }
 
 /// One image waiting for the inference thread.
-pub struct Job {
+pub(crate) struct Job {
     pub input: Prepared,
     pub top_k: usize,
     /// When the job entered the queue; the queue time reported to clients starts here.
@@ -57,20 +57,21 @@ pub struct Job {
 
 /// The answer for one image, with the time it spent waiting and in the forward pass.
 #[derive(Debug)]
-pub struct JobOutcome {
+pub(crate) struct JobOutcome {
     pub top: Vec<Label>,
     /// From entering the queue to the start of the forward pass that carried it.
     pub queue: Duration,
     /// Wall time of the whole forward pass that carried this image: the image waited for all
     /// of it, so this is what it cost its latency (not a per-image share).
     pub infer: Duration,
-    /// How many images shared that forward pass.
+    /// How many images shared that forward pass (only the unit tests read it).
+    #[cfg(test)]
     pub batch_size: usize,
 }
 
 /// Why a job could not be queued.
 #[derive(Debug, PartialEq, Eq)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     /// The queue is full: the node is overloaded.
     Full,
     /// The inference thread has stopped (it only does when the node shuts down).
@@ -79,7 +80,7 @@ pub enum SubmitError {
 
 /// Batching settings.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchPolicy {
+pub(crate) struct BatchPolicy {
     pub max_batch: usize,
     pub max_batch_wait: Duration,
     /// Queue bound; beyond it submissions fail with [`SubmitError::Full`].
@@ -88,7 +89,7 @@ pub struct BatchPolicy {
 
 /// Handle to the inference thread. Dropping it closes the queue; the thread finishes the jobs
 /// already queued and exits.
-pub struct Engine {
+pub(crate) struct Engine {
     tx: Option<SyncSender<Job>>,
     queued: Arc<AtomicU32>,
     thread: Option<JoinHandle<()>>,
@@ -96,7 +97,7 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the inference thread with `model`.
-    pub fn start(model: ModelRunner, policy: BatchPolicy) -> std::io::Result<Engine> {
+    pub(crate) fn start(model: ModelRunner, policy: BatchPolicy) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(policy.queue_limit.max(1));
         let queued = Arc::new(AtomicU32::new(0));
         let thread_queued = queued.clone();
@@ -111,7 +112,7 @@ impl Engine {
     }
 
     /// Queues a job without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let Some(tx) = &self.tx else {
             return Err(SubmitError::Stopped);
         };
@@ -130,7 +131,7 @@ impl Engine {
     }
 
     /// Images waiting for a forward pass (not counting the one running).
-    pub fn queued(&self) -> u32 {
+    pub(crate) fn queued(&self) -> u32 {
         self.queued.load(Ordering::SeqCst)
     }
 }
@@ -250,6 +251,7 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>) {
                     top,
                     queue: started.saturating_duration_since(enqueued),
                     infer,
+                    #[cfg(test)]
                     batch_size: size,
                 }));
             }

@@ -54,7 +54,7 @@ impl FaultConfig {
 
 /// What to do with one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultDecision {
+pub(crate) enum FaultDecision {
     Proceed,
     Die,
     Stall,
@@ -62,14 +62,14 @@ pub enum FaultDecision {
 
 /// The live fault injector of one node.
 #[derive(Debug)]
-pub struct Faults {
+pub(crate) struct Faults {
     config: FaultConfig,
     rng: Mutex<StdRng>,
     stalled: AtomicBool,
 }
 
 impl Faults {
-    pub fn new(config: FaultConfig) -> Self {
+    pub(crate) fn new(config: FaultConfig) -> Self {
         let seed = config.seed.unwrap_or_else(rand::random);
         if config.any() {
             tracing::warn!(
@@ -88,12 +88,12 @@ impl Faults {
     }
 
     /// The delay added to every answer.
-    pub fn extra_delay(&self) -> Duration {
+    pub(crate) fn extra_delay(&self) -> Duration {
         self.config.extra_delay
     }
 
     /// Draws the fate of one request. Once a stall has been drawn, every later request stalls.
-    pub fn decide(&self) -> FaultDecision {
+    pub(crate) fn decide(&self) -> FaultDecision {
         if self.stalled.load(Ordering::SeqCst) {
             return FaultDecision::Stall;
         }
@@ -120,15 +120,16 @@ impl Faults {
         }
     }
 
-    /// Whether the node has stalled.
-    pub fn is_stalled(&self) -> bool {
+    /// Whether the node has stalled (only the unit tests ask).
+    #[cfg(test)]
+    pub(crate) fn is_stalled(&self) -> bool {
         self.stalled.load(Ordering::SeqCst)
     }
 }
 
 /// Ends the process at once, as `--fail-rate` promises: `_exit(2)` skips atexit handlers,
 /// destructors and buffered output, so peers see the node vanish exactly as after `kill -9`.
-pub fn die_abruptly() -> ! {
+pub(crate) fn die_abruptly() -> ! {
     eprintln!("glimpse-node: injected failure (--fail-rate): exiting abruptly");
     // SAFETY: `_exit` takes a plain integer, touches no Rust state and never returns.
     unsafe { libc::_exit(FAULT_EXIT_CODE) }

@@ -53,7 +53,7 @@ const RATE_EWMA_ALPHA: f64 = 0.2;
 
 /// Counters a node keeps about itself (also logged at shutdown).
 #[derive(Debug, Default)]
-pub struct NodeCounters {
+pub(crate) struct NodeCounters {
     pub answered: AtomicU64,
     pub failed: AtomicU64,
     pub overloaded: AtomicU64,
@@ -69,16 +69,25 @@ pub struct NodeCounters {
 /// A point-in-time copy of [`NodeCounters`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
+    /// Requests answered with labels.
     pub answered: u64,
+    /// Admitted requests that ended in an error instead (bad or too large image, full
+    /// inference queue, draining, model failure).
     pub failed: u64,
+    /// Requests refused as overloaded: over `capacity` at admission, or (also counted in
+    /// `failed`) refused by a full inference queue.
     pub overloaded: u64,
+    /// Blocking decodes that ran to their end, whatever their result and whether or not the
+    /// front-end still wanted the answer.
     pub decoded: u64,
+    /// Bytes of the decode budget reserved by running decodes at the time of the snapshot.
     pub decode_budget_in_use_bytes: u64,
+    /// Most bytes of the decode budget ever reserved at once.
     pub decode_budget_peak_bytes: u64,
 }
 
 impl NodeCounters {
-    pub fn snapshot(&self) -> NodeStats {
+    pub(crate) fn snapshot(&self) -> NodeStats {
         // The budget in use is read before `decoded`: a decode counts itself before it
         // returns its budget, so a snapshot with nothing in use has counted every decode
         // that held some.

@@ -43,7 +43,7 @@ impl ConvSpec {
 
 /// A folded `BasicConv2d`: convolution with bias, then ReLU.
 #[derive(Module, Debug)]
-pub struct ConvBnRelu {
+pub(crate) struct ConvBnRelu {
     conv: Conv2d,
 }
 
@@ -78,7 +78,7 @@ impl ConvBnRelu {
         Ok(ConvBnRelu { conv })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.conv.forward(x))
     }
 }

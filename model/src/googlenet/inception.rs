@@ -33,7 +33,7 @@ impl InceptionSpec {
 }
 
 #[derive(Module, Debug)]
-pub struct Inception {
+pub(crate) struct Inception {
     branch1: ConvBnRelu,
     branch2_reduce: ConvBnRelu,
     branch2: ConvBnRelu,
@@ -71,7 +71,7 @@ impl Inception {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let b1 = self.branch1.forward(x.clone());
         let b2 = self.branch2.forward(self.branch2_reduce.forward(x.clone()));
         let b3 = self.branch3.forward(self.branch3_reduce.forward(x.clone()));

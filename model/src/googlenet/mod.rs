@@ -30,7 +30,7 @@ const FEATURES: usize = 1024;
 
 /// The folded GoogLeNet. Input: `[N, 3, 224, 224]` ImageNet-normalized; output: logits `[N, 1000]`.
 #[derive(Module, Debug)]
-pub struct GoogLeNet {
+pub(crate) struct GoogLeNet {
     conv1: ConvBnRelu,
     maxpool1: MaxPool2d,
     conv2: ConvBnRelu,
@@ -125,7 +125,7 @@ impl GoogLeNet {
     }
 
     /// Logits `[N, 1000]` for ImageNet-normalized images `[N, 3, 224, 224]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = transform_input(x);
         let x = self.conv1.forward(x);
         let x = self.maxpool1.forward(x);

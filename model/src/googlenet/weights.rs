@@ -28,7 +28,7 @@ pub const WEIGHTS_SHA256_PREFIX: &str = "1378be20";
 pub const WEIGHTS_NAME: &str = "googlenet-1378be20";
 
 /// BatchNorm epsilon in torchvision's `BasicConv2d` (not PyTorch's default 1e-5).
-pub const BATCH_NORM_EPS: f64 = 1e-3;
+pub(crate) const BATCH_NORM_EPS: f64 = 1e-3;
 
 /// Keys a torchvision checkpoint may hold that inference does not use: the auxiliary
 /// classifiers (training only) and BatchNorm's step counter.

@@ -13,31 +13,31 @@ use std::time::{Duration, Instant};
 use glimpse_certs::ClusterCa;
 use glimpse_transport::{Dispatcher, DispatcherConfig, NodeEndpoint, NodeState};
 
-pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub(crate) const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Generous: the tests run on a loaded 2-core machine next to compilers.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A cluster CA and its files in a temp dir.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub dir: tempfile::TempDir,
     pub ca: ClusterCa,
 }
 
 impl Cluster {
-    pub fn new() -> Cluster {
+    pub(crate) fn new() -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ClusterCa::generate("glimpse test CA").expect("CA");
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).expect("write ca");
         Cluster { dir, ca }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Issues (once) and writes a node certificate; returns (cert, key) paths.
-    pub fn node_files(&self, name: &str) -> (PathBuf, PathBuf) {
+    pub(crate) fn node_files(&self, name: &str) -> (PathBuf, PathBuf) {
         let cert = self.path(&format!("node-{name}.pem"));
         let key = self.path(&format!("node-{name}.key"));
         if !cert.exists() {
@@ -49,12 +49,12 @@ impl Cluster {
     }
 
     /// A dispatcher (the front-end side) for `nodes`, with a client certificate from the CA.
-    pub fn dispatcher(&self, nodes: &[(&str, SocketAddr)]) -> Dispatcher {
+    pub(crate) fn dispatcher(&self, nodes: &[(&str, SocketAddr)]) -> Dispatcher {
         self.dispatcher_with(nodes, |_| {})
     }
 
     /// Like [`Cluster::dispatcher`], with `tweak` applied to the config before start.
-    pub fn dispatcher_with(
+    pub(crate) fn dispatcher_with(
         &self,
         nodes: &[(&str, SocketAddr)],
         tweak: impl FnOnce(&mut DispatcherConfig),
@@ -81,7 +81,7 @@ impl Cluster {
 }
 
 /// A `glimpse-node serve` child process. Killed (SIGKILL) when dropped.
-pub struct NodeProc {
+pub(crate) struct NodeProc {
     pub name: String,
     pub addr: SocketAddr,
     pub child: Option<Child>,
@@ -90,7 +90,7 @@ pub struct NodeProc {
 
 impl NodeProc {
     /// Starts a synthetic node and waits for its "listening" line. `listen` may use port 0.
-    pub fn spawn(
+    pub(crate) fn spawn(
         cluster: &Cluster,
         name: &str,
         listen: SocketAddr,
@@ -109,7 +109,7 @@ impl NodeProc {
 
     /// Starts a GoogLeNet node with random weights (real decoding and inference, nothing to
     /// download) and waits for its "listening" line.
-    pub fn spawn_googlenet(
+    pub(crate) fn spawn_googlenet(
         cluster: &Cluster,
         name: &str,
         listen: SocketAddr,
@@ -182,18 +182,18 @@ impl NodeProc {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
 
-    pub fn signal(&self, sig: libc::c_int) {
+    pub(crate) fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) with a pid of our own child and a valid signal number.
         let rc = unsafe { libc::kill(self.pid(), sig) };
         assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
     }
 
     /// Waits for the process to exit (after a signal), with a timeout.
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
         let deadline = Instant::now() + timeout;
         loop {
@@ -213,19 +213,19 @@ impl NodeProc {
     }
 
     /// SIGKILL and reap.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A field of /proc/PID/status in bytes (e.g. "VmHWM", the peak resident set).
-    pub fn status_bytes(&self, field: &str) -> u64 {
+    pub(crate) fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc status");
         status
@@ -241,7 +241,7 @@ impl NodeProc {
 /// A GIF declaring a `screen_w`×`screen_h` logical screen with one frame at (`left`, `top`)
 /// of `frame_w`×`frame_h` whose data holds a single pixel: tiny on the wire, as costly as its
 /// screen (and its frame, if it does not fill the screen's width from the left) to decode.
-pub fn gif(screen_w: u16, screen_h: u16, frame: (u16, u16, u16, u16)) -> bytes::Bytes {
+pub(crate) fn gif(screen_w: u16, screen_h: u16, frame: (u16, u16, u16, u16)) -> bytes::Bytes {
     let (left, top, fw, fh) = frame;
     let mut g = b"GIF89a".to_vec();
     g.extend_from_slice(&screen_w.to_le_bytes());
@@ -264,7 +264,7 @@ pub fn gif(screen_w: u16, screen_h: u16, frame: (u16, u16, u16, u16)) -> bytes::
 }
 
 /// The security issue's image: 62 bytes, a 16000×4000 logical screen, one 1×1 frame.
-pub fn gif_bomb() -> bytes::Bytes {
+pub(crate) fn gif_bomb() -> bytes::Bytes {
     gif(16000, 4000, (0, 0, 1, 1))
 }
 
@@ -282,14 +282,14 @@ fn unique() -> u128 {
 }
 
 /// A distinct test "image" (the synthetic model does not decode, it hashes).
-pub fn image(i: usize) -> bytes::Bytes {
+pub(crate) fn image(i: usize) -> bytes::Bytes {
     let mut v = format!("synthetic test image #{i} ").into_bytes();
     v.resize(2048, (i % 251) as u8);
     bytes::Bytes::from(v)
 }
 
 /// The answer the synthetic model must give for `image`.
-pub fn expected_indices(image: &[u8], top_k: usize) -> Vec<u32> {
+pub(crate) fn expected_indices(image: &[u8], top_k: usize) -> Vec<u32> {
     glimpse_node::synthetic::synthetic_labels(image, top_k)
         .iter()
         .map(|l| l.index)
@@ -297,7 +297,7 @@ pub fn expected_indices(image: &[u8], top_k: usize) -> Vec<u32> {
 }
 
 /// Waits until the dispatcher reports `name` in state Ready.
-pub async fn wait_node_ready(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
+pub(crate) async fn wait_node_ready(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if d.nodes()
@@ -312,7 +312,7 @@ pub async fn wait_node_ready(d: &Dispatcher, name: &str, timeout: Duration) -> b
 }
 
 /// Waits until the dispatcher has at least one request in flight on `name`.
-pub async fn wait_in_flight(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
+pub(crate) async fn wait_in_flight(d: &Dispatcher, name: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if d.nodes().iter().any(|n| n.name == name && n.in_flight > 0) {
@@ -323,16 +323,16 @@ pub async fn wait_in_flight(d: &Dispatcher, name: &str, timeout: Duration) -> bo
     false
 }
 
-pub fn localhost_any_port() -> SocketAddr {
+pub(crate) fn localhost_any_port() -> SocketAddr {
     SocketAddr::new(LOCALHOST, 0)
 }
 
-pub fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
 /// Triggers the shutdown of in-process nodes and waits until each has drained cleanly.
-pub async fn stop_nodes(
+pub(crate) async fn stop_nodes(
     trigger: glimpse_node::ShutdownTrigger,
     nodes: Vec<glimpse_node::RunningNode>,
 ) {
