@@ -96,16 +96,22 @@ impl Default for DirectionConfig {
 /// A configuration string could not be parsed.
 #[derive(Debug, Error, PartialEq)]
 pub enum SpecError {
+    /// A whitespace-separated item has no `=`; carries the item.
     #[error("expected key=value, got {0:?}")]
     NotKeyValue(String),
+    /// The key is not one of those [`DirectionConfig::apply_spec`] knows; carries the key.
     #[error(
         "unknown key {0:?} (known: delay jitter loss ge reorder reorder_gap dup rate burst queue blackhole)"
     )]
     UnknownKey(String),
+    /// The key is known but its value does not parse or is out of range.
     #[error("bad value {value:?} for {key}: {why}")]
     BadValue {
+        /// The setting, e.g. `loss`.
         key: String,
+        /// The value as given.
         value: String,
+        /// What was expected instead, e.g. "must be within 0..=1".
         why: String,
     },
 }
@@ -300,18 +306,26 @@ impl fmt::Display for DirectionConfig {
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// The direction is blackholed ([`DirectionConfig::blackhole`]).
     Blackhole,
+    /// Independent random loss ([`DirectionConfig::loss`]).
     RandomLoss,
+    /// The Gilbert-Elliott burst-loss chain ([`DirectionConfig::gilbert`]).
     BurstLoss,
+    /// Tail drop: the rate limiter's queue already holds [`DirectionConfig::queue_bytes`].
     QueueFull,
 }
 
 /// What happens to one packet: dropped, or sent at one or two instants (two = duplicated).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
+    /// The packet is discarded, for this reason.
     Drop(DropReason),
+    /// The packet leaves, after its rate-limit wait, delay, jitter and any reordering hold.
     Send {
+        /// When to send it (may equal the arrival time on an unimpaired link).
         at: Instant,
+        /// When to send its copy, if the duplication draw hit.
         duplicate_at: Option<Instant>,
     },
 }
@@ -319,18 +333,29 @@ pub enum Verdict {
 /// Per-direction counters. `passed` counts packets handed on (a duplicate counts once more).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {
+    /// Packets that entered this direction, whatever became of them.
     pub received: u64,
+    /// Packets actually sent on (counted when the send succeeds, so a duplicate counts twice).
     pub passed: u64,
+    /// Packets dropped for any reason: the sum of the four `dropped_*` counters.
     pub dropped: u64,
+    /// Packets dropped because the direction was blackholed.
     pub dropped_blackhole: u64,
+    /// Packets dropped by the independent random-loss draw.
     pub dropped_random: u64,
+    /// Packets dropped by the Gilbert-Elliott burst-loss chain.
     pub dropped_burst: u64,
+    /// Packets tail-dropped because the rate limiter's queue was full.
     pub dropped_queue: u64,
     /// Packets held for any time at all (delay, jitter, rate limit or reordering).
     pub delayed: u64,
+    /// Packets scheduled to be sent a second time.
     pub duplicated: u64,
+    /// Packets held back an extra `reorder_gap` so that later ones overtake them.
     pub reordered: u64,
+    /// Bytes of all packets in [`Counters::received`].
     pub bytes_received: u64,
+    /// Bytes of all packets in [`Counters::passed`] (duplicates included).
     pub bytes_passed: u64,
 }
 
@@ -386,6 +411,7 @@ impl Impairment {
         }
     }
 
+    /// The configuration currently applied.
     pub fn config(&self) -> &DirectionConfig {
         &self.config
     }
@@ -400,10 +426,12 @@ impl Impairment {
         self.config = config;
     }
 
+    /// A snapshot of the counters since creation or the last [`Impairment::reset_counters`].
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
+    /// Zeroes the counters (e.g. between runs); configuration, RNG and queue state are kept.
     pub fn reset_counters(&mut self) {
         self.counters = Counters::default();
     }

@@ -20,8 +20,11 @@ use crate::impair::{Counters, DirectionConfig, SpecError};
 /// upstream → client. `Both` addresses the two at once when configuring a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// Client → upstream (front-end → worker).
     Up,
+    /// Upstream → client (worker → front-end).
     Down,
+    /// Both directions; only meaningful when configuring, reading it reads `Up`.
     Both,
 }
 
@@ -46,7 +49,9 @@ impl std::str::FromStr for Direction {
 /// commands report them.
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkStats {
+    /// Counters of the client → upstream direction.
     pub up: Counters,
+    /// Counters of the upstream → client direction.
     pub down: Counters,
     /// Client sessions of a UDP relay; always 0 for links without sessions (TUN).
     pub sessions: usize,

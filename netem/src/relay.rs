@@ -35,10 +35,18 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Errors of the relay's tokio layer.
 #[derive(Debug, Error)]
 pub enum RelayError {
+    /// Binding a UDP socket failed (address in use, not local, or not permitted).
     #[error("cannot bind UDP {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Creating, configuring or connecting a socket failed, other than binding it.
     #[error("socket setup failed: {0}")]
     Socket(#[from] io::Error),
+    /// A `key=value` configuration given to [`RelayHandle::apply_spec`] is invalid.
     #[error(transparent)]
     Spec(#[from] SpecError),
 }
@@ -50,7 +58,9 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// The one server this link leads to.
     pub upstream: SocketAddr,
+    /// Impairment of client → upstream packets.
     pub up: DirectionConfig,
+    /// Impairment of upstream → client packets.
     pub down: DirectionConfig,
     /// RNG seed; the downstream direction uses `seed + 1` so the two directions are independent.
     pub seed: u64,
@@ -207,6 +217,7 @@ impl RelayHandle {
         Ok(LinkControl::apply_spec(self, dir, spec)?)
     }
 
+    /// Counters of both directions and the number of client sessions now open.
     pub fn stats(&self) -> LinkStats {
         let s = &self.inner.shared;
         let (up, down) = s.engines.counters();
@@ -217,6 +228,7 @@ impl RelayHandle {
         }
     }
 
+    /// Zeroes both directions' counters; configuration and sessions are kept.
     pub fn reset_counters(&self) {
         self.inner.shared.engines.reset_counters();
     }

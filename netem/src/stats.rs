@@ -35,10 +35,12 @@ pub fn t_quantile_975(df: usize) -> f64 {
 /// Mean and half-width of the 95% confidence interval of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MeanCi {
+    /// Arithmetic mean; NaN for an empty sample.
     pub mean: f64,
     /// Half-width: the interval is `mean ± ci95`. Zero for a single sample (reported as such,
     /// not as infinity, with `n` telling the reader there is no spread to speak of).
     pub ci95: f64,
+    /// Number of values in the sample.
     pub n: usize,
 }
 

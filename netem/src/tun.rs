@@ -64,18 +64,35 @@ pub const MAX_INDEX: u8 = 250;
 /// Errors of the TUN link.
 #[derive(Debug, Error)]
 pub enum TunError {
+    /// This host or process cannot make TUN links: not root, no `/dev/net/tun`, no working
+    /// `ip netns`, or a setup step could not run at all. Says which.
     #[error("TUN links are unavailable here: {0}")]
     Unavailable(String),
+    /// [`TunConfig::index`] is 0 or above [`MAX_INDEX`].
     #[error("link index {0} out of range (1..={MAX_INDEX})")]
     Index(u16),
+    /// A device or namespace name exceeds the kernel's 15-byte limit (IFNAMSIZ).
     #[error("interface or namespace name {0:?} is longer than 15 bytes")]
     Name(String),
+    /// Opening, creating or registering a TUN device failed.
     #[error("TUN device {name}: {source}")]
-    Device { name: String, source: io::Error },
+    Device {
+        /// The device's name.
+        name: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// The link's subnet `10.77.I.0/24` already has a route, so the index is taken.
     #[error("10.77.{0}.0/24 is already routed here (another lab or link using index {0}?)")]
     InUse(u8),
+    /// An `ip` command could not be started or exited non-zero.
     #[error("`{command}` failed: {output}")]
-    Command { command: String, output: String },
+    Command {
+        /// The command line, e.g. `ip netns add gl123w1`.
+        command: String,
+        /// Its stderr, or why it could not be started.
+        output: String,
+    },
 }
 
 /// Everything a [`TunLink`] needs to start.
@@ -325,6 +342,7 @@ impl TunLink {
         &self.config.namespace
     }
 
+    /// The link index I of `10.77.I.0/24`.
     pub fn index(&self) -> u8 {
         self.config.index
     }
@@ -339,10 +357,12 @@ impl TunLink {
         worker_addr(self.config.index)
     }
 
+    /// Name of the root-side TUN device (`A`).
     pub fn root_device(&self) -> &str {
         &self.config.root_device
     }
 
+    /// Name of the worker-side TUN device (`B`), inside the namespace.
     pub fn worker_device(&self) -> &str {
         &self.config.worker_device
     }

@@ -45,6 +45,7 @@ pub struct WorkerBehaviour {
     pub drop_rate: f64,
     /// Extra time each answer is held (the seed's "delay").
     pub extra_delay: Duration,
+    /// Seed of the RNG behind `fail_rate` and `drop_rate`, so a run's failures repeat.
     pub seed: u64,
 }
 

@@ -16,14 +16,18 @@ use crate::stats::percentile;
 /// The result of one image submission as seen by the client.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The system returned a classification.
     pub ok: bool,
     /// Resends/retries the system reported (Glimpse: attempts − 1; baseline: resends).
     pub retries: u32,
+    /// From submitting the image to the answer or the error.
     pub latency: Duration,
+    /// Why the submission failed; `None` when `ok`.
     pub error: Option<String>,
 }
 
 impl Outcome {
+    /// A successful submission.
     pub fn ok(retries: u32, latency: Duration) -> Outcome {
         Outcome {
             ok: true,
@@ -32,6 +36,7 @@ impl Outcome {
             error: None,
         }
     }
+    /// A failed submission, with the reason kept for the run's error log.
     pub fn failed(why: impl Into<String>, retries: u32, latency: Duration) -> Outcome {
         Outcome {
             ok: false,
@@ -44,12 +49,15 @@ impl Outcome {
 
 /// A system under test: Glimpse through its HTTPS API, or the baseline dispatcher.
 pub trait Submit: Send + Sync + 'static {
+    /// Submits one image and resolves when the system has given its final answer or error
+    /// for that submission; the driver's own resubmissions are separate calls.
     fn classify(&self, image: Bytes) -> impl Future<Output = Outcome> + Send;
 }
 
 /// Measurements of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
+    /// Images the run was given (answered + lost + unfinished).
     pub images: usize,
     /// Images that got a final answer.
     pub answered: usize,
@@ -62,13 +70,21 @@ pub struct RunResult {
     pub failures: usize,
     /// Retries inside the system plus the client's own resubmissions.
     pub retries: u64,
+    /// Wall-clock seconds from the start of the run until every client had finished or been
+    /// cut off by the run limit.
     pub elapsed_s: f64,
+    /// Bytes of the answered images (unanswered ones do not count towards throughput).
     pub payload_bytes: u64,
+    /// Answered images per second of `elapsed_s`: the seed's throughput.
     pub images_per_s: f64,
     /// Image bytes × 8 / elapsed, in Mbit/s (the seed's "throughput (bps)" / 1e6).
     pub mbit_per_s: f64,
+    /// Median latency of answered images in ms, from first submission to final answer
+    /// (client resubmissions included); NaN when none was answered.
     pub p50_ms: f64,
+    /// 95th-percentile latency of answered images in ms, measured as `p50_ms`.
     pub p95_ms: f64,
+    /// 99th-percentile latency of answered images in ms, measured as `p50_ms`.
     pub p99_ms: f64,
     /// The first few error messages, for the log.
     pub errors: Vec<String>,

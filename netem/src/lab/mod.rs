@@ -27,11 +27,15 @@ use sweep::{LabOptions, Sample, System};
 /// What a finished sweep produced.
 #[derive(Debug)]
 pub struct SweepOutcome {
+    /// One sample per run and system at every point (a single one for a point a system
+    /// does not support), in the order they ran; also written to `OUT/raw.csv`.
     pub samples: Vec<Sample>,
     /// Images without a final answer, over all runs: the smoke test fails when this is not 0.
     pub lost: u64,
     /// Runs that could not be set up or failed outright (not counting unsupported points).
     pub failed_runs: usize,
+    /// The sweep's report (every experiment's table and plot links), as written to
+    /// `OUT/<sweep>.md`.
     pub markdown: String,
 }
 

@@ -21,7 +21,11 @@ use crate::tun::{TunConfig, TunLink};
 /// Which kind of link the lab puts between the front-end and each worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NetMode {
+    /// `--net relay`: a userspace UDP relay per link. Unprivileged, but the baseline's TCP
+    /// links only get delay, from a TCP proxy, and no packet loss.
     Relay,
+    /// `--net netns`: every worker in its own network namespace behind a TUN link that
+    /// impairs IP packets, TCP and UDP alike (Linux, root).
     Netns,
 }
 
@@ -88,6 +92,7 @@ impl NsLink {
         Ok(NsLink { tun: Arc::new(tun) })
     }
 
+    /// Always fails: namespaces and TUN links need Linux.
     #[cfg(not(target_os = "linux"))]
     pub async fn create(_index: usize, _seed: u64) -> Result<NsLink, LabError> {
         Err(LabError::Setup("--net netns needs Linux".into()))

@@ -17,6 +17,7 @@ use super::LabError;
 /// Where the binaries live.
 #[derive(Debug, Clone)]
 pub struct Bins {
+    /// The directory holding `glimpse`, `glimpse-node` and `glimpse-certs`.
     pub dir: PathBuf,
 }
 
@@ -35,6 +36,7 @@ impl Bins {
         Ok(Bins { dir })
     }
 
+    /// Where binary `name` should be (not checked; see [`Bins::require`]).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -76,8 +78,10 @@ pub fn free_tcp_port() -> Result<u16, LabError> {
 
 /// A child process that is killed when dropped, with its output in a log file.
 pub struct Proc {
+    /// The name it was spawned under (e.g. `n1`, `glimpse`); also its log file's stem.
     pub name: String,
     child: Child,
+    /// Its log file, `log_dir/name.log`, holding stdout and stderr.
     pub log: PathBuf,
 }
 
@@ -138,28 +142,36 @@ impl Proc {
 /// Paths written by `glimpse-certs init`.
 #[derive(Debug, Clone)]
 pub struct Certs {
+    /// The directory `glimpse-certs init --dir` wrote into.
     pub dir: PathBuf,
 }
 
 impl Certs {
+    /// The CA certificate every node and the front-end trust (`--ca`).
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
+    /// Node `name`'s certificate (`glimpse-node serve --cert`).
     pub fn node_cert(&self, name: &str) -> PathBuf {
         self.dir.join(format!("node-{name}.pem"))
     }
+    /// Node `name`'s private key (`glimpse-node serve --key`).
     pub fn node_key(&self, name: &str) -> PathBuf {
         self.dir.join(format!("node-{name}.key"))
     }
+    /// The certificate the front-end presents to the nodes (`glimpse --cert`).
     pub fn frontend_cert(&self) -> PathBuf {
         self.dir.join("frontend.pem")
     }
+    /// The private key of [`Certs::frontend_cert`] (`glimpse --key`).
     pub fn frontend_key(&self) -> PathBuf {
         self.dir.join("frontend.key")
     }
+    /// The certificate of the front-end's public HTTPS API (`glimpse --tls-cert`).
     pub fn https_cert(&self) -> PathBuf {
         self.dir.join("https.pem")
     }
+    /// The private key of [`Certs::https_cert`] (`glimpse --tls-key`).
     pub fn https_key(&self) -> PathBuf {
         self.dir.join("https.key")
     }
@@ -208,17 +220,27 @@ pub async fn make_certs(bins: &Bins, dir: &Path, nodes: &[String]) -> Result<Cer
 /// How one Glimpse node is started.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
+    /// Node id (`--node-id`); its certificate must have been made for this name by
+    /// [`make_certs`].
     pub name: String,
+    /// The UDP address the node serves QUIC on.
     pub listen: SocketAddr,
+    /// `synthetic` or `googlenet` (`--model`).
     pub model: String,
+    /// Service time per image in ms; passed only with the synthetic model.
     pub service_ms: u64,
+    /// Images the node serves at once (`--capacity`).
     pub capacity: u32,
+    /// Probability that a request kills the node (`--fail-rate`); 0 = never.
     pub fail_rate: f64,
+    /// Probability that the node stops answering for good (`--stall-rate`); 0 = never.
     pub stall_rate: f64,
+    /// Extra hold before each answer, in ms (`--extra-delay-ms`).
     pub extra_delay_ms: u64,
 }
 
 impl NodeSpec {
+    /// The `glimpse-node serve ...` arguments for this node, with its certificates in `certs`.
     pub fn args(&self, certs: &Certs) -> Vec<String> {
         let mut a = vec![
             "serve".to_string(),

@@ -16,20 +16,34 @@ static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 /// Aggregate of the runs of one system at one point.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// The system these runs measured.
     pub system: System,
+    /// The point's x value.
     pub x: f64,
+    /// The point's label, as in the table.
     pub label: String,
+    /// Runs that produced a result (failed and unsupported runs are not counted).
     pub runs: usize,
+    /// Throughput in answered images per second over the runs.
     pub images_per_s: MeanCi,
+    /// Throughput in Mbit/s of answered image bytes over the runs.
     pub mbit_per_s: MeanCi,
+    /// Mean of the runs' median latencies, in ms; runs that answered nothing are left out,
+    /// NaN when no run answered anything.
     pub p50_ms: f64,
+    /// Mean of the runs' 95th-percentile latencies, in ms, as `p50_ms`.
     pub p95_ms: f64,
+    /// Mean of the runs' 99th-percentile latencies, in ms, as `p50_ms`.
     pub p99_ms: f64,
+    /// Retries inside the system plus client resubmissions, summed over the runs.
     pub retries: u64,
+    /// Submissions that came back as errors, summed over the runs.
     pub failures: u64,
+    /// Images with no final answer after all client submissions, summed over the runs.
     pub lost: u64,
     /// Images left unanswered by runs cut at the run limit (not lost).
     pub unfinished: u64,
+    /// The first note of the point's samples: why it is unsupported or why a run failed.
     pub note: Option<String>,
 }
 

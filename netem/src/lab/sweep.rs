@@ -29,7 +29,11 @@ const NS_WORKER_PORT: u16 = 7600;
 /// Which system a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum System {
+    /// Glimpse as deployed: `glimpse-node` processes and the `glimpse` front-end, loaded
+    /// through its public HTTPS API.
     Glimpse,
+    /// The seed's design, rebuilt in [`super::baseline`]: TCP workers behind the lab's own
+    /// dispatcher with a fixed resend timeout.
     Baseline,
 }
 
@@ -45,12 +49,14 @@ impl std::fmt::Display for System {
 /// The cluster of one measurement point.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    /// Number of workers: Glimpse nodes or baseline workers.
     pub workers: usize,
     /// Seed "loss": probability that a request/answer exchange is lost. Baseline: each answer
     /// is dropped by the worker with this probability. Glimpse: every link is blackholed (both
     /// directions) for each `loss_slot` with this probability, long enough that the
     /// front-end's attempt timeout, not QUIC's retransmission, recovers the image.
     pub exchange_loss: f64,
+    /// Length of one blackhole slot of `exchange_loss` (Glimpse only).
     pub loss_slot: Duration,
     /// Probability that a request kills the *first* worker (seed "failure": at most one dies).
     pub fail_rate_one: f64,
@@ -60,10 +66,13 @@ pub struct ClusterSpec {
     pub link: Option<String>,
     /// Kill one worker (round robin) this often during the run and restart it after `down_for`.
     pub crash_every: Option<Duration>,
+    /// How long a worker killed by `crash_every` stays down before it is restarted.
     pub down_for: Duration,
 }
 
 impl ClusterSpec {
+    /// `workers` workers and nothing else: no loss, failures, delay, link impairment or
+    /// crashes (`loss_slot` 1 s and `down_for` 500 ms, for whoever turns those on).
     pub fn plain(workers: usize) -> ClusterSpec {
         ClusterSpec {
             workers,
@@ -109,17 +118,25 @@ impl ClusterSpec {
 /// One x-value of an experiment.
 #[derive(Debug, Clone)]
 pub struct Point {
+    /// Position on the plot's x axis, in the unit of [`Experiment::x_label`].
     pub x: f64,
+    /// How the point is shown in tables and logs (e.g. `5%`, `every 500 ms`); `--points`
+    /// matches it or `x`.
     pub label: String,
+    /// The cluster measured at this point.
     pub cluster: ClusterSpec,
 }
 
 /// One table and one plot.
 #[derive(Debug, Clone)]
 pub struct Experiment {
+    /// Short id (e.g. `loss-packet`): the `--only` name and the stem of its output files.
     pub id: String,
+    /// Heading of its table and caption of its plot.
     pub title: String,
+    /// Name and unit of the x axis, also the table's first column header.
     pub x_label: String,
+    /// The points measured, in table and plot order.
     pub points: Vec<Point>,
     /// Images per run (experiments with multi-second holds use fewer).
     pub images: usize,
@@ -130,22 +147,38 @@ pub struct Experiment {
 /// Everything the sweeps need from the command line.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
+    /// Output directory: CSV, Markdown, plots, certificates and per-run logs.
     pub out: PathBuf,
+    /// `--quick`: each experiment's reduced list of points (and image count, where fixed).
     pub quick: bool,
+    /// Model of the Glimpse nodes, `synthetic` or `googlenet`; the baseline always uses
+    /// the synthetic service time.
     pub model: String,
+    /// Runs per point and system.
     pub runs: usize,
+    /// `--images`: images per run, for experiments that do not fix their own count.
     pub images: usize,
+    /// Client submissions in flight at once.
     pub concurrency: usize,
+    /// Synthetic service time per image in ms, for nodes and baseline workers alike.
     pub service_ms: u64,
+    /// Images a Glimpse node serves at once (`glimpse-node --capacity`).
     pub capacity: u32,
+    /// Where the Glimpse binaries are.
     pub bins: Bins,
+    /// The systems measured at every point, in this order.
     pub systems: Vec<System>,
+    /// Extra arguments for the `glimpse` front-end, after the lab's own.
     pub site_extra: Vec<String>,
+    /// Client timeout of one HTTPS request to Glimpse.
     pub request_timeout: Duration,
+    /// The baseline dispatcher's fixed resend timeout (5 s in the seed's design).
     pub baseline_timeout: Duration,
+    /// Submissions per image by the client before the image counts as lost.
     pub client_attempts: u32,
     /// Longest a run may take; what is unanswered by then is `unfinished`.
     pub run_limit: Duration,
+    /// Base RNG seed; every run, point, link and worker derives its own seed from it.
     pub seed: u64,
     /// Which links connect the front-end to the workers.
     pub net: NetMode,
@@ -158,11 +191,17 @@ pub struct LabOptions {
 /// A raw measurement.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
+    /// The experiment's [`Experiment::id`].
     pub experiment: String,
+    /// The point's [`Point::x`].
     pub x: f64,
+    /// The point's [`Point::label`].
     pub label: String,
+    /// The system measured.
     pub system: System,
+    /// Run number at this point, from 0.
     pub run: usize,
+    /// The measurements; `None` when the point is unsupported or the run failed (see `note`).
     pub result: Option<RunResult>,
     /// Why there is no result (unsupported point) or why the run failed to set up.
     pub note: Option<String>,
