@@ -162,6 +162,7 @@ impl Sim {
     /// Runs to the end and checks the driver contract's invariants.
     pub(super) fn run(mut self) -> Result<RunReport, SimError> {
         let wall = Instant::now();
+        let cpu = super::metrics::thread_cpu();
         self.connect_all();
         match self.cfg.workload {
             Workload::Closed { clients } => {
@@ -183,7 +184,12 @@ impl Sim {
             self.grant_waiters()?;
         }
         self.check_end()?;
+        self.counts.run_wall = wall.elapsed();
+        self.counts.run_cpu = cpu
+            .zip(super::metrics::thread_cpu())
+            .map(|(a, b)| b.saturating_sub(a));
         Ok(RunReport::new(
+            matches!(self.cfg.workload, Workload::Open { .. }),
             self.cfg.nodes,
             &self.clients,
             &self.counts,
@@ -503,10 +509,7 @@ impl Sim {
     /// Hands freed capacity to queued requests, first come first served.
     fn grant_waiters(&mut self) -> Result<(), SimError> {
         while std::mem::take(&mut self.regrant) {
-            loop {
-                let Some((id, node)) = core!(self, self.cluster.grant(&mut self.rng)) else {
-                    break;
-                };
+            while let Some((id, node)) = core!(self, self.cluster.grant(&mut self.rng)) {
                 let now = self.instant(self.now);
                 match self.reqs.get_mut(&id) {
                     Some(live) if live.req.is_waiting() => {

@@ -108,17 +108,13 @@ impl Sim {
                 node,
                 generation,
                 ok,
-            } => {
-                if self.links[node as usize].connecting == Some(generation) {
-                    self.connected(node as usize, ok);
-                }
+            } if self.links[node as usize].connecting == Some(generation) => {
+                self.connected(node as usize, ok)
             }
             Event::HeartbeatCheck { node, conn } => self.heartbeat_check(node as usize, conn),
-            Event::Report { node, conn } => {
-                if self.links[node as usize].conn == conn {
-                    self.feed(node as usize);
-                    self.schedule_check(node as usize);
-                }
+            Event::Report { node, conn } if self.links[node as usize].conn == conn => {
+                self.feed(node as usize);
+                self.schedule_check(node as usize);
             }
             Event::StallEnd { node, epoch } => self.stall_end(node as usize, epoch),
             _ => {}

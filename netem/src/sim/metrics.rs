@@ -33,6 +33,30 @@ pub struct Counts {
     pub core: Duration,
     /// Calls timed.
     pub core_calls: u64,
+    /// The run's thread CPU time and wall time (to turn the core's wall-clock share into CPU
+    /// time: on a shared machine the clock also runs while the thread is descheduled).
+    pub run_cpu: Option<Duration>,
+    pub run_wall: Duration,
+}
+
+/// CPU time this thread has used, where the platform says (Linux); `None` elsewhere.
+pub fn thread_cpu() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec; the call only writes into it.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        if rc == 0 {
+            return Some(Duration::new(
+                u64::try_from(ts.tv_sec).unwrap_or(0),
+                u32::try_from(ts.tv_nsec).unwrap_or(0),
+            ));
+        }
+    }
+    None
 }
 
 /// What timing an empty call costs (two clock reads), measured once per process: the core's
@@ -63,7 +87,11 @@ pub struct RunReport {
     pub requests: u64,
     /// Virtual time from the first submission to the last image settled, seconds.
     pub sim_s: f64,
+    /// Closed loop: images answered / `sim_s`, as the lab measures. Open loop: images
+    /// answered while load was still offered / that time (whether the fleet keeps up).
     pub images_per_s: f64,
+    /// Open loop: time from the last arrival to the last image settled, seconds.
+    pub drain_s: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
@@ -95,9 +123,25 @@ pub struct RunReport {
     pub events: u64,
 }
 
+/// CPU seconds spent inside the core: its share of the run's wall time (less the timing's
+/// own cost) applied to the thread's CPU time, so time the thread spent descheduled by other
+/// work on the machine is not counted; the plain wall-clock sum where CPU time is unknown.
+fn core_cpu(counts: &Counts) -> f64 {
+    let wall = (counts.core.as_secs_f64()
+        - counts.core_calls as f64 * timing_overhead().as_secs_f64())
+    .max(0.0);
+    match counts.run_cpu {
+        Some(cpu) if !counts.run_wall.is_zero() => {
+            wall * (cpu.as_secs_f64() / counts.run_wall.as_secs_f64()).min(1.0)
+        }
+        _ => wall,
+    }
+}
+
 impl RunReport {
     /// Assembles the report from the client's view, the counters and the core's stats.
     pub fn new(
+        open_loop: bool,
         nodes: usize,
         clients: &super::workload::Clients,
         counts: &Counts,
@@ -108,6 +152,10 @@ impl RunReport {
         lat.sort_by(f64::total_cmp);
         let sim_s = clients.last_settled as f64 / 1e9;
         let answered = clients.answered;
+        let window = match clients.all_submitted {
+            Some((at, by_then)) if open_loop && at > 0 => Some((at as f64 / 1e9, by_then)),
+            _ => None,
+        };
         RunReport {
             nodes,
             images: clients.total,
@@ -115,11 +163,12 @@ impl RunReport {
             lost: clients.lost,
             requests: counts.requests,
             sim_s,
-            images_per_s: if sim_s > 0.0 {
-                answered as f64 / sim_s
-            } else {
-                0.0
+            images_per_s: match window {
+                Some((secs, by_then)) => by_then as f64 / secs,
+                None if sim_s > 0.0 => answered as f64 / sim_s,
+                None => 0.0,
             },
+            drain_s: window.map_or(0.0, |(secs, _)| (sim_s - secs).max(0.0)),
             p50_ms: percentile(&lat, 0.50),
             p95_ms: percentile(&lat, 0.95),
             p99_ms: percentile(&lat, 0.99),
@@ -137,11 +186,7 @@ impl RunReport {
             stalls: counts.stalls,
             lost_answers: counts.lost_answers,
             overloaded: counts.overloaded,
-            core_us_per_image: (counts.core.as_secs_f64()
-                - counts.core_calls as f64 * timing_overhead().as_secs_f64())
-            .max(0.0)
-                * 1e6
-                / answered.max(1) as f64,
+            core_us_per_image: core_cpu(counts) * 1e6 / answered.max(1) as f64,
             core_calls_per_image: counts.core_calls as f64 / answered.max(1) as f64,
             wall_s: wall.as_secs_f64(),
             events: counts.events,

@@ -92,15 +92,15 @@ pub fn validation_markdown(checks: &[Check]) -> String {
 /// The projections as CSV, one row per scenario and fleet size.
 pub fn projections_csv(points: &[Projection]) -> String {
     let mut s = String::from(
-        "scenario,hedge,nodes,images,answered,lost,offered_per_s,images_per_s,p50_ms,p95_ms,p99_ms,\
+        "scenario,hedge,nodes,images,answered,lost,offered_per_s,images_per_s,drain_s,p50_ms,p95_ms,p99_ms,\
          attempts,wasted,cancelled,retries,hedges,hedge_wins,timeouts,unstarted_cancels,silences,\
-         connection_losses,crashes,stalls,lost_answers,overloaded,core_us_per_image,sim_s,wall_s,events\n",
+         connection_losses,crashes,stalls,lost_answers,overloaded,core_us_per_image,core_calls_per_image,sim_s,wall_s,events\n",
     );
     for p in points {
         let r = &p.report;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.1},{:.1},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.2},{:.2},{}",
+            "{},{},{},{},{},{},{:.1},{:.1},{:.2},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.1},{:.2},{:.2},{}",
             p.scenario,
             p.hedge,
             r.nodes,
@@ -109,6 +109,7 @@ pub fn projections_csv(points: &[Projection]) -> String {
             r.lost,
             p.offered_per_s,
             r.images_per_s,
+            r.drain_s,
             r.p50_ms,
             r.p95_ms,
             r.p99_ms,
@@ -127,6 +128,7 @@ pub fn projections_csv(points: &[Projection]) -> String {
             r.lost_answers,
             r.overloaded,
             r.core_us_per_image,
+            r.core_calls_per_image,
             r.sim_s,
             r.wall_s,
             r.events

@@ -46,6 +46,9 @@ pub struct Clients {
     pub latencies_ms: Vec<f64>,
     /// When the last image settled.
     pub last_settled: Nanos,
+    /// When the last new image was submitted, and how many were answered by then: an open
+    /// loop's throughput is measured over that window, not over the drain that follows.
+    pub all_submitted: Option<(Nanos, usize)>,
 }
 
 impl Clients {
@@ -70,6 +73,9 @@ impl Clients {
             client,
             settled: false,
         });
+        if self.images.len() == self.total {
+            self.all_submitted = Some((now, self.answered));
+        }
         u32::try_from(self.images.len() - 1).ok()
     }
 
