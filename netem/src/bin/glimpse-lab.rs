@@ -68,13 +68,10 @@ struct SimulateArgs {
     /// point (well under a minute). Default: off.
     #[arg(long, env = "GLIMPSE_LAB_QUICK")]
     quick: bool,
-    /// Output directory. Default: netem/results/simulate.
-    #[arg(
-        long,
-        env = "GLIMPSE_SIM_OUT",
-        default_value = "netem/results/simulate"
-    )]
-    out: PathBuf,
+    /// Output directory. Default: netem/results/simulate, or target/simulate-quick with
+    /// --quick (so the CI size never overwrites the committed results).
+    #[arg(long, env = "GLIMPSE_SIM_OUT")]
+    out: Option<PathBuf>,
     /// Fleet sizes to project (comma-separated). Default: 10,30,100,300,1000 (10,100 with
     /// --quick).
     #[arg(long, env = "GLIMPSE_SIM_NODES", value_delimiter = ',')]
@@ -323,7 +320,13 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         (true, false) => vec![10, 30, 100, 300, 1000],
     };
     let options = SimulateOptions {
-        out: a.out,
+        out: a.out.unwrap_or_else(|| {
+            PathBuf::from(if a.quick {
+                "target/simulate-quick"
+            } else {
+                "netem/results/simulate"
+            })
+        }),
         validation_runs: a.validation_runs.unwrap_or(if a.quick { 2 } else { 5 }),
         project: ProjectOptions {
             nodes,

@@ -16,18 +16,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use glimpse_transport::DispatchError;
 use glimpse_transport::NodeInfo;
-use glimpse_transport::dispatcher::{
-    Action, Cause, Cluster, Failure, NodeEndpoint, Open, Request, Won,
-};
+use glimpse_transport::dispatcher::{Action, Cause, Cluster, Failure, NodeEndpoint, Open, Request};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::event::{Agenda, Event, Nanos, nanos};
 use super::fleet::Link;
 use super::metrics::{Counts, RunReport};
-use super::node::{NodeSide, exponential};
+use super::node::NodeSide;
 use super::workload::{Clients, Workload};
 use super::{RunConfig, SimError};
 
@@ -35,7 +32,7 @@ use super::{RunConfig, SimError};
 /// the timing itself is subtracted in the report, see `metrics::timing_overhead`).
 macro_rules! core {
     ($sim:ident, $e:expr) => {{
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         let r = $e;
         $sim.counts.core += t0.elapsed();
         $sim.counts.core_calls += 1;
@@ -48,17 +45,17 @@ pub(super) use core;
 #[derive(Debug)]
 pub(super) struct Live {
     pub(super) req: Request,
-    image: u32,
-    client: u32,
+    pub(super) image: u32,
+    pub(super) client: u32,
     /// It is in the cluster's queue of waiters.
-    queued: bool,
+    pub(super) queued: bool,
     /// Its armed timer (instant, generation).
-    timer: Option<(Nanos, u32)>,
-    timer_gen: u32,
+    pub(super) timer: Option<(Nanos, u32)>,
+    pub(super) timer_gen: u32,
     /// (instant, count) of timer firings at one instant: a guard against a stuck request.
-    fired: (Nanos, u32),
+    pub(super) fired: (Nanos, u32),
     /// Its running attempts: (attempt, serial).
-    open: Vec<(u32, u64)>,
+    pub(super) open: Vec<(u32, u64)>,
 }
 
 /// An attempt on its way, as the front-end tracks it.
@@ -84,12 +81,12 @@ pub(super) struct Sim {
     pub(super) nodes: Vec<NodeSide>,
     pub(super) links: Vec<Link>,
     pub(super) reqs: HashMap<u64, Live>,
-    next_request: u64,
+    pub(super) next_request: u64,
     pub(super) inflight: HashMap<u64, Inflight>,
     /// Serials of the attempts in flight on each node, front-end side.
     pub(super) on_node: Vec<Vec<u64>>,
     next_serial: u64,
-    clients: Clients,
+    pub(super) clients: Clients,
     /// Capacity may have freed: call `Cluster::grant` until it says `None`.
     pub(super) regrant: bool,
     pub(super) counts: Counts,
@@ -240,46 +237,6 @@ impl Sim {
             } => self.on_timer(request, generation),
             other => self.handle_fleet(other),
         }
-    }
-
-    /// A client submits its next image (closed loop), or the next arrival comes (open loop).
-    fn arrive(&mut self, client: u32) -> Result<(), SimError> {
-        if let Workload::Open { per_s } = self.cfg.workload
-            && self.clients.images.len() + 1 < self.clients.total
-        {
-            let gap = exponential(1e9 / per_s, &mut self.rng) as Nanos;
-            self.agenda
-                .push(self.now + gap, Event::Arrive { client: client + 1 });
-        }
-        match self.clients.next_image(self.now, client) {
-            Some(image) => self.submit(image, client),
-            None => Ok(()),
-        }
-    }
-
-    /// Starts a request for `image`.
-    fn submit(&mut self, image: u32, client: u32) -> Result<(), SimError> {
-        if let Some(i) = self.clients.images.get_mut(image as usize) {
-            i.submissions += 1;
-        }
-        let id = self.next_request;
-        self.next_request += 1;
-        self.counts.requests += 1;
-        let now = self.instant(self.now);
-        let mut req = Request::new(now, self.cfg.policy, self.cfg.image_bytes);
-        core!(self, req.start(&mut self.cluster));
-        let live = Live {
-            req,
-            image,
-            client,
-            queued: false,
-            timer: None,
-            timer_gen: 0,
-            fired: (0, 0),
-            open: Vec::new(),
-        };
-        self.reqs.insert(id, live);
-        self.drive(id)
     }
 
     /// Carries out a request's actions until it has none, then re-arms its timer.
@@ -467,45 +424,6 @@ impl Sim {
         self.drive(id)
     }
 
-    /// The request's one final answer: settle the image, or let its client resubmit it.
-    fn done(&mut self, id: u64, result: Result<Won, DispatchError>) -> Result<(), SimError> {
-        let Some(mut live) = self.reqs.remove(&id) else {
-            return Ok(());
-        };
-        self.counts.dones += 1;
-        if let Some(a) = core!(self, live.req.poll_action()) {
-            return Err(SimError::Invariant(format!(
-                "request {id} acted after its Done: {a:?}"
-            )));
-        }
-        if !live.open.is_empty() {
-            return Err(SimError::Invariant(format!(
-                "request {id} ended with attempts still open"
-            )));
-        }
-        if live.queued {
-            core!(self, self.cluster.forget_waiters(|&w| w == id));
-        }
-        let (image, client) = (live.image, live.client);
-        match result {
-            Ok(_) => self.clients.answered(image, self.now),
-            Err(_) => {
-                let again = self
-                    .clients
-                    .failed(image, self.now, self.cfg.client_attempts);
-                if again {
-                    self.agenda
-                        .push(self.now, Event::Resubmit { image, client });
-                    return Ok(());
-                }
-            }
-        }
-        if matches!(self.cfg.workload, Workload::Closed { .. }) {
-            self.agenda.push(self.now, Event::Arrive { client });
-        }
-        Ok(())
-    }
-
     /// Hands freed capacity to queued requests, first come first served.
     fn grant_waiters(&mut self) -> Result<(), SimError> {
         while std::mem::take(&mut self.regrant) {
@@ -520,32 +438,6 @@ impl Sim {
                     _ => core!(self, self.cluster.release(node)),
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Every request got exactly one Done and every unit of credit came back.
-    fn check_end(&mut self) -> Result<(), SimError> {
-        let c = &self.counts;
-        if c.dones != c.requests || !self.reqs.is_empty() {
-            return Err(SimError::Invariant(format!(
-                "{} request(s), {} Done(s), {} still live",
-                c.requests,
-                c.dones,
-                self.reqs.len()
-            )));
-        }
-        let held: Vec<String> = (0..self.cfg.nodes)
-            .filter(|&i| self.cluster.outstanding(i) != 0)
-            .map(|i| format!("n{i}: {}", self.cluster.outstanding(i)))
-            .collect();
-        if !held.is_empty() || self.cluster.waiting() != 0 || !self.inflight.is_empty() {
-            return Err(SimError::Invariant(format!(
-                "credit not returned ({}), {} waiter(s), {} attempt(s) in flight",
-                held.join(", "),
-                self.cluster.waiting(),
-                self.inflight.len()
-            )));
         }
         Ok(())
     }

@@ -10,13 +10,14 @@
 //! models; every placement, retry, hedge, timeout and silence decision is production code.
 //!
 //! - `engine.rs`: the simulation loop and the request driver (the async driver's contract,
-//!   carried out on events);
+//!   carried out on events); `clients.rs`: submissions, final answers, the end-of-run check;
 //! - `fleet.rs`: node processes and the front-end's supervision of them (connections,
 //!   heartbeat, reconnect backoff, crashes, stalls);
 //! - `validate.rs`: the lab's measured sweeps, simulated, with the error of each point;
 //! - `project.rs`: 10 to 1,000 nodes, failures, slow nodes, hedging;
 //! - `report.rs`: CSV, Markdown and SVG/PNG plots.
 
+mod clients;
 mod engine;
 mod event;
 mod fleet;
