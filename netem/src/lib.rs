@@ -12,6 +12,8 @@
 //! * [`control`] — the links' line-based control protocol on a loopback TCP port.
 //! * [`stats`] — mean, Student-t 95% confidence intervals, percentiles.
 //! * [`lab`] — the sweep runner behind `glimpse-lab`.
+//! * [`sim`] — `glimpse-lab simulate`: the dispatcher's real core driven by simulated nodes
+//!   on a virtual clock, validated against the sweeps and projected to 1,000 nodes.
 
 pub mod control;
 pub mod impair;
@@ -19,6 +21,7 @@ pub mod lab;
 pub mod link;
 pub mod relay;
 mod sched;
+pub mod sim;
 pub mod stats;
 #[cfg(target_os = "linux")]
 pub mod tun;

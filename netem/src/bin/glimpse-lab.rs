@@ -11,6 +11,8 @@ use glimpse_netem::lab::net::NetMode;
 use glimpse_netem::lab::procs::Bins;
 use glimpse_netem::lab::sweep::{LabOptions, System};
 use glimpse_netem::lab::{images, run_sweep};
+use glimpse_netem::sim::SimulateOptions;
+use glimpse_netem::sim::project::ProjectOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,6 +55,45 @@ enum Command {
     Sweep(SweepArgs),
     /// A baseline worker (the seed's design): TCP, one image at a time per connection.
     BaselineWorker(WorkerArgs),
+    /// Drive the dispatcher's real core with simulated nodes on a virtual clock: validate
+    /// against the workers and seed-failure sweeps, then project to 1,000 nodes. Writes CSV,
+    /// Markdown and PNG/SVG plots to --out; exits non-zero if any image is lost or the
+    /// dispatcher breaks its contract (a second answer, credit not returned).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// CI size: fleets of 10 and 100 nodes, 100 images per node, 2 runs per validation
+    /// point (well under a minute). Default: off.
+    #[arg(long, env = "GLIMPSE_LAB_QUICK")]
+    quick: bool,
+    /// Output directory. Default: netem/results/simulate, or target/simulate-quick with
+    /// --quick (so the CI size never overwrites the committed results).
+    #[arg(long, env = "GLIMPSE_SIM_OUT")]
+    out: Option<PathBuf>,
+    /// Fleet sizes to project (comma-separated). Default: 10,30,100,300,1000 (10,100 with
+    /// --quick).
+    #[arg(long, env = "GLIMPSE_SIM_NODES", value_delimiter = ',')]
+    nodes: Vec<usize>,
+    /// Images per node in each projected run, so every run covers the same virtual time
+    /// (about a minute). Default: 1000 (1,000,000 images at 1,000 nodes), or 100 with --quick.
+    #[arg(long, env = "GLIMPSE_SIM_IMAGES_PER_NODE")]
+    images_per_node: Option<usize>,
+    /// Offered load as a fraction of the fleet's nominal rate (nodes / mean service time),
+    /// Poisson arrivals. Default: 0.8, busy but stable.
+    #[arg(long, env = "GLIMPSE_SIM_LOAD", default_value_t = 0.8)]
+    load: f64,
+    /// Only these scenarios (comma-separated ids: healthy, healthy-hedge, crash1, crash5,
+    /// crash5-hedge, slow, slow-hedge, mixed, mixed-hedge). Default: all.
+    #[arg(long, env = "GLIMPSE_SIM_SCENARIOS", value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Runs per validation point (the lab made 5). Default: 5, or 2 with --quick.
+    #[arg(long, env = "GLIMPSE_SIM_VALIDATION_RUNS")]
+    validation_runs: Option<usize>,
+    /// Seed of every random draw; the same seed gives the same results. Default: 1.
+    #[arg(long, env = "GLIMPSE_SIM_SEED", default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sweep(a) => sweep(a).await,
+        Command::Simulate(a) => simulate(a),
     }
 }
 
@@ -268,6 +310,56 @@ async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
             options.out.join("raw.csv").display()
         );
     }
+    Ok(())
+}
+
+fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
+    let nodes = match (a.nodes.is_empty(), a.quick) {
+        (false, _) => a.nodes,
+        (true, true) => vec![10, 100],
+        (true, false) => vec![10, 30, 100, 300, 1000],
+    };
+    let options = SimulateOptions {
+        out: a.out.unwrap_or_else(|| {
+            PathBuf::from(if a.quick {
+                "target/simulate-quick"
+            } else {
+                "netem/results/simulate"
+            })
+        }),
+        validation_runs: a.validation_runs.unwrap_or(if a.quick { 2 } else { 5 }),
+        project: ProjectOptions {
+            nodes,
+            images_per_node: a
+                .images_per_node
+                .unwrap_or(if a.quick { 100 } else { 1000 }),
+            load: a.load,
+            only: a.scenarios.into_iter().filter(|s| !s.is_empty()).collect(),
+            seed: a.seed,
+        },
+    };
+    let started = std::time::Instant::now();
+    let outcome = glimpse_netem::sim::simulate(&options, |p| {
+        eprintln!(
+            "{:>13} {:>5} nodes: {:>8} images, {:>8.0} images/s, p99 {:>6.0} ms, core {:.2} µs/image ({:.1} s)",
+            p.scenario,
+            p.report.nodes,
+            p.report.images,
+            p.report.images_per_s,
+            p.report.p99_ms,
+            p.report.core_us_per_image,
+            p.report.wall_s
+        )
+    })?;
+    println!("{}", outcome.markdown);
+    println!(
+        "simulate: {} validation points, {} projections in {:.1} s, results in {}",
+        outcome.checks.len(),
+        outcome.projections.len(),
+        started.elapsed().as_secs_f64(),
+        options.out.display()
+    );
+    anyhow::ensure!(outcome.lost == 0, "{} image(s) lost", outcome.lost);
     Ok(())
 }
 
