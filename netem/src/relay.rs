@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::impair::{DirectionConfig, SpecError};
 use crate::link::{Direction, LinkControl, LinkStats};
-use crate::sched::{Engines, ScheduleTx, enqueue, lock, release};
+use crate::sched::{Engines, ScheduleTx, enqueue, release};
+use glimpse_transport::sync::lock;
 
 /// Largest datagram the relay forwards (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;

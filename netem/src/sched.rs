@@ -12,16 +12,11 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use glimpse_transport::sync::lock;
 use tokio::sync::mpsc;
 
 use crate::impair::{Counters, DirectionConfig, Impairment, Verdict};
 use crate::link::Direction;
-
-/// Locks a mutex, recovering from poisoning: the protected state (counters, config) is
-/// always consistent between statements, so a panic elsewhere must not stop a link.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How early a packet may leave. tokio's timer has millisecond ticks and rounds a deadline
 /// up to the next one, which alone would add 0.5 ms on average to every delayed packet (and

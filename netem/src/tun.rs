@@ -49,7 +49,8 @@ use tokio::task::JoinHandle;
 
 use crate::impair::DirectionConfig;
 use crate::link::{Direction, LinkControl, LinkStats};
-use crate::sched::{Engines, enqueue, lock, release};
+use crate::sched::{Engines, enqueue, release};
+use glimpse_transport::sync::lock;
 
 /// Largest packet read from a device; above any MTU the link is configured with.
 const MAX_PACKET: usize = 65_536;

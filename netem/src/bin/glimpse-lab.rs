@@ -11,8 +11,8 @@ use glimpse_netem::lab::net::NetMode;
 use glimpse_netem::lab::procs::Bins;
 use glimpse_netem::lab::sweep::{LabOptions, System};
 use glimpse_netem::lab::{images, run_sweep};
+use glimpse_netem::sim::ProjectOptions;
 use glimpse_netem::sim::SimulateOptions;
-use glimpse_netem::sim::project::ProjectOptions;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -35,7 +35,7 @@ use super::net::NsLink;
 use super::procs::Proc;
 use crate::link::{Direction, LinkControl};
 use crate::relay::{RelayConfig, RelayHandle};
-use crate::sched::lock;
+use glimpse_transport::sync::lock;
 
 /// How a worker is started, kept so that the crash cycles can start it again.
 #[derive(Clone)]

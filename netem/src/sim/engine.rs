@@ -22,7 +22,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::event::{Agenda, Event, Nanos, nanos};
-use super::fleet::Link;
+use super::link::Link;
 use super::metrics::{Counts, RunReport};
 use super::node::NodeSide;
 use super::workload::{Clients, Workload};

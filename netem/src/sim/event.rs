@@ -7,15 +7,15 @@ use std::collections::BinaryHeap;
 use std::time::Duration;
 
 /// Virtual time, nanoseconds since the run began.
-pub type Nanos = u64;
+pub(super) type Nanos = u64;
 
 /// A duration as virtual nanoseconds (saturating: a run never lasts 584 years).
-pub fn nanos(d: Duration) -> Nanos {
+pub(super) fn nanos(d: Duration) -> Nanos {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds as virtual nanoseconds.
-pub fn ms_f(ms: f64) -> Nanos {
+pub(super) fn ms_f(ms: f64) -> Nanos {
     (ms.max(0.0) * 1e6) as Nanos
 }
 
@@ -23,7 +23,7 @@ pub fn ms_f(ms: f64) -> Nanos {
 /// front-end-side ones its connection epoch, so events of a crashed process or a lost
 /// connection are recognised as stale and dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(super) enum Event {
     /// A client submits (open loop: the next arrival; closed loop: a client's next image).
     Arrive { client: u32 },
     /// A resubmission of an image whose request failed.
@@ -66,7 +66,7 @@ pub enum Event {
 
 /// The agenda: a min-heap on (time, order of scheduling).
 #[derive(Debug, Default)]
-pub struct Agenda {
+pub(super) struct Agenda {
     heap: BinaryHeap<Reverse<(Nanos, u64, EventKey)>>,
     events: Vec<Option<Event>>,
     free: Vec<usize>,
@@ -75,16 +75,16 @@ pub struct Agenda {
 
 /// Index of an event's payload; the heap orders only (time, seq), never the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EventKey(usize);
+pub(super) struct EventKey(usize);
 
 impl Agenda {
     /// An empty agenda.
-    pub fn new() -> Agenda {
+    pub(super) fn new() -> Agenda {
         Agenda::default()
     }
 
     /// Schedules `event` at `at`.
-    pub fn push(&mut self, at: Nanos, event: Event) {
+    pub(super) fn push(&mut self, at: Nanos, event: Event) {
         let slot = match self.free.pop() {
             Some(i) => {
                 self.events[i] = Some(event);
@@ -100,7 +100,7 @@ impl Agenda {
     }
 
     /// The earliest event, with its time.
-    pub fn pop(&mut self) -> Option<(Nanos, Event)> {
+    pub(super) fn pop(&mut self) -> Option<(Nanos, Event)> {
         let Reverse((at, _, EventKey(slot))) = self.heap.pop()?;
         let event = self.events.get_mut(slot)?.take()?;
         self.free.push(slot);

@@ -15,48 +15,12 @@
 //! reset from the new process. Until then the node is only *silent*. A connection attempt to
 //! a dead process waits for the connect timeout; to a live one it takes two round trips.
 
-use std::time::Instant;
-
-use glimpse_transport::dispatcher::{Backoff, Cause, Heartbeat};
+use glimpse_transport::dispatcher::{Cause, Heartbeat};
 use rand::Rng;
 
-use super::RunConfig;
 use super::engine::{Sim, core, failure};
 use super::event::{Event, Nanos, nanos};
 use super::node::{Admit, Job, exponential};
-
-/// The front-end's side of one node: its connection and heartbeat.
-#[derive(Debug, Clone)]
-pub struct Link {
-    /// Connection epoch: bumped when a connection is made or lost.
-    conn: u32,
-    up: bool,
-    heartbeat: Heartbeat,
-    /// Arrival of the latest report fed to the heartbeat.
-    fed: Nanos,
-    /// A heartbeat check is scheduled.
-    check_pending: bool,
-    backoff: Backoff,
-    /// Generation of the connection attempt under way, if any.
-    connecting: Option<u32>,
-    connect_gen: u32,
-}
-
-impl Link {
-    /// Not connected yet.
-    pub fn new(base: Instant, cfg: &RunConfig) -> Link {
-        Link {
-            conn: 0,
-            up: false,
-            heartbeat: Heartbeat::new(base, &cfg.policy, Some(cfg.model.load_interval)),
-            fed: 0,
-            check_pending: false,
-            backoff: Backoff::new(cfg.connection.reconnect_min, cfg.connection.reconnect_max),
-            connecting: None,
-            connect_gen: 0,
-        }
-    }
-}
 
 impl Sim {
     /// Every node connected at the start, as the lab waits for all nodes to be ready.

@@ -20,14 +20,19 @@ pub struct Counts {
     /// Attempts the front-end cancelled (hedge and overdue losers, unstarted moves).
     pub cancels: u64,
     /// Node crashes.
+    /// Node processes crashed.
     pub crashes: u64,
     /// Node stalls.
+    /// Node stalls (alive, but neither working nor reporting).
     pub stalls: u64,
+    /// Answers lost on the way back.
     /// Answers lost on the way back.
     pub lost_answers: u64,
     /// Requests a node refused as Overloaded.
+    /// Attempts a node refused as overloaded.
     pub overloaded: u64,
     /// Events processed.
+    /// Events the simulation processed.
     pub events: u64,
     /// Time spent inside the dispatcher core's calls, as measured.
     pub core: Duration,
@@ -40,7 +45,7 @@ pub struct Counts {
 }
 
 /// CPU time this thread has used, where the platform says (Linux); `None` elsewhere.
-pub fn thread_cpu() -> Option<Duration> {
+pub(super) fn thread_cpu() -> Option<Duration> {
     #[cfg(target_os = "linux")]
     {
         let mut ts = libc::timespec {
@@ -61,7 +66,7 @@ pub fn thread_cpu() -> Option<Duration> {
 
 /// What timing an empty call costs (two clock reads), measured once per process: the core's
 /// calls are short (a fraction of a microsecond), so this bias is subtracted.
-pub fn timing_overhead() -> Duration {
+pub(super) fn timing_overhead() -> Duration {
     static OVERHEAD: OnceLock<Duration> = OnceLock::new();
     *OVERHEAD.get_or_init(|| {
         const N: u32 = 20_000;
@@ -78,8 +83,11 @@ pub fn timing_overhead() -> Duration {
 /// One run's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
+    /// Nodes in the fleet.
     pub nodes: usize,
+    /// Images offered.
     pub images: usize,
+    /// Images that got their final answer (a result or an error).
     pub answered: usize,
     /// Images with no answer after every client submission: must be 0.
     pub lost: usize,
@@ -92,8 +100,11 @@ pub struct RunReport {
     pub images_per_s: f64,
     /// Open loop: time from the last arrival to the last image settled, seconds.
     pub drain_s: f64,
+    /// Median latency from first submission to answer, ms.
     pub p50_ms: f64,
+    /// 95th percentile latency, ms.
     pub p95_ms: f64,
+    /// 99th percentile latency, ms.
     pub p99_ms: f64,
     /// Attempts sent (first tries, retries, hedges).
     pub attempts: u64,
@@ -102,16 +113,27 @@ pub struct RunReport {
     /// Attempts the front-end cancelled (losers of a hedge or an overdue copy, and queued
     /// attempts moved off a node).
     pub cancelled: u64,
+    /// Retries after a failed or overdue attempt.
     pub retries: u64,
+    /// Hedge copies sent.
     pub hedges: u64,
+    /// Requests won by their hedge copy.
     pub hedge_wins: u64,
+    /// Attempts that outlived their timeout.
     pub timeouts: u64,
+    /// Overdue attempts moved off a node where they had not started.
     pub unstarted_cancels: u64,
+    /// Times a node went silent.
     pub silences: u64,
+    /// Attempts ended by a lost connection.
     pub connection_losses: u64,
+    /// Node processes crashed.
     pub crashes: u64,
+    /// Node stalls (alive, but neither working nor reporting).
     pub stalls: u64,
+    /// Answers lost on the way back.
     pub lost_answers: u64,
+    /// Attempts a node refused as overloaded.
     pub overloaded: u64,
     /// CPU time inside the dispatcher core per answered image, microseconds (the timing's own
     /// cost subtracted).
@@ -120,6 +142,7 @@ pub struct RunReport {
     pub core_calls_per_image: f64,
     /// Wall-clock time of the whole simulation, seconds.
     pub wall_s: f64,
+    /// Events the simulation processed.
     pub events: u64,
 }
 

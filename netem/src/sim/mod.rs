@@ -21,11 +21,12 @@ mod clients;
 mod engine;
 mod event;
 mod fleet;
+mod link;
 mod metrics;
 mod node;
-pub mod project;
-pub mod report;
-pub mod validate;
+mod project;
+mod report;
+mod validate;
 mod workload;
 
 #[cfg(test)]
@@ -37,6 +38,7 @@ use glimpse_transport::dispatcher::Policy;
 
 pub use metrics::RunReport;
 pub use node::NodeModel;
+pub use project::ProjectOptions;
 pub use workload::Workload;
 
 /// Why a simulation could not run or broke an invariant of the dispatcher.
@@ -47,7 +49,10 @@ pub enum SimError {
     Config(String),
     /// Nothing left to happen while images still wait for an answer.
     #[error("the simulation ran out of events with {unsettled} image(s) unsettled")]
-    OutOfEvents { unsettled: usize },
+    OutOfEvents {
+        /// Images still without an answer.
+        unsettled: usize,
+    },
     /// A request kept asking to be woken at the same instant without progress.
     #[error("request {0} is stuck: its timer fires again and again at one instant")]
     Stuck(u64),
@@ -56,7 +61,12 @@ pub enum SimError {
     Invariant(String),
     /// Writing results failed.
     #[error("writing {path}: {message}")]
-    Output { path: String, message: String },
+    Output {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Faults injected into a run.

@@ -54,7 +54,7 @@ impl NodeModel {
 
 /// A draw of a lognormal with mean 1 and coefficient of variation `cv` (Box–Muller; no
 /// distribution crate needed for one shape).
-pub fn lognormal_unit(cv: f64, rng: &mut impl Rng) -> f64 {
+pub(super) fn lognormal_unit(cv: f64, rng: &mut impl Rng) -> f64 {
     if cv <= 0.0 {
         return 1.0;
     }
@@ -66,14 +66,14 @@ pub fn lognormal_unit(cv: f64, rng: &mut impl Rng) -> f64 {
 }
 
 /// An exponential draw with mean `mean` (inter-arrival times of Poisson processes).
-pub fn exponential(mean: f64, rng: &mut impl Rng) -> f64 {
+pub(super) fn exponential(mean: f64, rng: &mut impl Rng) -> f64 {
     let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
     -mean * u.ln()
 }
 
 /// One admitted request on a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Job {
+pub(super) struct Job {
     /// The attempt's serial number (its identity across the simulation).
     pub serial: u64,
     /// The front-end cancelled it while it was being served: the answer is dropped.
@@ -84,7 +84,7 @@ pub struct Job {
 
 /// What admitting a request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(super) enum Admit {
     /// Queued (and maybe already started by a worker).
     Queued,
     /// Refused: `capacity` requests are already admitted.
@@ -93,7 +93,7 @@ pub enum Admit {
 
 /// The worker side of a node: process state, admission, queue and workers.
 #[derive(Debug, Clone)]
-pub struct NodeSide {
+pub(super) struct NodeSide {
     /// Slowdown factor of this node's service (1 = nominal, 5 = five times slower).
     pub slowdown: f64,
     /// Whether the process runs.
@@ -111,7 +111,7 @@ pub struct NodeSide {
 
 impl NodeSide {
     /// A running node with idle workers, reporting from `now`.
-    pub fn new(model: &NodeModel, slowdown: f64) -> NodeSide {
+    pub(super) fn new(model: &NodeModel, slowdown: f64) -> NodeSide {
         NodeSide {
             slowdown,
             alive: true,
@@ -126,7 +126,7 @@ impl NodeSide {
 
     /// When something the node sends at `now` really leaves it: at once, or when its stall
     /// ends.
-    pub fn send_at(&self, now: Nanos) -> Nanos {
+    pub(super) fn send_at(&self, now: Nanos) -> Nanos {
         match self.stall {
             Some((from, until)) if now >= from && now < until => until,
             _ => now,
@@ -134,7 +134,7 @@ impl NodeSide {
     }
 
     /// Admits a request, or refuses it when full.
-    pub fn admit(&mut self, model: &NodeModel, job: Job) -> Admit {
+    pub(super) fn admit(&mut self, model: &NodeModel, job: Job) -> Admit {
         if self.admitted >= model.capacity.max(1) {
             return Admit::Overloaded;
         }
@@ -144,7 +144,7 @@ impl NodeSide {
     }
 
     /// Hands queued jobs to free workers (not while stalled). Returns (worker, job) for each.
-    pub fn start_work(&mut self, now: Nanos) -> Vec<(u32, Job)> {
+    pub(super) fn start_work(&mut self, now: Nanos) -> Vec<(u32, Job)> {
         let mut started = Vec::new();
         if self
             .stall
@@ -167,7 +167,7 @@ impl NodeSide {
 
     /// A worker finished: the job it served (its admission slot freed unless it was
     /// cancelled, which freed it already).
-    pub fn finish(&mut self, worker: u32) -> Option<Job> {
+    pub(super) fn finish(&mut self, worker: u32) -> Option<Job> {
         let job = self.busy.get_mut(worker as usize)?.take()?;
         if !job.cancelled {
             self.admitted = self.admitted.saturating_sub(1);
@@ -176,7 +176,7 @@ impl NodeSide {
     }
 
     /// The front-end reset an attempt's stream: out of the queue, or marked in service.
-    pub fn cancel(&mut self, serial: u64) {
+    pub(super) fn cancel(&mut self, serial: u64) {
         if let Some(i) = self.queue.iter().position(|j| j.serial == serial) {
             self.queue.remove(i);
             self.admitted = self.admitted.saturating_sub(1);
@@ -194,7 +194,7 @@ impl NodeSide {
     }
 
     /// The process dies: everything it held is gone, its timers are stale.
-    pub fn crash(&mut self, now: Nanos) {
+    pub(super) fn crash(&mut self, now: Nanos) {
         self.alive = false;
         self.epoch += 1;
         self.stall = None;
@@ -207,13 +207,13 @@ impl NodeSide {
     }
 
     /// The process starts again (it reports once a front-end connects).
-    pub fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.alive = true;
         self.reporting = None;
     }
 
     /// The latest load report sent at or before `t` (the front-end sees it one way later).
-    pub fn last_report(&self, t: Nanos, interval: Nanos) -> Option<Nanos> {
+    pub(super) fn last_report(&self, t: Nanos, interval: Nanos) -> Option<Nanos> {
         let (from, until) = self.reporting?;
         let end = until.map_or(t, |u| u.min(t));
         (end >= from).then(|| from + (end - from) / interval.max(1) * interval.max(1))

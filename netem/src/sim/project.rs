@@ -20,7 +20,7 @@ use super::{Connection, Faults, RunConfig, RunReport, SimError, Workload, run};
 
 /// One combination of faults and policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scenario {
+pub(super) struct Scenario {
     /// Short name (CSV, plots).
     pub id: &'static str,
     /// What it is, for the tables.
@@ -38,11 +38,11 @@ pub struct Scenario {
 }
 
 /// How much slower a slow node is.
-pub const SLOW_FACTOR: f64 = 5.0;
+pub(super) const SLOW_FACTOR: f64 = 5.0;
 /// A crashed node's process is back after this long (then the front-end reconnects).
-pub const RESTART_AFTER: Duration = Duration::from_secs(2);
+pub(super) const RESTART_AFTER: Duration = Duration::from_secs(2);
 /// A stall's length: well past the 0.5 s silence timeout, well below the 10 s idle timeout.
-pub const STALL_FOR: Duration = Duration::from_secs(2);
+pub(super) const STALL_FOR: Duration = Duration::from_secs(2);
 
 const fn scenario(
     id: &'static str,
@@ -63,7 +63,7 @@ const fn scenario(
 }
 
 /// Every scenario projected.
-pub const SCENARIOS: [Scenario; 9] = [
+pub(super) const SCENARIOS: [Scenario; 9] = [
     scenario("healthy", "healthy fleet, hedging off", 0.0, false, false),
     scenario(
         "healthy-hedge",
@@ -134,7 +134,12 @@ pub struct Projection {
 }
 
 /// The run of one scenario at one fleet size.
-pub fn projection_run(s: &Scenario, nodes: usize, o: &ProjectOptions, seed: u64) -> RunConfig {
+pub(super) fn projection_run(
+    s: &Scenario,
+    nodes: usize,
+    o: &ProjectOptions,
+    seed: u64,
+) -> RunConfig {
     let mut model = calibrated_node();
     model.capacity = 4;
     model.rtt_ms = 1.0;
@@ -168,7 +173,7 @@ pub fn projection_run(s: &Scenario, nodes: usize, o: &ProjectOptions, seed: u64)
 }
 
 /// Runs every selected scenario at every fleet size; `progress` hears of each point.
-pub fn project(
+pub(super) fn project(
     o: &ProjectOptions,
     mut progress: impl FnMut(&Projection),
 ) -> Result<Vec<Projection>, SimError> {

@@ -20,7 +20,7 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> SimError {
 }
 
 /// Writes `text` to `dir/name`, creating `dir`.
-pub fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, SimError> {
+pub(super) fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, SimError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let path = dir.join(name);
     std::fs::write(&path, text).map_err(|e| io_err(&path, e))?;
@@ -28,7 +28,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, SimError> {
 }
 
 /// The validation as CSV.
-pub fn validation_csv(checks: &[Check]) -> String {
+pub(super) fn validation_csv(checks: &[Check]) -> String {
     let mut s = String::from(
         "experiment,x,measured_images_per_s,simulated_images_per_s,images_per_s_error_pct,\
          measured_p50_ms,simulated_p50_ms,p50_error_pct,measured_p99_ms,simulated_p99_ms,lost,within_target\n",
@@ -55,7 +55,7 @@ pub fn validation_csv(checks: &[Check]) -> String {
 }
 
 /// The validation as a Markdown table.
-pub fn validation_markdown(checks: &[Check]) -> String {
+pub(super) fn validation_markdown(checks: &[Check]) -> String {
     let mut s = String::from(
         "| experiment | x | images/s measured | images/s simulated | error | p50 ms measured | p50 ms simulated | error | p99 ms measured / simulated | within ±10% |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
@@ -90,7 +90,7 @@ pub fn validation_markdown(checks: &[Check]) -> String {
 }
 
 /// The projections as CSV, one row per scenario and fleet size.
-pub fn projections_csv(points: &[Projection]) -> String {
+pub(super) fn projections_csv(points: &[Projection]) -> String {
     let mut s = String::from(
         "scenario,hedge,nodes,images,answered,lost,offered_per_s,images_per_s,drain_s,p50_ms,p95_ms,p99_ms,\
          attempts,wasted,cancelled,retries,hedges,hedge_wins,timeouts,unstarted_cancels,silences,\
@@ -139,7 +139,7 @@ pub fn projections_csv(points: &[Projection]) -> String {
 
 /// The projections as Markdown: the dispatcher's CPU per image against fleet size first,
 /// then one table per scenario.
-pub fn projections_markdown(points: &[Projection]) -> String {
+pub(super) fn projections_markdown(points: &[Projection]) -> String {
     let mut s = String::new();
     let mut nodes: Vec<usize> = points.iter().map(|p| p.report.nodes).collect();
     nodes.sort_unstable();
@@ -304,7 +304,7 @@ where
 
 /// The projection plots: dispatcher CPU per image, p99 latency, and throughput per node,
 /// against fleet size, one line per scenario.
-pub fn projection_plots(dir: &Path, points: &[Projection]) -> Result<(), SimError> {
+pub(super) fn projection_plots(dir: &Path, points: &[Projection]) -> Result<(), SimError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let series = |f: fn(&Projection) -> f64| -> Vec<Series> {
         SCENARIOS

@@ -22,7 +22,7 @@ use crate::stats::mean_ci;
 
 /// One measured point (Glimpse, mean over 5 runs).
 #[derive(Debug, Clone, Copy)]
-pub struct Measured {
+pub(super) struct Measured {
     pub x: f64,
     pub images_per_s: f64,
     pub p50_ms: f64,
@@ -39,7 +39,7 @@ const fn m(x: f64, images_per_s: f64, p50_ms: f64, p99_ms: f64) -> Measured {
 }
 
 /// §1, Glimpse: workers → images/s, p50, p99.
-pub const WORKERS: [Measured; 8] = [
+pub(super) const WORKERS: [Measured; 8] = [
     m(1.0, 19.248, 413.9, 421.9),
     m(2.0, 38.490, 207.1, 211.0),
     m(3.0, 57.575, 152.8, 160.7),
@@ -51,23 +51,23 @@ pub const WORKERS: [Measured; 8] = [
 ];
 
 /// §4a, Glimpse: probability that a request kills worker 1 → images/s, p50, p99.
-pub const FAILURE_SEED: [Measured; 3] = [
+pub(super) const FAILURE_SEED: [Measured; 3] = [
     m(0.0, 57.592, 153.9, 158.8),
     m(0.4, 37.910, 157.1, 769.8),
     m(0.8, 37.599, 157.6, 775.2),
 ];
 
 /// The lab's setup: images per run, clients, runs per point.
-pub const LAB_IMAGES: usize = 48;
-pub const LAB_CLIENTS: u32 = 8;
-pub const LAB_RUNS: usize = 5;
+pub(super) const LAB_IMAGES: usize = 48;
+/// Clients the lab runs, each with one image outstanding.
+pub(super) const LAB_CLIENTS: u32 = 8;
 /// Loopback round trip assumed for the lab's links.
-pub const LAB_RTT_MS: f64 = 0.1;
+pub(super) const LAB_RTT_MS: f64 = 0.1;
 /// The lab's synthetic JPEGs (~80 KB).
-pub const LAB_IMAGE_BYTES: usize = 80_000;
+pub(super) const LAB_IMAGE_BYTES: usize = 80_000;
 
 /// The node model calibrated on the 1-worker point (see the module doc).
-pub fn calibrated_node() -> NodeModel {
+pub(super) fn calibrated_node() -> NodeModel {
     let one = WORKERS[0];
     let service_ms = 1000.0 / one.images_per_s - LAB_RTT_MS;
     // Latency of an image at one worker = a sum of LAB_CLIENTS services.
@@ -84,7 +84,7 @@ pub fn calibrated_node() -> NodeModel {
 }
 
 /// A run as the lab made it, with `workers` nodes.
-pub fn lab_run(workers: usize, seed: u64) -> RunConfig {
+pub(super) fn lab_run(workers: usize, seed: u64) -> RunConfig {
     RunConfig {
         nodes: workers,
         model: calibrated_node(),
@@ -123,7 +123,7 @@ pub struct Check {
 }
 
 /// The target the validation aims for, in percent.
-pub const TARGET_PCT: f64 = 10.0;
+pub(super) const TARGET_PCT: f64 = 10.0;
 
 fn error_pct(sim: f64, measured: f64) -> f64 {
     (sim - measured) / measured * 100.0
@@ -154,7 +154,7 @@ fn check(experiment: &'static str, measured: &Measured, runs: &[RunReport]) -> C
 }
 
 /// Simulates §1 and §4a, `runs` runs per point (seeds `seed`, `seed + 1`, ...).
-pub fn validate(seed: u64, runs: usize) -> Result<Vec<Check>, SimError> {
+pub(super) fn validate(seed: u64, runs: usize) -> Result<Vec<Check>, SimError> {
     let mut out = Vec::new();
     for point in &WORKERS {
         let reports = (0..runs.max(1) as u64)

@@ -13,9 +13,15 @@ use super::event::Nanos;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Workload {
     /// `clients` clients, each sending its next image when the last one is answered.
-    Closed { clients: u32 },
+    Closed {
+        /// Clients, each with one image outstanding.
+        clients: u32,
+    },
     /// Poisson arrivals, `per_s` images per second.
-    Open { per_s: f64 },
+    Open {
+        /// Mean arrivals per second.
+        per_s: f64,
+    },
 }
 
 /// One image's fate, as the client sees it.
