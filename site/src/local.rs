@@ -24,7 +24,7 @@ pub(crate) struct Started {
 pub(crate) use imp::{Workers, start};
 
 #[cfg(not(feature = "local-workers"))]
-pub use none::{Workers, start};
+pub(crate) use none::{Workers, start};
 
 #[cfg(feature = "local-workers")]
 mod imp {
@@ -150,18 +150,18 @@ mod none {
     use crate::cluster_error::ClusterError;
 
     /// No local workers: this build has none.
-    pub struct Workers;
+    pub(crate) struct Workers;
 
     impl Workers {
-        pub fn none() -> Workers {
+        pub(crate) fn none() -> Workers {
             Workers
         }
 
-        pub async fn stop(self) {}
+        pub(crate) async fn stop(self) {}
     }
 
     /// Refuses: this build has no node or model in it.
-    pub async fn start(_cli: &Cli) -> Result<Started, ClusterError> {
+    pub(crate) async fn start(_cli: &Cli) -> Result<Started, ClusterError> {
         Err(ClusterError::Config(
             "this glimpse was built without local workers (the `local-workers` feature); use --node".into(),
         ))
