@@ -114,40 +114,13 @@ async fn overloaded_node_is_retried_on_another() {
     assert_eq!(stats.succeeded, 30);
 }
 
-/// A QUIC endpoint with node `name`'s certificate from `pki`, on a free loopback port: for
-/// hand-written nodes that speak the protocol frame by frame.
-fn raw_node_endpoint(pki: &Pki, name: &str) -> (quinn::Endpoint, std::net::SocketAddr) {
-    use glimpse_transport::config::{
-        TransportTuning, bind_endpoint, node_quinn_config, node_tls_config,
-    };
-    let ck = pki
-        .ca
-        .issue_node(name, &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    let tuning = TransportTuning::default();
-    let tls = node_tls_config(
-        ck.cert_chain().unwrap(),
-        ck.private_key().unwrap(),
-        &[pki.ca.cert_der()],
-    )
-    .unwrap();
-    let ep = bind_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        Some(node_quinn_config(tls, &tuning, 8).unwrap()),
-        &tuning,
-    )
-    .unwrap();
-    let addr = ep.local_addr().unwrap();
-    (ep, addr)
-}
-
 /// A node that accepts the connection, says hello, and resets every request stream.
 async fn resetting_node(
     pki: &Pki,
     name: &str,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use glimpse_transport::codec::{ControlMessage, encode_control};
-    let (ep, addr) = raw_node_endpoint(pki, name);
+    let (ep, addr) = pki.raw_node_endpoint(name);
     let name = name.to_string();
     let task = tokio::spawn(async move {
         while let Some(inc) = ep.accept().await {
@@ -663,7 +636,7 @@ async fn old_node(
     };
     use glimpse_transport::stream;
     use std::sync::atomic::AtomicU64;
-    let (ep, addr) = raw_node_endpoint(pki, name);
+    let (ep, addr) = pki.raw_node_endpoint(name);
     let answered = Arc::new(AtomicU64::new(0));
     let reset = Arc::new(AtomicU64::new(0));
     let (ans, rst) = (answered.clone(), reset.clone());

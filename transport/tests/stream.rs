@@ -12,9 +12,6 @@ use glimpse_transport::codec::{
     CodecError, LEN_PREFIX, MAX_FRAME_BYTES, Reply, RequestHeader, decode_reply,
     decode_request_header, encode_reply, encode_request_header,
 };
-use glimpse_transport::config::{
-    TransportTuning, bind_endpoint, node_quinn_config, node_tls_config,
-};
 use glimpse_transport::stream::{self, FrameReadError};
 
 /// A connected pair: (front-end side connection, node side connection).
@@ -26,24 +23,7 @@ struct Pair {
 
 async fn pair() -> Pair {
     let pki = Pki::new();
-    let ck = pki
-        .ca
-        .issue_node("n", &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    let tuning = TransportTuning::default();
-    let tls = node_tls_config(
-        ck.cert_chain().unwrap(),
-        ck.private_key().unwrap(),
-        &[pki.ca.cert_der()],
-    )
-    .unwrap();
-    let server_ep = bind_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        Some(node_quinn_config(tls, &tuning, 8).unwrap()),
-        &tuning,
-    )
-    .unwrap();
-    let addr = server_ep.local_addr().unwrap();
+    let (server_ep, addr) = pki.raw_node_endpoint("n");
     let (client_ep, cfg) = pki.raw_client();
     let accept = async {
         let inc = server_ep.accept().await.expect("incoming");

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use glimpse_certs::{CertifiedKey, ClusterCa};
 use glimpse_transport::config::{
-    TransportTuning, bind_endpoint, frontend_quinn_config, frontend_tls_config,
+    TransportTuning, bind_endpoint, frontend_quinn_config, frontend_tls_config, node_quinn_config,
+    node_tls_config,
 };
 use glimpse_transport::{
     Dispatcher, DispatcherConfig, Handler, InferenceAnswer, InferenceError, InferenceRequest,
@@ -78,6 +79,30 @@ impl Pki {
     /// A raw QUIC client endpoint with the front-end's certificate (for protocol-level tests).
     pub(crate) fn raw_client(&self) -> (quinn::Endpoint, quinn::ClientConfig) {
         client_with(&self.ca, &self.frontend)
+    }
+
+    /// A QUIC endpoint with node `name`'s certificate, on a free loopback port: for
+    /// hand-written nodes that speak the protocol frame by frame.
+    pub(crate) fn raw_node_endpoint(&self, name: &str) -> (quinn::Endpoint, SocketAddr) {
+        let ck = self
+            .ca
+            .issue_node(name, &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let tuning = TransportTuning::default();
+        let tls = node_tls_config(
+            ck.cert_chain().unwrap(),
+            ck.private_key().unwrap(),
+            &[self.ca.cert_der()],
+        )
+        .unwrap();
+        let ep = bind_endpoint(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(node_quinn_config(tls, &tuning, 8).unwrap()),
+            &tuning,
+        )
+        .unwrap();
+        let addr = ep.local_addr().unwrap();
+        (ep, addr)
     }
 }
 
