@@ -451,3 +451,9 @@ pub(super) fn failure(cause: Cause, message: &str) -> Failure {
         message: message.into(),
     }
 }
+
+/// Runs one simulation to the end: every image answered or given up on.
+pub fn run(config: &RunConfig) -> Result<RunReport, SimError> {
+    config.validate()?;
+    Sim::new(config.clone()).run()
+}
