@@ -521,6 +521,15 @@ async fn warm_up(d: &glimpse_transport::Dispatcher) {
     }
 }
 
+/// Nodes "a" and "b" on test handlers that answer at once, each with capacity 8.
+fn two_nodes(pki: &Pki) -> [(Arc<TestHandler>, RunningNode); 2] {
+    ["a", "b"].map(|name| {
+        let h = TestHandler::new(name);
+        let node = start_node(pki.node_config(name, 8), h.clone());
+        (h, node)
+    })
+}
+
 /// A node that says it started, expects 3 s of work and answers after 2 s is left alone by a
 /// warm dispatcher (whose attempt timeout is the 500 ms floor): the Started frame moves the
 /// attempt's timeout to started + 500 ms + 2 × 3 s. Before Started frames it was reopened
@@ -529,10 +538,7 @@ async fn warm_up(d: &glimpse_transport::Dispatcher) {
 async fn started_slow_attempt_is_not_reopened_on_a_warm_dispatcher() {
     init_tracing();
     let pki = Pki::new();
-    let ha = TestHandler::new("a");
-    let a = start_node(pki.node_config("a", 8), ha.clone());
-    let hb = TestHandler::new("b");
-    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let [(ha, a), (hb, b)] = two_nodes(&pki);
     let d = glimpse_transport::Dispatcher::start(
         pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]),
     )
@@ -567,10 +573,7 @@ async fn started_slow_attempt_is_not_reopened_on_a_warm_dispatcher() {
 async fn unstarted_overdue_attempt_moves_and_is_cancelled_where_it_waited() {
     init_tracing();
     let pki = Pki::new();
-    let ha = TestHandler::new("a");
-    let a = start_node(pki.node_config("a", 8), ha.clone());
-    let hb = TestHandler::new("b");
-    let b = start_node(pki.node_config("b", 8), hb.clone());
+    let [(ha, a), (hb, b)] = two_nodes(&pki);
     let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
     cfg.attempt_timeout_cold = Duration::from_millis(400);
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
