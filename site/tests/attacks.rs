@@ -143,14 +143,7 @@ async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
         "{latest:?}"
     );
 
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     let timed_out = metric(&text, "glimpse_connections_total{event=\"timed_out\"}").unwrap_or(0.0);
     let evicted = metric(&text, "glimpse_connections_total{event=\"evicted\"}").unwrap_or(0.0);
     println!(
@@ -274,14 +267,7 @@ async fn the_front_end_gives_memory_back_after_retention_and_burst_attacks() {
         rss / MB,
         peak / MB
     );
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     assert_eq!(metric(&text, "glimpse_buffered_bytes"), Some(0.0), "{text}");
     let kept = metric(&text, "glimpse_retained_job_bytes").unwrap_or(f64::MAX);
     assert!(kept <= (64u64 << 20) as f64, "{kept}");
@@ -376,14 +362,7 @@ async fn kserve_bodies_of_empty_strings_do_not_amplify_memory_or_stall_the_serve
     for s in statuses.iter().flatten() {
         assert!([400, 413].contains(s), "{statuses:?}");
     }
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     assert_eq!(
         metric(&text, "glimpse_dispatch_silences_total"),
         Some(0.0),
@@ -533,14 +512,7 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
     // None decoded twice: every attempt beyond one per image was one still waiting, unstarted,
     // in a node's queue, moved elsewhere and cancelled there before any work was done. (The
     // node-level test counts the decodes themselves, node/tests/gif_bomb.rs.)
-    let text = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     let attempts = metric(&text, "glimpse_dispatch_attempts_total").unwrap_or(0.0);
     let moved = metric(&text, "glimpse_dispatch_unstarted_cancels_total").unwrap_or(-1.0);
     let hedges = metric(&text, "glimpse_dispatch_hedges_total").unwrap_or(-1.0);

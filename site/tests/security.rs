@@ -579,12 +579,7 @@ async fn a_refused_upload_is_read_to_its_end_so_the_client_sees_why() {
     // rest, the client's writes fail and it never sees the answer.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::ready(1, 1, &[]).await;
-    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+    let mut tls = h.raw_tls().await;
     let body = {
         let mut b = br#"{"inputs":[{"name":"image","datatype":"BYTES","data":["","#.to_vec();
         b.resize(8 << 20, b' ');
@@ -641,12 +636,7 @@ async fn a_png_that_panics_the_decoder_is_a_422_answered_once_not_retried() {
 async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::ready(1, 1, &["--body-timeout-s", "1"]).await;
-    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+    let mut tls = h.raw_tls().await;
     tls.write_all(
         b"POST /api/v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG\r\n\x1a\n",
     )
@@ -669,14 +659,9 @@ async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
     // at most 4 of those at once.
     use tokio::io::AsyncWriteExt;
     let h = Harness::ready(1, 1, &[]).await;
-    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
     let mut stalled = Vec::new();
     for _ in 0..glimpse_site::PARSES_PER_CALLER {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = common::tls_connector().connect(name, tcp).await.unwrap();
+        let mut tls = h.raw_tls().await;
         tls.write_all(
             b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\":[",
         )

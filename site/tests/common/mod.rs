@@ -136,6 +136,16 @@ impl Harness {
             .map(|r| r.expect("request sent"))
     }
 
+    /// A raw TLS connection to the listener, for requests no HTTP client would send.
+    pub(crate) async fn raw_tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tls_connector().connect(name, tcp).await.unwrap()
+    }
+
     pub(crate) async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.client.get(self.url(path)).send().await.expect("GET");
         let status = r.status().as_u16();
@@ -303,6 +313,18 @@ impl Spawned {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `GET path` as text (the metrics page), with the tests' client.
+    pub(crate) async fn get_text(&self, path: &str) -> String {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("text body")
     }
 
     /// The port of the HTTPS listener.
