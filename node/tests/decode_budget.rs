@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, LOCALHOST, gif, gif_bomb, localhost_any_port, stop_nodes};
+use common::{Cluster, gif, gif_bomb, localhost_any_port, stop_nodes};
 use glimpse_model::{Backend, Classifier};
-use glimpse_node::{ModelSpec, NodeConfig, NodeTls, shutdown_channel, start_node};
+use glimpse_node::{ModelSpec, NodeConfig, shutdown_channel, start_node};
 use glimpse_transport::client::{self, StartedSignal};
 use glimpse_transport::codec::RequestHeader;
 use glimpse_transport::{DispatchError, InferenceError};
@@ -24,17 +24,7 @@ fn classifier() -> Arc<Classifier> {
 }
 
 fn node_config(cluster: &Cluster, name: &str, model: Arc<Classifier>, budget: u64) -> NodeConfig {
-    let issued = cluster
-        .ca
-        .issue_node(name, &[LOCALHOST])
-        .expect("node cert");
-    let tls = NodeTls {
-        cert_chain: issued.cert_chain().expect("chain"),
-        key: issued.private_key().expect("key"),
-        client_ca: vec![cluster.ca.cert_der()],
-    };
-    let mut config = NodeConfig::new(localhost_any_port(), tls, name);
-    config.model = ModelSpec::Loaded(model);
+    let mut config = cluster.in_process_config(name, ModelSpec::Loaded(model));
     config.decode_budget_bytes = budget;
     config
 }

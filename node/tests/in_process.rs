@@ -5,24 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, LOCALHOST, expected_indices, image, localhost_any_port, stop_nodes};
-use glimpse_node::{ModelSpec, NodeConfig, NodeTls, shutdown_channel, start_node};
+use common::{Cluster, expected_indices, image, stop_nodes};
+use glimpse_node::{ModelSpec, shutdown_channel, start_node};
 use glimpse_transport::{DispatchError, InferenceError};
-
-fn node_config(cluster: &Cluster, name: &str, model: ModelSpec) -> NodeConfig {
-    let issued = cluster
-        .ca
-        .issue_node(name, &[LOCALHOST])
-        .expect("node cert");
-    let tls = NodeTls {
-        cert_chain: issued.cert_chain().expect("chain"),
-        key: issued.private_key().expect("key"),
-        client_ca: vec![cluster.ca.cert_der()],
-    };
-    let mut config = NodeConfig::new(localhost_any_port(), tls, name);
-    config.model = model;
-    config
-}
 
 fn jpeg_bytes() -> bytes::Bytes {
     let img = image::RgbImage::from_fn(300, 200, |x, y| {
@@ -40,8 +25,7 @@ async fn synthetic_nodes_in_process_serve_announce_and_drain() {
     let (trigger, shutdown) = shutdown_channel();
     let mut nodes = Vec::new();
     for name in ["p", "q"] {
-        let config = node_config(
-            &cluster,
+        let config = cluster.in_process_config(
             name,
             ModelSpec::Synthetic {
                 service: Duration::from_millis(2),
@@ -79,8 +63,7 @@ async fn synthetic_nodes_in_process_serve_announce_and_drain() {
 async fn googlenet_node_decodes_classifies_and_rejects_bad_images() {
     let cluster = Cluster::new();
     let (trigger, shutdown) = shutdown_channel();
-    let mut config = node_config(
-        &cluster,
+    let mut config = cluster.in_process_config(
         "g",
         ModelSpec::GoogLeNet {
             weights: "random".parse().expect("weights"),
@@ -147,8 +130,7 @@ async fn node_beyond_capacity_answers_overloaded() {
     // still exceed the node's total, and the node must refuse rather than queue without bound.
     let cluster = Cluster::new();
     let (trigger, shutdown) = shutdown_channel();
-    let mut config = node_config(
-        &cluster,
+    let mut config = cluster.in_process_config(
         "solo",
         ModelSpec::Synthetic {
             service: Duration::from_millis(1500),

@@ -49,6 +49,24 @@ impl Cluster {
     }
 
     /// A dispatcher (the front-end side) for `nodes`, with a client certificate from the CA.
+    /// The configuration of an in-process node `name` serving `model` on a free port, with a
+    /// certificate from this cluster's CA.
+    pub(crate) fn in_process_config(
+        &self,
+        name: &str,
+        model: glimpse_node::ModelSpec,
+    ) -> glimpse_node::NodeConfig {
+        let issued = self.ca.issue_node(name, &[LOCALHOST]).expect("node cert");
+        let tls = glimpse_node::NodeTls {
+            cert_chain: issued.cert_chain().expect("chain"),
+            key: issued.private_key().expect("key"),
+            client_ca: vec![self.ca.cert_der()],
+        };
+        let mut config = glimpse_node::NodeConfig::new(localhost_any_port(), tls, name);
+        config.model = model;
+        config
+    }
+
     pub(crate) fn dispatcher(&self, nodes: &[(&str, SocketAddr)]) -> Dispatcher {
         self.dispatcher_with(nodes, |_| {})
     }
