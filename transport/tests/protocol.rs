@@ -49,6 +49,19 @@ fn expect_error(r: Reply, kind: ErrorKind) -> String {
     }
 }
 
+/// Accepts the node's control stream and reads its first frame, which must be the Hello.
+async fn read_hello(conn: &quinn::Connection) -> (quinn::RecvStream, glimpse_transport::NodeInfo) {
+    let mut ctl = conn.accept_uni().await.unwrap();
+    let hello = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
+        .await
+        .unwrap()
+        .unwrap();
+    match decode_control(&hello).unwrap() {
+        ControlMessage::Hello(info) => (ctl, info),
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_connection_starts_with_the_configured_congestion_window() {
     // Images go one per stream on a mostly idle connection: the sender is application-limited
@@ -80,18 +93,9 @@ async fn node_announces_itself_on_the_control_stream() {
             .and_then(|d| d.protocol),
         Some(glimpse_transport::ALPN.to_vec())
     );
-    let mut ctl = conn.accept_uni().await.unwrap();
-    let hello = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
-        .await
-        .unwrap()
-        .unwrap();
-    match decode_control(&hello).unwrap() {
-        ControlMessage::Hello(info) => {
-            assert_eq!(info.node_id, "a");
-            assert_eq!(info.capacity, 7);
-        }
-        other => panic!("expected hello, got {other:?}"),
-    }
+    let (mut ctl, info) = read_hello(&conn).await;
+    assert_eq!(info.node_id, "a");
+    assert_eq!(info.capacity, 7);
     let load = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
         .await
         .unwrap()
@@ -407,15 +411,8 @@ async fn started_frame_precedes_the_answer_only_when_asked() {
     let node = start_node(pki.node_config("a", 8), h.clone());
     let (ep, cfg) = pki.raw_client();
     let conn = raw_connect(&ep, &cfg, node.addr, "a").await.unwrap();
-    let mut ctl = conn.accept_uni().await.unwrap();
-    let hello = stream::read_frame(&mut ctl, MAX_FRAME_BYTES)
-        .await
-        .unwrap()
-        .unwrap();
-    match decode_control(&hello).unwrap() {
-        ControlMessage::Hello(info) => assert!(info.acks, "{info:?}"),
-        other => panic!("expected hello, got {other:?}"),
-    }
+    let (_ctl, info) = read_hello(&conn).await;
+    assert!(info.acks, "{info:?}");
 
     let img = image(4, 1000);
     let mut frame = codec::encode_request_header(
