@@ -137,7 +137,7 @@ fn reply(body: &[u8]) -> bool {
     true
 }
 
-/// A message on the node's control stream (`dispatcher.rs`).
+/// A message on the node's control stream (read by `dispatcher/node.rs`).
 fn control(body: &[u8]) -> bool {
     let msg = match codec::decode_control(body) {
         Ok(m) => m,
