@@ -670,23 +670,28 @@ async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
         tls.flush().await.unwrap();
         stalled.push(tls);
     }
-    // The stalled requests take their slots as soon as their heads arrive.
+    // The stalled requests take their slots as soon as their heads are read. Probe only
+    // once all of them hold one: a probe read first would take a slot itself, and the last
+    // stalled request would be the one refused.
+    let parses = &h.site.as_ref().expect("running").site.parses;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while parses.total() < glimpse_site::PARSES_PER_CALLER {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled requests hold {} parse slots after 20 s",
+            parses.total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="] }] });
-    let (s, _, err) = loop {
-        let r = h
-            .client
-            .post(h.url("/v2/models/googlenet/infer"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let got = status_and_json(r).await;
-        if got.0 == 429 || std::time::Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let r = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (s, _, err) = status_and_json(r).await;
     assert_eq!(s, 429, "{err}");
     assert!(
         err["error"]
