@@ -46,6 +46,7 @@ impl Inference for DispatchInference {
             match dispatcher.classify(image, top_k, callback).await {
                 Ok(c) => Ok(Outcome {
                     warning: untrained_warning(&dispatcher, &c),
+                    timings: c.answer.timings,
                     top: c
                         .answer
                         .top

@@ -91,6 +91,11 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// Seconds the client should wait before retrying, when the error says.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        self.retry_after_s
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -36,18 +36,7 @@ pub(crate) fn caller(
         .and(with_site(site))
         .and_then(
             |headers: HeaderMap, peer: Option<SocketAddr>, site: Arc<Site>| async move {
-                let caller = site.identify.caller(&headers, peer).map_err(|e| {
-                    site.metrics.request_rejected("unauthorized");
-                    warp::reject::custom(e)
-                })?;
-                if let Err(wait) = site.rate.check(&caller.limit) {
-                    site.metrics.request_rejected("rate_limited");
-                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                    return Err(warp::reject::custom(ApiError::too_many(
-                        format!("too many requests; retry in {secs} s"),
-                        secs,
-                    )));
-                }
+                let caller = site.admit(&headers, peer).map_err(warp::reject::custom)?;
                 Ok::<Caller, Rejection>(caller)
             },
         )

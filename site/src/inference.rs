@@ -37,6 +37,8 @@ pub struct Outcome {
     pub attempts: u32,
     /// Dispatch latency as measured by the dispatcher (send to answer, retries included).
     pub latency: Duration,
+    /// Where the answering node spent the image's time (queue, decode, preprocess, infer).
+    pub timings: glimpse_transport::Timings,
     /// Set when the labels do not come from trained GoogLeNet weights (random weights or the
     /// synthetic model), so that no result is ever shown without saying so.
     pub warning: Option<String>,

@@ -20,6 +20,7 @@ pub mod conn;
 mod error;
 mod events;
 mod filters;
+pub mod grpc;
 mod guards;
 mod health;
 mod inference;
@@ -35,6 +36,7 @@ mod routes;
 pub mod server;
 mod site;
 mod sniff;
+mod stats;
 mod throttle;
 pub mod upload;
 

@@ -7,12 +7,14 @@
 //! store. A second, smaller semaphore bounds how many images are handed to the dispatcher
 //! at once; the rest wait as `queued`, which is what the page shows.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use warp::http::HeaderMap;
 
 use crate::budget::{ByteBudget, Held};
 use crate::caller::{Caller, Identify};
@@ -23,6 +25,7 @@ use crate::jobs::{JobStore, Retention};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::sniff::check_image;
+use crate::stats::{ModelStats, StageTimes};
 use crate::throttle::{KeyedCounter, RateLimit, ShareRefused};
 use crate::upload::{Intake, Upload, UploadError};
 
@@ -93,12 +96,33 @@ pub struct Site {
     pub parses: KeyedCounter,
     /// The HTTPS listener's connections (for `/metrics`).
     pub connections: Arc<crate::conn::Registry>,
+    /// Counts and stage times of answered images (the statistics extension).
+    pub stats: ModelStats,
     queue: Arc<Semaphore>,
     dispatch: Arc<Semaphore>,
     shutdown: glimpse_transport::Shutdown,
 }
 
 impl Site {
+    /// Who sent a request with these headers from `peer`, counted against its request rate:
+    /// 401 without a valid key when keys are required, 429 with `Retry-After` past the rate.
+    /// Every protocol admits its callers here.
+    pub fn admit(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
+        let caller = self.identify.caller(headers, peer).map_err(|e| {
+            self.metrics.request_rejected("unauthorized");
+            e
+        })?;
+        if let Err(wait) = self.rate.check(&caller.limit) {
+            self.metrics.request_rejected("rate_limited");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError::too_many(
+                format!("too many requests; retry in {secs} s"),
+                secs,
+            ));
+        }
+        Ok(caller)
+    }
+
     /// An upload error as the client sees it, counted.
     pub fn refuse_upload(&self, e: UploadError) -> ApiError {
         self.metrics.request_rejected(e.reason());
@@ -136,6 +160,7 @@ impl Site {
             ),
             parses: KeyedCounter::new(PARSES_PER_CALLER, PARSES_TOTAL),
             connections,
+            stats: ModelStats::default(),
             queue: Arc::new(Semaphore::new(limits.max_queued.max(1))),
             dispatch: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
@@ -302,6 +327,7 @@ impl Site {
         let _slots = slots;
         // The semaphore is never closed, so this only waits for a free slot.
         let _dispatch_slot = self.dispatch.clone().acquire_owned().await.ok();
+        let site_queue = started.elapsed();
 
         let progress: ProgressFn = {
             let site = Arc::clone(&self);
@@ -324,7 +350,8 @@ impl Site {
         let view = match result {
             Ok(outcome) => {
                 self.metrics.image_done("ok", Some(elapsed));
-                self.jobs.update(&id, |j| {
+                let node = outcome.timings;
+                let view = self.jobs.update(&id, |j| {
                     j.status = JobStatus::Ok;
                     j.top = outcome.top;
                     j.node = Some(outcome.node);
@@ -333,11 +360,23 @@ impl Site {
                     j.latency_ms = Some(elapsed.as_secs_f64() * 1000.0);
                     j.node_latency_ms = Some(outcome.latency.as_secs_f64() * 1000.0);
                     j.note = None;
-                })
+                });
+                let ms = |v: f32| Duration::from_secs_f64(f64::from(v.max(0.0)) / 1000.0);
+                self.stats.success(
+                    started.elapsed(),
+                    StageTimes {
+                        queue: site_queue + ms(node.queue_ms),
+                        compute_input: ms(node.decode_ms + node.preprocess_ms),
+                        compute_infer: ms(node.infer_ms),
+                        compute_output: started.elapsed().saturating_sub(elapsed),
+                    },
+                );
+                view
             }
             Err(failure) => {
                 tracing::debug!(job = %id, "image failed: {failure}");
                 self.metrics.image_done(failure.outcome(), None);
+                self.stats.failure(elapsed);
                 self.jobs.update(&id, |j| {
                     j.status = JobStatus::Error;
                     j.attempts = j.attempts.max(failure.attempts());

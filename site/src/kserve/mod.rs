@@ -12,6 +12,8 @@
 //! Requests are parsed as they stream in ([`parse`]), off the async runtime, so a huge or
 //! hostile body costs the server only as much as it has read when the first limit trips.
 
+pub mod binary;
+pub mod model;
 pub mod parse;
 
 use std::io::Read;
@@ -31,15 +33,13 @@ use crate::error::{ApiError, respond};
 use crate::filters::{caller, same_origin, with_site};
 use crate::health::readiness;
 use crate::inference::parse_top_k;
-use crate::job::{JobStatus, display_name};
+use crate::job::JobStatus;
 use crate::reply::ok_json;
 use crate::site::Site;
 use crate::upload::{Metered, Upload, UploadError, byte_stream, read_error};
 use parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 
-/// The one model this server exposes.
-pub const MODEL_NAME: &str = "googlenet";
-const MODEL_VERSION: &str = "1";
+pub use model::{MODEL_NAME, MODEL_VERSION};
 
 /// The `/v2/...` routes. Like `/api`, they need a key when the server has keys.
 pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Response,)> {
@@ -69,7 +69,7 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
         .and(warp::get())
         .and(caller(site.clone()))
         .map(|name: String, _: Caller| {
-            respond(known_model(&name).map(|()| ok_json(&model_metadata())))
+            respond(known_model(&name).map(|()| ok_json(&model::metadata())))
         })
         .boxed();
     let model_ready = warp::path!("v2" / "models" / String / "ready")
@@ -108,30 +108,7 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
 }
 
 fn known_model(name: &str) -> Result<(), ApiError> {
-    if name == MODEL_NAME {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!(
-            "unknown model {:?}; this server serves {MODEL_NAME:?}",
-            display_name(name)
-        )))
-    }
-}
-
-/// Model metadata as the Open Inference Protocol defines it.
-pub fn model_metadata() -> Value {
-    json!({
-        "name": MODEL_NAME,
-        "versions": [MODEL_VERSION],
-        "platform": "glimpse",
-        "inputs": [
-            { "name": "image", "datatype": "BYTES", "shape": [-1] }
-        ],
-        "outputs": [
-            { "name": "labels", "datatype": "BYTES", "shape": [-1, -1] },
-            { "name": "probabilities", "datatype": "FP32", "shape": [-1, -1] }
-        ]
-    })
+    model::check_model(name, None)
 }
 
 async fn infer<S>(

@@ -1,0 +1,3 @@
+//! KServe v2 over gRPC: Triton's `inference.GRPCInferenceService`.
+
+pub mod proto;

@@ -1,0 +1,350 @@
+//! The one model as every KServe v2 protocol sees it (HTTP JSON, HTTP binary, gRPC): its
+//! name and version, metadata and configuration, what a classification request asks for,
+//! and running a batch of images through the site. The protocol modules only translate
+//! their wire forms to and from these types, so they cannot disagree on what the model is.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use warp::http::StatusCode;
+
+use crate::caller::Caller;
+use crate::error::ApiError;
+use crate::inference::{DEFAULT_TOP_K, MAX_TOP_K, TopLabel};
+use crate::job::{JobStatus, display_name};
+use crate::site::Site;
+use crate::stats::StatsSnapshot;
+use crate::upload::Upload;
+
+/// The one model this server exposes.
+pub const MODEL_NAME: &str = "googlenet";
+/// Its one version.
+pub const MODEL_VERSION: &str = "1";
+/// The model's one input: encoded image files, one per BYTES element.
+pub const INPUT_NAME: &str = "image";
+/// The platform name in metadata and configuration.
+pub const PLATFORM: &str = "glimpse";
+
+/// The model's outputs. Each is `[batch, k]`: the top-k classes of each image, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputName {
+    /// BYTES: class names.
+    Labels,
+    /// FP32: softmax probabilities.
+    Probabilities,
+}
+
+impl OutputName {
+    /// Both outputs, in metadata order.
+    pub const ALL: [OutputName; 2] = [OutputName::Labels, OutputName::Probabilities];
+
+    /// The output's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputName::Labels => "labels",
+            OutputName::Probabilities => "probabilities",
+        }
+    }
+
+    /// Its datatype, unless the classification extension turns it into strings.
+    pub fn datatype(self) -> &'static str {
+        match self {
+            OutputName::Labels => "BYTES",
+            OutputName::Probabilities => "FP32",
+        }
+    }
+
+    /// The output called `name`, or a 400 naming the ones there are.
+    pub fn parse(name: &str) -> Result<OutputName, ApiError> {
+        OutputName::ALL
+            .into_iter()
+            .find(|o| o.as_str() == name)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown output {:?}; outputs are \"labels\" and \"probabilities\"",
+                    display_name(name)
+                ))
+            })
+    }
+}
+
+/// One output a request asks for, and in which form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Which output.
+    pub name: OutputName,
+    /// Triton's classification extension (`class_count`): the output comes back as BYTES
+    /// `"score:index:label"` strings, its `k` classes per image.
+    pub class_count: Option<u32>,
+    /// Send the output as raw binary after the JSON header (HTTP binary tensor extension).
+    pub binary: bool,
+}
+
+/// The result of a batch: each image's top classes, best first, all the same length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchAnswer {
+    /// One row per image, in request order.
+    pub rows: Vec<Vec<TopLabel>>,
+    /// Classes per image.
+    pub k: usize,
+}
+
+impl BatchAnswer {
+    /// `[batch, k]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows.len(), self.k]
+    }
+
+    /// The first `k` classes of every image, row by row (`k` at most [`BatchAnswer::k`]).
+    pub fn cells(&self, k: usize) -> impl Iterator<Item = &TopLabel> {
+        let k = k.min(self.k);
+        self.rows.iter().flat_map(move |r| r.iter().take(k))
+    }
+}
+
+/// Triton's classification string for one class: `"score:index:label"`.
+pub fn classification_string(t: &TopLabel) -> String {
+    format!("{:.6}:{}:{}", t.probability, t.index, t.label)
+}
+
+/// Checks that a request names this model, and (when it names one) this version.
+pub fn check_model(name: &str, version: Option<&str>) -> Result<(), ApiError> {
+    if name != MODEL_NAME {
+        return Err(ApiError::not_found(format!(
+            "unknown model {:?}; this server serves {MODEL_NAME:?}",
+            display_name(name)
+        )));
+    }
+    match version {
+        Some(v) if !v.is_empty() && v != MODEL_VERSION => Err(ApiError::not_found(format!(
+            "unknown version {:?} of model {MODEL_NAME:?}; its version is {MODEL_VERSION:?}",
+            display_name(v)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The classes per image a request gets: the largest `class_count` its outputs ask for,
+/// else its `top_k` parameter, else the default; each from 1 to [`MAX_TOP_K`].
+pub fn classes_wanted(top_k: Option<u32>, outputs: &[OutputSpec]) -> Result<u32, ApiError> {
+    let k = outputs
+        .iter()
+        .filter_map(|o| o.class_count)
+        .max()
+        .or(top_k)
+        .unwrap_or(DEFAULT_TOP_K);
+    if (1..=MAX_TOP_K).contains(&k) {
+        Ok(k)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "the number of classes must be from 1 to {MAX_TOP_K}, got {k}"
+        )))
+    }
+}
+
+/// Checks a batch's declared shape against its element count and the per-request image
+/// limit.
+pub fn check_batch(shape: Option<&[i64]>, images: usize, site: &Site) -> Result<(), ApiError> {
+    if images == 0 {
+        return Err(ApiError::bad_request(format!(
+            "input {INPUT_NAME:?} has no data"
+        )));
+    }
+    if let Some(shape) = shape
+        && !shape.is_empty()
+    {
+        let product = shape.iter().try_fold(
+            1i64,
+            |acc, d| {
+                if *d >= 0 { acc.checked_mul(*d) } else { None }
+            },
+        );
+        if product != Some(images as i64) {
+            return Err(ApiError::bad_request(format!(
+                "shape {:?} does not match {images} data element(s)",
+                &shape[..shape.len().min(8)]
+            )));
+        }
+    }
+    if images > site.limits.max_files {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "batch of {images} exceeds the limit of {} images",
+                site.limits.max_files
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Classify a batch for `caller` and wait for every image. A tensor cannot have holes, so
+/// if one image fails the batch fails, with that image's index and status.
+pub async fn classify_batch(
+    site: &Arc<Site>,
+    caller: &Caller,
+    uploads: Vec<Upload>,
+    k: u32,
+) -> Result<BatchAnswer, ApiError> {
+    let submitted = site.submit(caller, uploads, k)?;
+    let results = site.wait_all(submitted).await;
+    if let Some((i, failed)) = results
+        .iter()
+        .enumerate()
+        .find(|(_, j)| j.status != JobStatus::Ok)
+    {
+        let status = failed
+            .code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let msg = format!(
+            "image[{i}]: {}",
+            failed.error.clone().unwrap_or_else(|| "failed".to_string())
+        );
+        let err = ApiError::new(status, msg);
+        return Err(if status == StatusCode::SERVICE_UNAVAILABLE {
+            err.retry_after(site.limits.retry_after_s)
+        } else {
+            err
+        });
+    }
+    let k = results.iter().map(|j| j.top.len()).min().unwrap_or(0);
+    Ok(BatchAnswer {
+        rows: results.into_iter().map(|j| j.top).collect(),
+        k,
+    })
+}
+
+/// Model metadata as the Open Inference Protocol defines it.
+pub fn metadata() -> Value {
+    json!({
+        "name": MODEL_NAME,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [
+            { "name": INPUT_NAME, "datatype": "BYTES", "shape": [-1] }
+        ],
+        "outputs": OutputName::ALL.map(|o| json!({
+            "name": o.as_str(), "datatype": o.datatype(), "shape": [-1, -1]
+        })),
+    })
+}
+
+/// What a client needs of the model's configuration (Triton's `ModelConfig`, in its JSON
+/// form): the largest batch, the input and the outputs. The batch dimension is implicit,
+/// as in Triton: `dims` are per image.
+pub fn config(site: &Site) -> Value {
+    json!({
+        "name": MODEL_NAME,
+        "platform": PLATFORM,
+        "backend": PLATFORM,
+        "max_batch_size": max_batch_size(site),
+        "input": [
+            { "name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [1] }
+        ],
+        "output": OutputName::ALL.map(|o| json!({
+            "name": o.as_str(),
+            "data_type": match o { OutputName::Labels => "TYPE_STRING", OutputName::Probabilities => "TYPE_FP32" },
+            "dims": [-1],
+        })),
+    })
+}
+
+/// The most images one request may carry.
+pub fn max_batch_size(site: &Site) -> u32 {
+    u32::try_from(site.limits.max_files).unwrap_or(u32::MAX)
+}
+
+/// The statistics extension's answer for the model.
+pub fn statistics(s: &StatsSnapshot) -> Value {
+    json!({
+        "model_stats": [{
+            "name": MODEL_NAME,
+            "version": MODEL_VERSION,
+            "last_inference": s.last_inference,
+            "inference_count": s.inference_count,
+            "execution_count": s.execution_count,
+            "inference_stats": {
+                "success": s.success,
+                "fail": s.fail,
+                "queue": s.queue,
+                "compute_input": s.compute_input,
+                "compute_infer": s.compute_infer,
+                "compute_output": s.compute_output,
+                "cache_hit": { "count": 0, "ns": 0 },
+                "cache_miss": { "count": 0, "ns": 0 },
+            },
+            "batch_stats": [],
+        }]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(p: f32, index: u32, label: &str) -> TopLabel {
+        TopLabel {
+            index,
+            label: label.to_string(),
+            probability: p,
+        }
+    }
+
+    #[test]
+    fn classification_strings_are_score_index_label() {
+        assert_eq!(
+            classification_string(&label(0.5, 281, "tabby, tabby cat")),
+            "0.500000:281:tabby, tabby cat"
+        );
+    }
+
+    #[test]
+    fn versions_other_than_ours_are_unknown() {
+        assert!(check_model(MODEL_NAME, None).is_ok());
+        assert!(check_model(MODEL_NAME, Some("")).is_ok());
+        assert!(check_model(MODEL_NAME, Some("1")).is_ok());
+        assert_eq!(
+            check_model(MODEL_NAME, Some("2")).unwrap_err().status(),
+            404
+        );
+        assert_eq!(check_model("resnet", Some("1")).unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn the_largest_class_count_wins_over_top_k() {
+        let spec = |c| OutputSpec {
+            name: OutputName::Labels,
+            class_count: c,
+            binary: false,
+        };
+        assert_eq!(classes_wanted(None, &[]).unwrap(), DEFAULT_TOP_K);
+        assert_eq!(classes_wanted(Some(7), &[spec(None)]).unwrap(), 7);
+        assert_eq!(
+            classes_wanted(Some(7), &[spec(Some(2)), spec(Some(9))]).unwrap(),
+            9
+        );
+        assert_eq!(classes_wanted(Some(0), &[]).unwrap_err().status(), 400);
+        assert_eq!(
+            classes_wanted(None, &[spec(Some(MAX_TOP_K + 1))])
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn cells_take_the_first_k_of_each_row() {
+        let answer = BatchAnswer {
+            rows: vec![
+                vec![label(0.6, 1, "a"), label(0.3, 2, "b")],
+                vec![label(0.9, 3, "c"), label(0.1, 4, "d")],
+            ],
+            k: 2,
+        };
+        let firsts: Vec<u32> = answer.cells(1).map(|t| t.index).collect();
+        assert_eq!(firsts, [1, 3]);
+        assert_eq!(answer.cells(5).count(), 4);
+        assert_eq!(answer.shape(), [2, 2]);
+    }
+}
