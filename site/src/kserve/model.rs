@@ -24,6 +24,8 @@ pub const MODEL_VERSION: &str = "1";
 pub const INPUT_NAME: &str = "image";
 /// The platform name in metadata and configuration.
 pub const PLATFORM: &str = "glimpse";
+/// The protocol extensions this server speaks (server metadata lists them).
+pub const EXTENSIONS: [&str; 3] = ["classification", "binary_tensor_data", "statistics"];
 
 /// The model's outputs. Each is `[batch, k]`: the top-k classes of each image, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,76 @@ impl BatchAnswer {
     pub fn cells(&self, k: usize) -> impl Iterator<Item = &TopLabel> {
         let k = k.min(self.k);
         self.rows.iter().flat_map(move |r| r.iter().take(k))
+    }
+}
+
+/// The values of one output tensor, flattened row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// BYTES elements (class names, or classification strings).
+    Bytes(Vec<String>),
+    /// FP32 values.
+    Fp32(Vec<f32>),
+}
+
+impl Values {
+    /// The KServe v2 datatype.
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            Values::Bytes(_) => "BYTES",
+            Values::Fp32(_) => "FP32",
+        }
+    }
+
+    /// The raw form: binary tensor data extension and gRPC `raw_output_contents`.
+    pub fn to_raw(&self) -> Vec<u8> {
+        match self {
+            Values::Bytes(v) => super::binary::encode_bytes_tensor(v.iter().map(String::as_bytes)),
+            Values::Fp32(v) => super::binary::encode_fp32_tensor(v.iter().copied()),
+        }
+    }
+
+    /// The JSON `data` array.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Values::Bytes(v) => json!(v),
+            Values::Fp32(v) => json!(v),
+        }
+    }
+}
+
+/// One output tensor of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTensor {
+    /// The output's name.
+    pub name: OutputName,
+    /// `[batch, k]`.
+    pub shape: [usize; 2],
+    /// Its values.
+    pub values: Values,
+}
+
+impl BatchAnswer {
+    /// The output `spec` asks for: its own form, or classification strings of its
+    /// `class_count` classes.
+    pub fn output(&self, spec: &OutputSpec) -> OutputTensor {
+        let k = spec
+            .class_count
+            .map_or(self.k, |c| (c as usize).min(self.k));
+        let values = match (spec.class_count, spec.name) {
+            (Some(_), _) => Values::Bytes(self.cells(k).map(classification_string).collect()),
+            (None, OutputName::Labels) => {
+                Values::Bytes(self.cells(k).map(|t| t.label.clone()).collect())
+            }
+            (None, OutputName::Probabilities) => {
+                Values::Fp32(self.cells(k).map(|t| t.probability).collect())
+            }
+        };
+        OutputTensor {
+            name: spec.name,
+            shape: [self.rows.len(), k],
+            values,
+        }
     }
 }
 
@@ -331,6 +403,32 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn outputs_take_their_own_form_or_classification_strings() {
+        let answer = BatchAnswer {
+            rows: vec![vec![label(0.75, 1, "a"), label(0.25, 2, "b")]],
+            k: 2,
+        };
+        let spec = |name, class_count| OutputSpec {
+            name,
+            class_count,
+            binary: false,
+        };
+        let probs = answer.output(&spec(OutputName::Probabilities, None));
+        assert_eq!(probs.shape, [1, 2]);
+        assert_eq!(probs.values, Values::Fp32(vec![0.75, 0.25]));
+        assert_eq!(probs.values.to_raw(), [0, 0, 64, 63, 0, 0, 128, 62]);
+        let labels = answer.output(&spec(OutputName::Labels, None));
+        assert_eq!(labels.values.to_json(), json!(["a", "b"]));
+        let classes = answer.output(&spec(OutputName::Probabilities, Some(1)));
+        assert_eq!(classes.shape, [1, 1]);
+        assert_eq!(
+            classes.values,
+            Values::Bytes(vec!["0.750000:1:a".to_string()])
+        );
+        assert_eq!(classes.values.datatype(), "BYTES");
     }
 
     #[test]

@@ -54,8 +54,12 @@ impl ParseLimits {
 pub struct RequestedOutput {
     /// The output's name.
     pub name: String,
-    /// Triton's `classification` (or our `top_k`) parameter on the output.
+    /// Triton's `classification` parameter: answer as `"score:index:label"` strings.
     pub class_count: Option<u32>,
+    /// Our `top_k` parameter on the output: classes per image, in the output's own form.
+    pub top_k: Option<u32>,
+    /// `binary_data`: send this output as raw bytes after the JSON header.
+    pub binary: Option<bool>,
 }
 
 /// A parsed inference request.
@@ -69,6 +73,8 @@ pub struct InferRequest {
     pub inputs: Vec<Input>,
     /// The outputs asked for (all of them when absent).
     pub outputs: Option<Vec<RequestedOutput>>,
+    /// `binary_data_output`: send every output as raw bytes unless it says otherwise.
+    pub binary_data_output: Option<bool>,
 }
 
 /// One input tensor.
@@ -84,6 +90,9 @@ pub struct Input {
     pub data: Vec<(Bytes, Held)>,
     /// Whether `data` was present at all.
     pub has_data: bool,
+    /// `binary_data_size`: the input's raw bytes follow the JSON header (binary tensor
+    /// data extension), this many of them.
+    pub binary_data_size: Option<u64>,
 }
 
 /// Why a request could not be parsed. Each maps to a status.
@@ -129,6 +138,47 @@ pub fn parse_infer_request<R: Read>(
     match parsed {
         Ok(r) => Ok(r),
         Err(e) => Err(ctx.stash.take().unwrap_or_else(|| from_json_error(e))),
+    }
+}
+
+/// Parse a request in the binary tensor data extension's form: a JSON header of
+/// `header_len` bytes, then the raw bytes of every input whose parameters give a
+/// `binary_data_size`, in input order, and nothing after them. Blocking, like
+/// [`parse_infer_request`].
+pub fn parse_binary_request<R: Read>(
+    mut reader: R,
+    header_len: u64,
+    limits: &ParseLimits,
+) -> Result<InferRequest, ParseError> {
+    let mut req = parse_infer_request((&mut reader).take(header_len), limits)?;
+    let mut first: usize = req.inputs.iter().map(|i| i.data.len()).sum();
+    for input in &mut req.inputs {
+        let Some(size) = input.binary_data_size else {
+            continue;
+        };
+        if input.has_data {
+            return Err(ParseError::Invalid(format!(
+                "input {:?} has both `data` and `binary_data_size`",
+                input.name
+            )));
+        }
+        if input.datatype != "BYTES" {
+            return Err(ParseError::Invalid(format!(
+                "input {:?} must be BYTES, got {:?}",
+                input.name, input.datatype
+            )));
+        }
+        input.data = super::binary::read_bytes_tensor(&mut reader, size, first, limits)?;
+        input.has_data = true;
+        first += input.data.len();
+    }
+    let mut extra = [0u8; 1];
+    match reader.read(&mut extra) {
+        Ok(0) => Ok(req),
+        Ok(_) => Err(ParseError::Invalid(
+            "the body goes on past the binary data its header declares".into(),
+        )),
+        Err(e) => Err(ParseError::Body(e.to_string())),
     }
 }
 
@@ -302,7 +352,8 @@ impl<'de> Visitor<'de> for RequestSeed<'_, '_> {
                 "outputs" => req.outputs = Some(map.next_value_seed(OutputsSeed { ctx })?),
                 "parameters" => {
                     let p = map.next_value_seed(ParamsSeed { ctx })?;
-                    req.top_k = p.top_k.or(req.top_k);
+                    req.top_k = p.top_k.or(p.classification).or(req.top_k);
+                    req.binary_data_output = p.binary_data_output;
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -425,6 +476,10 @@ impl<'de> Visitor<'de> for InputSeed<'_, '_> {
                     })?;
                 }
                 "shape" => input.shape = Some(map.next_value_seed(ShapeSeed { ctx })?),
+                "parameters" => {
+                    input.binary_data_size =
+                        map.next_value_seed(ParamsSeed { ctx })?.binary_data_size;
+                }
                 "data" => {
                     input.has_data = true;
                     map.next_value_seed(DataSeed {
@@ -636,11 +691,11 @@ impl<'de> Visitor<'de> for OutputSeed<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let ctx = self.ctx;
         let mut name = None;
-        let mut class_count = None;
+        let mut params = Params::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key.0.as_str() {
                 "name" => name = Some(map.next_value_seed(ShortString { ctx, what: "name" })?),
-                "parameters" => class_count = map.next_value_seed(ParamsSeed { ctx })?.top_k,
+                "parameters" => params = map.next_value_seed(ParamsSeed { ctx })?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -648,15 +703,29 @@ impl<'de> Visitor<'de> for OutputSeed<'_, '_> {
         }
         let name =
             name.ok_or_else(|| ctx.fail(ParseError::Invalid("an output has no `name`".into())))?;
-        Ok(RequestedOutput { name, class_count })
+        Ok(RequestedOutput {
+            name,
+            class_count: params.classification,
+            top_k: params.top_k,
+            binary: params.binary_data,
+        })
     }
 }
 
-/// The parameters this server understands; everything else is skipped without being kept.
+/// The parameters this server understands, wherever they appear; everything else is
+/// skipped without being kept.
 #[derive(Debug, Default)]
 struct Params {
-    /// `top_k`, or Triton's `classification`.
+    /// Our `top_k`.
     top_k: Option<u32>,
+    /// Triton's `classification`.
+    classification: Option<u32>,
+    /// `binary_data` (an output).
+    binary_data: Option<bool>,
+    /// `binary_data_size` (an input).
+    binary_data_size: Option<u64>,
+    /// `binary_data_output` (the request).
+    binary_data_output: Option<bool>,
 }
 
 struct ParamsSeed<'c, 'a> {
@@ -680,11 +749,41 @@ impl<'de> Visitor<'de> for ParamsSeed<'_, '_> {
         let mut p = Params::default();
         while let Some(key) = map.next_key::<Key>()? {
             match key.0.as_str() {
-                "top_k" | "classification" => {
+                name @ ("top_k" | "classification") => {
                     let raw = map.next_value_seed(Scalar { ctx })?;
                     let k = crate::inference::parse_top_k(Some(&raw))
                         .map_err(|e| ctx.fail(ParseError::Invalid(e)))?;
-                    p.top_k = Some(k);
+                    if name == "top_k" {
+                        p.top_k = Some(k);
+                    } else {
+                        p.classification = Some(k);
+                    }
+                }
+                name @ ("binary_data" | "binary_data_output") => {
+                    let raw = map.next_value_seed(Scalar { ctx })?;
+                    let on = match raw.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(ctx.fail(ParseError::Invalid(format!(
+                                "`{name}` must be true or false"
+                            ))));
+                        }
+                    };
+                    if name == "binary_data" {
+                        p.binary_data = Some(on);
+                    } else {
+                        p.binary_data_output = Some(on);
+                    }
+                }
+                "binary_data_size" => {
+                    let raw = map.next_value_seed(Scalar { ctx })?;
+                    let size = raw.parse::<u64>().map_err(|_| {
+                        ctx.fail(ParseError::Invalid(format!(
+                            "`binary_data_size` must be a byte count, got {raw:?}"
+                        )))
+                    })?;
+                    p.binary_data_size = Some(size);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -719,6 +818,9 @@ impl<'de> Visitor<'de> for Scalar<'_, '_> {
         Ok(v.to_string())
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
         Ok(v.to_string())
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
