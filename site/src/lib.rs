@@ -30,6 +30,7 @@ pub mod kserve;
 pub mod limits;
 mod local;
 mod metrics;
+pub mod openapi;
 mod page;
 mod reply;
 mod routes;

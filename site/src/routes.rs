@@ -10,7 +10,7 @@ use warp::{Filter, Reply};
 
 use crate::api::{self, AdminAccess};
 use crate::site::Site;
-use crate::{error, kserve, page, reply};
+use crate::{error, kserve, openapi, page, reply};
 
 /// How the public listener treats operators' data and browsers.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub(crate) fn https(site: Arc<Site>, access: &Access) -> BoxedFilter<(Response,)
     let hsts = access.hsts_max_age_s;
     page::routes()
         .or(api::health(site.clone()))
+        .unify()
+        .or(openapi::route())
         .unify()
         .or(api::routes(
             site.clone(),
