@@ -108,10 +108,10 @@ impl Site {
     /// 401 without a valid key when keys are required, 429 with `Retry-After` past the rate.
     /// Every protocol admits its callers here.
     pub fn admit(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
-        let caller = self.identify.caller(headers, peer).map_err(|e| {
-            self.metrics.request_rejected("unauthorized");
-            e
-        })?;
+        let caller = self
+            .identify
+            .caller(headers, peer)
+            .inspect_err(|_| self.metrics.request_rejected("unauthorized"))?;
         if let Err(wait) = self.rate.check(&caller.limit) {
             self.metrics.request_rejected("rate_limited");
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;

@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn limits_hold_per_image_per_request_and_on_the_budget() {
-        let big = vec![7u8; 101];
+        let big = [7u8; 101];
         let err = read(&encode_bytes_tensor([&big[..]])).unwrap_err();
         assert!(matches!(err, ParseError::TooLarge(_)), "{err:?}");
         let four = encode_bytes_tensor([&b"a"[..], b"b", b"c", b"d"]);
