@@ -41,12 +41,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
 
-    let host = match site.addr.ip() {
-        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
-        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        ip => ip.to_string(),
-    };
+    let host = display_host(site.addr.ip());
     println!("Glimpse is serving at https://{host}:{}/", site.addr.port());
+    if let Some(g) = site.grpc_addr {
+        println!(
+            "KServe v2 gRPC (Triton clients) at {}:{} (TLS, the same certificate)",
+            display_host(g.ip()),
+            g.port()
+        );
+    }
     if tls.self_signed {
         println!(
             "Self-signed certificate, SHA-256 fingerprint {}",
@@ -99,6 +102,16 @@ async fn main() -> anyhow::Result<()> {
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// How an address is shown in URLs: `localhost` for loopback and any-address listeners
+/// (the self-signed certificate names localhost), IPv6 in brackets.
+fn display_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    }
 }
 
 /// Every second, have the allocator hand memory that is free again back to the OS. mimalloc
