@@ -39,7 +39,15 @@ async fn main() -> anyhow::Result<()> {
     let cluster = cluster::build(&cli).await.context("starting the cluster")?;
     let site = start_site(config.clone(), &tls, cluster.inference.clone())
         .await
-        .with_context(|| format!("listening on {}", cli.listen))?;
+        .with_context(|| match config.grpc_listen {
+            // gRPC may be on by default (local workers): say which address it wanted and
+            // how to move it.
+            Some(grpc) => format!(
+                "listening on {} (HTTPS) and {grpc} (gRPC; --grpc-listen moves it, `off` turns it off)",
+                cli.listen
+            ),
+            None => format!("listening on {}", cli.listen),
+        })?;
 
     let host = display_host(site.addr.ip());
     println!("Glimpse is serving at https://{host}:{}/", site.addr.port());
