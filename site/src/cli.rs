@@ -45,6 +45,28 @@ impl FromStr for NodeArg {
     }
 }
 
+/// `--grpc-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcListen {
+    /// No gRPC listener, even with local workers.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+impl FromStr for GrpcListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GrpcListen, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(GrpcListen::Off);
+        }
+        s.parse()
+            .map(GrpcListen::At)
+            .map_err(|e| format!("expected HOST:PORT or `off`, got {s:?}: {e}"))
+    }
+}
+
 /// Which model local workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModelChoice {
@@ -87,6 +109,12 @@ pub struct Cli {
     /// HTTPS. Default: off.
     #[arg(long, env = "GLIMPSE_HTTP_REDIRECT")]
     pub http_redirect: Option<SocketAddr>,
+    /// KServe v2 / Triton gRPC address (`inference.GRPCInferenceService`; TLS with the HTTPS
+    /// certificate, HTTP/2), or `off`. Same API keys and limits as HTTPS. Default: with
+    /// --local-workers, the --listen host at the HTTPS port + 1 (127.0.0.1:8444; any free
+    /// port when --listen's port is 0); otherwise off.
+    #[arg(long, env = "GLIMPSE_GRPC_LISTEN", value_name = "HOST:PORT")]
+    pub grpc_listen: Option<GrpcListen>,
 
     /// A remote node as NAME=HOST:PORT (repeatable; NAME must match its certificate).
     /// Needs --ca, --cert and --key. Default: none.
@@ -377,12 +405,30 @@ impl Cli {
         }
     }
 
+    /// Where gRPC listens: `--grpc-listen`, else with local workers next to HTTPS (port + 1,
+    /// or 0 when HTTPS takes any free port; none when HTTPS is on the last port).
+    pub fn grpc_listen(&self) -> Option<SocketAddr> {
+        match self.grpc_listen {
+            Some(GrpcListen::At(addr)) => Some(addr),
+            Some(GrpcListen::Off) => None,
+            None if self.local_workers > 0 => {
+                let port = match self.listen.port() {
+                    0 => 0,
+                    p => p.checked_add(1)?,
+                };
+                Some(SocketAddr::new(self.listen.ip(), port))
+            }
+            None => None,
+        }
+    }
+
     /// The front-end's whole configuration (`nofile` as for [`Cli::conn_limits`]).
     pub fn site_config(&self, nofile: u64) -> SiteConfig {
         SiteConfig {
             listen: self.listen,
             http_redirect: self.http_redirect,
             admin_listen: self.admin_listen,
+            grpc_listen: self.grpc_listen(),
             api_keys: self.api_keys.clone(),
             allowed_origins: self.allowed_origins.clone(),
             hsts_max_age_s: self.hsts_max_age_s,
@@ -436,6 +482,37 @@ mod tests {
             small.limits().validate().is_err(),
             "cannot hold one request"
         );
+    }
+
+    #[test]
+    fn grpc_listens_next_to_https_with_local_workers_unless_told() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["glimpse"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap().grpc_listen()
+        };
+        assert_eq!(parse(&[]), None, "off without local workers");
+        assert_eq!(
+            parse(&["--local-workers", "1"]),
+            Some("127.0.0.1:8444".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&["--local-workers", "1", "--listen", "[::1]:0"]),
+            Some("[::1]:0".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&["--local-workers", "1", "--listen", "127.0.0.1:65535"]),
+            None
+        );
+        assert_eq!(
+            parse(&["--local-workers", "1", "--grpc-listen", "off"]),
+            None
+        );
+        assert_eq!(
+            parse(&["--grpc-listen", "0.0.0.0:8001"]),
+            Some("0.0.0.0:8001".parse().unwrap())
+        );
+        assert!(Cli::try_parse_from(["glimpse", "--grpc-listen", "8001"]).is_err());
     }
 
     #[test]

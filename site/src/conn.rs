@@ -214,7 +214,8 @@ impl ConnState {
         }
     }
 
-    fn begin(self: &Arc<Self>) -> InFlight {
+    /// Marks a request in flight until the returned guard drops.
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.active.fetch_add(1, Ordering::SeqCst);
         self.started.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
@@ -469,6 +470,17 @@ fn oversized<B>(req: &Request<B>) -> Option<ApiError> {
 pub struct TrackedBody<B> {
     inner: B,
     _in_flight: InFlight,
+}
+
+impl<B> TrackedBody<B> {
+    /// `inner`, keeping `in_flight` until it ends (for listeners that wrap their own
+    /// services, as gRPC's does).
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> TrackedBody<B> {
+        TrackedBody {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
 }
 
 impl<B> Body for TrackedBody<B>

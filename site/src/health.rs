@@ -8,10 +8,19 @@ use warp::reply::Response;
 use crate::reply::{json_response, ok_json};
 use crate::site::Site;
 
+/// Connected nodes with a loaded model: the server is ready while there is one. Every
+/// protocol's readiness (`/readyz`, KServe v2 over HTTP and gRPC) is this.
+pub(crate) fn nodes_ready(site: &Site) -> usize {
+    site.inference
+        .nodes()
+        .iter()
+        .filter(|n| n.can_serve())
+        .count()
+}
+
 /// `/readyz`: 200 only while a node with a loaded model is connected.
 pub(crate) fn readiness(site: &Site) -> Response {
-    let nodes = site.inference.nodes();
-    let ready = nodes.iter().filter(|n| n.can_serve()).count();
+    let ready = nodes_ready(site);
     if ready > 0 {
         ok_json(&json!({ "ready": true, "nodes_ready": ready }))
     } else {

@@ -7,7 +7,8 @@
 //! ([`site`], [`jobs`]) → the cluster behind the [`inference::Inference`] seam (the QUIC
 //! `Dispatcher`, see [`cluster`]) → the result back into the job store, which feeds the
 //! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the caller's own SSE stream
-//! ([`events`]). Every refusal is an [`error::ApiError`].
+//! ([`events`]). Every refusal is an [`error::ApiError`]. KServe v2 over gRPC ([`grpc`])
+//! has a listener of its own and joins the same path at admission.
 
 mod api;
 pub mod auth;
@@ -69,6 +70,8 @@ pub struct SiteConfig {
     pub http_redirect: Option<SocketAddr>,
     /// Plain-HTTP address for `/metrics`, `/api/v1/nodes` and health, for operators.
     pub admin_listen: Option<SocketAddr>,
+    /// KServe v2 gRPC address (TLS with the HTTPS certificate), if any.
+    pub grpc_listen: Option<SocketAddr>,
     /// The API key file; without it, callers are told apart by signed client tokens.
     pub api_keys: Option<PathBuf>,
     /// Other origins whose pages may post here (`https://host[:port]`).
@@ -89,6 +92,8 @@ pub struct RunningSite {
     pub redirect_addr: Option<SocketAddr>,
     /// The bound admin address, if any.
     pub admin_addr: Option<SocketAddr>,
+    /// The bound gRPC address, if any.
+    pub grpc_addr: Option<SocketAddr>,
     /// Shared state: job store, metrics, the cluster.
     pub site: Arc<Site>,
     /// The HTTPS listener's connections.
@@ -182,6 +187,19 @@ pub async fn start_site(
             rx.clone().wait(),
         )));
     }
+    let mut grpc_addr = None;
+    if let Some(at) = config.grpc_listen {
+        let listener = server::bind(at).await?;
+        grpc_addr = Some(listener.local_addr()?);
+        // The same connection registry as HTTPS: one cap on the sockets both hold.
+        tasks.push(tokio::spawn(grpc::serve(
+            listener,
+            tls.config.clone(),
+            connections.clone(),
+            site.clone(),
+            rx.clone().wait(),
+        )));
+    }
     if let Some(keys) = keys {
         tasks.push(tokio::spawn(keys.watch(rx.clone().wait())));
     }
@@ -210,6 +228,7 @@ pub async fn start_site(
         addr,
         redirect_addr,
         admin_addr,
+        grpc_addr,
         site,
         connections,
         shutdown: tx,

@@ -39,14 +39,25 @@ async fn main() -> anyhow::Result<()> {
     let cluster = cluster::build(&cli).await.context("starting the cluster")?;
     let site = start_site(config.clone(), &tls, cluster.inference.clone())
         .await
-        .with_context(|| format!("listening on {}", cli.listen))?;
+        .with_context(|| match config.grpc_listen {
+            // gRPC may be on by default (local workers): say which address it wanted and
+            // how to move it.
+            Some(grpc) => format!(
+                "listening on {} (HTTPS) and {grpc} (gRPC; --grpc-listen moves it, `off` turns it off)",
+                cli.listen
+            ),
+            None => format!("listening on {}", cli.listen),
+        })?;
 
-    let host = match site.addr.ip() {
-        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
-        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-        ip => ip.to_string(),
-    };
+    let host = display_host(site.addr.ip());
     println!("Glimpse is serving at https://{host}:{}/", site.addr.port());
+    if let Some(g) = site.grpc_addr {
+        println!(
+            "KServe v2 gRPC (Triton clients) at {}:{} (TLS, the same certificate)",
+            display_host(g.ip()),
+            g.port()
+        );
+    }
     if tls.self_signed {
         println!(
             "Self-signed certificate, SHA-256 fingerprint {}",
@@ -99,6 +110,16 @@ async fn main() -> anyhow::Result<()> {
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// How an address is shown in URLs: `localhost` for loopback and any-address listeners
+/// (the self-signed certificate names localhost), IPv6 in brackets.
+fn display_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    }
 }
 
 /// Every second, have the allocator hand memory that is free again back to the OS. mimalloc

@@ -157,7 +157,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
 }
 
 /// How long open connections get to finish after shutdown starts.
-const GRACE: Duration = Duration::from_secs(10);
+pub(crate) const GRACE: Duration = Duration::from_secs(10);
 
 /// Serve `routes` on `listener` until `shutdown` completes: over TLS when `tls` is given
 /// (the public listener), plain HTTP/1.1 or h2c otherwise (the admin listener). Every
@@ -273,7 +273,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// The next accepted connection, or `None` once `shutdown` completes. Accept errors (usually
 /// EMFILE under load) back off briefly instead of spinning.
-async fn next_connection(
+pub(crate) async fn next_connection(
     listener: &TcpListener,
     mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {

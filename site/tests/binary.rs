@@ -27,6 +27,15 @@ async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {
     let redirect = redirect.split_whitespace().next().unwrap_or_default();
     let url = format!("{}/", child.base);
     assert_eq!(fingerprint.split(':').count(), 32);
+    // Local workers bring a gRPC listener, on any free port here (HTTPS is on port 0).
+    let grpc = child.printed("KServe v2 gRPC (Triton clients) at ");
+    let grpc_port: u16 = grpc
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("gRPC address printed");
+    assert_ne!(grpc_port, 0);
 
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)

@@ -1,3 +1,18 @@
-//! KServe v2 over gRPC: Triton's `inference.GRPCInferenceService`.
+//! KServe v2 over gRPC: Triton's `inference.GRPCInferenceService`, on a listener of its own
+//! (`--grpc-listen`), TLS with the HTTPS certificate.
+//!
+//! - [`proto`]: the messages and service stubs generated from `proto/` at build time.
+//! - `server`: the listener (accept, connection slots, TLS, HTTP/2), and per call the
+//!   admission of the caller and a metered request body (`body`).
+//! - `service`: the methods, answered from [`crate::kserve::model`] like the HTTP
+//!   endpoints; `infer` translates `ModelInfer`'s messages.
+//! - `status`: the site's errors ([`crate::error::ApiError`]) as gRPC statuses.
 
+mod body;
+mod infer;
 pub mod proto;
+mod server;
+mod service;
+mod status;
+
+pub(crate) use server::serve;

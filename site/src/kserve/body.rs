@@ -102,23 +102,7 @@ where
         // The body failed first (too large, stalled): that is the reason, not the parser's
         // "unexpected end of input".
         (Err(ParseError::Body(_) | ParseError::Invalid(_)), Err(e)) => Err(site.refuse_upload(e)),
-        (Err(e), _) => Err(parse_error(site, e)),
-    }
-}
-
-/// A parse error as the client sees it, counted.
-pub(crate) fn parse_error(site: &Site, e: ParseError) -> ApiError {
-    let (status, reason) = match &e {
-        ParseError::Invalid(_) | ParseError::Body(_) => (StatusCode::BAD_REQUEST, "malformed"),
-        ParseError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        ParseError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "bytes_busy"),
-    };
-    site.metrics.request_rejected(reason);
-    let err = ApiError::new(status, e.to_string());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        err.retry_after(site.limits.retry_after_s)
-    } else {
-        err
+        (Err(e), _) => Err(super::model::refuse_parse(site, e)),
     }
 }
 

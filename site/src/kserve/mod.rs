@@ -63,7 +63,7 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
         .and(caller(site.clone()))
         .map(|_: Caller| {
             ok_json(&json!({
-                "name": "glimpse",
+                "name": model::SERVER_NAME,
                 "version": env!("CARGO_PKG_VERSION"),
                 "extensions": model::EXTENSIONS,
             }))

@@ -16,6 +16,8 @@ use crate::site::Site;
 use crate::stats::StatsSnapshot;
 use crate::upload::Upload;
 
+use super::parse::ParseError;
+
 /// The one model this server exposes.
 pub const MODEL_NAME: &str = "googlenet";
 /// Its one version.
@@ -24,8 +26,24 @@ pub const MODEL_VERSION: &str = "1";
 pub const INPUT_NAME: &str = "image";
 /// The platform name in metadata and configuration.
 pub const PLATFORM: &str = "glimpse";
-/// The protocol extensions this server speaks (server metadata lists them).
-pub const EXTENSIONS: [&str; 3] = ["classification", "binary_tensor_data", "statistics"];
+/// The server's name in server metadata.
+pub const SERVER_NAME: &str = "glimpse";
+/// The protocol extensions server metadata lists, the same for every protocol (Triton lists
+/// one set for HTTP and gRPC alike).
+pub const EXTENSIONS: [&str; 3] = ["classification", "statistics", "binary_tensor_data"];
+/// The input's datatype: one encoded image file per element.
+pub const INPUT_DATATYPE: &str = "BYTES";
+/// The input's shape in model metadata: any number of images.
+pub const INPUT_SHAPE: [i64; 1] = [-1];
+/// Each output's shape in model metadata: `[batch, k]`.
+pub const OUTPUT_SHAPE: [i64; 2] = [-1, -1];
+/// The input's data type in the model configuration.
+pub const INPUT_CONFIG_TYPE: &str = "TYPE_STRING";
+/// The input's dims in the configuration: one file per image (the batch dimension is
+/// implicit, as in Triton).
+pub const CONFIG_INPUT_DIMS: [i64; 1] = [1];
+/// Each output's dims in the configuration: `k` classes per image.
+pub const CONFIG_OUTPUT_DIMS: [i64; 1] = [-1];
 
 /// The model's outputs. Each is `[batch, k]`: the top-k classes of each image, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +71,14 @@ impl OutputName {
         match self {
             OutputName::Labels => "BYTES",
             OutputName::Probabilities => "FP32",
+        }
+    }
+
+    /// Its data type in the model configuration (Triton's `TYPE_*` names).
+    pub fn config_type(self) -> &'static str {
+        match self {
+            OutputName::Labels => "TYPE_STRING",
+            OutputName::Probabilities => "TYPE_FP32",
         }
     }
 
@@ -250,6 +276,23 @@ pub fn check_batch(shape: Option<&[i64]>, images: usize, site: &Site) -> Result<
     Ok(())
 }
 
+/// A request parser's refusal as the client sees it, counted: malformed 400, over a limit
+/// 413, the byte budget spent 503 with `Retry-After`.
+pub fn refuse_parse(site: &Site, e: ParseError) -> ApiError {
+    let (status, reason) = match &e {
+        ParseError::Invalid(_) | ParseError::Body(_) => (StatusCode::BAD_REQUEST, "malformed"),
+        ParseError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        ParseError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "bytes_busy"),
+    };
+    site.metrics.request_rejected(reason);
+    let err = ApiError::new(status, e.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        err.retry_after(site.limits.retry_after_s)
+    } else {
+        err
+    }
+}
+
 /// Classify a batch for `caller` and wait for every image. A tensor cannot have holes, so
 /// if one image fails the batch fails, with that image's index and status.
 pub async fn classify_batch(
@@ -294,10 +337,10 @@ pub fn metadata() -> Value {
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
         "inputs": [
-            { "name": INPUT_NAME, "datatype": "BYTES", "shape": [-1] }
+            { "name": INPUT_NAME, "datatype": INPUT_DATATYPE, "shape": INPUT_SHAPE }
         ],
         "outputs": OutputName::ALL.map(|o| json!({
-            "name": o.as_str(), "datatype": o.datatype(), "shape": [-1, -1]
+            "name": o.as_str(), "datatype": o.datatype(), "shape": OUTPUT_SHAPE
         })),
     })
 }
@@ -312,12 +355,12 @@ pub fn config(site: &Site) -> Value {
         "backend": PLATFORM,
         "max_batch_size": max_batch_size(site),
         "input": [
-            { "name": INPUT_NAME, "data_type": "TYPE_STRING", "dims": [1] }
+            { "name": INPUT_NAME, "data_type": INPUT_CONFIG_TYPE, "dims": CONFIG_INPUT_DIMS }
         ],
         "output": OutputName::ALL.map(|o| json!({
             "name": o.as_str(),
-            "data_type": match o { OutputName::Labels => "TYPE_STRING", OutputName::Probabilities => "TYPE_FP32" },
-            "dims": [-1],
+            "data_type": o.config_type(),
+            "dims": CONFIG_OUTPUT_DIMS,
         })),
     })
 }

@@ -74,6 +74,14 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
+    /// The gRPC listener's address (started by default with local workers).
+    pub(crate) fn grpc_addr(&self) -> std::net::SocketAddr {
+        self.site
+            .as_ref()
+            .and_then(|s| s.grpc_addr)
+            .expect("a gRPC listener")
+    }
+
     pub(crate) async fn wait_ready(&self) {
         let start = Instant::now();
         loop {
@@ -422,6 +430,11 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 }
 
 pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
+    tls_connector_for(b"http/1.1")
+}
+
+/// A connector that accepts any certificate and offers one ALPN protocol.
+pub(crate) fn tls_connector_for(alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -429,6 +442,6 @@ pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }

@@ -1,0 +1,189 @@
+//! The gRPC listener: our own TCP accept loop, a rustls handshake (the HTTPS certificate,
+//! ALPN `h2` only) and hyper's HTTP/2 server running tonic's generated service as a tower
+//! service, as [`crate::server`] runs warp's routes. tonic's own transport is not used: it
+//! would bring a second server stack, and this way gRPC connections take slots in the same
+//! [`Registry`] as HTTPS ones (one cap below the file-descriptor limit, the handshake,
+//! first-request and idle timeouts, eviction of the longest-idle), and shut down with the
+//! site.
+//!
+//! A request flows: accept → connection slot → TLS → HTTP/2 → [`Admitted`] (in flight for
+//! the idle timer; caller identified and rate limited from the metadata and the peer
+//! address, before the message is read; body wrapped in [`Paid`]) → tonic decodes the
+//! message → [`Inference`](super::service::Inference).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::Status;
+
+use super::body::{Paid, message_limit};
+use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+use super::service::Inference;
+use crate::caller::PeerAddr;
+use crate::conn::{ConnState, Registry, TrackedBody};
+use crate::server::{GRACE, next_connection};
+use crate::site::Site;
+
+/// The generated server over our service.
+type Grpc = GrpcInferenceServiceServer<Inference>;
+
+/// The TLS configuration of the gRPC listener: the HTTPS one (same certificate and key)
+/// offering only `h2`, since gRPC is HTTP/2 only.
+fn h2_only(https: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut config = https.clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Serve KServe v2 gRPC for `site` on `listener` until `shutdown` completes, with `tls`'s
+/// certificate. Connections take slots in `registry`. On shutdown: stop accepting, let
+/// open calls finish (bounded by [`GRACE`]), then close.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    registry: Arc<Registry>,
+    site: Arc<Site>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let acceptor = TlsAcceptor::from(h2_only(&tls));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // Pings find peers that vanished in the middle of a call.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(64 * 1024)
+        .max_concurrent_streams(128);
+    let grpc = GrpcInferenceServiceServer::new(Inference::new(site.clone()))
+        .max_decoding_message_size(message_limit(&site));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+            break;
+        };
+        let ticket = match registry.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::debug!(%peer, ?why, "gRPC connection refused");
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let registry = registry.clone();
+        let service = Admitted {
+            inner: grpc.clone(),
+            site: site.clone(),
+            peer,
+            state: ticket.state().clone(),
+        };
+        tokio::spawn(async move {
+            let state = ticket.state().clone();
+            let limits = *registry.limits();
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                r = handshake => r,
+                () = state.evicted() => return,
+            };
+            let tls = match tls {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "gRPC TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "gRPC TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = watcher.watch(
+                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service)),
+            );
+            tokio::select! {
+                r = conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "gRPC connection ended with error: {e}");
+                    }
+                }
+                timed_out = state.closing(&limits) => {
+                    if timed_out {
+                        registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(%peer, timed_out, "closing an idle gRPC connection");
+                }
+            }
+            drop(ticket);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("gRPC connections still open after {GRACE:?}; closing them");
+    }
+}
+
+/// The service of one gRPC connection: marks each call in flight until its response ends
+/// (the connection's idle timer waits meanwhile), admits the caller from the call's
+/// metadata and the peer address before its message is read (a caller without a valid key,
+/// or over its rate, is refused without the server buffering what it sends), and meters the
+/// body (see [`Paid`]). The [`Caller`](crate::caller::Caller) and the peer address go to
+/// the method in the request's extensions.
+#[derive(Clone)]
+pub(crate) struct Admitted {
+    inner: Grpc,
+    site: Arc<Site>,
+    peer: SocketAddr,
+    state: Arc<ConnState>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl tower_service::Service<Request<Incoming>> for Admitted {
+    type Response = Response<TrackedBody<tonic::body::Body>>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Request<Paid<Incoming>>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = self.state.begin();
+        let track = move |body| TrackedBody::new(body, in_flight);
+        let (mut parts, body) = req.into_parts();
+        match self.site.admit(&parts.headers, Some(self.peer)) {
+            Ok(caller) => {
+                parts.extensions.insert(caller);
+            }
+            Err(refused) => {
+                let resp = Status::from(refused).into_http::<tonic::body::Body>();
+                return Box::pin(std::future::ready(Ok(resp.map(track))));
+            }
+        }
+        parts.extensions.insert(PeerAddr(self.peer));
+        let req = Request::from_parts(parts, Paid::new(body, self.site.clone()));
+        let fut = tower_service::Service::call(&mut self.inner, req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(track))
+        })
+    }
+}
