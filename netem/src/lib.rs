@@ -12,6 +12,9 @@
 //! * [`control`] — the links' line-based control protocol on a loopback TCP port.
 //! * [`stats`] — mean, Student-t 95% confidence intervals, percentiles.
 //! * [`lab`] — the sweep runner behind `glimpse-lab`.
+//! * [`load`] — `glimpse-lab load`: closed- and open-loop load against a running deployment
+//!   over the JSON API, KServe v2 HTTP (binary tensors) or KServe v2 gRPC, with latency
+//!   percentiles of every request.
 //! * [`sim`] — `glimpse-lab simulate`: the dispatcher's real core driven by simulated nodes
 //!   on a virtual clock, validated against the sweeps and projected to 1,000 nodes.
 
@@ -19,6 +22,7 @@ pub mod control;
 pub mod impair;
 pub mod lab;
 pub mod link;
+pub mod load;
 pub mod relay;
 mod sched;
 pub mod sim;
