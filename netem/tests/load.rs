@@ -1,12 +1,11 @@
 //! `glimpse-lab load` end to end: a real `glimpse` front-end (one in-process synthetic worker,
 //! its generated self-signed certificate) loaded through the `glimpse-lab` binary and its
-//! `--json` report: over the JSON API, closed loop and open loop; and over KServe v2 gRPC when
-//! the front-end serves it (`glimpse --grpc-listen`).
+//! `--json` report: over the JSON API, closed loop and open loop; over KServe v2 HTTP with
+//! binary tensors; and over KServe v2 gRPC.
 //!
 //! Needs the `glimpse` binary next to glimpse-lab (`cargo build -p glimpse-site`, or
 //! `cargo nextest run --workspace`, which builds it) or in `GLIMPSE_LAB_BIN_DIR`; otherwise it
-//! prints SKIPPED and returns.
-//! The gRPC test likewise prints SKIPPED when that `glimpse` has no `--grpc-listen`.
+//! prints SKIPPED and returns, except under CI (`CI` set), where a missing binary fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,7 +24,16 @@ fn glimpse_binary() -> Option<PathBuf> {
         None => Path::new(LAB).parent()?.to_path_buf(),
     };
     let p = dir.join("glimpse");
-    p.is_file().then_some(p)
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no glimpse binary at {} under CI",
+        p.display()
+    );
+    eprintln!("SKIPPED load test: no glimpse binary next to {LAB} (cargo build -p glimpse-site)");
+    None
 }
 
 /// Runs `glimpse-lab load --url URL --insecure ARGS --json FILE` and returns the parsed report.
@@ -132,9 +140,6 @@ fn assert_clean(step: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_measures_a_real_front_end_over_json() {
     let Some(glimpse) = glimpse_binary() else {
-        eprintln!(
-            "SKIPPED load test: no glimpse binary next to {LAB} (cargo build -p glimpse-site)"
-        );
         return;
     };
     let site = start_glimpse(&glimpse, &[]).await;
@@ -198,17 +203,8 @@ async fn load_measures_a_real_front_end_over_json() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_measures_a_real_front_end_over_grpc() {
     let Some(glimpse) = glimpse_binary() else {
-        eprintln!("SKIPPED gRPC load test: no glimpse binary next to {LAB}");
         return;
     };
-    let help = std::process::Command::new(&glimpse)
-        .arg("--help")
-        .output()
-        .expect("glimpse --help runs");
-    if !String::from_utf8_lossy(&help.stdout).contains("--grpc-listen") {
-        eprintln!("SKIPPED gRPC load test: this glimpse serves no gRPC (no --grpc-listen)");
-        return;
-    }
     let grpc_port = free_tcp_port().unwrap();
     let site = start_glimpse(
         &glimpse,
@@ -239,5 +235,38 @@ async fn load_measures_a_real_front_end_over_grpc() {
     assert_eq!(
         num(&step["images_per_s"]),
         2.0 * num(&step["throughput_rps"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_measures_a_real_front_end_over_v2_binary_tensors() {
+    let Some(glimpse) = glimpse_binary() else {
+        return;
+    };
+    let site = start_glimpse(&glimpse, &[]).await;
+    let report = load(
+        &site.base,
+        site.dir.path(),
+        "v2",
+        &[
+            "--protocol",
+            "v2",
+            "--batch",
+            "3",
+            "--concurrency",
+            "2",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+        ],
+    )
+    .await;
+    assert_eq!(report["protocol"], "v2");
+    let step = &report["steps"][0];
+    assert_clean(step);
+    assert_eq!(
+        num(&step["images_per_s"]),
+        3.0 * num(&step["throughput_rps"])
     );
 }

@@ -165,12 +165,11 @@ def check_grpc(url: str, ca: str, expected_first: list) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--http", required=True, help="HOST:PORT of the HTTPS listener")
-    ap.add_argument("--grpc", help="HOST:PORT of the gRPC listener")
+    ap.add_argument("--grpc", required=True, help="HOST:PORT of the gRPC listener")
     ap.add_argument("--ca", required=True, help="PEM of the CA that signed the server certificate")
     args = ap.parse_args()
     first = check_http(args.http, args.ca)
-    if args.grpc:
-        check_grpc(args.grpc, args.ca, first)
+    check_grpc(args.grpc, args.ca, first)
     print("tritonclient: every check passed")
 
 
