@@ -1,4 +1,4 @@
-//! Replays the site's fuzz corpora (`fuzz/corpus/{multipart_upload,kserve_request}/`, and any
+//! Replays the site's fuzz corpora (`fuzz/corpus/{multipart_upload,kserve_request,kserve_binary}/`, and any
 //! regression inputs in `fuzz/crashes-found/`) through the very functions the fuzz targets
 //! run, so every CI run checks the seeds without AFL++. See fuzz/README.md.
 
@@ -7,6 +7,9 @@ mod multipart_upload;
 
 #[path = "../../fuzz/targets/kserve_request.rs"]
 mod kserve_request;
+
+#[path = "../../fuzz/targets/kserve_binary.rs"]
+mod kserve_binary;
 
 #[path = "../../fuzz/replay.rs"]
 mod replay;
@@ -19,4 +22,9 @@ fn multipart_upload_corpus_replays() {
 #[test]
 fn kserve_request_corpus_replays() {
     replay::replay("kserve_request", kserve_request::run);
+}
+
+#[test]
+fn kserve_binary_corpus_replays() {
+    replay::replay("kserve_binary", kserve_binary::run);
 }

@@ -30,6 +30,7 @@ fn main() {
     write_corpus(&root.join("corpus/model_decode"), image_seeds(&root));
     write_corpus(&root.join("corpus/multipart_upload"), multipart_seeds());
     write_corpus(&root.join("corpus/kserve_request"), kserve_seeds());
+    write_corpus(&root.join("corpus/kserve_binary"), kserve_binary_seeds());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -105,6 +106,59 @@ fn kserve_seeds() -> Seeds {
         ("bad-no-inputs", kserve(255, r#"{"id":"x"}"#)),
         ("bad-trailing", kserve(255, r#"{"inputs":[]} {}"#)),
         ("bad-truncated", kserve(3, r#"{"inputs":[{"name":"image","datatype":"BYTES","data":["b25l""#)),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// kserve_binary: one byte choosing the read size (n * 16 + 1), two bytes (LE) of header
+// length, then a JSON header and raw BYTES tensors (4-byte LE length, then the bytes)
+
+/// A binary-extension body: `header`, then `tensor`, with the header length given as
+/// `header_len` (the true one unless a seed lies about it).
+fn kserve_binary(step: u8, header: &str, header_len: Option<u16>, tensor: &[u8]) -> Vec<u8> {
+    let len = header_len.unwrap_or(u16::try_from(header.len()).expect("small header"));
+    let mut out = vec![step];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(tensor);
+    out
+}
+
+/// A raw BYTES tensor.
+fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in elements {
+        out.extend_from_slice(&u32::try_from(e.len()).expect("small").to_le_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+fn kserve_binary_seeds() -> Seeds {
+    let input = |size: usize| {
+        format!(r#"{{"inputs":[{{"name":"image","shape":[2],"datatype":"BYTES","parameters":{{"binary_data_size":{size}}}}}],"parameters":{{"binary_data_output":true}}}}"#)
+    };
+    let two = bytes_tensor(&[b"one", b"\x89PNG"]);
+    let mut lying = two.clone();
+    lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let big = vec![7u8; 5000];
+    let too_big = bytes_tensor(&[&big]);
+    let five = bytes_tensor(&[b"a", b"b", b"c", b"d", b"e"]);
+    let mut trailing = two.clone();
+    trailing.extend_from_slice(b"junk");
+    let both = r#"{"inputs":[{"name":"image","datatype":"BYTES","data":["b25l"],"parameters":{"binary_data_size":7}}]}"#;
+    vec![
+        ("ok-two-images", kserve_binary(255, &input(two.len()), None, &two)),
+        ("ok-small-reads", kserve_binary(0, &input(two.len()), None, &two)),
+        ("ok-json-data-no-binary", kserve_binary(7, r#"{"inputs":[{"name":"image","datatype":"BYTES","data":["b25l"]}]}"#, None, &[])),
+        ("bad-header-past-body", kserve_binary(255, &input(two.len()), Some(60000), &two)),
+        ("bad-length-lies", kserve_binary(255, &input(lying.len()), None, &lying)),
+        ("bad-short-tensor", kserve_binary(255, &input(two.len() + 9), None, &two)),
+        ("bad-trailing-bytes", kserve_binary(255, &input(two.len()), None, &trailing)),
+        ("bad-image-too-large", kserve_binary(255, &input(too_big.len()), None, &too_big)),
+        ("bad-too-many-images", kserve_binary(255, &input(five.len()), None, &five)),
+        ("bad-data-and-binary", kserve_binary(255, both, None, b"\x03\0\0\0one")),
+        ("bad-prefix-cut", kserve_binary(255, &input(2), None, b"\x03\0")),
     ]
 }
 

@@ -15,6 +15,7 @@
 //! * [`tls`] — one rustls configuration (`--ca`, `--insecure` or public roots) for HTTPS and
 //!   gRPC alike.
 
+mod error;
 pub mod protocol;
 pub mod report;
 pub mod schedule;
@@ -25,30 +26,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use thiserror::Error;
 use tokio::task::JoinSet;
 
+pub use error::LoadError;
 use protocol::{Target, TargetOptions};
 use report::{LoadReport, Record, StepLoad, StepReport, Window};
 use schedule::PoissonSchedule;
-
-/// Errors of `glimpse-lab load` (a request's failure is not one: it is counted in the report).
-#[derive(Debug, Error)]
-pub enum LoadError {
-    /// The options ask for something impossible: no steps, batch 0, a rate that is not a
-    /// positive number, a URL that is not `https://`.
-    #[error("usage: {0}")]
-    Usage(String),
-    /// The TLS configuration could not be built (e.g. an unreadable `--ca`).
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The client could not be built or (gRPC) could not connect.
-    #[error("client: {0}")]
-    Client(String),
-    /// A load task died (a bug).
-    #[error("load task: {0}")]
-    Task(String),
-}
 
 /// The loads of a run, one step each.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,7 +22,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::LoadError;
+use super::error::LoadError;
 use super::tls::{GrpcConnector, Trust, client_config};
 
 /// Triton's header: how many bytes of a binary-extension body are its JSON header.

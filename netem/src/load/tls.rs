@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tonic::transport::Uri;
 
-use super::LoadError;
+use super::error::LoadError;
 
 /// Whom the client trusts.
 #[derive(Debug, Clone, Default)]

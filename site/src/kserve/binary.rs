@@ -1,5 +1,6 @@
 //! Raw tensor bytes as the KServe v2 binary tensor data extension (HTTP) and gRPC's
-//! `raw_input_contents` / `raw_output_contents` lay them out: a BYTES tensor is its elements
+//! `raw_input_contents` / `raw_output_contents` lay them out, and the extension's request
+//! framing ([`parse_binary_request`]): a BYTES tensor is its elements
 //! in order, each a 4-byte little-endian length followed by that many bytes; an FP32 tensor
 //! is its values as little-endian `f32`s.
 //!
@@ -13,7 +14,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use super::parse::{ParseError, ParseLimits};
+use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 use crate::budget::Held;
 
 /// Reads the BYTES elements of one tensor of `size` bytes from `reader`. `first` is the
@@ -70,6 +71,47 @@ pub fn read_bytes_tensor<R: Read>(
         out.push((Bytes::from(bytes), held));
     }
     Ok(out)
+}
+
+/// Parse a request in the binary tensor data extension's form: a JSON header of
+/// `header_len` bytes, then the raw bytes of every input whose parameters give a
+/// `binary_data_size`, in input order, and nothing after them. Blocking, like
+/// [`parse_infer_request`].
+pub fn parse_binary_request<R: Read>(
+    mut reader: R,
+    header_len: u64,
+    limits: &ParseLimits,
+) -> Result<InferRequest, ParseError> {
+    let mut req = parse_infer_request((&mut reader).take(header_len), limits)?;
+    let mut first: usize = req.inputs.iter().map(|i| i.data.len()).sum();
+    for input in &mut req.inputs {
+        let Some(size) = input.binary_data_size else {
+            continue;
+        };
+        if input.has_data {
+            return Err(ParseError::Invalid(format!(
+                "input {:?} has both `data` and `binary_data_size`",
+                input.name
+            )));
+        }
+        if input.datatype != "BYTES" {
+            return Err(ParseError::Invalid(format!(
+                "input {:?} must be BYTES, got {:?}",
+                input.name, input.datatype
+            )));
+        }
+        input.data = read_bytes_tensor(&mut reader, size, first, limits)?;
+        input.has_data = true;
+        first += input.data.len();
+    }
+    let mut extra = [0u8; 1];
+    match reader.read(&mut extra) {
+        Ok(0) => Ok(req),
+        Ok(_) => Err(ParseError::Invalid(
+            "the body goes on past the binary data its header declares".into(),
+        )),
+        Err(e) => Err(ParseError::Body(e.to_string())),
+    }
 }
 
 /// `read_exact`, where running out of body is the client's error (a tensor shorter than it

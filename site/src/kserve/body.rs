@@ -9,9 +9,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
 
-use super::parse::{
-    InferRequest, ParseError, ParseLimits, parse_binary_request, parse_infer_request,
-};
+use super::binary::parse_binary_request;
+use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 use crate::error::ApiError;
 use crate::site::Site;
 use crate::upload::{Metered, UploadError, read_error};

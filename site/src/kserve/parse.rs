@@ -141,47 +141,6 @@ pub fn parse_infer_request<R: Read>(
     }
 }
 
-/// Parse a request in the binary tensor data extension's form: a JSON header of
-/// `header_len` bytes, then the raw bytes of every input whose parameters give a
-/// `binary_data_size`, in input order, and nothing after them. Blocking, like
-/// [`parse_infer_request`].
-pub fn parse_binary_request<R: Read>(
-    mut reader: R,
-    header_len: u64,
-    limits: &ParseLimits,
-) -> Result<InferRequest, ParseError> {
-    let mut req = parse_infer_request((&mut reader).take(header_len), limits)?;
-    let mut first: usize = req.inputs.iter().map(|i| i.data.len()).sum();
-    for input in &mut req.inputs {
-        let Some(size) = input.binary_data_size else {
-            continue;
-        };
-        if input.has_data {
-            return Err(ParseError::Invalid(format!(
-                "input {:?} has both `data` and `binary_data_size`",
-                input.name
-            )));
-        }
-        if input.datatype != "BYTES" {
-            return Err(ParseError::Invalid(format!(
-                "input {:?} must be BYTES, got {:?}",
-                input.name, input.datatype
-            )));
-        }
-        input.data = super::binary::read_bytes_tensor(&mut reader, size, first, limits)?;
-        input.has_data = true;
-        first += input.data.len();
-    }
-    let mut extra = [0u8; 1];
-    match reader.read(&mut extra) {
-        Ok(0) => Ok(req),
-        Ok(_) => Err(ParseError::Invalid(
-            "the body goes on past the binary data its header declares".into(),
-        )),
-        Err(e) => Err(ParseError::Body(e.to_string())),
-    }
-}
-
 fn from_json_error(e: serde_json::Error) -> ParseError {
     if e.is_io() {
         let io: std::io::Error = e.into();
