@@ -10,25 +10,12 @@
 //! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
-use std::io::Read;
+#[path = "../trickle.rs"]
+mod trickle;
 
 use glimpse_site::budget::ByteBudget;
 use glimpse_site::kserve::parse::{MAX_DIMS, MAX_TENSORS, ParseLimits, parse_infer_request};
-
-/// A reader that hands out at most `step` bytes per read, as the network would.
-struct Trickle<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.step).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
-    }
-}
+use trickle::Trickle;
 
 /// Runs one input; `true` when the request parsed.
 pub(crate) fn run(data: &[u8]) -> bool {

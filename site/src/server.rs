@@ -19,12 +19,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use crate::conn::{Registry, Tracked};
+use crate::conn::{ConnState, Registry, Ticket, Tracked};
 
 /// Errors of the serving layer.
 #[derive(Debug, thiserror::Error)]
@@ -185,17 +185,11 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+        let Some((tcp, peer, ticket)) =
+            next_connection(&listener, &registry, shutdown.as_mut()).await
+        else {
             break;
         };
-        let ticket = match registry.admit(peer.ip()) {
-            Ok(t) => t,
-            Err(why) => {
-                tracing::debug!(%peer, ?why, "connection refused");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -219,42 +213,13 @@ pub async fn serve(
                 )
             };
             let served = match acceptor {
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-                    let tls = tokio::select! {
-                        r = handshake => r,
-                        () = state.evicted() => return,
-                    };
-                    match tls {
-                        Ok(Ok(tls)) => Some(service(TokioIo::new(Box::new(tls) as Box<dyn Io>))),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            None
-                        }
-                        Err(_) => {
-                            registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            None
-                        }
-                    }
-                }
+                Some(acceptor) => handshake(&acceptor, tcp, &state, &registry, peer, "")
+                    .await
+                    .map(|tls| service(TokioIo::new(Box::new(tls) as Box<dyn Io>))),
                 None => Some(service(TokioIo::new(Box::new(tcp) as Box<dyn Io>))),
             };
             let Some(conn) = served else { return };
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "connection ended with error: {e}");
-                    }
-                }
-                timed_out = state.closing(&limits) => {
-                    if timed_out {
-                        registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::debug!(%peer, timed_out, "closing an idle connection");
-                }
-            }
+            run_until_closed(conn, &state, &registry, peer, "").await;
             drop(ticket);
         });
     }
@@ -267,26 +232,91 @@ pub async fn serve(
     }
 }
 
+/// The TLS handshake of a newly admitted connection (`state` is its slot), bounded by the
+/// handshake timeout and abandoned if the connection is evicted meanwhile; `None` (logged,
+/// and counted when it timed out) when it did not complete. `what` names the listener in
+/// logs (`"gRPC "`, or `""` for HTTPS).
+pub(crate) async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    state: &ConnState,
+    registry: &Registry,
+    peer: SocketAddr,
+    what: &str,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::time::timeout(registry.limits().handshake_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        r = handshake => r,
+        () = state.evicted() => return None,
+    };
+    match tls {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "{what}TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "{what}TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Drives a served connection until it ends, or until it should close: evicted, or past
+/// its header or idle deadline with no request in flight (see [`ConnState::closing`]).
+pub(crate) async fn run_until_closed<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    state: &ConnState,
+    registry: &Registry,
+    peer: SocketAddr,
+    what: &str,
+) {
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "{what}connection ended with error: {e}");
+            }
+        }
+        timed_out = state.closing(registry.limits()) => {
+            if timed_out {
+                registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%peer, timed_out, "closing an idle {what}connection");
+        }
+    }
+}
+
 /// A connection's byte stream: TLS on the public listener, plain TCP on the admin one.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-/// The next accepted connection, or `None` once `shutdown` completes. Accept errors (usually
-/// EMFILE under load) back off briefly instead of spinning.
+/// The next accepted connection that gets a slot in `registry` (with Nagle off), or `None`
+/// once `shutdown` completes. Refused connections are dropped (and logged); accept errors
+/// (usually EMFILE under load) back off briefly instead of spinning.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
+    registry: &Arc<Registry>,
     mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+) -> Option<(TcpStream, SocketAddr, Ticket)> {
     loop {
-        tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(x) => return Some(x),
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
             },
             () = &mut shutdown => return None,
+        };
+        match registry.admit(peer.ip()) {
+            Ok(ticket) => {
+                let _ = tcp.set_nodelay(true);
+                return Some((tcp, peer, ticket));
+            }
+            Err(why) => tracing::debug!(%peer, ?why, "connection refused"),
         }
     }
 }
@@ -308,11 +338,9 @@ pub async fn serve_redirect(
         .keep_alive(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+        let Some((tcp, _, ticket)) = next_connection(&listener, &registry, shutdown.as_mut()).await
+        else {
             break;
-        };
-        let Ok(ticket) = registry.admit(peer.ip()) else {
-            continue;
         };
         let builder = builder.clone();
         tokio::spawn(async move {

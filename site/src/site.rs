@@ -26,7 +26,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::sniff::check_image;
 use crate::stats::{ModelStats, StageTimes};
-use crate::throttle::{KeyedCounter, RateLimit, ShareRefused};
+use crate::throttle::{KeyedCounter, RateLimit, Share, ShareRefused};
 use crate::upload::{Intake, Upload, UploadError};
 
 impl Limits {
@@ -121,6 +121,19 @@ impl Site {
             ));
         }
         Ok(caller)
+    }
+
+    /// A slot for parsing `caller`'s inference request on a blocking thread, held while the
+    /// request is read: 429 past the caller's share, 503 past everyone's (see
+    /// [`PARSES_PER_CALLER`]). Every protocol's inference takes one.
+    pub fn parse_slot(&self, caller: &Caller) -> Result<Share, ApiError> {
+        self.parses.take(&caller.limit, 1).map_err(|refused| {
+            self.metrics.request_rejected("parses_full");
+            refused.into_api_error(
+                "inference requests being received",
+                self.limits.retry_after_s,
+            )
+        })
     }
 
     /// An upload error as the client sees it, counted.

@@ -166,16 +166,7 @@ fn images(
     };
     let data = read.map_err(|e| model::refuse_parse(site, e))?;
     model::check_batch(Some(&input.shape), data.len(), site)?;
-    Ok(data
-        .into_iter()
-        .enumerate()
-        .map(|(i, (bytes, held))| Upload {
-            name: format!("image[{i}]"),
-            content_type: None,
-            bytes,
-            held,
-        })
-        .collect())
+    Ok(model::uploads(data))
 }
 
 /// The BYTES elements of `contents`; any other typed contents are the client's mistake.

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::Inference;
 use crate::caller::PeerAddr;
 use crate::conn::{ConnState, Registry, TrackedBody};
-use crate::server::{GRACE, next_connection};
+use crate::server::{GRACE, handshake, next_connection, run_until_closed};
 use crate::site::Site;
 
 /// The generated server over our service.
@@ -71,17 +70,11 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let Some((tcp, peer)) = next_connection(&listener, shutdown.as_mut()).await else {
+        let Some((tcp, peer, ticket)) =
+            next_connection(&listener, &registry, shutdown.as_mut()).await
+        else {
             break;
         };
-        let ticket = match registry.admit(peer.ip()) {
-            Ok(t) => t,
-            Err(why) => {
-                tracing::debug!(%peer, ?why, "gRPC connection refused");
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -94,40 +87,14 @@ pub(crate) async fn serve(
         };
         tokio::spawn(async move {
             let state = ticket.state().clone();
-            let limits = *registry.limits();
-            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let tls = tokio::select! {
-                r = handshake => r,
-                () = state.evicted() => return,
-            };
-            let tls = match tls {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "gRPC TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "gRPC TLS handshake timed out");
-                    return;
-                }
+            let Some(tls) = handshake(&acceptor, tcp, &state, &registry, peer, "gRPC ").await
+            else {
+                return;
             };
             let conn = watcher.watch(
                 builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service)),
             );
-            tokio::select! {
-                r = conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "gRPC connection ended with error: {e}");
-                    }
-                }
-                timed_out = state.closing(&limits) => {
-                    if timed_out {
-                        registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::debug!(%peer, timed_out, "closing an idle gRPC connection");
-                }
-            }
+            run_until_closed(conn, &state, &registry, peer, "gRPC ").await;
             drop(ticket);
         });
     }

@@ -141,13 +141,7 @@ impl GrpcInferenceService for Inference {
         let site = &self.site;
         // Copying the images out of the message runs on a blocking thread, as the HTTP
         // parser does, under the same per-caller cap on such threads.
-        let slot = site.parses.take(&caller.limit, 1).map_err(|refused| {
-            site.metrics.request_rejected("parses_full");
-            refused.into_api_error(
-                "inference requests being received",
-                site.limits.retry_after_s,
-            )
-        })?;
+        let slot = site.parse_slot(&caller)?;
         let batch = {
             let site = site.clone();
             tokio::task::spawn_blocking(move || infer::read_request(req, &site))

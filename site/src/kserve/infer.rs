@@ -49,13 +49,7 @@ where
             Framing::Binary { header_len: h }
         }
     };
-    let slot = site.parses.take(&caller.limit, 1).map_err(|refused| {
-        site.metrics.request_rejected("parses_full");
-        refused.into_api_error(
-            "inference requests being received",
-            site.limits.retry_after_s,
-        )
-    })?;
+    let slot = site.parse_slot(caller)?;
     let req = read_request(&site, content_length, framing, body).await?;
     drop(slot);
     let plan = Plan::of(req, &site)?;
@@ -149,17 +143,7 @@ impl Plan {
             )));
         }
         model::check_batch(input.shape.as_deref(), input.data.len(), site)?;
-        let uploads = input
-            .data
-            .into_iter()
-            .enumerate()
-            .map(|(i, (bytes, held))| Upload {
-                name: format!("image[{i}]"),
-                content_type: None,
-                bytes,
-                held,
-            })
-            .collect();
+        let uploads = model::uploads(input.data);
 
         let all_binary = req.binary_data_output.unwrap_or(false);
         let mut top_k = req.top_k;

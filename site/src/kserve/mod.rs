@@ -45,6 +45,27 @@ fn model_path() -> impl Filter<Extract = (String, Option<String>), Error = Rejec
     versioned.or(plain).unify().untuple_one()
 }
 
+/// `GET v2/models/{name}[/versions/{version}]/{suffix}`, answered by `answer` once the model
+/// (and version) is known.
+fn model_get(
+    site: &Arc<Site>,
+    suffix: &'static str,
+    answer: fn(&Site) -> Response,
+) -> BoxedFilter<(Response,)> {
+    model_path()
+        .and(warp::path(suffix))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(caller(site.clone()))
+        .and(with_site(site.clone()))
+        .map(
+            move |name: String, version: Option<String>, _: Caller, site: Arc<Site>| {
+                respond(model::check_model(&name, version.as_deref()).map(|()| answer(&site)))
+            },
+        )
+        .boxed()
+}
+
 /// The `/v2/...` routes. Like `/api`, they need a key when the server has keys.
 pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Response,)> {
     let live = warp::path!("v2" / "health" / "live")
@@ -86,45 +107,11 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
             )
         })
         .boxed();
-    let model_ready = model_path()
-        .and(warp::path!("ready"))
-        .and(warp::get())
-        .and(caller(site.clone()))
-        .and(with_site(site.clone()))
-        .map(
-            |name: String, version: Option<String>, _: Caller, site: Arc<Site>| {
-                respond(model::check_model(&name, version.as_deref()).map(|()| readiness(&site)))
-            },
-        )
-        .boxed();
-    let config = model_path()
-        .and(warp::path!("config"))
-        .and(warp::get())
-        .and(caller(site.clone()))
-        .and(with_site(site.clone()))
-        .map(
-            |name: String, version: Option<String>, _: Caller, site: Arc<Site>| {
-                respond(
-                    model::check_model(&name, version.as_deref())
-                        .map(|()| ok_json(&model::config(&site))),
-                )
-            },
-        )
-        .boxed();
-    let stats = model_path()
-        .and(warp::path!("stats"))
-        .and(warp::get())
-        .and(caller(site.clone()))
-        .and(with_site(site.clone()))
-        .map(
-            |name: String, version: Option<String>, _: Caller, site: Arc<Site>| {
-                respond(
-                    model::check_model(&name, version.as_deref())
-                        .map(|()| ok_json(&model::statistics(&site.stats.snapshot()))),
-                )
-            },
-        )
-        .boxed();
+    let model_ready = model_get(&site, "ready", readiness);
+    let config = model_get(&site, "config", |site| ok_json(&model::config(site)));
+    let stats = model_get(&site, "stats", |site| {
+        ok_json(&model::statistics(&site.stats.snapshot()))
+    });
     let infer = model_path()
         .and(warp::path!("infer"))
         .and(warp::post())

@@ -5,9 +5,11 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::{Value, json};
 use warp::http::StatusCode;
 
+use crate::budget::Held;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::inference::{DEFAULT_TOP_K, MAX_TOP_K, TopLabel};
@@ -291,6 +293,20 @@ pub fn refuse_parse(site: &Site, e: ParseError) -> ApiError {
     } else {
         err
     }
+}
+
+/// A batch's images as uploads, named by their index (`image[0]`, ...), as errors name them.
+pub fn uploads(images: Vec<(Bytes, Held)>) -> Vec<Upload> {
+    images
+        .into_iter()
+        .enumerate()
+        .map(|(i, (bytes, held))| Upload {
+            name: format!("image[{i}]"),
+            content_type: None,
+            bytes,
+            held,
+        })
+        .collect()
 }
 
 /// Classify a batch for `caller` and wait for every image. A tensor cannot have holes, so
