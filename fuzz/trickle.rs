@@ -1,7 +1,7 @@
 //! A reader that hands out at most `step` bytes per read, as the network would: the KServe
-//! targets read their bodies through it, in steps the input chooses. Included with `#[path]`
-//! by each target that needs it (targets are included one by one by `glimpse-fuzz` and by
-//! the crates' corpus replay tests).
+//! targets read their bodies through it, in steps the input chooses. Declared once at the crate
+//! root of `glimpse-fuzz` and of `site/tests/fuzz_corpus.rs` (each includes it with
+//! `#[path]`), so the targets name it `super::trickle`.
 
 use std::io::Read;
 

@@ -12,6 +12,10 @@ use std::process::ExitCode;
 /// A target's entry point: `true` when the input was accepted (see fuzz/README.md).
 type Target = fn(&[u8]) -> bool;
 
+// The reader the KServe targets share (they name it `super::trickle`).
+#[path = "../trickle.rs"]
+mod trickle;
+
 // `mod <target>;` for each file in targets/, and `TARGETS`, written by build.rs.
 include!(concat!(env!("OUT_DIR"), "/targets.rs"));
 

@@ -11,13 +11,10 @@
 //! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
-#[path = "../trickle.rs"]
-mod trickle;
-
+use super::trickle::Trickle;
 use glimpse_site::budget::ByteBudget;
 use glimpse_site::kserve::binary::parse_binary_request;
 use glimpse_site::kserve::parse::ParseLimits;
-use trickle::Trickle;
 
 /// Runs one input; `true` when the request parsed.
 pub(crate) fn run(data: &[u8]) -> bool {

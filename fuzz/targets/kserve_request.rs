@@ -10,12 +10,9 @@
 //! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
-#[path = "../trickle.rs"]
-mod trickle;
-
+use super::trickle::Trickle;
 use glimpse_site::budget::ByteBudget;
 use glimpse_site::kserve::parse::{MAX_DIMS, MAX_TENSORS, ParseLimits, parse_infer_request};
-use trickle::Trickle;
 
 /// Runs one input; `true` when the request parsed.
 pub(crate) fn run(data: &[u8]) -> bool {

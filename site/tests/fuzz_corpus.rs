@@ -5,6 +5,10 @@
 #[path = "../../fuzz/targets/multipart_upload.rs"]
 mod multipart_upload;
 
+// The reader the KServe targets share (they name it `super::trickle`).
+#[path = "../../fuzz/trickle.rs"]
+mod trickle;
+
 #[path = "../../fuzz/targets/kserve_request.rs"]
 mod kserve_request;
 
