@@ -1,7 +1,7 @@
 //! Readiness as load balancers and Triton's clients ask for it: ready when at least one
 //! node with a loaded model is connected.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -20,17 +20,18 @@ pub(crate) fn nodes_ready(site: &Site) -> usize {
 
 /// `/readyz`: 200 only while a node with a loaded model is connected.
 pub(crate) fn readiness(site: &Site) -> Response {
+    readiness_with(site, json!({}))
+}
+
+/// Readiness with `fields` (a JSON object: the model's name and version, say) added.
+pub(crate) fn readiness_with(site: &Site, mut fields: Value) -> Response {
     let ready = nodes_ready(site);
+    fields["ready"] = json!(ready > 0);
+    fields["nodes_ready"] = json!(ready);
     if ready > 0 {
-        ok_json(&json!({ "ready": true, "nodes_ready": ready }))
+        ok_json(&fields)
     } else {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({
-                "ready": false,
-                "nodes_ready": 0,
-                "error": "no node with a loaded model is connected",
-            }),
-        )
+        fields["error"] = json!("no node with a loaded model is connected");
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &fields)
     }
 }

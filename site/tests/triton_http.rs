@@ -232,8 +232,12 @@ async fn versions_config_and_statistics_routes_answer_what_clients_expect() {
         assert_eq!(meta["name"], "googlenet");
         assert_eq!(meta["versions"], json!(["1"]));
     }
-    let (s, _) = h.get_json("/v2/models/googlenet/versions/1/ready").await;
+    let (s, ready) = h.get_json("/v2/models/googlenet/versions/1/ready").await;
     assert_eq!(s, 200);
+    assert_eq!(
+        (&ready["name"], &ready["version"], &ready["ready"]),
+        (&json!("googlenet"), &json!("1"), &json!(true))
+    );
     let (s, err) = h.get_json("/v2/models/googlenet/versions/2").await;
     assert_eq!(s, 404);
     assert!(err["error"].as_str().unwrap().contains("version"), "{err}");

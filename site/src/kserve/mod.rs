@@ -30,7 +30,7 @@ use warp::{Filter, Rejection};
 use crate::caller::Caller;
 use crate::error::respond;
 use crate::filters::{caller, same_origin, with_site};
-use crate::health::readiness;
+use crate::health::{readiness, readiness_with};
 use crate::reply::ok_json;
 use crate::site::Site;
 use crate::upload::byte_stream;
@@ -107,7 +107,12 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
             )
         })
         .boxed();
-    let model_ready = model_get(&site, "ready", readiness);
+    let model_ready = model_get(&site, "ready", |site| {
+        readiness_with(
+            site,
+            json!({ "name": model::MODEL_NAME, "version": model::MODEL_VERSION }),
+        )
+    });
     let config = model_get(&site, "config", |site| ok_json(&model::config(site)));
     let stats = model_get(&site, "stats", |site| {
         ok_json(&model::statistics(&site.stats.snapshot()))
