@@ -127,6 +127,29 @@ async fn start_glimpse(glimpse: &Path, extra: &[String]) -> Site {
     }
 }
 
+/// `--protocol PROTOCOL --batch BATCH` at concurrency 2 for 1.5 s after 0.5 s of warm-up.
+async fn batched(url: &str, dir: &Path, protocol: &str, batch: usize) -> serde_json::Value {
+    let batch = batch.to_string();
+    load(
+        url,
+        dir,
+        protocol,
+        &[
+            "--protocol",
+            protocol,
+            "--batch",
+            &batch,
+            "--concurrency",
+            "2",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+        ],
+    )
+    .await
+}
+
 /// The common checks of a step that should have gone perfectly.
 fn assert_clean(step: &serde_json::Value) {
     let (sent, ok) = (num(&step["sent"]), num(&step["ok"]));
@@ -211,24 +234,8 @@ async fn load_measures_a_real_front_end_over_grpc() {
         &["--grpc-listen".into(), format!("127.0.0.1:{grpc_port}")],
     )
     .await;
-    let report = load(
-        &format!("https://127.0.0.1:{grpc_port}"),
-        site.dir.path(),
-        "grpc",
-        &[
-            "--protocol",
-            "grpc",
-            "--batch",
-            "2",
-            "--concurrency",
-            "2",
-            "--warmup",
-            "0.5",
-            "--duration",
-            "1.5",
-        ],
-    )
-    .await;
+    let url = format!("https://127.0.0.1:{grpc_port}");
+    let report = batched(&url, site.dir.path(), "grpc", 2).await;
     assert_eq!(report["protocol"], "grpc");
     let step = &report["steps"][0];
     assert_clean(step);
@@ -244,24 +251,7 @@ async fn load_measures_a_real_front_end_over_v2_binary_tensors() {
         return;
     };
     let site = start_glimpse(&glimpse, &[]).await;
-    let report = load(
-        &site.base,
-        site.dir.path(),
-        "v2",
-        &[
-            "--protocol",
-            "v2",
-            "--batch",
-            "3",
-            "--concurrency",
-            "2",
-            "--warmup",
-            "0.5",
-            "--duration",
-            "1.5",
-        ],
-    )
-    .await;
+    let report = batched(&site.base, site.dir.path(), "v2", 3).await;
     assert_eq!(report["protocol"], "v2");
     let step = &report["steps"][0];
     assert_clean(step);
