@@ -53,7 +53,7 @@ use tokio::task::JoinHandle;
 pub use inference::Inference;
 pub use limits::Limits;
 pub use server::{ServerError, TlsIdentity};
-pub use site::{PARSES_PER_CALLER, PARSES_TOTAL, Site};
+pub use site::{PARSE_SLOT_WAIT, PARSES_PER_CALLER, PARSES_TOTAL, Site};
 
 use api::AdminAccess;
 use auth::KeyFile;

@@ -56,6 +56,10 @@ impl Limits {
 pub const PARSES_PER_CALLER: usize = 4;
 /// KServe requests in parsing at once, over all callers.
 pub const PARSES_TOTAL: usize = 64;
+/// How long a request waits for a parse slot before it is refused: long enough for a
+/// client's other requests to finish reading (milliseconds each), short enough that slow
+/// senders holding every slot get their refusal quickly.
+pub const PARSE_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// A job created by [`Site::submit`]; `task` is `None` for files rejected on arrival.
 pub struct Submitted {
@@ -124,10 +128,16 @@ impl Site {
     }
 
     /// A slot for parsing `caller`'s inference request on a blocking thread, held while the
-    /// request is read: 429 past the caller's share, 503 past everyone's (see
-    /// [`PARSES_PER_CALLER`]). Every protocol's inference takes one.
-    pub fn parse_slot(&self, caller: &Caller) -> Result<Share, ApiError> {
-        self.parses.take(&caller.limit, 1).map_err(|refused| {
+    /// request is read. A caller past its share (or everyone past theirs) waits up to
+    /// [`PARSE_SLOT_WAIT`] for one to come free, so a client with more requests in flight
+    /// than [`PARSES_PER_CALLER`] is queued, not refused; after that, 429 (its share) or 503
+    /// (everyone's). Every protocol's inference takes one.
+    pub async fn parse_slot(&self, caller: &Caller) -> Result<Share, ApiError> {
+        let slot = self
+            .parses
+            .take_within(&caller.limit, 1, PARSE_SLOT_WAIT)
+            .await;
+        slot.map_err(|refused| {
             self.metrics.request_rejected("parses_full");
             refused.into_api_error(
                 "inference requests being received",

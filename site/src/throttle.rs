@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
+use tokio::sync::Notify;
 
 use crate::caller::LimitKey;
 use crate::error::ApiError;
@@ -104,6 +105,8 @@ impl RateLimit {
 #[derive(Debug)]
 pub struct KeyedCounter {
     inner: Arc<Mutex<Counts>>,
+    /// Woken whenever units are given back, for [`KeyedCounter::take_within`].
+    freed: Arc<Notify>,
     per_key: usize,
     total: usize,
 }
@@ -149,8 +152,36 @@ impl KeyedCounter {
     pub fn new(per_key: usize, total: usize) -> KeyedCounter {
         KeyedCounter {
             inner: Arc::new(Mutex::new(Counts::default())),
+            freed: Arc::new(Notify::new()),
             per_key: per_key.max(1),
             total: total.max(1),
+        }
+    }
+
+    /// Take `n` units for `key`, waiting up to `wait` for them to be given back when the
+    /// caps are reached: a client with more requests in flight than its share queues
+    /// briefly instead of being refused at once, while one that holds its share for good
+    /// (a slow sender) still gets the refusal after `wait`.
+    pub async fn take_within(
+        &self,
+        key: &LimitKey,
+        n: usize,
+        wait: Duration,
+    ) -> Result<Share, ShareRefused> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before trying, so a release between the try and the wait is seen.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let refused = match self.take(key, n) {
+                Ok(share) => return Ok(share),
+                Err(refused) => refused,
+            };
+            tokio::select! {
+                () = &mut freed => {}
+                () = tokio::time::sleep_until(deadline) => return Err(refused),
+            }
         }
     }
 
@@ -168,6 +199,7 @@ impl KeyedCounter {
         *c.by_key.entry(key.clone()).or_default() += n;
         Ok(Share {
             inner: self.inner.clone(),
+            freed: self.freed.clone(),
             key: key.clone(),
             n,
         })
@@ -189,6 +221,7 @@ impl KeyedCounter {
 #[derive(Debug)]
 pub struct Share {
     inner: Arc<Mutex<Counts>>,
+    freed: Arc<Notify>,
     key: LimitKey,
     n: usize,
 }
@@ -202,6 +235,7 @@ impl Share {
         self.n -= n;
         Some(Share {
             inner: self.inner.clone(),
+            freed: self.freed.clone(),
             key: self.key.clone(),
             n,
         })
@@ -221,6 +255,8 @@ impl Drop for Share {
                 c.by_key.remove(&self.key);
             }
         }
+        drop(c);
+        self.freed.notify_waiters();
     }
 }
 
@@ -230,6 +266,27 @@ mod tests {
 
     fn key(s: &str) -> LimitKey {
         LimitKey::Key(Arc::from(s))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_share_is_waited_for_until_given_back_or_the_wait_ends() {
+        let c = Arc::new(KeyedCounter::new(1, 10));
+        let held = c.take(&key("a"), 1).unwrap();
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.take_within(&key("a"), 1, Duration::from_secs(2)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiter.is_finished(), "waits while the share is held");
+        drop(held);
+        let got = waiter.await.unwrap().expect("given back, so taken");
+        assert_eq!(c.held(&key("a")), 1);
+        let started = tokio::time::Instant::now();
+        let refused = c.take_within(&key("a"), 1, Duration::from_secs(2)).await;
+        assert_eq!(refused.unwrap_err(), ShareRefused::Caller { cap: 1 });
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        drop(got);
+        assert_eq!(c.total(), 0);
     }
 
     #[test]

@@ -654,6 +654,49 @@ async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused() {
+    // A client with more requests in flight than its share of parsing threads (Triton's
+    // perf_analyzer at concurrency 16, say) queues for a slot: here four requests hold the
+    // share until their connections drop, and the fifth, sent meanwhile, then gets its answer.
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::ready(1, 1, &[]).await;
+    let mut holding = Vec::new();
+    for _ in 0..glimpse_site::PARSES_PER_CALLER {
+        let mut tls = h.raw_tls().await;
+        tls.write_all(
+            b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\":[",
+        )
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        holding.push(tls);
+    }
+    let parses = &h.site.as_ref().expect("running").site.parses;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while parses.total() < glimpse_site::PARSES_PER_CALLER {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the share is never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png(1));
+    let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64] }] });
+    let request = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&body)
+        .send();
+    let waiting = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "queued while the share is held");
+    drop(holding);
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
     // Each KServe body is parsed on a blocking thread while it streams in: one caller gets
     // at most 4 of those at once.

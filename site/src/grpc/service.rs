@@ -141,7 +141,7 @@ impl GrpcInferenceService for Inference {
         let site = &self.site;
         // Copying the images out of the message runs on a blocking thread, as the HTTP
         // parser does, under the same per-caller cap on such threads.
-        let slot = site.parse_slot(&caller)?;
+        let slot = site.parse_slot(&caller).await?;
         let batch = {
             let site = site.clone();
             tokio::task::spawn_blocking(move || infer::read_request(req, &site))

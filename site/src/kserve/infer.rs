@@ -49,7 +49,7 @@ where
             Framing::Binary { header_len: h }
         }
     };
-    let slot = site.parse_slot(caller)?;
+    let slot = site.parse_slot(caller).await?;
     let req = read_request(&site, content_length, framing, body).await?;
     drop(slot);
     let plan = Plan::of(req, &site)?;
