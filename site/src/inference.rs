@@ -27,6 +27,18 @@ pub struct TopLabel {
     pub probability: f32,
 }
 
+#[cfg(test)]
+impl TopLabel {
+    /// A label for tests: `probability`, `index`, `label`.
+    pub(crate) fn of(probability: f32, index: u32, label: &str) -> TopLabel {
+        TopLabel {
+            index,
+            label: label.to_string(),
+            probability,
+        }
+    }
+}
+
 /// A successful classification and who produced it.
 #[derive(Debug, Clone)]
 pub struct Outcome {

@@ -381,16 +381,7 @@ async fn kserve_v2_infer_round_trip() {
         "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(png(3))] }],
         "outputs": [{ "name": "labels", "parameters": { "classification": 3 } }]
     });
-    let body: Value = h
-        .client
-        .post(h.url("/v2/models/googlenet/infer"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = h.post_json("/v2/models/googlenet/infer", &req).await;
     assert_eq!(body["outputs"].as_array().unwrap().len(), 1);
     assert_eq!(body["outputs"][0]["shape"], json!([1, 3]));
 

@@ -362,10 +362,16 @@ async fn without_keys_a_fresh_client_sees_nothing_of_anyone_elses() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // A token this server did not sign is ignored (a new identity is made instead).
+    // A token this server did not sign is ignored (a new identity is made instead). One
+    // character in the middle changes (to one it is not: replacing the last one with "A"
+    // left 1 token in 64 unchanged), so the signature no longer matches.
+    let mut forged = token.clone().into_bytes();
+    forged[10] = if forged[10] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_ne!(forged, token);
     let r = bare
         .get(h.url(&format!("/api/v1/jobs/{id}")))
-        .header("x-glimpse-client", format!("{}A", &token[..42]))
+        .header("x-glimpse-client", forged)
         .send()
         .await
         .unwrap();
@@ -653,14 +659,15 @@ async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back()
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused() {
-    // A client with more requests in flight than its share of parsing threads (Triton's
-    // perf_analyzer at concurrency 16, say) queues for a slot: here four requests hold the
-    // share until their connections drop, and the fifth, sent meanwhile, then gets its answer.
+/// Opens one KServe request per parse slot of a caller, each stalled after the start of its
+/// body, and returns once the server holds every one of the caller's slots. Probing before
+/// that would race: a probe read first takes a slot itself, and a stalled request is the one
+/// refused.
+async fn hold_every_parse_slot(
+    h: &Harness,
+) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt;
-    let h = Harness::ready(1, 1, &[]).await;
-    let mut holding = Vec::new();
+    let mut stalled = Vec::new();
     for _ in 0..glimpse_site::PARSES_PER_CALLER {
         let mut tls = h.raw_tls().await;
         tls.write_all(
@@ -669,17 +676,28 @@ async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused
         .await
         .unwrap();
         tls.flush().await.unwrap();
-        holding.push(tls);
+        stalled.push(tls);
     }
     let parses = &h.site.as_ref().expect("running").site.parses;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while parses.total() < glimpse_site::PARSES_PER_CALLER {
         assert!(
             std::time::Instant::now() < deadline,
-            "the share is never held"
+            "the stalled requests hold {} parse slots after 20 s",
+            parses.total()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    stalled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused() {
+    // A client with more requests in flight than its share of parsing threads (Triton's
+    // perf_analyzer at concurrency 16, say) queues for a slot: here four requests hold the
+    // share until their connections drop, and the fifth, sent meanwhile, then gets its answer.
+    let h = Harness::ready(1, 1, &[]).await;
+    let holding = hold_every_parse_slot(&h).await;
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png(1));
     let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64] }] });
     let request = h
@@ -700,32 +718,8 @@ async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused
 async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
     // Each KServe body is parsed on a blocking thread while it streams in: one caller gets
     // at most 4 of those at once.
-    use tokio::io::AsyncWriteExt;
     let h = Harness::ready(1, 1, &[]).await;
-    let mut stalled = Vec::new();
-    for _ in 0..glimpse_site::PARSES_PER_CALLER {
-        let mut tls = h.raw_tls().await;
-        tls.write_all(
-            b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\":[",
-        )
-        .await
-        .unwrap();
-        tls.flush().await.unwrap();
-        stalled.push(tls);
-    }
-    // The stalled requests take their slots as soon as their heads are read. Probe only
-    // once all of them hold one: a probe read first would take a slot itself, and the last
-    // stalled request would be the one refused.
-    let parses = &h.site.as_ref().expect("running").site.parses;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while parses.total() < glimpse_site::PARSES_PER_CALLER {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled requests hold {} parse slots after 20 s",
-            parses.total()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stalled = hold_every_parse_slot(&h).await;
     let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="] }] });
     let r = h
         .client

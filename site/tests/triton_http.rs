@@ -168,16 +168,7 @@ async fn classification_extension_answers_score_index_label_strings() {
                      "data": [base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png(4))] }],
         "outputs": [{ "name": "labels", "parameters": { "classification": 3 } }]
     });
-    let body: Value = h
-        .client
-        .post(h.url("/v2/models/googlenet/infer"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = h.post_json("/v2/models/googlenet/infer", &req).await;
     assert_eq!(body["outputs"][0]["data"], json!(classes));
     h.stop().await;
 }

@@ -283,19 +283,11 @@ mod tests {
     use super::*;
     use crate::inference::TopLabel;
 
-    fn label(p: f32, index: u32, label: &str) -> TopLabel {
-        TopLabel {
-            index,
-            label: label.to_string(),
-            probability: p,
-        }
-    }
-
     fn answer() -> BatchAnswer {
         BatchAnswer {
             rows: vec![
-                vec![label(0.5, 1, "a"), label(0.25, 2, "b")],
-                vec![label(0.75, 3, "c"), label(0.125, 4, "d")],
+                vec![TopLabel::of(0.5, 1, "a"), TopLabel::of(0.25, 2, "b")],
+                vec![TopLabel::of(0.75, 3, "c"), TopLabel::of(0.125, 4, "d")],
             ],
             k: 2,
         }

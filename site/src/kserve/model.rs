@@ -414,18 +414,10 @@ pub fn statistics(s: &StatsSnapshot) -> Value {
 mod tests {
     use super::*;
 
-    fn label(p: f32, index: u32, label: &str) -> TopLabel {
-        TopLabel {
-            index,
-            label: label.to_string(),
-            probability: p,
-        }
-    }
-
     #[test]
     fn classification_strings_are_score_index_label() {
         assert_eq!(
-            classification_string(&label(0.5, 281, "tabby, tabby cat")),
+            classification_string(&TopLabel::of(0.5, 281, "tabby, tabby cat")),
             "0.500000:281:tabby, tabby cat"
         );
     }
@@ -467,7 +459,7 @@ mod tests {
     #[test]
     fn outputs_take_their_own_form_or_classification_strings() {
         let answer = BatchAnswer {
-            rows: vec![vec![label(0.75, 1, "a"), label(0.25, 2, "b")]],
+            rows: vec![vec![TopLabel::of(0.75, 1, "a"), TopLabel::of(0.25, 2, "b")]],
             k: 2,
         };
         let spec = |name, class_count| OutputSpec {
@@ -494,8 +486,8 @@ mod tests {
     fn cells_take_the_first_k_of_each_row() {
         let answer = BatchAnswer {
             rows: vec![
-                vec![label(0.6, 1, "a"), label(0.3, 2, "b")],
-                vec![label(0.9, 3, "c"), label(0.1, 4, "d")],
+                vec![TopLabel::of(0.6, 1, "a"), TopLabel::of(0.3, 2, "b")],
+                vec![TopLabel::of(0.9, 3, "c"), TopLabel::of(0.1, 4, "d")],
             ],
             k: 2,
         };

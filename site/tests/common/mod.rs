@@ -160,6 +160,23 @@ impl Harness {
         (status, r.json().await.expect("JSON body"))
     }
 
+    /// POSTs `body` as JSON; the status and the JSON answer.
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
     pub(crate) async fn stop(mut self) {
         if let Some(site) = self.site.take() {
             site.shutdown().await;
