@@ -20,6 +20,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod k8s;
+
 /// Errors from generating, loading or writing certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -46,6 +48,16 @@ pub enum CertError {
     /// A file already exists and `--force` was not given.
     #[error("{0} already exists (use --force to overwrite)")]
     Exists(PathBuf),
+    /// A CA directory holds the CA certificate or its key but not both.
+    #[error(
+        "{present} exists but {missing} does not: restore it, or use an empty directory for a new CA"
+    )]
+    HalfCa {
+        /// The file that is there.
+        present: PathBuf,
+        /// The file that is missing.
+        missing: PathBuf,
+    },
     /// Filesystem error while reading or writing `path`.
     #[error("{path}: {source}")]
     Io {
@@ -173,6 +185,21 @@ impl ClusterCa {
             ips,
             &[ExtendedKeyUsagePurpose::ServerAuth],
         )
+    }
+
+    /// A node certificate with several DNS names: in Kubernetes, one certificate shared by
+    /// every node pod, naming the headless Service in all its forms ([`k8s`]). The first name
+    /// is the common name.
+    pub fn issue_node_names(
+        &self,
+        names: &[String],
+        ips: &[IpAddr],
+    ) -> Result<CertifiedKey, CertError> {
+        let cn = names.first().ok_or_else(|| CertError::InvalidName {
+            name: String::new(),
+            reason: "a node certificate needs at least one DNS name".into(),
+        })?;
+        self.issue(cn, names, ips, &[ExtendedKeyUsagePurpose::ServerAuth])
     }
 
     /// The front-end's client certificate (nodes refuse any client without one from this CA).
@@ -433,6 +460,35 @@ pub fn write_cluster(
         &https,
     )?);
     Ok(written)
+}
+
+/// The CA in `dir` (`ca.pem` + `ca.key`), or a new one written there when neither exists.
+/// Returns the CA and whether it was created. Half a CA (one file without the other) is an
+/// error rather than silently replaced: every certificate it signed would stop verifying.
+pub fn load_or_create_ca(dir: &Path) -> Result<(ClusterCa, bool), CertError> {
+    let cert = dir.join(files::CA_CERT);
+    let key = dir.join(files::CA_KEY);
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok((
+            ClusterCa::load(&read_to_string(&cert)?, &read_to_string(&key)?)?,
+            false,
+        )),
+        (false, false) => {
+            create_dir(dir)?;
+            let ca = ClusterCa::generate("Glimpse cluster CA")?;
+            write_file(dir, files::CA_CERT, &ca.cert_pem(), false)?;
+            write_file(dir, files::CA_KEY, &ca.key_pem(), true)?;
+            Ok((ca, true))
+        }
+        (true, false) => Err(CertError::HalfCa {
+            present: cert,
+            missing: key,
+        }),
+        (false, true) => Err(CertError::HalfCa {
+            present: key,
+            missing: cert,
+        }),
+    }
 }
 
 /// Issue one more node certificate with the CA already in `dir`.

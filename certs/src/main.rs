@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use glimpse_certs::{NodeSpec, issue_node_files, write_cluster};
+use glimpse_certs::k8s::{K8sLayout, k8s_secrets};
+use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, write_cluster};
 
 /// Create a cluster CA and the certificates nodes, the front-end and the HTTPS site need.
 #[derive(Debug, Parser)]
@@ -54,6 +55,54 @@ enum Command {
         #[arg(long, env = "GLIMPSE_CERTS_FORCE")]
         force: bool,
     },
+    /// Print Kubernetes Secrets (YAML, to stdout) for deploy/k8s: the CA certificate
+    /// (glimpse-ca), one node certificate shared by every node pod and naming the nodes'
+    /// headless Service (glimpse-node-tls), the front-ends' client certificate
+    /// (glimpse-frontend-client) and their HTTPS certificate (glimpse-https).
+    ///
+    /// Usage: glimpse-certs k8s --ca-dir ./glimpse-ca > secrets.yaml && kubectl apply -f
+    /// secrets.yaml. The output holds private keys: apply it, then delete it.
+    K8s {
+        /// Namespace of the Secrets and Services. Default: glimpse (as in deploy/k8s).
+        #[arg(long, env = "GLIMPSE_CERTS_NAMESPACE", default_value = "glimpse")]
+        namespace: String,
+        /// The nodes' headless Service, whose names the node certificate carries (short,
+        /// NAME.NAMESPACE, NAME.NAMESPACE.svc and the FQDN). Default: glimpse-node.
+        #[arg(
+            long,
+            env = "GLIMPSE_CERTS_NODE_SERVICE",
+            default_value = "glimpse-node"
+        )]
+        node_service: String,
+        /// The front-ends' Service, whose names the HTTPS certificate carries (plus localhost
+        /// for kubectl port-forward). Default: glimpse.
+        #[arg(
+            long,
+            env = "GLIMPSE_CERTS_FRONTEND_SERVICE",
+            default_value = "glimpse"
+        )]
+        frontend_service: String,
+        /// The cluster's DNS domain. Default: cluster.local (kubelet's default).
+        #[arg(
+            long,
+            env = "GLIMPSE_CERTS_CLUSTER_DOMAIN",
+            default_value = "cluster.local"
+        )]
+        cluster_domain: String,
+        /// Extra DNS names for the HTTPS certificate (a public host name); repeatable.
+        /// Default: none.
+        #[arg(
+            long = "site-name",
+            env = "GLIMPSE_CERTS_SITE_NAMES",
+            value_delimiter = ' '
+        )]
+        site_names: Vec<String>,
+        /// Keep the CA here: reuse ca.pem/ca.key if present, else create them (so later runs
+        /// issue certificates the running cluster still trusts). Default: none, a throwaway
+        /// CA whose key is discarded (re-run to rotate everything at once).
+        #[arg(long, env = "GLIMPSE_CERTS_CA_DIR")]
+        ca_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +115,37 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let written = match cli.command {
+        Command::K8s {
+            namespace,
+            node_service,
+            frontend_service,
+            cluster_domain,
+            site_names,
+            ca_dir,
+        } => {
+            let ca = match &ca_dir {
+                Some(dir) => {
+                    let (ca, created) = load_or_create_ca(dir)
+                        .with_context(|| format!("the CA in {}", dir.display()))?;
+                    let verb = if created { "created" } else { "reused" };
+                    tracing::info!(dir = %dir.display(), "{verb} the cluster CA");
+                    ca
+                }
+                None => {
+                    tracing::warn!("no --ca-dir: the CA key is discarded after signing");
+                    ClusterCa::generate("Glimpse cluster CA")?
+                }
+            };
+            let layout = K8sLayout {
+                namespace,
+                node_service,
+                frontend_service,
+                cluster_domain,
+                site_names,
+            };
+            print!("{}", k8s_secrets(&ca, &layout)?);
+            return Ok(());
+        }
         Command::Init {
             dir,
             nodes,
