@@ -30,3 +30,18 @@ cargo_target_dir() {
   cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
 }
+
+# A virtualenv with the offline Kubernetes validator (its JSON schemas are bundled), yamllint
+# and PyYAML (which image-test uses to read the manifests), kept in TARGET_DIR/deploy-venv.
+# Prints the venv's directory. Needs PyPI the first time.
+deploy_venv() {
+  local venv
+  venv="$(cargo_target_dir)/deploy-venv"
+  if [ ! -x "$venv/bin/python" ] \
+    || ! "$venv/bin/python" -c 'import kubernetes_validate, yamllint, yaml' 2>/dev/null; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "kubernetes-validate==1.37.0" "yamllint==1.38.0" >&2
+  fi
+  printf '%s\n' "$venv"
+}
