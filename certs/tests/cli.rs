@@ -188,3 +188,128 @@ fn bad_names_and_missing_ca_are_errors() {
     assert!(!no_ca.status.success());
     assert!(String::from_utf8_lossy(&no_ca.stderr).contains("ca.pem"));
 }
+
+/// The PEM values of `glimpse-certs k8s` output, by (Secret name, key), read as a kubelet
+/// would mount them: each `  key: |` line, then the lines indented by four spaces.
+fn k8s_secret_files(yaml: &str) -> std::collections::BTreeMap<(String, String), String> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut secret = String::new();
+    let mut current: Option<(String, String)> = None;
+    for line in yaml.lines() {
+        if let Some(v) = line.strip_prefix("    ")
+            && let Some(key) = &current
+        {
+            files
+                .entry(key.clone())
+                .or_insert_with(String::new)
+                .push_str(&format!("{v}\n"));
+            continue;
+        }
+        current = None;
+        if let Some(name) = line.strip_prefix("  name: ") {
+            secret = name.to_string();
+        } else if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(": |")) {
+            current = Some((secret.clone(), key.to_string()));
+        }
+    }
+    files
+}
+
+#[test]
+fn k8s_secrets_verify_for_the_service_names_and_reuse_the_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("ca");
+    let run = || {
+        let out = certs()
+            .args(["k8s", "--namespace", "prod", "--node-service", "workers"])
+            .args(["--site-name", "glimpse.example.com", "--ca-dir"])
+            .arg(&ca_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        k8s_secret_files(&String::from_utf8(out.stdout).unwrap())
+    };
+    let first = run();
+    let key = |s: &str, k: &str| (s.to_string(), k.to_string());
+    let ca = &first[&key("glimpse-ca", "ca.crt")];
+    assert_eq!(*ca, std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap());
+    #[cfg(unix)]
+    assert_eq!(mode(&ca_dir.join("ca.key")), 0o600);
+    assert_eq!(first[&key("glimpse-node-tls", "ca.crt")], *ca);
+    assert_eq!(first[&key("glimpse-frontend-client", "ca.crt")], *ca);
+
+    // Write them as files and verify them like the front-end and a browser would.
+    let dir = tmp.path().join("mounted");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(
+        dir.join("node.pem"),
+        &first[&key("glimpse-node-tls", "tls.crt")],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("https.pem"),
+        &first[&key("glimpse-https", "tls.crt")],
+    )
+    .unwrap();
+    for name in [
+        "workers",
+        "workers.prod",
+        "workers.prod.svc",
+        "workers.prod.svc.cluster.local",
+    ] {
+        verify_server(&dir, "node.pem", name).unwrap();
+    }
+    assert!(verify_server(&dir, "node.pem", "workers.other.svc.cluster.local").is_err());
+    assert!(verify_server(&dir, "node.pem", "glimpse.prod.svc").is_err());
+    for name in [
+        "glimpse.prod.svc",
+        "glimpse.example.com",
+        "localhost",
+        "127.0.0.1",
+    ] {
+        verify_server(&dir, "https.pem", name).unwrap();
+    }
+    for (s, k) in [
+        ("glimpse-node-tls", "tls.key"),
+        ("glimpse-frontend-client", "tls.key"),
+        ("glimpse-https", "tls.key"),
+    ] {
+        glimpse_certs::parse_key(&first[&key(s, k)], k).unwrap();
+    }
+    // The CA key stays in --ca-dir, never in the output.
+    let ca_key = std::fs::read_to_string(ca_dir.join("ca.key")).unwrap();
+    let ca_key_body = ca_key.lines().nth(1).unwrap();
+    assert!(first.values().all(|pem| !pem.contains(ca_key_body)));
+
+    // A second run signs new leaves with the same CA (the running cluster still trusts them).
+    let second = run();
+    assert_eq!(second[&key("glimpse-ca", "ca.crt")], *ca);
+    assert_ne!(
+        second[&key("glimpse-node-tls", "tls.key")],
+        first[&key("glimpse-node-tls", "tls.key")]
+    );
+}
+
+#[test]
+fn k8s_refuses_half_a_ca_and_bad_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ca.pem"), "x").unwrap();
+    let half = certs()
+        .args(["k8s", "--ca-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("ca.key"));
+    let bad = certs()
+        .args(["k8s", "--namespace", "Prod.x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(bad.stdout.is_empty());
+}
