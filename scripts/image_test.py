@@ -355,10 +355,31 @@ def main() -> None:
         log(f"classified {opts.sample.name} x{len(samples)}: top-1 {top['label']} "
             f"({top['probability']:.3f}), node {results[0]['node']}, warning {results[0].get('warning')!r}")
 
-        # SIGTERM with the manifest's grace period: the front-end should exit cleanly in time.
+        # SIGTERM as the kubelet sends it. With a shutdown grace (GLIMPSE_SHUTDOWN_GRACE_S),
+        # the readiness probe must fail first while the process still serves, so the
+        # Service stops routing to it; then it must exit within terminationGracePeriodSeconds.
         grace = int(fe_dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
         t0 = time.monotonic()
-        pm.run("stop", "-t", str(grace), "glimpse-0")
+        if image_has_flag(pm, opts.image, ["glimpse"], "--shutdown-grace-s"):
+            pm.run("kill", "--signal", "TERM", "glimpse-0")
+            ready_path = fe_c["readinessProbe"]["httpGet"]["path"]
+            live_path = fe_c["livenessProbe"]["httpGet"]["path"]
+            while True:
+                status, _ = http_get("HTTPS", https, ready_path, ctx)
+                if status == 503:
+                    break
+                if time.monotonic() - t0 > 10:
+                    raise SystemExit(f"image-test: {ready_path} still {status} 10 s after SIGTERM")
+                time.sleep(0.1)
+            live, _ = http_get("HTTPS", https, live_path, ctx)
+            log(f"after SIGTERM: {ready_path} 503, {live_path} {live} (still serving)")
+            # Then it exits by itself (no second signal) before the kubelet would kill it.
+            try:
+                subprocess.run(["podman", *pm.global_args, "wait", "glimpse-0"],
+                               capture_output=True, timeout=grace, check=True)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"image-test: front-end still running {grace} s after SIGTERM")
+        pm.run("stop", "-t", str(grace), "glimpse-0")  # no-op when it has exited
         code = pm.run("inspect", "-f", "{{.State.ExitCode}}", "glimpse-0").strip()
         log(f"front-end stopped by SIGTERM in {time.monotonic() - t0:.1f} s (exit {code}, grace {grace} s)")
         if code not in ("0", "143"):
