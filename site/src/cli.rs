@@ -142,8 +142,11 @@ pub struct Cli {
     /// Model of the local workers. Default: googlenet.
     #[arg(long, env = "GLIMPSE_MODEL", value_enum, default_value = "googlenet")]
     pub model: ModelChoice,
-    /// GoogLeNet weights for local workers: `auto` (cached torchvision file), a `.pth`
-    /// path, or `random` (untrained; the page warns loudly). Default: auto.
+    /// GoogLeNet weights for local workers: `auto` (torchvision's file from the cache
+    /// directory, downloaded once with a SHA-256 check), a path to a torchvision `.pth` or to
+    /// the Burn-native `.bpk` copy kept beside it, or `random[:SEED]` (seeded untrained
+    /// weights; the page warns loudly). Offline without a copy: `--model synthetic`.
+    /// Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
     /// Inference backend for local workers: `ndarray` or `flex`. Default: the model
