@@ -40,9 +40,15 @@ mod tests {
             url: "https://example.invalid/googlenet-1378be20.pth".into(),
             reason: "no route to host".into(),
         });
-        let report = format!("{:#}", anyhow::Error::from(err).context("starting the cluster"));
+        let report = format!(
+            "{:#}",
+            anyhow::Error::from(err).context("starting the cluster")
+        );
         assert_eq!(report.matches("no route to host").count(), 1, "{report}");
-        assert!(report.starts_with("starting the cluster: loading the model: "), "{report}");
+        assert!(
+            report.starts_with("starting the cluster: loading the model: "),
+            "{report}"
+        );
         for way_out in ["--weights PATH", "--weights random", "--model synthetic"] {
             assert!(report.contains(way_out), "{way_out} missing from: {report}");
         }
