@@ -16,6 +16,8 @@ pub enum ClusterError {
     Model(#[from] glimpse_model::ModelError),
     #[error("dispatcher: {0}")]
     Transport(#[from] glimpse_transport::TransportError),
+    #[error("node discovery: {0}")]
+    Discovery(String),
     #[error("resolving {target}: {source}")]
     Resolve {
         target: String,
