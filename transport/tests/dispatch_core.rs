@@ -637,7 +637,10 @@ fn a_node_listed_again_rejoins_and_slots_are_reused_under_churn() {
     assert_eq!(change.joined, vec![0]);
     assert_eq!(c.state(0), glimpse_transport::NodeState::Connecting);
     // Duplicates count once; listing the same set again changes nothing.
-    assert!(c.set_members(&[endpoint("a", 1), endpoint("a", 1)]).is_empty());
+    assert!(
+        c.set_members(&[endpoint("a", 1), endpoint("a", 1)])
+            .is_empty()
+    );
     // The same address under another name is another node.
     let change = c.set_members(&[endpoint("other", 1)]);
     assert_eq!((change.joined.len(), change.removed), (1, vec![0]));

@@ -9,9 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -149,7 +147,10 @@ impl DnsResolver {
 fn classify(e: &NetError) -> DnsAnswer {
     match e {
         NetError::Dns(DnsError::NoRecordsFound(no))
-            if matches!(no.response_code, ResponseCode::NXDomain | ResponseCode::NoError) =>
+            if matches!(
+                no.response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            ) =>
         {
             DnsAnswer::Addresses(Vec::new())
         }

@@ -96,12 +96,40 @@ impl Membership {
     }
 }
 
+/// Records a source's outcome; returns the failure to log when it is new (a repeat of the
+/// last one is only logged at debug level).
+fn note(last: &mut Option<String>, source: &str, result: Result<(), String>) -> Option<String> {
+    match result {
+        Ok(()) => {
+            if last.take().is_some() {
+                info!(source, "node discovery source works again");
+            }
+            None
+        }
+        Err(e) if last.as_deref() == Some(e.as_str()) => {
+            tracing::debug!(error = %e, "node discovery source still failing");
+            None
+        }
+        Err(e) => {
+            *last = Some(e.clone());
+            Some(e)
+        }
+    }
+}
+
+fn names_len(m: &Membership) -> usize {
+    m.dns.len()
+}
+
 /// The discovery loop's state: the membership and the sources it asks.
 pub struct Discovery {
     membership: Membership,
     resolver: Option<DnsResolver>,
     file: Option<NodesFile>,
     interval: Duration,
+    /// The last failure of each source (the DNS names in order, then the file), so a
+    /// failure that lasts is logged once as a warning, not every round.
+    failures: Vec<Option<String>>,
     #[cfg(unix)]
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -110,7 +138,10 @@ impl Discovery {
     /// Sets the sources up and runs a first round. A name that does not resolve yet is
     /// fine (its nodes may come later); a nodes file that cannot be read or parsed now is
     /// an error, since there is no last good list to keep.
-    pub async fn start(args: &DiscoveryArgs, fixed: Vec<NodeEndpoint>) -> Result<Discovery, String> {
+    pub async fn start(
+        args: &DiscoveryArgs,
+        fixed: Vec<NodeEndpoint>,
+    ) -> Result<Discovery, String> {
         let resolver = if args.node_dns.is_empty() {
             None
         } else {
@@ -131,6 +162,7 @@ impl Discovery {
             resolver,
             file: args.nodes_file.clone().map(NodesFile::new),
             interval: args.interval(),
+            failures: vec![None; args.node_dns.len() + 1],
             #[cfg(unix)]
             hangup,
         };
@@ -159,14 +191,21 @@ impl Discovery {
             let answers =
                 futures_util::future::join_all(names.iter().map(|n| resolver.lookup(n))).await;
             for (i, (name, answer)) in names.iter().zip(answers).enumerate() {
-                if let Err(e) = self.membership.on_dns(i, answer) {
+                let result = self.membership.on_dns(i, answer);
+                if let Some(e) = note(&mut self.failures[i], &name.name, result) {
                     warn!(name = %name, error = %e, "node DNS lookup failed; keeping the last known addresses");
                 }
             }
         }
         if let Some(f) = self.file.as_mut() {
             let read = f.read(force).await;
-            if let Err(e) = self.membership.on_file(read) {
+            let result = self.membership.on_file(read);
+            let source = f.path().display().to_string();
+            if let Some(e) = note(
+                &mut self.failures[names_len(&self.membership)],
+                &source,
+                result,
+            ) {
                 warn!(path = %f.path().display(), error = %e, "nodes file not applied; keeping the last good list");
             }
         }
@@ -244,8 +283,11 @@ mod tests {
         m.on_dns(0, ips(&[])).unwrap();
         assert_eq!(m.endpoints(), vec![ep("fixed", "10.0.0.9:1")]);
         // The file's list joins the union; a bad file keeps it; duplicates count once.
-        m.on_file(FileRead::Nodes(vec![ep("f", "10.0.1.1:1"), ep("fixed", "10.0.0.9:1")]))
-            .unwrap();
+        m.on_file(FileRead::Nodes(vec![
+            ep("f", "10.0.1.1:1"),
+            ep("fixed", "10.0.0.9:1"),
+        ]))
+        .unwrap();
         assert_eq!(m.endpoints().len(), 2);
         assert!(m.on_file(FileRead::Bad("line 3: nonsense".into())).is_err());
         m.on_file(FileRead::Unchanged).unwrap();

@@ -127,7 +127,12 @@ impl Dispatcher {
             let change = c.set_members(nodes);
             let name = |i: &usize| c.endpoint(*i).clone();
             let endpoints = Membership {
-                joined: change.joined.iter().chain(&change.rejoined).map(name).collect(),
+                joined: change
+                    .joined
+                    .iter()
+                    .chain(&change.rejoined)
+                    .map(name)
+                    .collect(),
                 removed: change.removed.iter().map(name).collect(),
             };
             (change, endpoints)
@@ -139,7 +144,9 @@ impl Dispatcher {
         for &i in &change.joined {
             tokio::spawn(node::supervise(self.shared.clone(), i, signal.clone()));
         }
-        self.shared.membership.send_modify(|n| *n = n.wrapping_add(1));
+        self.shared
+            .membership
+            .send_modify(|n| *n = n.wrapping_add(1));
         self.shared.changed.notify_waiters();
         endpoints
     }
