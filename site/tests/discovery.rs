@@ -174,7 +174,7 @@ async fn nodes(site: &Spawned) -> Vec<Value> {
     body["nodes"].as_array().cloned().unwrap_or_default()
 }
 
-fn node_at<'a>(nodes: &'a [Value], ip: Ipv4Addr) -> Option<&'a Value> {
+fn node_at(nodes: &[Value], ip: Ipv4Addr) -> Option<&Value> {
     nodes.iter().find(|n| {
         n["addr"]
             .as_str()
