@@ -125,15 +125,20 @@ pub struct Cli {
         conflicts_with = "local_workers"
     )]
     pub nodes: Vec<NodeArg>,
-    /// Cluster CA certificate (PEM) that signed the nodes. Required with --node.
+    /// Cluster CA certificate (PEM) that signed the nodes. Required with --node, --node-dns
+    /// and --nodes-file.
     #[arg(long, env = "GLIMPSE_CA")]
     pub ca: Option<PathBuf>,
-    /// This front-end's client certificate (PEM) for mutual TLS with nodes. Required with --node.
+    /// This front-end's client certificate (PEM) for mutual TLS with nodes. Required with
+    /// --node, --node-dns and --nodes-file.
     #[arg(long, env = "GLIMPSE_CERT")]
     pub cert: Option<PathBuf>,
-    /// Private key (PEM) for --cert. Required with --node.
+    /// Private key (PEM) for --cert. Required with --node, --node-dns and --nodes-file.
     #[arg(long, env = "GLIMPSE_KEY")]
     pub key: Option<PathBuf>,
+    /// Live node discovery: --node-dns, --dns-server, --nodes-file, --discovery-interval-s.
+    #[command(flatten)]
+    pub discovery: crate::discovery::args::DiscoveryArgs,
 
     /// Start N nodes in this process on loopback QUIC with throwaway certificates (same
     /// dispatch path as remote nodes). Default: 0.

@@ -20,6 +20,8 @@ pub enum ClusterError {
     Model(#[from] glimpse_model::ModelError),
     #[error("dispatcher")]
     Transport(#[from] glimpse_transport::TransportError),
+    #[error("node discovery: {0}")]
+    Discovery(String),
     #[error("resolving {target}")]
     Resolve {
         target: String,
