@@ -173,8 +173,9 @@ pub enum ModelError {
     /// (network failure, or downloading disabled in [`LoadOptions`]).
     #[error(
         "no GoogLeNet weights: none cached at {cached} and downloading {url} failed ({reason}). \
-         Pass --weights PATH with a copy of googlenet-1378be20.pth, or --weights random for \
-         untrained weights (transport tests only; labels are meaningless)"
+         Pass --weights PATH with a copy of googlenet-1378be20.pth (or its .bpk), \
+         --weights random[:SEED] for untrained weights (labels are meaningless), or \
+         --model synthetic to run without a model"
     )]
     WeightsUnavailable {
         /// Where the cached `.pth` was expected.

@@ -258,8 +258,10 @@ pub struct ServeArgs {
     /// Name announced to front-ends. Default: this machine's hostname.
     #[arg(long, env = "GLIMPSE_NODE_ID")]
     pub node_id: Option<String>,
-    /// GoogLeNet weights: `auto` (cached torchvision file, downloaded once with a SHA-256
-    /// check), a path to a `.pth`, or `random` (untrained, for transport tests). Default: auto.
+    /// GoogLeNet weights: `auto` (torchvision's file from the cache directory, downloaded
+    /// once with a SHA-256 check), a path to a torchvision `.pth` or to the Burn-native `.bpk`
+    /// copy kept beside it, or `random[:SEED]` (seeded untrained weights, for transport
+    /// tests). Offline without a copy: `--model synthetic`. Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
     /// Compute backend: `ndarray` or `flex`. Default: the faster one measured (glimpse-model's

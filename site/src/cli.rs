@@ -125,15 +125,20 @@ pub struct Cli {
         conflicts_with = "local_workers"
     )]
     pub nodes: Vec<NodeArg>,
-    /// Cluster CA certificate (PEM) that signed the nodes. Required with --node.
+    /// Cluster CA certificate (PEM) that signed the nodes. Required with --node, --node-dns
+    /// and --nodes-file.
     #[arg(long, env = "GLIMPSE_CA")]
     pub ca: Option<PathBuf>,
-    /// This front-end's client certificate (PEM) for mutual TLS with nodes. Required with --node.
+    /// This front-end's client certificate (PEM) for mutual TLS with nodes. Required with
+    /// --node, --node-dns and --nodes-file.
     #[arg(long, env = "GLIMPSE_CERT")]
     pub cert: Option<PathBuf>,
-    /// Private key (PEM) for --cert. Required with --node.
+    /// Private key (PEM) for --cert. Required with --node, --node-dns and --nodes-file.
     #[arg(long, env = "GLIMPSE_KEY")]
     pub key: Option<PathBuf>,
+    /// Live node discovery: --node-dns, --dns-server, --nodes-file, --discovery-interval-s.
+    #[command(flatten)]
+    pub discovery: crate::discovery::args::DiscoveryArgs,
 
     /// Start N nodes in this process on loopback QUIC with throwaway certificates (same
     /// dispatch path as remote nodes). Default: 0.
@@ -142,8 +147,11 @@ pub struct Cli {
     /// Model of the local workers. Default: googlenet.
     #[arg(long, env = "GLIMPSE_MODEL", value_enum, default_value = "googlenet")]
     pub model: ModelChoice,
-    /// GoogLeNet weights for local workers: `auto` (cached torchvision file), a `.pth`
-    /// path, or `random` (untrained; the page warns loudly). Default: auto.
+    /// GoogLeNet weights for local workers: `auto` (torchvision's file from the cache
+    /// directory, downloaded once with a SHA-256 check), a path to a torchvision `.pth` or to
+    /// the Burn-native `.bpk` copy kept beside it, or `random[:SEED]` (seeded untrained
+    /// weights; the page warns loudly). Offline without a copy: `--model synthetic`.
+    /// Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
     /// Inference backend for local workers: `ndarray` or `flex`. Default: the model

@@ -167,6 +167,8 @@ fn map_error(e: DispatchError) -> Failure {
 fn node_view(n: NodeStatus) -> NodeView {
     let state = match n.state {
         NodeState::Connecting => "connecting",
+        // Out of the membership: finishing its images, no new work; gone once idle.
+        _ if n.removed => "removed",
         NodeState::Ready if n.silent => "silent",
         NodeState::Ready => "ready",
         NodeState::Draining => "draining",
@@ -195,6 +197,8 @@ pub struct Cluster {
     /// Inference through the dispatcher, for the site.
     pub inference: Arc<DispatchInference>,
     workers: Workers,
+    /// The task following --node-dns / --nodes-file, if any.
+    discovery: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -205,6 +209,9 @@ impl Cluster {
 
     /// Close the dispatcher's connections, then drain and stop the local workers.
     pub async fn shutdown(self) {
+        if let Some(d) = &self.discovery {
+            d.abort();
+        }
         self.inference.dispatcher.shutdown();
         self.workers.stop().await;
     }
@@ -236,12 +243,13 @@ pub async fn build(cli: &Cli) -> Result<Cluster, ClusterError> {
         Ok(Cluster {
             inference: Arc::new(DispatchInference::new(dispatcher)),
             workers: local.workers,
+            discovery: None,
         })
-    } else if !cli.nodes.is_empty() {
+    } else if !cli.nodes.is_empty() || cli.discovery.any() {
         remote(cli).await
     } else {
         Err(ClusterError::Config(
-            "no nodes: pass --local-workers N, or --node NAME=HOST:PORT with --ca, --cert and --key".to_string(),
+            "no nodes: pass --local-workers N, or --node NAME=HOST:PORT, --node-dns NAME:PORT or --nodes-file PATH with --ca, --cert and --key".to_string(),
         ))
     }
 }
@@ -249,7 +257,7 @@ pub async fn build(cli: &Cli) -> Result<Cluster, ClusterError> {
 async fn remote(cli: &Cli) -> Result<Cluster, ClusterError> {
     let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
         return Err(ClusterError::Config(
-            "--node needs --ca, --cert and --key".to_string(),
+            "--node, --node-dns and --nodes-file need --ca, --cert and --key".to_string(),
         ));
     };
     let ca = glimpse_certs::load_certs_file(ca)?;
@@ -273,9 +281,18 @@ async fn remote(cli: &Cli) -> Result<Cluster, ClusterError> {
             addr,
         });
     }
+    let (endpoints, discovery) = if cli.discovery.any() {
+        let d = crate::discovery::Discovery::start(&cli.discovery, endpoints)
+            .await
+            .map_err(ClusterError::Discovery)?;
+        (d.endpoints(), Some(d))
+    } else {
+        (endpoints, None)
+    };
     let config = dispatcher_config(cli, DispatcherConfig::new(endpoints, ca, chain, key));
     let dispatcher = Dispatcher::start(config)?;
     Ok(Cluster {
+        discovery: discovery.map(|d| d.spawn(dispatcher.clone())),
         inference: Arc::new(DispatchInference::new(dispatcher)),
         workers: Workers::none(),
     })

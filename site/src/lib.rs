@@ -18,6 +18,7 @@ pub mod cli;
 pub mod cluster;
 mod cluster_error;
 pub mod conn;
+pub mod discovery;
 mod error;
 mod events;
 mod filters;

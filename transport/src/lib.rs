@@ -24,8 +24,8 @@ mod types;
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};
 pub use config::{CongestionControl, DEFAULT_MAX_IMAGE_BYTES, TransportTuning};
 pub use dispatcher::{
-    Classified, DispatchError, DispatchStats, Dispatcher, DispatcherConfig, NodeEndpoint,
-    NodeState, NodeStatus, Progress,
+    Classified, DispatchError, DispatchStats, Dispatcher, DispatcherConfig, Membership,
+    NodeEndpoint, NodeState, NodeStatus, Progress,
 };
 pub use error::TransportError;
 pub use server::{NodeServer, NodeServerConfig};

@@ -536,3 +536,123 @@ fn an_abandoned_request_gives_back_the_credit_it_held() {
     req.abandon(&mut b.c);
     assert_eq!(b.c.outstanding(0), 0);
 }
+
+// Membership: nodes joining and leaving while requests run.
+
+fn endpoint(name: &str, port: u16) -> NodeEndpoint {
+    NodeEndpoint {
+        name: name.into(),
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+#[test]
+fn placement_never_picks_a_node_that_left() {
+    let mut c: Cluster<u32> = Cluster::new([endpoint("a", 1), endpoint("b", 2)]);
+    c.set_ready(0, info(4, true));
+    c.set_ready(1, info(4, true));
+    let change = c.set_members(&[endpoint("b", 2)]);
+    assert_eq!(change.removed, vec![0]);
+    assert!(change.joined.is_empty() && change.rejoined.is_empty());
+    assert!(!c.is_listed(0) && c.is_listed(1));
+    assert_eq!((c.len(), c.ready_count(), c.usable_count()), (1, 1, 1));
+    let mut rng = SmallRng::seed_from_u64(1);
+    for token in 0..200 {
+        // Even as a last resort (it failed nothing, but "failed" lists it) it is never picked.
+        let failed = [0];
+        let node = c.wait_or_grant(token, &failed, &mut rng);
+        assert_eq!(node, Some(1), "only the listed node takes work");
+        c.release(1);
+    }
+    // With the only listed node gone too, requests wait rather than go to a leaving node.
+    c.set_members(&[]);
+    assert!(c.is_empty());
+    assert_eq!(c.wait_or_grant(7, &[], &mut rng), None);
+    assert_eq!(c.waiting(), 1);
+    // The status still shows both, as removed.
+    let status = c.status();
+    assert_eq!(status.len(), 2);
+    assert!(status.iter().all(|n| n.removed));
+}
+
+#[test]
+fn a_node_that_left_finishes_its_work_then_its_slot_is_freed() {
+    let mut b = Bench::new(2, 4, true);
+    let (mut req, actions) = b.start(Policy::default(), 0, 1);
+    let open = opens(&actions).remove(0);
+    let leaving = open.node;
+    let staying = 1 - leaving;
+    let keep = b.c.endpoint(staying).clone();
+    b.c.set_members(&[keep]);
+    // Its credit is still out: the slot cannot be freed yet.
+    assert!(!b.c.reclaim(leaving));
+    // The attempt answers normally, from the node that left.
+    let actions = b.end(&mut req, 10, &open, Ok(()));
+    let won = done(&actions).expect("done").expect("answered");
+    assert_eq!(won.node, leaving);
+    assert_eq!(won.node_name, format!("n{leaving}"));
+    // Idle now: the slot is freed, and disappears from the status.
+    assert!(b.c.reclaim(leaving));
+    assert!(!b.c.reclaim(leaving), "freed once");
+    assert_eq!(b.c.status().len(), 1);
+    // A new request goes to the remaining node.
+    let (_req, actions) = b.start(Policy::default(), 20, 2);
+    assert_eq!(opens(&actions)[0].node, staying);
+}
+
+#[test]
+fn a_node_that_left_and_failed_moves_its_image_elsewhere() {
+    let mut b = Bench::new(2, 4, true);
+    let (mut req, actions) = b.start(Policy::default(), 0, 1);
+    let open = opens(&actions).remove(0);
+    let staying = 1 - open.node;
+    let keep = b.c.endpoint(staying).clone();
+    b.c.set_members(&[keep]);
+    let failure = Failure {
+        cause: Cause::ConnectionLost,
+        fatal: None,
+        message: "gone".into(),
+    };
+    let actions = b.end(&mut req, 10, &open, Err(failure));
+    let retry = opens(&actions);
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].node, staying);
+}
+
+#[test]
+fn a_node_listed_again_rejoins_and_slots_are_reused_under_churn() {
+    let mut c: Cluster<u32> = Cluster::new([endpoint("a", 1)]);
+    c.set_ready(0, info(4, true));
+    // Leaves, comes back before it was freed: same slot, still connected and Ready.
+    c.set_members(&[]);
+    let change = c.set_members(&[endpoint("a", 1)]);
+    assert_eq!(change.rejoined, vec![0]);
+    assert!(change.joined.is_empty());
+    assert_eq!(c.usable_count(), 1);
+    assert!(!c.reclaim(0), "a listed node is never freed");
+    // Leaves and is freed; coming back later it joins anew (Connecting), in the freed slot.
+    c.set_members(&[]);
+    assert!(c.reclaim(0));
+    let change = c.set_members(&[endpoint("a", 1)]);
+    assert_eq!(change.joined, vec![0]);
+    assert_eq!(c.state(0), glimpse_transport::NodeState::Connecting);
+    // Duplicates count once; listing the same set again changes nothing.
+    assert!(
+        c.set_members(&[endpoint("a", 1), endpoint("a", 1)])
+            .is_empty()
+    );
+    // The same address under another name is another node.
+    let change = c.set_members(&[endpoint("other", 1)]);
+    assert_eq!((change.joined.len(), change.removed), (1, vec![0]));
+    // Churn: a thousand rounds of one node replaced by another never grows the slots past
+    // what is listed and leaving at once.
+    let mut c: Cluster<u32> = Cluster::new([]);
+    for round in 0..1000u16 {
+        let change = c.set_members(&[endpoint("n", round)]);
+        for i in change.removed {
+            assert!(c.reclaim(i));
+        }
+    }
+    assert!(c.slots() <= 2, "{} slots", c.slots());
+    assert_eq!(c.len(), 1);
+}

@@ -27,6 +27,9 @@ pub struct Won {
     pub attempt: u32,
     /// Its node.
     pub node: usize,
+    /// Its node's name, taken when it answered: once the node has left the membership and
+    /// gone idle, its index may name another node.
+    pub node_name: String,
     /// Attempts made in all (hedges included).
     pub attempts: u32,
     /// The answer came from a hedge copy.

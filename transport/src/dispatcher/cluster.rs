@@ -56,6 +56,9 @@ pub struct NodeStatus {
     pub p95_ms: Option<f32>,
     /// Why the last connection ended or failed (the site shows it beside a down node).
     pub last_error: Option<String>,
+    /// No longer in the membership (discovery stopped listing it): it gets no new work,
+    /// finishes what it holds, and disappears from the list once idle.
+    pub removed: bool,
 }
 
 /// One node's entry.
@@ -71,16 +74,43 @@ struct Node {
     served: u64,
     failed: u64,
     latency: LatencyWindow,
+    /// In the membership. A node taken out of it keeps its slot until its last attempt
+    /// ends, so the indexes its attempts and waiting requests hold stay valid.
+    listed: bool,
+    /// A free slot, reused by the next node that joins.
+    vacant: bool,
 }
 
 impl Node {
+    fn new(endpoint: NodeEndpoint) -> Node {
+        Node {
+            endpoint,
+            state: NodeState::Connecting,
+            info: None,
+            load: None,
+            last_error: None,
+            silent: false,
+            outstanding: 0,
+            served: 0,
+            failed: 0,
+            latency: LatencyWindow::new(),
+            listed: true,
+            vacant: false,
+        }
+    }
+
+    /// A member (listed, or leaving but not yet gone).
+    fn occupied(&self) -> bool {
+        !self.vacant
+    }
+
     fn capacity(&self) -> u32 {
         self.info.as_ref().map_or(1, |i| i.capacity).max(1)
     }
 
     /// Outstanding attempts, if it can take one more.
     fn load_if_usable(&self) -> Option<u32> {
-        (self.state == NodeState::Ready && self.outstanding < self.capacity())
+        (self.listed && self.state == NodeState::Ready && self.outstanding < self.capacity())
             .then_some(self.outstanding)
     }
 }
@@ -93,10 +123,37 @@ struct Waiter<W> {
     failed: Vec<usize>,
 }
 
+/// What [`Cluster::set_members`] changed, so the driver can act on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Slots of nodes that joined (fresh, or a reused free slot): each needs a supervisor.
+    pub joined: Vec<usize>,
+    /// Slots of nodes that were leaving and are listed again: their supervisor goes on.
+    pub rejoined: Vec<usize>,
+    /// Slots of nodes no longer listed: they drain, then [`Cluster::reclaim`] frees them.
+    pub removed: Vec<usize>,
+}
+
+impl MembershipChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.rejoined.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// The cluster as the front-end sees it. `W` is the driver's token for a waiting request.
+///
+/// Nodes are slots addressed by index, as attempts and waiting requests hold them. The
+/// membership can change while requests run ([`Cluster::set_members`]): a node that joins
+/// takes a free slot (or a new one); a node that leaves keeps its slot, out of placement,
+/// until nothing is outstanding on it and its driver [`reclaim`](Cluster::reclaim)s it. So
+/// an index never changes meaning under a running attempt, and the slots never outnumber
+/// the most nodes listed and leaving at once.
 #[derive(Debug)]
 pub struct Cluster<W> {
     nodes: Vec<Node>,
+    /// Vacant slots, reused first.
+    free: Vec<usize>,
     /// Ready, with credit, not silent.
     fresh: Pool,
     /// Ready, with credit, silent: a last resort.
@@ -109,44 +166,113 @@ pub struct Cluster<W> {
 impl<W> Cluster<W> {
     /// Every node Connecting, nothing known yet.
     pub fn new(endpoints: impl IntoIterator<Item = NodeEndpoint>) -> Cluster<W> {
-        let nodes: Vec<Node> = endpoints
-            .into_iter()
-            .map(|endpoint| Node {
-                endpoint,
-                state: NodeState::Connecting,
-                info: None,
-                load: None,
-                last_error: None,
-                silent: false,
-                outstanding: 0,
-                served: 0,
-                failed: 0,
-                latency: LatencyWindow::new(),
-            })
-            .collect();
+        let nodes: Vec<Node> = endpoints.into_iter().map(Node::new).collect();
         Cluster {
             fresh: Pool::new(nodes.len()),
             silent: Pool::new(nodes.len()),
             nodes,
+            free: Vec::new(),
             waiters: VecDeque::new(),
             latency: LatencyWindow::new(),
             stats: DispatchStats::default(),
         }
     }
 
-    /// Nodes configured.
+    /// Nodes in the membership (not those leaving).
     pub fn len(&self) -> usize {
-        self.nodes.len()
+        self.nodes.iter().filter(|n| n.listed && !n.vacant).count()
     }
 
-    /// Whether no node is configured.
+    /// Whether no node is in the membership.
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
+        self.len() == 0
+    }
+
+    /// Slots, vacant ones included: every node index is below this.
+    pub fn slots(&self) -> usize {
+        self.nodes.len()
     }
 
     /// A node's configured name.
     pub fn name(&self, node: usize) -> &str {
         &self.nodes[node].endpoint.name
+    }
+
+    /// A node's endpoint.
+    pub fn endpoint(&self, node: usize) -> &NodeEndpoint {
+        &self.nodes[node].endpoint
+    }
+
+    /// Whether a node is in the membership (false while it leaves, and once its slot is free).
+    pub fn is_listed(&self, node: usize) -> bool {
+        let n = &self.nodes[node];
+        n.listed && !n.vacant
+    }
+
+    /// Makes the membership exactly `endpoints` (duplicates count once). A new endpoint
+    /// joins Connecting, in a free slot if there is one; one that is leaving is listed
+    /// again where it is, connection and all; a listed node not in `endpoints` leaves: it
+    /// gets no new work from now on, and its attempts run to their end.
+    pub fn set_members(&mut self, endpoints: &[NodeEndpoint]) -> MembershipChange {
+        let mut change = MembershipChange::default();
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.listed && n.occupied() && !endpoints.contains(&n.endpoint) {
+                self.update(i, |n| n.listed = false);
+                change.removed.push(i);
+            }
+        }
+        for (k, endpoint) in endpoints.iter().enumerate() {
+            if endpoints[..k].contains(endpoint) {
+                continue;
+            }
+            let existing = self
+                .nodes
+                .iter()
+                .position(|n| n.occupied() && n.endpoint == *endpoint);
+            match existing {
+                Some(i) if self.nodes[i].listed => {}
+                Some(i) => {
+                    self.update(i, |n| n.listed = true);
+                    change.rejoined.push(i);
+                }
+                None => change.joined.push(self.add(endpoint.clone())),
+            }
+        }
+        change
+    }
+
+    /// Adds a node, Connecting, in a free slot or a new one; returns its index.
+    fn add(&mut self, endpoint: NodeEndpoint) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.nodes[i] = Node::new(endpoint);
+                i
+            }
+            None => {
+                self.nodes.push(Node::new(endpoint));
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// Frees the slot of a node that left, once nothing is outstanding on it: true when
+    /// freed (its index may then name another node), false while it still holds credit or
+    /// when it was listed again.
+    pub fn reclaim(&mut self, node: usize) -> bool {
+        let n = &self.nodes[node];
+        if n.listed || n.vacant || n.outstanding > 0 {
+            return false;
+        }
+        self.update(node, |n| {
+            n.vacant = true;
+            n.state = NodeState::Down;
+            n.silent = false;
+            n.info = None;
+            n.load = None;
+        });
+        self.free.push(node);
+        true
     }
 
     /// A node's connection state.
@@ -173,7 +299,7 @@ impl<W> Cluster<W> {
     pub fn ready_count(&self) -> usize {
         self.nodes
             .iter()
-            .filter(|n| n.state == NodeState::Ready)
+            .filter(|n| n.listed && !n.vacant && n.state == NodeState::Ready)
             .count()
     }
 
@@ -333,10 +459,11 @@ impl<W> Cluster<W> {
         self.waiters.len()
     }
 
-    /// Every node with its state and statistics.
+    /// Every node with its state and statistics, those leaving included, free slots not.
     pub fn status(&mut self) -> Vec<NodeStatus> {
         self.nodes
             .iter_mut()
+            .filter(|n| n.occupied())
             .map(|n| NodeStatus {
                 name: n.endpoint.name.clone(),
                 addr: n.endpoint.addr,
@@ -350,6 +477,7 @@ impl<W> Cluster<W> {
                 p50_ms: n.latency.percentile(50.0),
                 p95_ms: n.latency.percentile(95.0),
                 last_error: n.last_error.clone(),
+                removed: !n.listed,
             })
             .collect()
     }

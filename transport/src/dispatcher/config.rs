@@ -22,7 +22,7 @@ pub struct NodeEndpoint {
 /// Front-end configuration.
 #[derive(Debug)]
 pub struct DispatcherConfig {
-    /// Nodes to connect to.
+    /// Nodes to connect to at start ([`super::Dispatcher::set_nodes`] changes them later).
     pub nodes: Vec<NodeEndpoint>,
     /// Cluster CA: node certificates must chain to it.
     pub ca: Vec<CertificateDer<'static>>,
@@ -64,6 +64,11 @@ pub struct DispatcherConfig {
     /// Load reports a node may miss before it counts as silent (see `silence_floor`).
     /// Default 5.
     pub silence_reports: u32,
+    /// How long a node taken out of the membership ([`super::Dispatcher::set_nodes`]) keeps
+    /// its connection for the attempts it still runs; then the connection is closed and
+    /// what is left moves to other nodes. Default 30 s, the default request deadline: no
+    /// attempt outlives its request, so a healthy node drains well within it.
+    pub drain_timeout: Duration,
     /// QUIC settings (`max_image_bytes` also caps what `classify` accepts).
     pub tuning: TransportTuning,
     /// Local UDP address to bind. Default: unspecified address of the first node's family, port 0.
@@ -90,6 +95,7 @@ impl Clone for DispatcherConfig {
             connect_timeout: self.connect_timeout,
             silence_floor: self.silence_floor,
             silence_reports: self.silence_reports,
+            drain_timeout: self.drain_timeout,
             tuning: self.tuning.clone(),
             bind: self.bind,
         }
@@ -123,6 +129,7 @@ impl DispatcherConfig {
             connect_timeout: Duration::from_secs(3),
             silence_floor: p.silence_floor,
             silence_reports: p.silence_reports,
+            drain_timeout: Duration::from_secs(30),
             tuning: TransportTuning::default(),
             bind: None,
         }

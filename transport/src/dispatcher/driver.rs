@@ -17,7 +17,7 @@ use super::action::{Action, Cause, Failure, Open};
 use super::attempt::{self, AttemptOutcome};
 use super::outcome::{Classified, DispatchError, Progress};
 use super::shared::{Credit, Shared, sleep_until_opt};
-use super::{DispatchStats, DispatcherConfig, NodeStatus, Request, node};
+use super::{DispatchStats, DispatcherConfig, NodeEndpoint, NodeStatus, Request, node};
 use crate::client::StartedSignal;
 use crate::codec::{CLOSE_SHUTDOWN, RequestHeader};
 use crate::config::{bind_endpoint, frontend_quinn_config, frontend_tls_config};
@@ -29,6 +29,9 @@ use crate::types::InferenceAnswer;
 struct ShutdownOnDrop {
     shared: Arc<Shared>,
     shutdown: ShutdownTrigger,
+    /// Serialises membership changes, so two `set_nodes` calls cannot interleave their
+    /// cluster update and the supervisors they start.
+    membership: std::sync::Mutex<()>,
 }
 
 impl ShutdownOnDrop {
@@ -45,6 +48,15 @@ impl Drop for ShutdownOnDrop {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// What [`Dispatcher::set_nodes`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Endpoints that joined (or came back while still leaving).
+    pub joined: Vec<NodeEndpoint>,
+    /// Endpoints that left: they drain, then disappear.
+    pub removed: Vec<NodeEndpoint>,
 }
 
 /// The front-end's view of the cluster. Cheap to clone.
@@ -94,9 +106,49 @@ impl Dispatcher {
             lifetime: Arc::new(ShutdownOnDrop {
                 shared: shared.clone(),
                 shutdown,
+                membership: std::sync::Mutex::new(()),
             }),
             shared,
         })
+    }
+
+    /// Makes the membership exactly `nodes` (live: discovery calls this whenever its answer
+    /// changes). New endpoints start connecting at once and take work when ready; endpoints
+    /// no longer listed get no new work, finish what they run (or, if they die, it moves to
+    /// other nodes as usual), and their connection closes once idle or after
+    /// [`DispatcherConfig::drain_timeout`]; an endpoint listed again rejoins. An endpoint is
+    /// its name *and* address: the same address under another name is another node. Nodes
+    /// use the UDP socket bound at start, so they must be of its address family (see
+    /// [`DispatcherConfig::bind`]). Returns what changed.
+    pub fn set_nodes(&self, nodes: &[NodeEndpoint]) -> Membership {
+        let _serial = crate::sync::lock(&self.lifetime.membership);
+        let (change, endpoints) = {
+            let mut c = self.shared.cluster();
+            let change = c.set_members(nodes);
+            let name = |i: &usize| c.endpoint(*i).clone();
+            let endpoints = Membership {
+                joined: change
+                    .joined
+                    .iter()
+                    .chain(&change.rejoined)
+                    .map(name)
+                    .collect(),
+                removed: change.removed.iter().map(name).collect(),
+            };
+            (change, endpoints)
+        };
+        if change.is_empty() {
+            return endpoints;
+        }
+        let signal = self.lifetime.shutdown.subscribe();
+        for &i in &change.joined {
+            tokio::spawn(node::supervise(self.shared.clone(), i, signal.clone()));
+        }
+        self.shared
+            .membership
+            .send_modify(|n| *n = n.wrapping_add(1));
+        self.shared.changed.notify_waiters();
+        endpoints
     }
 
     /// Classify one image somewhere in the cluster. Returns exactly once: the first answer, a
@@ -126,7 +178,8 @@ impl Dispatcher {
         run.drive(&progress).await
     }
 
-    /// Every configured node with its state and statistics.
+    /// Every node with its state and statistics: the membership, and the nodes that left it
+    /// but still finish work (`removed`).
     pub fn nodes(&self) -> Vec<NodeStatus> {
         self.shared.cluster().status()
     }
@@ -275,7 +328,7 @@ impl Run {
                         // The state machine answers only right after an answer arrived.
                         _ => unreachable!("a won request always has the winning answer"),
                     },
-                    node: self.shared.config.nodes[won.node].name.clone(),
+                    node: won.node_name,
                     attempts: won.attempts,
                     latency: won.latency,
                 }));

@@ -203,6 +203,7 @@ impl Request {
                 let won = Won {
                     attempt,
                     node: a.node,
+                    node_name: cluster.name(a.node).to_string(),
                     attempts: self.attempts,
                     hedge: a.hedge,
                     latency: now.saturating_duration_since(self.start),

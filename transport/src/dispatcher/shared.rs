@@ -22,12 +22,16 @@ pub(super) struct Shared {
     pub(super) endpoint: quinn::Endpoint,
     pub(super) client_config: quinn::ClientConfig,
     cluster: Mutex<Cluster<GrantTx>>,
-    /// Each node's connection while it has one.
-    pub(super) conns: Vec<Mutex<Option<Connection>>>,
+    /// Each node slot's connection while it has one. Locked on its own, or inside the
+    /// cluster lock (never the other way round).
+    conns: Mutex<Vec<Option<Connection>>>,
     /// Woken when a node's state changes (for `wait_ready`).
     pub(super) changed: Notify,
     /// Bumped whenever a node goes silent, so running requests look at their attempts again.
     pub(super) silences: watch::Sender<u64>,
+    /// Bumped whenever the membership changes, so supervisors see whether their node left
+    /// or came back.
+    pub(super) membership: watch::Sender<u64>,
     /// Written by the attempts' streams (see `DispatchStats::bytes_sent`).
     pub(super) bytes_sent: AtomicU64,
     pub(super) next_request: AtomicU64,
@@ -39,8 +43,9 @@ impl Shared {
         endpoint: quinn::Endpoint,
         client_config: quinn::ClientConfig,
     ) -> Shared {
-        let conns = config.nodes.iter().map(|_| Mutex::new(None)).collect();
+        let conns = Mutex::new(config.nodes.iter().map(|_| None).collect());
         let (silences, _) = watch::channel(0);
+        let (membership, _) = watch::channel(0);
         Shared {
             policy: Policy::from(&config),
             cluster: Mutex::new(Cluster::new(config.nodes.iter().cloned())),
@@ -50,6 +55,7 @@ impl Shared {
             conns,
             changed: Notify::new(),
             silences,
+            membership,
             bytes_sent: AtomicU64::new(0),
             next_request: AtomicU64::new(1),
         }
@@ -90,7 +96,16 @@ impl Shared {
 
     /// A node's connection, if it has one.
     pub(super) fn conn(&self, node: usize) -> Option<Connection> {
-        lock(&self.conns[node]).clone()
+        lock(&self.conns).get(node).cloned().flatten()
+    }
+
+    /// Sets (or clears) a node slot's connection.
+    pub(super) fn set_conn(&self, node: usize, conn: Option<Connection>) {
+        let mut conns = lock(&self.conns);
+        if conns.len() <= node {
+            conns.resize(node + 1, None);
+        }
+        conns[node] = conn;
     }
 }
 
