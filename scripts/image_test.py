@@ -295,11 +295,7 @@ def main() -> None:
         log(f"{replicas} node containers behind alias {aliases[-1]} (overrides: {TEST_OVERRIDES['node']})")
 
         fe_env = env_of(fe_c, "glimpse-0") | TEST_OVERRIDES["frontend"]
-        if not image_has_flag(pm, opts.image, ["glimpse"], "--node-dns"):
-            # Until --node-dns is in the binary: the same nodes, by container name.
-            name, port = fe_env.pop("GLIMPSE_NODE_DNS").rsplit(":", 1)
-            fe_env["GLIMPSE_NODES"] = ",".join(f"{name}={n}:{port}" for n in nodes)
-            log(f"FALLBACK: this glimpse has no --node-dns; GLIMPSE_NODES={fe_env['GLIMPSE_NODES']}")
+        # GLIMPSE_NODE_DNS as in the manifest: podman's DNS answers the alias with both nodes.
         fe_ports = [port_number(fe_c, "https")]
         args = podman_args(fe_dep, "glimpse-0", network, [], work / "secrets", fe_env, fe_ports, pm.ulimits)
         pm.run(*args, opts.image, *fe_c["command"], *fe_c.get("args", []))
