@@ -312,20 +312,24 @@ def main() -> None:
         wait_probe(pm, "glimpse-0", fe_c, "livenessProbe", ctx, 60)
         wait_probe(pm, "glimpse-0", fe_c, "readinessProbe", ctx, 120)
 
-        # Every node the front-end knows should be ready.
+        # Every node behind the name should be ready at the front-end.
         https = host_port(pm, "glimpse-0", fe_ports[0])
-        deadline = time.monotonic() + 60
-        while True:
-            status, body = http_get("HTTPS", https, "/api/v1/nodes", ctx)
-            listed = json.loads(body) if status == 200 else None
-            node_list = listed.get("nodes", listed) if isinstance(listed, dict) else listed
-            ready = [n for n in node_list or [] if n.get("state") == "ready"]
-            if len(ready) == replicas:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"image-test: want {replicas} ready nodes, /api/v1/nodes says {body[:500]!r}")
-            time.sleep(0.5)
-        log(f"front-end sees {len(ready)} ready nodes: {[n.get('addr') for n in ready]}")
+
+        def wait_ready_nodes(want: int) -> None:
+            deadline = time.monotonic() + 60
+            while True:
+                status, body = http_get("HTTPS", https, "/api/v1/nodes", ctx)
+                listed = json.loads(body) if status == 200 else None
+                node_list = listed.get("nodes", listed) if isinstance(listed, dict) else listed
+                ready = [n for n in node_list or [] if n.get("state") == "ready"]
+                if len(ready) == want:
+                    log(f"front-end sees {want} ready nodes: {sorted(n.get('addr') for n in ready)}")
+                    return
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"image-test: want {want} ready nodes, /api/v1/nodes says {body[:500]!r}")
+                time.sleep(0.5)
+
+        wait_ready_nodes(replicas)
 
         # Classify a real image through the HTTPS API, verified against the cluster CA.
         samples = [opts.sample] * 4
@@ -350,6 +354,17 @@ def main() -> None:
         top = results[0]["top"][0]
         log(f"classified {opts.sample.name} x{len(samples)}: top-1 {top['label']} "
             f"({top['probability']:.3f}), node {results[0]['node']}, warning {results[0].get('warning')!r}")
+
+        # Scale out and back in, as `kubectl scale` would: one more container behind the name
+        # joins without a restart of the front-end; when it stops, it leaves.
+        extra = f"glimpse-node-{replicas}"
+        env = env_of(node_c, extra) | TEST_OVERRIDES["node"]
+        pm.run(*podman_args(node_dep, extra, network, aliases, work / "secrets", env, [], pm.ulimits),
+               opts.image, *node_c["command"], *node_c.get("args", []))
+        names.append(extra)
+        wait_ready_nodes(replicas + 1)
+        pm.run("stop", "-t", str(node_dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]), extra)
+        wait_ready_nodes(replicas)
 
         # SIGTERM as the kubelet sends it. With a shutdown grace (GLIMPSE_SHUTDOWN_GRACE_S),
         # the readiness probe must fail first while the process still serves, so the
