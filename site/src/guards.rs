@@ -49,8 +49,8 @@ pub(crate) fn register_guards(site: &Site, live: &mut Registry) {
     );
     register_events(
         live,
-        "glimpse_connections",
-        "HTTPS connections by what became of them at admission or close",
+        "glimpse_connection_events",
+        "HTTPS connections by what became of them at admission or close (a counter apart from the glimpse_connections gauge, whose name it would otherwise share)",
         &[
             ("accepted", c.accepted.load(Relaxed)),
             ("refused_per_ip", c.refused_per_ip.load(Relaxed)),
