@@ -24,7 +24,7 @@ enum Command {
     /// Classify image files and print the top labels with per-image timings.
     Classify(ClassifyArgs),
     /// Serve front-ends over QUIC (mutual TLS) until SIGTERM/SIGINT, then drain and exit 0.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("glimpse-node: error: {}", one_line_report(&e));

@@ -88,7 +88,11 @@ async fn admin_endpoints_from_a_config_file_and_readyz_fails_while_draining() {
     let (status, page) = http_get(admin, "/metrics");
     assert_eq!(status, 200);
     // From the file: capacity 7.
-    assert_eq!(metric(&page, "glimpse_worker_capacity"), Some(7.0), "{page}");
+    assert_eq!(
+        metric(&page, "glimpse_worker_capacity"),
+        Some(7.0),
+        "{page}"
+    );
     assert!(
         page.contains("glimpse_build_info{component=\"node\",version=\""),
         "{page}"
@@ -138,8 +142,8 @@ async fn admin_endpoints_from_a_config_file_and_readyz_fails_while_draining() {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 3, "{log}");
     for line in lines {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(
             v.get("level").is_some() && v.get("timestamp").is_some(),
             "{line}"

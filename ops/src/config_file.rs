@@ -116,18 +116,13 @@ fn config_path(
         }
         if arg == "--config" {
             found = rest.next().cloned();
-        } else if let Some(value) = arg
-            .to_str()
-            .and_then(|a| a.strip_prefix("--config="))
-        {
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
             found = Some(OsString::from(value));
         }
     }
     found
         .or_else(|| {
-            let arg = command
-                .get_arguments()
-                .find(|a| a.get_id() == CONFIG_ARG)?;
+            let arg = command.get_arguments().find(|a| a.get_id() == CONFIG_ARG)?;
             env(arg.get_env()?.to_str()?)
         })
         .filter(|p| !p.is_empty())
@@ -208,7 +203,12 @@ fn set_default(
     let ids: Vec<(clap::Id, bool)> = command
         .get_arguments()
         .filter(|a| a.get_long() == Some(key) && takes_setting(a.get_action()))
-        .map(|a| (a.get_id().clone(), matches!(a.get_action(), ArgAction::Append)))
+        .map(|a| {
+            (
+                a.get_id().clone(),
+                matches!(a.get_action(), ArgAction::Append),
+            )
+        })
         .collect();
     for (id, repeatable) in ids {
         if is_list && !repeatable {
@@ -378,7 +378,10 @@ mod tests {
         let err = parse(&["p", "--config", path]).expect_err("refused");
         assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("`max-queud`") && text.contains(path), "{text}");
+        assert!(
+            text.contains("`max-queud`") && text.contains(path),
+            "{text}"
+        );
         // `help` is a flag, not a setting.
         let f = file("help = true\n");
         let path = f.path().to_str().expect("utf-8 path");

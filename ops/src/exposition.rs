@@ -50,7 +50,10 @@ mod tests {
         );
         assert!(text.contains("# TYPE glimpse_build_info gauge"), "{text}");
         if std::path::Path::new("/proc/self/stat").exists() {
-            assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+            assert!(
+                text.contains("# TYPE process_cpu_seconds_total counter"),
+                "{text}"
+            );
             assert!(text.contains("process_resident_memory_bytes "), "{text}");
             assert!(text.contains("process_max_fds "), "{text}");
         }

@@ -373,11 +373,7 @@ pub(crate) fn register_live(
         "Images the node takes at once, as it announced",
         capacity,
     );
-    live.register(
-        "glimpse_node_served",
-        "Requests the node answered",
-        served,
-    );
+    live.register("glimpse_node_served", "Requests the node answered", served);
     live.register(
         "glimpse_node_failed",
         "Requests to the node that failed",
