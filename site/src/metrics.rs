@@ -73,6 +73,12 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    method: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
 }
@@ -107,6 +113,7 @@ pub struct Metrics {
     rejected: Family<ReasonLabel, Counter>,
     responses: Family<CodeLabel, Counter>,
     requests: HistogramFamily<RouteLabels>,
+    grpc: HistogramFamily<GrpcLabels>,
     node_latency: HistogramFamily<NodeLabel>,
     node_queue: HistogramFamily<NodeLabel>,
     node_decode: HistogramFamily<NodeLabel>,
@@ -135,6 +142,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             responses: Family::default(),
             requests: Family::new_with_constructor(latency_histogram),
+            grpc: Family::new_with_constructor(latency_histogram),
             node_latency: Family::new_with_constructor(latency_histogram),
             node_queue: Family::new_with_constructor(stage_histogram),
             node_decode: Family::new_with_constructor(stage_histogram),
@@ -183,6 +191,11 @@ impl Default for Metrics {
             "glimpse_http_request_duration_seconds",
             "HTTP request latency, from its headers to its response headers, by route and status code",
             m.requests.clone(),
+        );
+        registry.register(
+            "glimpse_grpc_request_duration_seconds",
+            "gRPC call latency, from its headers to its response headers, by method and gRPC status code (0: OK)",
+            m.grpc.clone(),
         );
         registry.register(
             "glimpse_node_request_duration_seconds",
@@ -310,6 +323,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Count a gRPC call to `path` by its status code, and its latency by method.
+    pub fn grpc_call(&self, path: &str, code: u16, elapsed: Duration) {
+        self.grpc
+            .get_or_create(&GrpcLabels {
+                method: grpc_method_of(path),
+                code,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The whole `/metrics` page: these metrics, then `live`, sampled by the caller now.
     pub fn page(&self, live: &Registry) -> String {
         glimpse_ops::exposition::encode(&[&self.registry, live])
@@ -411,6 +434,25 @@ pub(crate) fn register_events(
         family.get_or_create(&EventLabel { event }).inc_by(*value);
     }
     live.register(name, help, family);
+}
+
+/// The method of a gRPC path (`/inference.GRPCInferenceService/ModelInfer`), from the fixed
+/// list the service has; anything else is `other`.
+fn grpc_method_of(path: &str) -> &'static str {
+    const METHODS: [&str; 8] = [
+        "ServerLive",
+        "ServerReady",
+        "ModelReady",
+        "ServerMetadata",
+        "ModelMetadata",
+        "ModelInfer",
+        "ModelConfig",
+        "ModelStatistics",
+    ];
+    path.strip_prefix("/inference.GRPCInferenceService/")
+        .and_then(|m| METHODS.iter().find(|k| **k == m))
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The route a path belongs to, with the parts that vary (job ids, model names, versions)
@@ -532,6 +574,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("glimpse_http_responses_total{code=\"404\"} 1"));
+        m.grpc_call(
+            "/inference.GRPCInferenceService/ModelInfer",
+            0,
+            Duration::from_millis(3),
+        );
+        m.grpc_call("/other.Service/X", 12, Duration::from_millis(3));
+        let text = m.page(&Registry::default());
+        for line in [
+            "glimpse_grpc_request_duration_seconds_count{method=\"ModelInfer\",code=\"0\"} 1",
+            "glimpse_grpc_request_duration_seconds_count{method=\"other\",code=\"12\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]
