@@ -159,6 +159,8 @@ pub struct NodeConfig {
     pub faults: FaultConfig,
     /// After shutdown starts, how long in-flight work may take before the node gives up.
     pub drain_timeout: Duration,
+    /// Plain-HTTP address for `/healthz`, `/readyz` and `/metrics`; `None`: no such listener.
+    pub admin_listen: Option<SocketAddr>,
     /// Bytes all concurrent decodes may hold at once (see [`DEFAULT_DECODE_BUDGET_BYTES`]).
     /// Each image reserves its probed decode cost first-come first-served before decoding;
     /// one that could never fit is refused as too large at once.
@@ -184,6 +186,7 @@ impl NodeConfig {
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             faults: FaultConfig::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            admin_listen: None,
             decode_budget_bytes: DEFAULT_DECODE_BUDGET_BYTES,
         }
     }
@@ -317,6 +320,12 @@ pub struct ServeArgs {
     /// (non-zero). Default: 30.
     #[arg(long, env = "GLIMPSE_DRAIN_TIMEOUT_S", default_value_t = DEFAULT_DRAIN_TIMEOUT.as_secs())]
     pub drain_timeout_s: u64,
+    /// Plain-HTTP address for operators and orchestrators: GET /healthz (200 while the
+    /// process runs), /readyz (200 once the model is loaded, 503 while loading or draining)
+    /// and /metrics (Prometheus). No authentication: bind it to a private address, e.g.
+    /// 0.0.0.0:9090 inside a pod. Default: off.
+    #[arg(long, env = "GLIMPSE_NODE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -365,6 +374,7 @@ impl ServeArgs {
                 seed: self.seed,
             },
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
+            admin_listen: self.admin_listen,
             decode_budget_bytes: self.decode_budget_bytes,
         };
         config.validate()?;

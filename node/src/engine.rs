@@ -21,6 +21,7 @@ use glimpse_model::{Classifier, ImageTensor};
 use glimpse_transport::Label;
 use tokio::sync::oneshot;
 
+use crate::observe::BatchHistograms;
 use crate::synthetic::SyntheticModel;
 
 /// The model the inference thread runs.
@@ -64,8 +65,7 @@ pub(crate) struct JobOutcome {
     /// Wall time of the whole forward pass that carried this image: the image waited for all
     /// of it, so this is what it cost its latency (not a per-image share).
     pub infer: Duration,
-    /// How many images shared that forward pass (only the unit tests read it).
-    #[cfg(test)]
+    /// How many images shared that forward pass (reported to the front-end).
     pub batch_size: usize,
 }
 
@@ -97,13 +97,23 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// Starts the inference thread with `model`.
+    #[cfg(test)]
     pub(crate) fn start(model: ModelRunner, policy: BatchPolicy) -> std::io::Result<Engine> {
+        Engine::start_observed(model, policy, Arc::default())
+    }
+
+    /// Starts the inference thread with `model`, recording every forward pass in `batches`.
+    pub(crate) fn start_observed(
+        model: ModelRunner,
+        policy: BatchPolicy,
+        batches: Arc<BatchHistograms>,
+    ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(policy.queue_limit.max(1));
         let queued = Arc::new(AtomicU32::new(0));
         let thread_queued = queued.clone();
         let thread = std::thread::Builder::new()
             .name("glimpse-infer".into())
-            .spawn(move || inference_loop(rx, model, policy, thread_queued))?;
+            .spawn(move || inference_loop(rx, model, policy, thread_queued, &batches))?;
         Ok(Engine {
             tx: Some(tx),
             queued,
@@ -151,6 +161,7 @@ fn inference_loop(
     model: ModelRunner,
     policy: BatchPolicy,
     queued: Arc<AtomicU32>,
+    batches: &BatchHistograms,
 ) {
     let max_batch = policy.max_batch.max(1);
     while let Ok(first) = rx.recv() {
@@ -181,12 +192,12 @@ fn inference_loop(
         if batch.is_empty() {
             continue;
         }
-        run_batch(&model, batch);
+        run_batch(&model, batch, batches);
     }
     tracing::debug!("inference queue closed; inference thread exits");
 }
 
-fn run_batch(model: &ModelRunner, batch: Vec<Job>) {
+fn run_batch(model: &ModelRunner, batch: Vec<Job>, batches: &BatchHistograms) {
     let started = Instant::now();
     let top_k = batch.iter().map(|j| j.top_k).max().unwrap_or(0);
     let mut replies = Vec::with_capacity(batch.len());
@@ -234,6 +245,7 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>) {
         }
     }));
     let infer = started.elapsed();
+    batches.observe(size, infer);
     let result = match result {
         Ok(Ok(all)) if all.len() == size => Ok(all),
         Ok(Ok(all)) => Err(format!(
@@ -251,7 +263,6 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>) {
                     top,
                     queue: started.saturating_duration_since(enqueued),
                     infer,
-                    #[cfg(test)]
                     batch_size: size,
                 }));
             }

@@ -284,6 +284,7 @@ impl NodeHandler {
                 decode_ms,
                 preprocess_ms,
                 infer_ms: ms(outcome.infer),
+                batch_size: Some(u32::try_from(outcome.batch_size).unwrap_or(u32::MAX)),
             },
             synthetic: !self.decode,
         })

@@ -11,16 +11,19 @@
 //! - [`synthetic`]: a weight-free stand-in model for small machines and transport tests;
 //! - [`faults`]: `--fail-rate`, `--stall-rate`, `--extra-delay-ms`;
 //! - [`shutdown`]: the drain signal passed down to every node;
-//! - [`classify`]: the `glimpse-node classify` command (local files, no network).
+//! - [`classify`]: the `glimpse-node classify` command (local files, no network);
+//! - `admin` and `observe`: `--admin-listen` (`/healthz`, `/readyz`, `/metrics`).
 //!
 //! [`start_node`] runs a node inside any tokio runtime; the `glimpse-node serve` binary and
 //! `glimpse --local-workers N` both use it.
 
+mod admin;
 pub mod classify;
 pub mod config;
 mod engine;
 mod faults;
 mod handler;
+mod observe;
 pub mod shutdown;
 pub mod synthetic;
 
@@ -42,6 +45,7 @@ pub use synthetic::SyntheticModel;
 use engine::{BatchPolicy, Engine, ModelRunner};
 use faults::Faults;
 use handler::NodeCounters;
+use observe::Observed;
 
 /// Errors of a node's life: configuration, model loading, binding, serving, draining.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,9 @@ pub enum NodeError {
     /// failed while serving.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The `--admin-listen` address could not be bound.
+    #[error("could not listen on the admin address: {0}")]
+    Admin(#[source] std::io::Error),
     /// The OS refused to spawn the dedicated inference thread.
     #[error("could not start the inference thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -80,6 +87,7 @@ pub struct RunningNode {
     addr: SocketAddr,
     info: NodeInfo,
     counters: Arc<NodeCounters>,
+    admin_addr: Option<SocketAddr>,
     task: JoinHandle<Result<(), NodeError>>,
 }
 
@@ -87,6 +95,11 @@ impl RunningNode {
     /// The UDP address the node is bound to (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound `--admin-listen` address (`/healthz`, `/readyz`, `/metrics`), if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// What the node announces to front-ends.
@@ -128,19 +141,32 @@ pub async fn start_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
+    let observed = Arc::new(Observed::new(config.capacity));
+    // The admin listener comes first, so probes get answers (alive, not ready) while a
+    // large model loads.
+    let admin = match config.admin_listen {
+        Some(addr) => {
+            let listener = admin::bind(addr).await.map_err(NodeError::Admin)?;
+            let bound = listener.local_addr().map_err(NodeError::Admin)?;
+            tracing::info!(addr = %bound, "admin listener: /healthz /readyz /metrics");
+            Some((AbortOnDrop(admin::serve(listener, observed.clone())), bound))
+        }
+        None => None,
+    };
     let (runner, info) = load_model(&config).await?;
     let decode = runner.needs_decoding();
-    let engine = Engine::start(
+    let engine = Engine::start_observed(
         runner,
         BatchPolicy {
             max_batch: config.max_batch as usize,
             max_batch_wait: config.max_batch_wait,
             queue_limit: config.capacity as usize,
         },
+        observed.batches.clone(),
     )
     .map_err(NodeError::Thread)?;
     let limits = config.decode_limits();
-    let counters = Arc::new(NodeCounters::default());
+    let counters = observed.counters.clone();
     let handler = Arc::new(NodeHandler::new(
         engine,
         decode,
@@ -178,13 +204,17 @@ pub async fn start_node(
         "node listening"
     );
 
+    observed.serving(&handler);
     let (drain_tx, drain_rx) = shutdown_channel();
+    let draining = observed.clone();
     let shutdown = async move {
         shutdown.await;
+        draining.drain();
         drain_tx.trigger();
     };
     let run = tokio::spawn(server.run(handler.clone(), shutdown));
     let task_counters = counters.clone();
+    let (admin_task, admin_addr) = admin.unzip();
     // The transport gives up on in-flight work after `drain_timeout` and returns; this backstop
     // only fires if it does not.
     let backstop = config.drain_timeout + Duration::from_secs(5);
@@ -194,14 +224,26 @@ pub async fn start_node(
         // The last handler reference joins the inference thread, which may be finishing a
         // batch: do that off the runtime threads.
         let _ = tokio::task::spawn_blocking(move || drop(handler)).await;
+        // The admin listener answers until the node has stopped.
+        drop(admin_task);
         result
     });
     Ok(RunningNode {
         addr,
         info,
         counters,
+        admin_addr,
         task,
     })
+}
+
+/// Aborts a task when dropped: the admin listener stops with the node, however it ends.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn supervise(

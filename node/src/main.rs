@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use glimpse_node::classify::{self, ClassifyArgs};
 use glimpse_node::shutdown::TerminationSignals;
 use glimpse_node::{ServeArgs, shutdown_channel, start_node};
-use tracing_subscriber::EnvFilter;
+use glimpse_ops::OpsArgs;
 
 /// Glimpse worker node: labels images with GoogLeNet, locally or for a Glimpse front-end.
 #[derive(Debug, Parser)]
@@ -15,6 +15,8 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    ops: OpsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -22,29 +24,23 @@ enum Command {
     /// Classify image files and print the top labels with per-image timings.
     Classify(ClassifyArgs),
     /// Serve front-ends over QUIC (mutual TLS) until SIGTERM/SIGINT, then drain and exit 0.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 fn main() -> ExitCode {
+    // Flags over environment over the --config file over defaults.
+    let cli: Cli = glimpse_ops::config_file::parse();
     // Logs go to stderr so `classify --json` output on stdout stays machine-readable.
     // GLIMPSE_LOG (or RUST_LOG) sets the filter; default: info for serve, warn for classify.
-    let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Classify(_) => "warn",
         Command::Serve(_) => "info",
     };
-    let filter = std::env::var("GLIMPSE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default_level.to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    glimpse_ops::logging::init(cli.ops.log_format, default_level);
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),
-        Command::Serve(args) => match serve(args) {
+        Command::Serve(args) => match serve(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("glimpse-node: error: {}", one_line_report(&e));
@@ -68,6 +64,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             TerminationSignals::install().context("cannot install signal handlers")?;
         let (trigger, shutdown) = shutdown_channel();
         let node = start_node(config, shutdown.wait()).await?;
+        if let Some(admin) = node.admin_addr() {
+            println!("glimpse-node admin on http://{admin} (/healthz /readyz /metrics)");
+        }
         // The one line scripts and tests wait for (stdout, flushed by println!).
         println!("glimpse-node listening on {}", node.addr());
         tokio::spawn(async move {

@@ -237,14 +237,19 @@ fn limits(site: &Site) -> Value {
 }
 
 fn metrics(site: &Site) -> Response {
-    let nodes = site.inference.nodes();
-    let mut text = site.metrics.render(site.queued(), site.in_flight(), &nodes);
-    text.push_str(&site.inference.metrics_text());
-    text.push_str(&crate::guards::render_guards(site));
-    let mut resp = text.into_response();
+    let mut live = prometheus_client::registry::Registry::default();
+    crate::metrics::register_live(
+        &mut live,
+        site.queued(),
+        site.in_flight(),
+        &site.inference.nodes(),
+    );
+    site.inference.register_metrics(&mut live);
+    crate::guards::register_guards(site, &mut live);
+    let mut resp = site.metrics.page(&live).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(glimpse_ops::exposition::CONTENT_TYPE),
     );
     resp
 }

@@ -94,6 +94,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// `--config` (the TOML file under flags and environment) and `--log-format`.
+    #[command(flatten)]
+    pub ops: glimpse_ops::OpsArgs,
+
     /// HTTPS address to listen on. Default: 127.0.0.1:8443 (local only; use 0.0.0.0:8443
     /// to serve others).
     #[arg(long, env = "GLIMPSE_LISTEN", default_value = "127.0.0.1:8443")]

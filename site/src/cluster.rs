@@ -70,9 +70,8 @@ impl Inference for DispatchInference {
         self.dispatcher.nodes().into_iter().map(node_view).collect()
     }
 
-    fn metrics_text(&self) -> String {
+    fn register_metrics(&self, live: &mut prometheus_client::registry::Registry) {
         let s = self.dispatcher.stats();
-        let mut out = String::new();
         let rows: [(&str, &str, u64); 12] = [
             (
                 "attempts",
@@ -127,12 +126,12 @@ impl Inference for DispatchInference {
                 s.bytes_sent,
             ),
         ];
-        for (name, help, v) in rows {
-            out.push_str(&format!(
-                "# HELP glimpse_dispatch_{name}_total {help}\n# TYPE glimpse_dispatch_{name}_total counter\nglimpse_dispatch_{name}_total {v}\n"
-            ));
-        }
-        out
+        let rows = rows.map(|(name, help, v)| (format!("glimpse_dispatch_{name}"), help, v));
+        let rows: Vec<(&str, &str, u64)> = rows
+            .iter()
+            .map(|(name, help, v)| (name.as_str(), *help, *v))
+            .collect();
+        crate::metrics::register_counters(live, &rows);
     }
 }
 

@@ -178,9 +178,10 @@ pub trait Inference: Send + Sync + 'static {
     fn classify(&self, image: Bytes, top_k: u32, progress: ProgressFn) -> ClassifyFuture;
     /// Snapshot of all configured nodes.
     fn nodes(&self) -> Vec<NodeView>;
-    /// Extra Prometheus text about the cluster (dispatcher totals); empty by default.
-    fn metrics_text(&self) -> String {
-        String::new()
+    /// Registers metrics about the cluster sampled now (dispatcher totals) into `live`;
+    /// nothing by default.
+    fn register_metrics(&self, live: &mut prometheus_client::registry::Registry) {
+        let _ = live;
     }
 }
 

@@ -1,7 +1,6 @@
 //! `glimpse`: the HTTPS front-end binary. See `glimpse --help`.
 
 use anyhow::Context;
-use clap::Parser;
 use glimpse_site::cli::{Cli, Command, KeysCommand};
 use glimpse_site::{auth, cluster, conn, server, start_site};
 
@@ -10,15 +9,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    // Flags over environment over the --config file over defaults.
+    let cli: Cli = glimpse_ops::config_file::parse();
+    // GLIMPSE_LOG (or RUST_LOG) sets the filter; default: info.
+    glimpse_ops::logging::init(cli.ops.log_format, "info");
     if let Some(Command::Keys { action }) = &cli.command {
         return keys(action);
     }

@@ -43,7 +43,9 @@ pub(crate) fn https(site: Arc<Site>, access: &Access) -> BoxedFilter<(Response,)
         .recover(error::recover)
         .unify()
         .with(warp::log::custom(move |info| {
-            counting.metrics.response(info.status().as_u16());
+            counting
+                .metrics
+                .response(info.path(), info.status().as_u16(), info.elapsed());
             tracing::debug!(
                 method = %info.method(),
                 path = info.path(),

@@ -373,6 +373,8 @@ impl Site {
         let view = match result {
             Ok(outcome) => {
                 self.metrics.image_done("ok", Some(elapsed));
+                self.metrics
+                    .node_answer(&outcome.node, &outcome.timings, outcome.latency);
                 let node = outcome.timings;
                 let view = self.jobs.update(&id, |j| {
                     j.status = JobStatus::Ok;
@@ -424,6 +426,9 @@ impl Site {
     fn on_progress(&self, id: &str, progress: Progress) {
         match progress {
             Progress::Sent { node, attempt } => {
+                if attempt > 1 {
+                    self.metrics.retry(&node);
+                }
                 self.jobs.update(id, |j| {
                     j.status = JobStatus::Running;
                     j.note = Some(if attempt > 1 {
@@ -436,7 +441,6 @@ impl Site {
                 });
             }
             Progress::Retrying { attempt, reason } => {
-                self.metrics.retry();
                 self.jobs.update(id, |j| {
                     j.status = JobStatus::Retrying;
                     j.note = Some(format!(
@@ -446,7 +450,7 @@ impl Site {
                 });
             }
             Progress::Hedged { node } => {
-                self.metrics.hedge();
+                self.metrics.hedge(&node);
                 self.jobs
                     .update(id, |j| j.note = Some(format!("hedged to {node}")));
             }

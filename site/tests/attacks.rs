@@ -144,8 +144,13 @@ async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
     );
 
     let text = server.get_text("/metrics").await;
-    let timed_out = metric(&text, "glimpse_connections_total{event=\"timed_out\"}").unwrap_or(0.0);
-    let evicted = metric(&text, "glimpse_connections_total{event=\"evicted\"}").unwrap_or(0.0);
+    let timed_out = metric(
+        &text,
+        "glimpse_connection_events_total{event=\"timed_out\"}",
+    )
+    .unwrap_or(0.0);
+    let evicted =
+        metric(&text, "glimpse_connection_events_total{event=\"evicted\"}").unwrap_or(0.0);
     println!(
         "{at_peak} slow connections open; a normal client answered in {took:?}; {closed} closed, \
          the last {latest:?} after connecting; {timed_out} by the header timeout, {evicted} evicted"

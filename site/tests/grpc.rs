@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use common::{Harness, jpeg, part, png, tls_connector_for};
+use common::{Harness, jpeg, metric, part, png, tls_connector_for};
 use glimpse_site::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use glimpse_site::grpc::proto::infer_parameter::ParameterChoice;
 use glimpse_site::grpc::proto::model_infer_request::{
@@ -488,6 +488,17 @@ async fn refusals_have_their_codes_and_the_server_keeps_serving() {
         .await
         .expect("still serving");
     assert_eq!(r.outputs[0].shape, [2, 5]);
+    // /metrics has the calls by method and gRPC status: answered (0) and refused (3).
+    let text = h.get_text("/metrics").await;
+    for series in [
+        "glimpse_grpc_request_duration_seconds_count{method=\"ModelInfer\",code=\"0\"}",
+        "glimpse_grpc_request_duration_seconds_count{method=\"ModelInfer\",code=\"3\"}",
+    ] {
+        assert!(
+            metric(&text, series).is_some_and(|n| n >= 1.0),
+            "{series} missing from\n{text}"
+        );
+    }
     h.stop().await;
 }
 

@@ -96,6 +96,10 @@ pub struct Timings {
     pub preprocess_ms: f32,
     /// Forward pass (the image's share of its batch).
     pub infer_ms: f32,
+    /// Images in the forward pass that answered this one. Absent from nodes that predate it
+    /// (older peers ignore it, and it decodes as `None` from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// A node's answer for one image.

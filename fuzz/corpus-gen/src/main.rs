@@ -245,6 +245,7 @@ fn answer(labels: u32) -> Reply {
             decode_ms: 3.5,
             preprocess_ms: 1.75,
             infer_ms: 41.0,
+            batch_size: None,
         },
         synthetic: false,
     })

@@ -141,15 +141,31 @@ impl tower_service::Service<Request<Incoming>> for Admitted {
                 parts.extensions.insert(caller);
             }
             Err(refused) => {
-                let resp = Status::from(refused).into_http::<tonic::body::Body>();
+                let status = Status::from(refused);
+                let code = u16::try_from(status.code() as i32).unwrap_or(u16::MAX);
+                self.site
+                    .metrics
+                    .grpc_call(parts.uri.path(), code, std::time::Duration::ZERO);
+                let resp = status.into_http::<tonic::body::Body>();
                 return Box::pin(std::future::ready(Ok(resp.map(track))));
             }
         }
         parts.extensions.insert(PeerAddr(self.peer));
+        let path = parts.uri.path().to_string();
         let req = Request::from_parts(parts, Paid::new(body, self.site.clone()));
         let fut = tower_service::Service::call(&mut self.inner, req);
+        let site = self.site.clone();
+        let started = std::time::Instant::now();
         Box::pin(async move {
             let resp = fut.await?;
+            // Every method is unary: an error comes as a trailers-only response, its
+            // grpc-status in the headers; a success carries it in the trailers (0).
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            site.metrics.grpc_call(&path, code, started.elapsed());
             Ok(resp.map(track))
         })
     }

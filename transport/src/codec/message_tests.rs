@@ -256,3 +256,48 @@ fn error_replies_map_to_inference_errors() {
     assert!(!InferenceError::BadImage(String::new()).is_retryable());
     assert!(InferenceError::Overloaded.is_retryable());
 }
+
+/// `batch_size` is optional on the wire both ways: an answer from a node that predates it
+/// decodes with `None`, and a new answer carries it and still decodes for an old peer.
+#[test]
+fn timings_batch_size_is_optional_on_the_wire() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct OldTimings {
+        queue_ms: f32,
+        decode_ms: f32,
+        preprocess_ms: f32,
+        infer_ms: f32,
+    }
+    let old = OldTimings {
+        queue_ms: 1.0,
+        decode_ms: 2.0,
+        preprocess_ms: 3.0,
+        infer_ms: 4.0,
+    };
+    let from_old: Timings = serde_cbor::from_slice(&serde_cbor::to_vec(&old).unwrap()).unwrap();
+    assert_eq!(from_old.batch_size, None);
+    assert_eq!(from_old.infer_ms, 4.0);
+    let plain = Timings {
+        queue_ms: 1.0,
+        decode_ms: 2.0,
+        preprocess_ms: 3.0,
+        infer_ms: 4.0,
+        batch_size: None,
+    };
+    assert_eq!(
+        serde_cbor::to_vec(&plain).unwrap(),
+        serde_cbor::to_vec(&old).unwrap(),
+        "no batch size must encode exactly as before"
+    );
+    let mut a = answer();
+    a.timings.batch_size = Some(8);
+    let f = encode_reply(&Reply::Answer(a.clone())).unwrap();
+    assert_eq!(decode_reply(body(&f)).unwrap(), Reply::Answer(a));
+    let new = serde_cbor::to_vec(&Timings {
+        batch_size: Some(8),
+        ..plain
+    })
+    .unwrap();
+    let seen_by_old: OldTimings = serde_cbor::from_slice(&new).unwrap();
+    assert_eq!(seen_by_old, old);
+}

@@ -1,0 +1,40 @@
+//! What operating a Glimpse process needs, shared by the front-end (`glimpse`) and the node
+//! (`glimpse-node`) so both behave the same:
+//!
+//! - [`config_file`]: the optional TOML file under flags and environment variables;
+//! - [`logging`]: `--log-format text|json`;
+//! - [`process`] and [`exposition`]: the Prometheus pieces both `/metrics` pages share (build
+//!   info, `process_*` metrics, the text format and its content type);
+//! - [`OpsArgs`]: the flags for the above, flattened into both command lines.
+
+pub mod config_file;
+pub mod exposition;
+pub mod logging;
+pub mod process;
+
+use std::path::PathBuf;
+
+pub use logging::LogFormat;
+
+/// `--config` and `--log-format`, the same on every Glimpse binary (flatten them into the
+/// top-level command: they are global, so they may follow a subcommand too).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpsArgs {
+    /// TOML configuration file whose keys are the long flag names without `--`, e.g.
+    /// `max-queued = 512` or `node = ["a=10.0.0.1:4433"]` (repeatable flags take lists).
+    /// Precedence: flag > environment variable > file > built-in default. Unknown keys are an
+    /// error. Default: none.
+    #[arg(long, env = "GLIMPSE_CONFIG", value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object
+    /// per line, with timestamp, level, target and the event's fields). GLIMPSE_LOG or
+    /// RUST_LOG sets the filter. Default: text.
+    #[arg(
+        long,
+        env = "GLIMPSE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}

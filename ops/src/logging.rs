@@ -1,0 +1,41 @@
+//! The process's log subscriber: human text, or one JSON object per line for log collectors
+//! (Kubernetes, journald exports, Loki) that otherwise have to guess where a line ends and
+//! which part is the level.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-01-01T00:00:00Z  INFO target: message key=value`, coloured on a terminal.
+    #[default]
+    Text,
+    /// `{"timestamp":…,"level":"INFO","target":…,"message":…,"key":value}` per line.
+    Json,
+}
+
+/// Installs the global subscriber writing to stderr (stdout stays for the programs' own
+/// output). The filter comes from `GLIMPSE_LOG`, else `RUST_LOG`, else `default_filter`.
+/// Does nothing if a subscriber is already installed (tests that start several parts in one
+/// process).
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter = std::env::var("GLIMPSE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
