@@ -22,7 +22,11 @@ fn endpoint(name: &str, addr: std::net::SocketAddr) -> NodeEndpoint {
 async fn gone(d: &Dispatcher, name: &str) {
     let deadline = Instant::now() + LONG;
     while d.nodes().iter().any(|n| n.name == name) {
-        assert!(Instant::now() < deadline, "{name} still listed: {:?}", d.nodes());
+        assert!(
+            Instant::now() < deadline,
+            "{name} still listed: {:?}",
+            d.nodes()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -55,7 +59,10 @@ async fn a_node_that_leaves_finishes_its_work_gets_no_more_and_can_come_back() {
     assert_eq!(change.removed, vec![endpoint("a", a.addr)]);
     assert_eq!(change.joined, vec![endpoint("b", b.addr)]);
     let status = d.nodes();
-    let a_status = status.iter().find(|n| n.name == "a").expect("a still listed");
+    let a_status = status
+        .iter()
+        .find(|n| n.name == "a")
+        .expect("a still listed");
     assert!(a_status.removed, "{status:?}");
     assert_eq!(a_status.in_flight, 10, "a holds its work: {status:?}");
 
@@ -143,6 +150,9 @@ async fn a_dispatcher_may_start_empty_and_fill_later() {
     assert!(d.classify(image(1, 100), 5, |_| {}).await.is_err());
     d.set_nodes(&[endpoint("a", a.addr)]);
     ready(&d, 1).await;
-    let c = d.classify(image(2, 100), 5, |_| {}).await.expect("answered");
+    let c = d
+        .classify(image(2, 100), 5, |_| {})
+        .await
+        .expect("answered");
     assert_eq!(c.node, "a");
 }
