@@ -119,7 +119,8 @@ impl Dispatcher {
     /// [`DispatcherConfig::drain_timeout`]; an endpoint listed again rejoins. An endpoint is
     /// its name *and* address: the same address under another name is another node. Nodes
     /// use the UDP socket bound at start, so they must be of its address family (see
-    /// [`DispatcherConfig::bind`]). Returns what changed.
+    /// [`DispatcherConfig::bind`]). Returns what changed. Must be called inside a tokio
+    /// runtime (it starts a supervision task per new node).
     pub fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges {
         let _serial = crate::sync::lock(&self.lifetime.membership);
         let (change, endpoints) = {
