@@ -332,6 +332,37 @@ mod tests {
         dispatcher_config(&cli, DispatcherConfig::new(vec![], vec![], vec![], key))
     }
 
+    #[tokio::test]
+    async fn discovery_needs_the_cluster_certificates_and_no_local_workers() {
+        for flags in [
+            &["glimpse", "--node-dns", "nodes.test:4433"][..],
+            &["glimpse", "--nodes-file", "/nonexistent"][..],
+        ] {
+            let cli = Cli::try_parse_from(flags).expect("flags parse");
+            let Err(e) = build(&cli).await else {
+                panic!("{flags:?} started without certificates")
+            };
+            assert!(e.to_string().contains("need --ca, --cert and --key"), "{e}");
+        }
+        assert!(
+            Cli::try_parse_from(["glimpse", "--local-workers", "1", "--node-dns", "n.test:1"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "glimpse",
+            "--node-dns",
+            "a.test:1,b.test:2",
+            "--dns-server",
+            "127.0.0.1:5353",
+            "--discovery-interval-s",
+            "0.5",
+        ])
+        .expect("flags parse");
+        assert_eq!(cli.discovery.node_dns.len(), 2);
+        assert_eq!(cli.discovery.interval(), Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["glimpse", "--discovery-interval-s", "0"]).is_err());
+    }
+
     #[test]
     fn dispatch_flags_reach_the_dispatcher() {
         let c = config_from(&["glimpse"]);

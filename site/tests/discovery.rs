@@ -203,12 +203,16 @@ async fn until(site: &Spawned, limit: Duration, what: &str, check: impl Fn(&[Val
     }
 }
 
-fn sighup(pid: u32) {
+fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
+        .args([sig, &pid.to_string()])
         .status()
-        .expect("kill -HUP");
+        .expect("kill");
     assert!(ok.success());
+}
+
+fn sighup(pid: u32) {
+    signal(pid, "-HUP");
 }
 
 fn write_hosts(path: &Path, ips: &[Ipv4Addr]) {
@@ -391,6 +395,29 @@ async fn dns_membership_changes_while_500_images_flow() {
     let n = nodes(&site).await;
     assert_eq!(n.len(), 2, "{n:?}");
     assert!(n.iter().all(|n| n["state"] == "ready"), "{n:?}");
+
+    // The DNS server stops answering (frozen): lookups time out, and the last known
+    // addresses stand: a DNS outage does not drain the fleet.
+    signal(dns_pid, "-STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = nodes(&site).await;
+    signal(dns_pid, "-CONT");
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert!(n.iter().all(|n| n["state"] == "ready"), "{n:?}");
+
+    // An answer with no address (NXDOMAIN) is an answer: every node of the name leaves.
+    write_hosts(&hosts, &[]);
+    sighup(dns_pid);
+    until(&site, Duration::from_secs(30), "an empty membership", |n| {
+        n.is_empty()
+    })
+    .await;
+    let r = client()
+        .get(site.url("/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(r.status(), 503, "not ready without nodes");
 }
 
 /// A `glimpse` on a nodes file (with `interval_s` between checks), and its two nodes.

@@ -24,7 +24,7 @@ mod types;
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};
 pub use config::{CongestionControl, DEFAULT_MAX_IMAGE_BYTES, TransportTuning};
 pub use dispatcher::{
-    Classified, DispatchError, DispatchStats, Dispatcher, DispatcherConfig, Membership,
+    Classified, DispatchError, DispatchStats, Dispatcher, DispatcherConfig, NodeChanges,
     NodeEndpoint, NodeState, NodeStatus, Progress,
 };
 pub use error::TransportError;

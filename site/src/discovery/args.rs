@@ -7,10 +7,11 @@ use clap::Args;
 
 use super::dns::{DnsName, DnsServer};
 
+const HEADING: &str = "Node discovery";
+
 /// Where the front-end finds its nodes besides `--node`; all sources together (and
 /// `--node`) make the membership, followed live.
 #[derive(Debug, Clone, Default, Args)]
-#[command(next_help_heading = "Node discovery")]
 pub struct DiscoveryArgs {
     /// Nodes behind a DNS name, as NAME:PORT (repeatable): every A/AAAA address NAME has is
     /// a node, at PORT, whose certificate must name NAME (a DNS SAN, possibly a wildcard:
@@ -24,12 +25,18 @@ pub struct DiscoveryArgs {
         env = "GLIMPSE_NODE_DNS",
         value_name = "NAME:PORT",
         value_delimiter = ',',
-        conflicts_with = "local_workers"
+        conflicts_with = "local_workers",
+        help_heading = HEADING
     )]
     pub node_dns: Vec<DnsName>,
     /// DNS server for --node-dns, as IP or IP:PORT (port 53 if omitted). Default: the
     /// system's resolvers (/etc/resolv.conf, with its search domains).
-    #[arg(long, env = "GLIMPSE_DNS_SERVER", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "GLIMPSE_DNS_SERVER",
+        value_name = "ADDR",
+        help_heading = HEADING
+    )]
     pub dns_server: Option<DnsServer>,
     /// A file of nodes, one NAME=HOST:PORT per line (as --node; `#` comments), read again
     /// when it changes (checked every --discovery-interval-s) and on SIGHUP. A file that
@@ -39,7 +46,8 @@ pub struct DiscoveryArgs {
         long,
         env = "GLIMPSE_NODES_FILE",
         value_name = "PATH",
-        conflicts_with = "local_workers"
+        conflicts_with = "local_workers",
+        help_heading = HEADING
     )]
     pub nodes_file: Option<PathBuf>,
     /// Seconds between discovery rounds (--node-dns lookups, --nodes-file checks).
@@ -48,7 +56,8 @@ pub struct DiscoveryArgs {
         long = "discovery-interval-s",
         env = "GLIMPSE_DISCOVERY_INTERVAL_S",
         default_value_t = 5.0,
-        value_parser = parse_interval
+        value_parser = parse_interval,
+        help_heading = HEADING
     )]
     pub discovery_interval_s: f64,
 }

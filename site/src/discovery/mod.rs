@@ -178,11 +178,6 @@ impl Discovery {
         self.membership.endpoints()
     }
 
-    /// Whether there is anything to follow (a DNS name or a nodes file).
-    pub fn is_live(&self) -> bool {
-        self.resolver.is_some() || self.file.is_some()
-    }
-
     /// One round: looks every name up and reads the file (again, resolving it even if
     /// unchanged, when `force`). Failures are logged and keep the last answer.
     async fn round(&mut self, force: bool) {

@@ -52,7 +52,7 @@ impl Drop for ShutdownOnDrop {
 
 /// What [`Dispatcher::set_nodes`] changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Membership {
+pub struct NodeChanges {
     /// Endpoints that joined (or came back while still leaving).
     pub joined: Vec<NodeEndpoint>,
     /// Endpoints that left: they drain, then disappear.
@@ -119,14 +119,15 @@ impl Dispatcher {
     /// [`DispatcherConfig::drain_timeout`]; an endpoint listed again rejoins. An endpoint is
     /// its name *and* address: the same address under another name is another node. Nodes
     /// use the UDP socket bound at start, so they must be of its address family (see
-    /// [`DispatcherConfig::bind`]). Returns what changed.
-    pub fn set_nodes(&self, nodes: &[NodeEndpoint]) -> Membership {
+    /// [`DispatcherConfig::bind`]). Returns what changed. Must be called inside a tokio
+    /// runtime (it starts a supervision task per new node).
+    pub fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges {
         let _serial = crate::sync::lock(&self.lifetime.membership);
         let (change, endpoints) = {
             let mut c = self.shared.cluster();
             let change = c.set_members(nodes);
             let name = |i: &usize| c.endpoint(*i).clone();
-            let endpoints = Membership {
+            let endpoints = NodeChanges {
                 joined: change
                     .joined
                     .iter()

@@ -37,7 +37,7 @@ mod stats;
 pub use action::{Action, Cause, Failure, Open, Won};
 pub use cluster::{Cluster, MembershipChange, NodeState, NodeStatus};
 pub use config::{DispatcherConfig, NodeEndpoint, Policy};
-pub use driver::{Dispatcher, Membership};
+pub use driver::{Dispatcher, NodeChanges};
 pub use heartbeat::{Backoff, Heartbeat, LEGACY_LOAD_INTERVAL};
 pub use latency::{LATENCY_WINDOW, LatencyWindow, MIN_SAMPLES};
 pub use outcome::{Classified, DispatchError, Progress};
