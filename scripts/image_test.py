@@ -283,8 +283,7 @@ def main() -> None:
 
         pm.run("network", "create", network)
         replicas = int(node_dep["spec"]["replicas"])
-        has_admin = image_has_flag(pm, opts.image, ["glimpse-node", "serve"], "--admin-listen")
-        node_probe_ports = [port_number(node_c, "admin")] if has_admin else []
+        node_probe_ports = [port_number(node_c, "admin")]
         nodes = [f"glimpse-node-{i}" for i in range(replicas)]
         for pod in nodes:
             env = env_of(node_c, pod) | TEST_OVERRIDES["node"]
@@ -302,13 +301,14 @@ def main() -> None:
         names.append("glimpse-0")
 
         # The manifests' probes, by path and port.
-        if has_admin:
-            for pod in nodes:
-                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                    if probe in node_c:
-                        wait_probe(pm, pod, node_c, probe, None, 120)
-        else:
-            log("FALLBACK: this glimpse-node has no --admin-listen; node probes not called")
+        called = 0
+        for pod in nodes:
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in node_c:
+                    wait_probe(pm, pod, node_c, probe, None, 120)
+                    called += 1
+        if called < 2 * len(nodes):
+            raise SystemExit(f"the node manifest has {called // len(nodes)} probe(s), want liveness and readiness")
         wait_probe(pm, "glimpse-0", fe_c, "livenessProbe", ctx, 60)
         wait_probe(pm, "glimpse-0", fe_c, "readinessProbe", ctx, 120)
 
