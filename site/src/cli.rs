@@ -327,6 +327,10 @@ pub struct Cli {
         help_heading = "Security"
     )]
     pub hsts_max_age_s: u64,
+
+    /// Several front-ends on the same nodes: this one's id, its peers, its shutdown grace.
+    #[command(flatten)]
+    pub frontend: crate::frontend::FrontendArgs,
 }
 
 /// Commands besides serving.
@@ -434,6 +438,7 @@ impl Cli {
             hsts_max_age_s: self.hsts_max_age_s,
             limits: self.limits(),
             conn: self.conn_limits(nofile),
+            ownership: self.frontend.ownership(),
         }
     }
 }

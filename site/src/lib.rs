@@ -21,6 +21,7 @@ pub mod conn;
 mod error;
 mod events;
 mod filters;
+pub mod frontend;
 pub mod grpc;
 mod guards;
 mod health;
@@ -59,6 +60,7 @@ use api::AdminAccess;
 use auth::KeyFile;
 use caller::{ClientTokens, Identify};
 use conn::{ConnLimits, Registry};
+use frontend::{Frontend, FrontendId};
 use routes::Access;
 
 /// Everything about how the front-end listens and what it lets callers do.
@@ -82,6 +84,8 @@ pub struct SiteConfig {
     pub limits: Limits,
     /// Connection caps and timeouts.
     pub conn: ConnLimits,
+    /// This front-end's id and where the others are (several front-ends on the same nodes).
+    pub ownership: frontend::Ownership,
 }
 
 /// A running HTTPS front-end (and its optional plain-HTTP redirect and admin listener).
@@ -109,6 +113,12 @@ impl RunningSite {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Begin stopping: readiness answers 503 from now on, everything else is served as
+    /// before, so load balancers move away before [`RunningSite::shutdown`] drains.
+    pub fn stop_ready(&self) {
+        self.site.frontend.stop_ready();
     }
 
     /// Start a graceful shutdown without waiting for it (see [`RunningSite::shutdown`]).
@@ -140,6 +150,11 @@ pub async fn start_site(
         keys: keys.clone(),
         tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
     };
+    let id = match config.ownership.id.clone() {
+        Some(id) => id,
+        None => FrontendId::from_host_name().map_err(|e| ServerError::Config(e.to_string()))?,
+    };
+    let frontend = Frontend::new(id, config.ownership.peers.clone());
     let (tx, rx) = shutdown_channel();
     let connections = Registry::new(config.conn);
     let site = Site::new(
@@ -148,6 +163,7 @@ pub async fn start_site(
         identify,
         connections.clone(),
         rx.clone(),
+        frontend,
     );
     let access = Access {
         admin,

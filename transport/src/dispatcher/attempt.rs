@@ -58,6 +58,8 @@ impl From<&AttemptError> for Failure {
             AttemptError::Reset(_) => Cause::Reset,
             AttemptError::Timeout => Cause::Timeout,
             AttemptError::ConnectionLost(_) => Cause::ConnectionLost,
+            AttemptError::Rejected(crate::types::InferenceError::Overloaded)
+            | AttemptError::Reset(crate::codec::StreamCode::Overloaded) => Cause::Overloaded,
             AttemptError::Rejected(r) if r.is_retryable() => Cause::NodeError,
             _ => Cause::Other,
         };
