@@ -43,11 +43,6 @@ pub enum FrontendIdError {
         "{0:?} is not a valid front-end id: use 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-' (e.g. the pod name, web-1)"
     )]
     Invalid(String),
-    /// The default (the host name) is not usable.
-    #[error(
-        "the host name {0:?} does not make a front-end id (1 to 63 of a-z, 0-9 and '-'): pass --frontend-id (GLIMPSE_FRONTEND_ID)"
-    )]
-    HostName(String),
     /// The host name could not be read.
     #[error("cannot read the host name ({0}): pass --frontend-id (GLIMPSE_FRONTEND_ID)")]
     NoHostName(String),
@@ -59,18 +54,35 @@ impl FrontendId {
         &self.0
     }
 
-    /// The default id: the host name (the pod name under Kubernetes), lower-cased, up to its
-    /// first dot. Host names compare case-insensitively, so lower-casing names the same host.
+    /// The default id: the host name (the pod name under Kubernetes) up to its first dot,
+    /// lower-cased (host names compare case-insensitively), with any other character not
+    /// allowed in an id made a '-' and cut to [`MAX_ID_LEN`]; `glimpse` if nothing is left.
+    /// A default never stops a single front-end from starting; give each of several an
+    /// explicit `--frontend-id` when their host names are unusual.
     pub fn from_host_name() -> Result<FrontendId, FrontendIdError> {
         let host = host_name().map_err(|e| FrontendIdError::NoHostName(e.to_string()))?;
-        let label = host
+        Ok(FrontendId::sanitized(&host))
+    }
+
+    /// `host` made into an id as [`FrontendId::from_host_name`] describes.
+    fn sanitized(host: &str) -> FrontendId {
+        let label: String = host
             .split('.')
             .next()
             .unwrap_or_default()
-            .to_ascii_lowercase();
-        label
-            .parse()
-            .map_err(|_| FrontendIdError::HostName(crate::error::truncate(host, 100)))
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '-',
+            })
+            .take(MAX_ID_LEN)
+            .collect();
+        let label = label.trim_matches('-');
+        if label.is_empty() {
+            FrontendId("glimpse".to_string())
+        } else {
+            FrontendId(label.to_string())
+        }
     }
 }
 
@@ -243,8 +255,8 @@ impl Frontend {
 pub struct FrontendArgs {
     /// This front-end's id: it names the asynchronous jobs it owns (`ID.RANDOM`), so another
     /// front-end asked about one can say where it lives. 1 to 63 of a-z, 0-9 and '-'; give
-    /// each front-end its own. Default: the host name up to its first dot, lower-cased (the
-    /// pod name under Kubernetes).
+    /// each front-end its own. Default: the host name up to its first dot, lower-cased, other
+    /// characters made '-' (the pod name under Kubernetes).
     #[arg(long, env = "GLIMPSE_FRONTEND_ID", value_name = "ID")]
     pub frontend_id: Option<FrontendId>,
     /// Base URL of another front-end, `{frontend}` standing for its id (e.g.
@@ -320,12 +332,24 @@ mod tests {
     }
 
     #[test]
-    fn the_host_name_is_the_default() {
-        // Whatever this machine is called, the default is either a valid id or a clear error.
-        match FrontendId::from_host_name() {
-            Ok(id) => assert!(id.as_str().parse::<FrontendId>().is_ok()),
-            Err(e) => assert!(e.to_string().contains("--frontend-id"), "{e}"),
+    fn the_host_name_makes_the_default() {
+        let id = FrontendId::from_host_name().expect("a host name");
+        assert!(id.as_str().parse::<FrontendId>().is_ok(), "{id}");
+        let cases = [
+            (
+                "glimpse-frontend-7d9f8c-x2x4k",
+                "glimpse-frontend-7d9f8c-x2x4k",
+            ),
+            ("Build-Box.example.org", "build-box"),
+            ("my_host", "my-host"),
+            ("-x-", "x"),
+            ("...", "glimpse"),
+        ];
+        for (host, want) in cases {
+            assert_eq!(FrontendId::sanitized(host).as_str(), want, "{host}");
         }
+        let long = FrontendId::sanitized(&"a".repeat(100));
+        assert_eq!(long.as_str().len(), MAX_ID_LEN);
     }
 
     #[test]
