@@ -476,6 +476,8 @@ mod tests {
         );
         let limits = cli.limits();
         assert_eq!(limits.max_buffered_bytes, 512 << 20);
+        assert_eq!(cli.frontend.shutdown_grace(), Duration::from_secs(5));
+        assert_eq!(cli.site_config(1024).ownership.id, None, "the host name's");
         assert!(limits.validate().is_ok(), "the defaults work together");
         let rate = limits.rate.expect("rate limited by default");
         assert_eq!((rate.per_second.get(), rate.burst.get()), (50, 200));
