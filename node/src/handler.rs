@@ -64,6 +64,11 @@ pub(crate) struct NodeCounters {
     pub decode_budget_in_use: AtomicU64,
     /// Most bytes of the decode budget ever reserved at once.
     pub decode_budget_peak: AtomicU64,
+    /// Requests admitted and not yet ended, counted apart from the admission check so a
+    /// broken check shows here.
+    pub held: AtomicU64,
+    /// Most requests ever held at once.
+    pub held_peak: AtomicU64,
 }
 
 /// A point-in-time copy of [`NodeCounters`].
@@ -84,6 +89,10 @@ pub struct NodeStats {
     pub decode_budget_in_use_bytes: u64,
     /// Most bytes of the decode budget ever reserved at once.
     pub decode_budget_peak_bytes: u64,
+    /// Most requests admitted and not yet ended at once. Admission keeps it at or below
+    /// `capacity` however many front-ends share the node; logged at shutdown, so a test
+    /// of several front-ends can check it from outside.
+    pub held_peak: u64,
 }
 
 impl NodeCounters {
@@ -99,6 +108,7 @@ impl NodeCounters {
             decoded: self.decoded.load(Ordering::SeqCst),
             decode_budget_in_use_bytes,
             decode_budget_peak_bytes: self.decode_budget_peak.load(Ordering::SeqCst),
+            held_peak: self.held_peak.load(Ordering::SeqCst),
         }
     }
 }
@@ -175,6 +185,23 @@ struct InFlight<'a>(&'a AtomicU32);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One admitted request in [`NodeCounters::held`], until it ends however it ends.
+struct Held<'a>(&'a NodeCounters);
+
+impl<'a> Held<'a> {
+    fn enter(counters: &'a NodeCounters) -> Held<'a> {
+        let now = counters.held.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.held_peak.fetch_max(now, Ordering::SeqCst);
+        Held(counters)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -434,6 +461,7 @@ impl Handler for NodeHandler {
             self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             return Err(InferenceError::Overloaded);
         }
+        let _held = Held::enter(&self.counters);
 
         let result = self.serve(req, started).await;
         match &result {

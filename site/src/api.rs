@@ -61,6 +61,22 @@ pub(crate) fn routes(
         })
         .boxed();
 
+    // A job another front-end owns: 421 naming it (or 307 there), before anything else, so
+    // the owner does the authentication and the counting, and no client token is minted
+    // here for a caller that belongs there.
+    let elsewhere = warp::path!("api" / "v1" / "jobs" / String)
+        .and(warp::get())
+        .and(warp::path::full())
+        .and(with_site(site.clone()))
+        .and_then(
+            |id: String, path: warp::path::FullPath, site: Arc<Site>| async move {
+                site.frontend
+                    .misdirected(&id, path.as_str())
+                    .ok_or_else(warp::reject::not_found)
+            },
+        )
+        .boxed();
+
     let job = warp::path!("api" / "v1" / "jobs" / String)
         .and(warp::get())
         .and(caller(site.clone()))
@@ -133,6 +149,8 @@ pub(crate) fn routes(
         .boxed();
 
     classify
+        .or(elsewhere)
+        .unify()
         .or(job)
         .unify()
         .or(events)

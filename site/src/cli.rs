@@ -339,6 +339,10 @@ pub struct Cli {
         help_heading = "Security"
     )]
     pub hsts_max_age_s: u64,
+
+    /// Several front-ends on the same nodes: this one's id, its peers, its shutdown grace.
+    #[command(flatten)]
+    pub frontend: crate::frontend::FrontendArgs,
 }
 
 /// Commands besides serving.
@@ -446,6 +450,7 @@ impl Cli {
             hsts_max_age_s: self.hsts_max_age_s,
             limits: self.limits(),
             conn: self.conn_limits(nofile),
+            ownership: self.frontend.ownership(),
         }
     }
 }
@@ -483,6 +488,8 @@ mod tests {
         );
         let limits = cli.limits();
         assert_eq!(limits.max_buffered_bytes, 512 << 20);
+        assert_eq!(cli.frontend.shutdown_grace(), Duration::from_secs(5));
+        assert_eq!(cli.site_config(1024).ownership.id, None, "the host name's");
         assert!(limits.validate().is_ok(), "the defaults work together");
         let rate = limits.rate.expect("rate limited by default");
         assert_eq!((rate.per_second.get(), rate.burst.get()), (50, 200));

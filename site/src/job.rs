@@ -33,7 +33,7 @@ impl JobStatus {
 /// `results` array of `POST /api/v1/classify?wait=true`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobView {
-    /// The job's id, unguessable, unique in this process.
+    /// The job's id, unguessable: the id of the front-end that owns it, a dot, and random hex.
     pub id: String,
     /// The uploaded file name (user supplied: the page shows it with `textContent`).
     pub name: String,

@@ -44,11 +44,14 @@ pub struct JobStore {
     hub: Arc<EventHub>,
     retention: Retention,
     rng: SystemRandom,
+    /// Starts every id: the owning front-end's id and a dot (see [`crate::frontend`]).
+    id_prefix: String,
 }
 
 impl JobStore {
-    /// A store that keeps finished jobs within `retention`.
-    pub fn new(retention: Retention) -> JobStore {
+    /// A store that keeps finished jobs within `retention` and starts every job id with
+    /// `id_prefix` (the front-end's id and a dot, so other front-ends can tell the owner).
+    pub fn new(retention: Retention, id_prefix: String) -> JobStore {
         JobStore {
             inner: Mutex::new(Inner {
                 jobs: HashMap::new(),
@@ -61,10 +64,12 @@ impl JobStore {
                 bytes: retention.bytes,
             },
             rng: SystemRandom::new(),
+            id_prefix,
         }
     }
 
-    /// A new unguessable job id: one user cannot enumerate another user's results.
+    /// A new unguessable job id, the prefix and 72 random bits in hex: one user cannot
+    /// enumerate another user's results.
     pub fn new_id(&self) -> String {
         let mut raw = [0u8; 9];
         if self.rng.fill(&mut raw).is_err() {
@@ -74,9 +79,13 @@ impl JobStore {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or_default();
-            return format!("t{nanos:x}");
+            return format!("{}t{nanos:x}", self.id_prefix);
         }
-        raw.iter().map(|b| format!("{b:02x}")).collect()
+        let mut id = self.id_prefix.clone();
+        for b in raw {
+            id.push_str(&format!("{b:02x}"));
+        }
+        id
     }
 
     /// Subscribe to the changes of `owner`'s jobs (the SSE endpoint).
@@ -204,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn final_jobs_do_not_change_and_old_ones_are_evicted() {
-        let store = JobStore::new(keep(2));
+        let store = JobStore::new(keep(2), String::new());
         let me = owner(1);
         let rx = store.subscribe(me.clone());
         for i in 0..3 {
@@ -236,17 +245,18 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_hex() {
-        let store = JobStore::new(keep(10));
+        let store = JobStore::new(keep(10), "web-1.".into());
         let a = store.new_id();
         let b = store.new_id();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 18);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        let random = a.strip_prefix("web-1.").expect("the owner's prefix");
+        assert_eq!(random.len(), 18);
+        assert!(random.chars().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]
     fn another_owners_job_is_not_found() {
-        let store = JobStore::new(keep(10));
+        let store = JobStore::new(keep(10), String::new());
         store.insert(&owner(1), JobView::queued("j".into(), "mri.png".into(), 1));
         assert!(store.get("j", &owner(1)).is_some());
         assert!(store.get("j", &owner(2)).is_none());
@@ -269,10 +279,13 @@ mod tests {
         };
         let one = big("probe".into()).approx_bytes();
         assert!(one > 40_000, "a top-1000 job is large: {one}");
-        let store = JobStore::new(Retention {
-            jobs: 10_000,
-            bytes: 10 * one,
-        });
+        let store = JobStore::new(
+            Retention {
+                jobs: 10_000,
+                bytes: 10 * one,
+            },
+            String::new(),
+        );
         for i in 0..100 {
             store.insert(&owner(1), big(format!("j{i}")));
         }

@@ -22,6 +22,7 @@ pub mod discovery;
 mod error;
 mod events;
 mod filters;
+pub mod frontend;
 pub mod grpc;
 mod guards;
 mod health;
@@ -60,6 +61,7 @@ use api::AdminAccess;
 use auth::KeyFile;
 use caller::{ClientTokens, Identify};
 use conn::{ConnLimits, Registry};
+use frontend::{Frontend, FrontendId};
 use routes::Access;
 
 /// Everything about how the front-end listens and what it lets callers do.
@@ -83,6 +85,8 @@ pub struct SiteConfig {
     pub limits: Limits,
     /// Connection caps and timeouts.
     pub conn: ConnLimits,
+    /// This front-end's id and where the others are (several front-ends on the same nodes).
+    pub ownership: frontend::Ownership,
 }
 
 /// A running HTTPS front-end (and its optional plain-HTTP redirect and admin listener).
@@ -110,6 +114,12 @@ impl RunningSite {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Begin stopping: readiness answers 503 from now on, everything else is served as
+    /// before, so load balancers move away before [`RunningSite::shutdown`] drains.
+    pub fn stop_ready(&self) {
+        self.site.frontend.stop_ready();
     }
 
     /// Start a graceful shutdown without waiting for it (see [`RunningSite::shutdown`]).
@@ -141,6 +151,11 @@ pub async fn start_site(
         keys: keys.clone(),
         tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
     };
+    let id = match config.ownership.id.clone() {
+        Some(id) => id,
+        None => FrontendId::from_host_name().map_err(|e| ServerError::Config(e.to_string()))?,
+    };
+    let frontend = Frontend::new(id, config.ownership.peers.clone());
     let (tx, rx) = shutdown_channel();
     let connections = Registry::new(config.conn);
     let site = Site::new(
@@ -149,6 +164,7 @@ pub async fn start_site(
         identify,
         connections.clone(),
         rx.clone(),
+        frontend,
     );
     let access = Access {
         admin,

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
     // or weights load must drain and exit 0, not kill the process with the default action.
-    let shutdown = shutdown_signal().context("listening for SIGTERM and SIGINT")?;
+    let mut signals = Signals::install().context("listening for SIGTERM and SIGINT")?;
 
     tokio::spawn(return_memory());
     let nofile = conn::raise_fd_limit().context("raising the file-descriptor limit")?;
@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
             None => format!("listening on {}", cli.listen),
         })?;
 
+    tracing::info!(frontend = %site.site.frontend.id(), "front-end id (the prefix of its job ids)");
     let host = display_host(site.addr.ip());
     println!("Glimpse is serving at https://{host}:{}/", site.addr.port());
     if let Some(g) = site.grpc_addr {
@@ -99,8 +100,23 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    shutdown.await;
-    tracing::info!("shutting down: finishing open requests");
+    let signal = signals.recv().await;
+    // First fail readiness and keep serving for the grace period, so load balancers (probes,
+    // endpoint removal) send new work elsewhere before this front-end stops accepting it.
+    let grace = cli.frontend.shutdown_grace();
+    site.stop_ready();
+    if !grace.is_zero() {
+        tracing::info!(
+            signal,
+            grace_s = grace.as_secs_f64(),
+            "shutting down: /readyz answers 503, serving on for the grace period (send the signal again to skip it)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {}
+            signal = signals.recv() => tracing::info!(signal, "second signal: skipping the rest of the grace period"),
+        }
+    }
+    tracing::info!(signal, "shutting down: finishing open requests");
     site.shutdown().await;
     cluster.shutdown().await;
     Ok(())
@@ -146,25 +162,45 @@ fn keys(action: &KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Registers for SIGTERM and SIGINT (Ctrl-C) now and returns a future that completes on the
-/// first of them.
+/// SIGTERM and SIGINT (Ctrl-C), registered at once: a signal that arrives before anyone
+/// waits is kept, not lost.
 #[cfg(unix)]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    async fn recv(&mut self) -> &'static str {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    })
+    }
 }
 
 /// Ctrl-C where there is no SIGTERM.
 #[cfg(not(unix))]
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn recv(&mut self) -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
-    })
+        "Ctrl-C"
+    }
 }

@@ -19,6 +19,7 @@ use warp::http::HeaderMap;
 use crate::budget::{ByteBudget, Held};
 use crate::caller::{Caller, Identify};
 use crate::error::ApiError;
+use crate::frontend::Frontend;
 use crate::inference::{Failure, Inference, Progress, ProgressFn};
 use crate::job::{JobStatus, JobView};
 use crate::jobs::{JobStore, Retention};
@@ -102,6 +103,9 @@ pub struct Site {
     pub connections: Arc<crate::conn::Registry>,
     /// Counts and stage times of answered images (the statistics extension).
     pub stats: ModelStats,
+    /// This front-end among several: its id (the prefix of its job ids) and whether it has
+    /// begun to stop.
+    pub frontend: Frontend,
     queue: Arc<Semaphore>,
     dispatch: Arc<Semaphore>,
     shutdown: glimpse_transport::Shutdown,
@@ -159,19 +163,25 @@ impl Site {
     }
 
     /// `shutdown` flips to true when the server stops; long-lived streams (SSE) end then.
+    /// `frontend` names this front-end's jobs.
     pub fn new(
         inference: Arc<dyn Inference>,
         limits: Limits,
         identify: Identify,
         connections: Arc<crate::conn::Registry>,
         shutdown: glimpse_transport::Shutdown,
+        frontend: Frontend,
     ) -> Arc<Site> {
         Arc::new(Site {
             inference,
-            jobs: JobStore::new(Retention {
-                jobs: limits.job_retention,
-                bytes: limits.job_retention_bytes,
-            }),
+            jobs: JobStore::new(
+                Retention {
+                    jobs: limits.job_retention,
+                    bytes: limits.job_retention_bytes,
+                },
+                frontend.job_id_prefix(),
+            ),
+            frontend,
             metrics: Metrics::default(),
             identify,
             budget: ByteBudget::new(limits.max_buffered_bytes),

@@ -19,6 +19,9 @@ async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {
             "1",
             "--http-redirect",
             "127.0.0.1:0",
+            // Drain at once on SIGTERM (the grace is tested in tests/frontends.rs).
+            "--shutdown-grace-s",
+            "0",
         ],
         None,
     );

@@ -254,6 +254,31 @@ async fn every_documented_route_answers_as_documented() {
     // The JSON header of a binary answer is an InferResponse too.
     spec.check("post", path, 200, "application/json", &body[..len]);
 
+    // A job of another front-end: 421 naming it; with --peer-url-template, a 307 there.
+    let path = "/api/v1/jobs/another-frontend.00ff";
+    let req = h.client.get(h.url(path));
+    assert_eq!(call(&mut spec, req, "get", path).await.0, 421);
+    let peered = Harness::ready(
+        1,
+        1,
+        &[
+            "--frontend-id",
+            "web-1",
+            "--peer-url-template",
+            "https://{frontend}.glimpse-frontend.test:8443",
+        ],
+    )
+    .await;
+    let no_follow = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let path = "/api/v1/jobs/web-2.00ff";
+    let req = no_follow.get(peered.url(path));
+    assert_eq!(call(&mut spec, req, "get", path).await.0, 307);
+    peered.stop().await;
+
     let missing: Vec<_> = spec
         .documented()
         .difference(&spec.called)

@@ -426,6 +426,81 @@ fn attempts_exhausted_after_max_attempts_retryable_failures() {
     );
 }
 
+/// Two nodes shared with other front-ends, both full: their refusals (Overloaded) do not use
+/// up the request's attempts; it keeps trying, pausing before a node that refused it, until
+/// one takes it, within its deadline.
+#[test]
+fn refusals_by_full_nodes_do_not_use_up_attempts() {
+    let mut b = Bench::new(2, 4, true);
+    let p = Policy {
+        max_attempts: 2,
+        ..policy()
+    };
+    let (mut req, a) = b.start(p, 0, 0);
+    let mut open = opens(&a).remove(0);
+    let mut t = 0;
+    for _ in 0..6 {
+        t += 1;
+        let mut a = b.end(
+            &mut req,
+            t,
+            &open,
+            Err(retryable(
+                Cause::Overloaded,
+                "node replied: node overloaded",
+            )),
+        );
+        assert_eq!(done(&a), None, "refusals ended the request: {a:?}");
+        // Both nodes refused it once already: the next try waits a little first.
+        while opens(&a).is_empty() {
+            let next = b.next(&req).expect("a wake-up");
+            t = u64::try_from(next.as_millis()).unwrap();
+            a = b.timeout(&mut req, t);
+        }
+        open = opens(&a).remove(0);
+    }
+    let a = b.end(&mut req, t + 5, &open, Ok(()));
+    assert!(
+        matches!(done(&a), Some(Ok(Won { attempts: 7, .. }))),
+        "{a:?}"
+    );
+    // Real failures still count: two of them end the request.
+    let (mut req, a) = b.start(p, t + 10, 0);
+    let first = opens(&a).remove(0);
+    let a = b.end(
+        &mut req,
+        t + 11,
+        &first,
+        Err(retryable(Cause::Overloaded, "full")),
+    );
+    let second = opens(&a).remove(0);
+    let a = b.end(
+        &mut req,
+        t + 12,
+        &second,
+        Err(retryable(Cause::Reset, "reset")),
+    );
+    let mut a = a;
+    while opens(&a).is_empty() && done(&a).is_none() {
+        let next = b.next(&req).expect("a wake-up");
+        a = b.timeout(&mut req, u64::try_from(next.as_millis()).unwrap());
+    }
+    let third = opens(&a).remove(0);
+    let a = b.end(
+        &mut req,
+        t + 400,
+        &third,
+        Err(retryable(Cause::Reset, "reset")),
+    );
+    assert!(
+        matches!(
+            done(&a),
+            Some(Err(DispatchError::AttemptsExhausted { attempts: 3, .. }))
+        ),
+        "{a:?}"
+    );
+}
+
 #[test]
 fn a_bad_image_is_rejected_without_retry() {
     let mut b = Bench::new(2, 4, true);

@@ -223,7 +223,7 @@ impl Sim {
                 let result = if ok {
                     Ok(())
                 } else {
-                    Err(failure(Cause::NodeError, "node overloaded"))
+                    Err(failure(Cause::Overloaded, "node overloaded"))
                 };
                 self.end_attempt(serial, result)
             }

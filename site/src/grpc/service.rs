@@ -19,7 +19,7 @@ use super::proto::{
     ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
 };
 use crate::caller::Caller;
-use crate::health::nodes_ready;
+use crate::health::is_serving;
 use crate::kserve::model::{
     self, CONFIG_INPUT_DIMS, CONFIG_OUTPUT_DIMS, EXTENSIONS, INPUT_CONFIG_TYPE, INPUT_DATATYPE,
     INPUT_NAME, INPUT_SHAPE, MODEL_NAME, MODEL_VERSION, OUTPUT_SHAPE, OutputName, PLATFORM,
@@ -40,7 +40,7 @@ impl Inference {
     }
 
     fn ready(&self) -> bool {
-        nodes_ready(&self.site) > 0
+        is_serving(&self.site)
     }
 }
 

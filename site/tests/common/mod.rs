@@ -318,22 +318,37 @@ impl Spawned {
 
     /// SIGTERM, then its exit status (within 60 s).
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Sends signal `name` (`TERM`, `INT`, ...) with kill(1).
+    pub(crate) fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
             .status()
             .expect("kill");
-        assert!(killed.success());
+        assert!(sent.success(), "kill -{name} {}", self.pid);
+    }
+
+    /// Its exit status, waiting up to `limit`.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "glimpse did not stop after SIGTERM"
+                start.elapsed() < limit,
+                "glimpse did not stop within {limit:?} of the signal"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Whether it has exited (reaped if so).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_some()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -68,8 +68,15 @@ pub enum Cause {
     Timeout,
     /// The connection to the node was lost.
     ConnectionLost,
-    /// The node answered with a retryable typed error (overloaded, draining, internal).
+    /// The node answered with a retryable typed error (draining, internal).
     NodeError,
+    /// The node was full (its capacity taken, by other front-ends' work too) and refused the
+    /// image before doing anything with it. This does not use up one of the request's
+    /// `max_attempts`: with several front-ends on one node, each keeps only its own count
+    /// of what it has there, so a full node is expected and not a fault of the image or the
+    /// node. The request waits for a node again (a pause before the same one), within its
+    /// deadline.
+    Overloaded,
     /// Anything else (a garbled reply, a stream error, a non-retryable rejection).
     Other,
 }

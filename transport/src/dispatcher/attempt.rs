@@ -55,6 +55,8 @@ pub(super) async fn run(
 impl From<&AttemptError> for Failure {
     fn from(e: &AttemptError) -> Failure {
         let cause = match e {
+            AttemptError::Rejected(crate::types::InferenceError::Overloaded)
+            | AttemptError::Reset(crate::codec::StreamCode::Overloaded) => Cause::Overloaded,
             AttemptError::Reset(_) => Cause::Reset,
             AttemptError::Timeout => Cause::Timeout,
             AttemptError::ConnectionLost(_) => Cause::ConnectionLost,

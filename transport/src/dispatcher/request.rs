@@ -12,7 +12,9 @@
 //!   Retrying on a node that already failed it (no other choice) waits 25 ms × attempts
 //!   (at most 200 ms) first, rather than spin on an overloaded node.
 //! - A retryable failure reopens the image elsewhere; a non-retryable one ends the request;
-//!   so do `max_attempts` failures and the deadline.
+//!   so do `max_attempts` failures and the deadline. A node's refusal because it is full
+//!   (Overloaded: other front-ends share it) is retried the same way but does not count
+//!   against `max_attempts`; the deadline bounds it.
 //! - Every request asks for a `Started` frame. The newest attempt is *overdue* at launch +
 //!   its timeout (max(floor, factor × observed p99), or the cold timeout) + an upload
 //!   allowance while it has not started, and at started + that timeout +
@@ -64,6 +66,9 @@ pub struct Request {
     start: Instant,
     deadline: Instant,
     attempts: u32,
+    /// Attempts a full node refused without doing anything ([`Cause::Overloaded`]): they
+    /// do not count against `max_attempts`.
+    refusals: u32,
     running: Vec<Attempt>,
     /// Attempts this request cancelled: a late answer from one still wins; a late failure is
     /// what was asked for and counts for nothing.
@@ -87,6 +92,7 @@ impl Request {
             start: now,
             deadline: now + policy.request_deadline,
             attempts: 0,
+            refusals: 0,
             running: Vec::new(),
             cancelled: Vec::new(),
             failed: Vec::new(),
@@ -219,15 +225,18 @@ impl Request {
             Cause::Reset => stats.resets += 1,
             Cause::Timeout => stats.timeouts += 1,
             Cause::ConnectionLost => stats.connection_losses += 1,
-            Cause::NodeError => stats.retryable_errors += 1,
+            Cause::NodeError | Cause::Overloaded => stats.retryable_errors += 1,
             Cause::Other => {}
+        }
+        if failure.cause == Cause::Overloaded {
+            self.refusals += 1;
         }
         if let Some(fatal) = failure.fatal {
             return self.finish(Err(DispatchError::Rejected(fatal)), cluster);
         }
         self.note_failed(a.node);
         let reason = format!("{}: {}", cluster.name(a.node), failure.message);
-        if self.running.is_empty() && self.attempts < self.policy.max_attempts {
+        if self.running.is_empty() && !self.attempts_spent() {
             self.actions.push_back(Action::Progress(Progress::Retrying {
                 attempt: self.attempts + 1,
                 reason: reason.clone(),
@@ -305,7 +314,7 @@ impl Request {
         if self.phase != Phase::Idle {
             return;
         }
-        if self.attempts >= self.policy.max_attempts {
+        if self.attempts_spent() {
             let err = DispatchError::AttemptsExhausted {
                 attempts: self.attempts,
                 last: self.last_error.clone().unwrap_or_default(),
@@ -314,6 +323,12 @@ impl Request {
         }
         self.phase = Phase::Waiting;
         self.actions.push_back(Action::Wait);
+    }
+
+    /// Whether the request has used up its `max_attempts` (refusals by full nodes not
+    /// counted).
+    fn attempts_spent(&self) -> bool {
+        self.attempts.saturating_sub(self.refusals) >= self.policy.max_attempts
     }
 
     /// Opens an attempt on `node`, whose credit is already taken.
@@ -410,7 +425,7 @@ impl Request {
             };
             self.last_error = Some(format!("{}: {why}", cluster.name(a.node)));
         }
-        if self.attempts >= self.policy.max_attempts {
+        if self.attempts_spent() {
             // No attempt left to reopen with: the running ones may still answer.
             return;
         }
@@ -474,7 +489,7 @@ impl Request {
         if !p.hedge
             || self.hedged
             || self.running.len() != 1
-            || self.attempts >= p.max_attempts
+            || self.attempts_spent()
             || cluster.len() < 2
         {
             return None;
