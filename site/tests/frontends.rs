@@ -9,22 +9,17 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Spawned, client, png, tls_connector_for};
-use glimpse_site::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use common::{Spawned, client, png};
 use glimpse_site::grpc::proto::model_infer_request::InferInputTensor;
 use glimpse_site::grpc::proto::{ModelInferRequest, ModelInferResponse};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -179,43 +174,9 @@ impl Drop for Node {
     }
 }
 
-/// One HTTP/2 connection as the tower service tonic's client sends through.
-#[derive(Clone)]
-struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
-
-type ResponseFuture = Pin<
-    Box<dyn Future<Output = Result<hyper::Response<hyper::body::Incoming>, hyper::Error>> + Send>,
->;
-
-impl tower_service::Service<hyper::Request<tonic::body::Body>> for H2 {
-    type Response = hyper::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: hyper::Request<tonic::body::Body>) -> ResponseFuture {
-        Box::pin(self.0.send_request(req))
-    }
-}
-
 /// `ModelInfer` of one image on a new TLS connection to `addr`.
 async fn grpc_infer(addr: SocketAddr, image: Vec<u8>) -> ModelInferResponse {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = tls_connector_for(b"h2")
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(conn);
-    let mut client =
-        GrpcInferenceServiceClient::with_origin(H2(send), "https://localhost".parse().unwrap());
+    let mut client = common::grpc::connect(addr).await;
     let mut raw = (image.len() as u32).to_le_bytes().to_vec();
     raw.extend_from_slice(&image);
     let request = ModelInferRequest {

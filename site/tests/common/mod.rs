@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod grpc;
+
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
