@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, metric, tls_connector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -405,31 +406,13 @@ impl Drop for Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_budgets() {
-    // The node binary is built beside this package's own by a workspace build.
-    let node_bin =
-        std::path::Path::new(env!("CARGO_BIN_EXE_glimpse")).with_file_name("glimpse-node");
-    assert!(
-        node_bin.exists(),
-        "{} is missing: build the workspace (cargo build --workspace), not only glimpse-site",
-        node_bin.display()
-    );
+    let node_bin = node_binary();
     let budget: u64 = 512 << 20;
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let ca = glimpse_certs::ClusterCa::generate("gif bomb test").unwrap();
-    let ca_path = write("ca.pem", ca.cert_pem());
+    let files = ClusterFiles::new("gif bomb test");
     let mut nodes = Vec::new();
     let mut flags = Vec::new();
     for name in ["a", "b"] {
-        let issued = ca
-            .issue_node(name, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            .unwrap();
-        let cert = write(&format!("{name}.pem"), issued.cert_pem.clone());
-        let key = write(&format!("{name}.key"), issued.key_pem.clone());
+        let (cert, key) = files.node(name, &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -443,7 +426,7 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
                 "--node-id",
                 name,
             ])
-            .args(["--cert", &cert, "--key", &key, "--ca", &ca_path])
+            .args(["--cert", &cert, "--key", &key, "--ca", &files.ca_path])
             .args(["--model", "googlenet", "--weights", "random"])
             .args(["--decode-budget-bytes", &budget.to_string()])
             .stdout(std::process::Stdio::null())
@@ -453,10 +436,7 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
         flags.push("--node".to_string());
         flags.push(format!("{name}=127.0.0.1:{port}"));
     }
-    let frontend = ca.issue_client("glimpse-frontend").unwrap();
-    let cert = write("frontend.pem", frontend.cert_pem.clone());
-    let key = write("frontend.key", frontend.key_pem.clone());
-    flags.extend(["--ca", &ca_path, "--cert", &cert, "--key", &key].map(String::from));
+    flags.extend(files.frontend_flags());
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
     let server = Spawned::start(&args, None);
     let c = client();

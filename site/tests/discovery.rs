@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, part, png};
 use serde_json::Value;
 
@@ -70,73 +71,45 @@ fn free_udp_port(ips: &[Ipv4Addr]) -> u16 {
 /// The cluster's files: a CA, one node certificate for [`NAME`] shared by every node (the
 /// supported mode for DNS discovery), and the front-end's client certificate.
 struct Certs {
-    dir: tempfile::TempDir,
-    ca: String,
+    files: ClusterFiles,
     node_cert: String,
     node_key: String,
-    fe_cert: String,
-    fe_key: String,
 }
 
 impl Certs {
     fn new() -> Certs {
-        let dir = tempfile::tempdir().unwrap();
+        let files = ClusterFiles::new("discovery test");
         // dnsmasq drops to `nobody` and re-reads its hosts file from here on SIGHUP.
         std::fs::set_permissions(
-            dir.path(),
+            files.dir(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let ca = glimpse_certs::ClusterCa::generate("discovery test").unwrap();
-        let node = ca.issue_node(NAME, &[]).unwrap();
-        let fe = ca.issue_client("glimpse-frontend").unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p.to_string_lossy().into_owned()
-        };
+        let (node_cert, node_key) = files.node(NAME, &[]);
         Certs {
-            ca: write("ca.pem", &ca.cert_pem()),
-            node_cert: write("node.pem", &node.cert_pem),
-            node_key: write("node.key", &node.key_pem),
-            fe_cert: write("fe.pem", &fe.cert_pem),
-            fe_key: write("fe.key", &fe.key_pem),
-            dir,
+            files,
+            node_cert,
+            node_key,
         }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.files.dir().join(name)
     }
 
     fn frontend_flags(&self) -> Vec<String> {
-        [
-            "--ca",
-            &self.ca,
-            "--cert",
-            &self.fe_cert,
-            "--key",
-            &self.fe_key,
-        ]
-        .map(String::from)
-        .to_vec()
+        self.files.frontend_flags()
     }
 }
 
 /// A synthetic `glimpse-node` on `ip:port` with the shared certificate, taking
 /// `service_ms` per image.
 fn start_node(certs: &Certs, ip: Ipv4Addr, port: u16, service_ms: u32) -> Proc {
-    let bin = Path::new(env!("CARGO_BIN_EXE_glimpse")).with_file_name("glimpse-node");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace (cargo build --workspace), not only glimpse-site",
-        bin.display()
-    );
-    let child = Command::new(bin)
+    let child = Command::new(node_binary())
         .args(["serve", "--listen", &format!("{ip}:{port}")])
         .args(["--node-id", &format!("node-{ip}")])
         .args(["--cert", &certs.node_cert, "--key", &certs.node_key])
-        .args(["--ca", &certs.ca])
+        .args(["--ca", &certs.files.ca_path])
         .args([
             "--model",
             "synthetic",

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, png};
 use glimpse_site::grpc::proto::model_infer_request::InferInputTensor;
 use glimpse_site::grpc::proto::{ModelInferRequest, ModelInferResponse};
@@ -339,37 +340,18 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_frontends_behind_a_round_robin_proxy_share_three_nodes() {
-    let node_bin = Path::new(env!("CARGO_BIN_EXE_glimpse")).with_file_name("glimpse-node");
-    assert!(
-        node_bin.exists(),
-        "{} is missing: build the workspace (cargo build --workspace), not only glimpse-site",
-        node_bin.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.to_string_lossy().into_owned()
-    };
-    let ca = glimpse_certs::ClusterCa::generate("two front-ends test").unwrap();
-    let ca_path = write("ca.pem", ca.cert_pem());
+    let node_bin = node_binary();
+    let files = ClusterFiles::new("two front-ends test");
     let mut nodes = Vec::new();
     let mut flags: Vec<String> = Vec::new();
     for name in ["a", "b", "c"] {
-        let issued = ca
-            .issue_node(name, &[IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            .unwrap();
-        let cert = write(&format!("{name}.pem"), issued.cert_pem.clone());
-        let key = write(&format!("{name}.key"), issued.key_pem.clone());
-        let node = Node::start(&node_bin, dir.path(), name, &ca_path, &cert, &key);
+        let (cert, key) = files.node(name, &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        let node = Node::start(&node_bin, files.dir(), name, &files.ca_path, &cert, &key);
         flags.push("--node".into());
         flags.push(format!("{name}={}", node.addr));
         nodes.push(node);
     }
-    let frontend = ca.issue_client("glimpse-frontend").unwrap();
-    let cert = write("frontend.pem", frontend.cert_pem.clone());
-    let key = write("frontend.key", frontend.key_pem.clone());
-    flags.extend(["--ca", &ca_path, "--cert", &cert, "--key", &key].map(String::from));
+    flags.extend(files.frontend_flags());
     // Every request comes from 127.0.0.1 here: one caller for the per-caller limits.
     flags.extend(["--rate-limit", "off", "--shutdown-grace-s", "0"].map(String::from));
 

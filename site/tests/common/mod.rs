@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod cluster_files;
 pub(crate) mod grpc;
 
 use std::io::Cursor;
