@@ -25,6 +25,7 @@ mod filters;
 pub mod grpc;
 mod guards;
 mod health;
+mod image_span;
 mod inference;
 pub mod job;
 mod jobs;
