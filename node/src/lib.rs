@@ -26,6 +26,7 @@ mod handler;
 mod observe;
 pub mod shutdown;
 pub mod synthetic;
+mod traced;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -212,7 +213,11 @@ pub async fn start_node(
         draining.drain();
         drain_tx.trigger();
     };
-    let run = tokio::spawn(server.run(handler.clone(), shutdown));
+    let traced = Arc::new(traced::Traced::new(
+        handler.clone(),
+        info.node_id.to_string(),
+    ));
+    let run = tokio::spawn(server.run(traced, shutdown));
     let task_counters = counters.clone();
     let (admin_task, admin_addr) = admin.unzip();
     // The transport gives up on in-flight work after `drain_timeout` and returns; this backstop

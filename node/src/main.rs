@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),
-        Command::Serve(args) => match serve(*args) {
+        Command::Serve(args) => match serve(*args, cli.ops.otlp_endpoint.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("glimpse-node: error: {}", one_line_report(&e));
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, otlp_endpoint: Option<&str>) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -62,6 +62,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // after the "listening" line is a drain, not a kill.
         let mut signals =
             TerminationSignals::install().context("cannot install signal handlers")?;
+        let traces = glimpse_ops::traces::Traces::init(otlp_endpoint, "glimpse-node")?;
         let (trigger, shutdown) = shutdown_channel();
         let node = start_node(config, shutdown.wait()).await?;
         if let Some(admin) = node.admin_addr() {
@@ -77,7 +78,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!(signal = name, "second signal: exiting without draining");
             std::process::exit(130);
         });
-        node.wait().await?;
+        let stopped = node.wait().await;
+        // The spans of the last requests, whether or not the node stopped cleanly.
+        traces.shutdown().await;
+        stopped?;
         tracing::info!("drained; exiting");
         Ok(())
     })

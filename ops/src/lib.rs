@@ -3,6 +3,7 @@
 //!
 //! - [`config_file`]: the optional TOML file under flags and environment variables;
 //! - [`logging`]: `--log-format text|json`;
+//! - [`traces`]: `--otlp-endpoint`, OpenTelemetry trace export;
 //! - [`process`] and [`exposition`]: the Prometheus pieces both `/metrics` pages share (build
 //!   info, `process_*` metrics, the text format and its content type);
 //! - [`OpsArgs`]: the flags for the above, flattened into both command lines.
@@ -11,6 +12,7 @@ pub mod config_file;
 pub mod exposition;
 pub mod logging;
 pub mod process;
+pub mod traces;
 
 use std::path::PathBuf;
 
@@ -37,4 +39,10 @@ pub struct OpsArgs {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Export traces (one span per image on the front-end, one per attempt on the node,
+    /// joined by the W3C trace context) as OTLP protobuf over HTTP to this collector, e.g.
+    /// `http://otel-collector:4318` (spans go to `/v1/traces` under it). A collector that is
+    /// down only costs dropped spans and a warning in the log. Default: none, no export.
+    #[arg(long, env = "GLIMPSE_OTLP_ENDPOINT", value_name = "URL", global = true)]
+    pub otlp_endpoint: Option<String>,
 }

@@ -87,6 +87,9 @@ pub struct Caller {
     pub token: Option<String>,
     /// A freshly minted token to set as a cookie on the response.
     fresh: bool,
+    /// The W3C `traceparent` header, when the caller traces: its images' spans become
+    /// children of the caller's span. Unchecked (an invalid one starts a new trace).
+    pub traceparent: Option<String>,
 }
 
 impl Caller {
@@ -205,6 +208,7 @@ impl Identify {
                 key: Some(holder),
                 token: None,
                 fresh: false,
+                traceparent: traceparent(headers),
             });
         }
         let presented = headers
@@ -221,6 +225,7 @@ impl Identify {
                     key: None,
                     token: Some(token.to_string()),
                     fresh: false,
+                    traceparent: traceparent(headers),
                 });
             }
         }
@@ -233,8 +238,16 @@ impl Identify {
             key: None,
             token: Some(token),
             fresh: true,
+            traceparent: traceparent(headers),
         })
     }
+}
+
+/// The `traceparent` header (W3C trace context; 55 characters in its version 00), if any.
+/// Longer values are dropped rather than carried to every node.
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?.trim();
+    (value.len() <= 128).then(|| value.to_string())
 }
 
 /// The token of `Authorization: Bearer TOKEN`, if any.

@@ -40,10 +40,23 @@ impl DispatchInference {
 
 impl Inference for DispatchInference {
     fn classify(&self, image: Bytes, top_k: u32, progress: ProgressFn) -> ClassifyFuture {
+        self.classify_traced(image, top_k, None, progress)
+    }
+
+    fn classify_traced(
+        &self,
+        image: Bytes,
+        top_k: u32,
+        traceparent: Option<String>,
+        progress: ProgressFn,
+    ) -> ClassifyFuture {
         let dispatcher = self.dispatcher.clone();
         Box::pin(async move {
             let callback = move |p: glimpse_transport::Progress| progress(map_progress(p));
-            match dispatcher.classify(image, top_k, callback).await {
+            match dispatcher
+                .classify_traced(image, top_k, traceparent, callback)
+                .await
+            {
                 Ok(c) => Ok(Outcome {
                     warning: untrained_warning(&dispatcher, &c),
                     timings: c.answer.timings,

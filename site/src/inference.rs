@@ -176,6 +176,18 @@ impl NodeView {
 pub trait Inference: Send + Sync + 'static {
     /// Classify one encoded image, returning the top `top_k` labels.
     fn classify(&self, image: Bytes, top_k: u32, progress: ProgressFn) -> ClassifyFuture;
+    /// [`Inference::classify`] within the trace `traceparent` (W3C) names, when the
+    /// cluster can carry it to the nodes; by default the trace context is dropped.
+    fn classify_traced(
+        &self,
+        image: Bytes,
+        top_k: u32,
+        traceparent: Option<String>,
+        progress: ProgressFn,
+    ) -> ClassifyFuture {
+        let _ = traceparent;
+        self.classify(image, top_k, progress)
+    }
     /// Snapshot of all configured nodes.
     fn nodes(&self) -> Vec<NodeView>;
     /// Registers metrics about the cluster sampled now (dispatcher totals) into `live`;

@@ -26,6 +26,7 @@ pub mod frontend;
 pub mod grpc;
 mod guards;
 mod health;
+mod image_span;
 mod inference;
 pub mod job;
 mod jobs;

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
     // or weights load must drain and exit 0, not kill the process with the default action.
     let mut signals = Signals::install().context("listening for SIGTERM and SIGINT")?;
+    let traces = glimpse_ops::traces::Traces::init(cli.ops.otlp_endpoint.as_deref(), "glimpse")?;
 
     tokio::spawn(return_memory());
     let nofile = conn::raise_fd_limit().context("raising the file-descriptor limit")?;
@@ -119,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(signal, "shutting down: finishing open requests");
     site.shutdown().await;
     cluster.shutdown().await;
+    // The spans of the last images.
+    traces.shutdown().await;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use crate::budget::{ByteBudget, Held};
 use crate::caller::{Caller, Identify};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
+use crate::image_span::ImageSpan;
 use crate::inference::{Failure, Inference, Progress, ProgressFn};
 use crate::job::{JobStatus, JobView};
 use crate::jobs::{JobStore, Retention};
@@ -302,7 +303,12 @@ impl Site {
                 _bytes: upload.held,
             };
             let image = upload.bytes;
-            let task = tokio::spawn(async move { site.run_job(job_id, image, top_k, slots).await });
+            let span = ImageSpan::admitted(&id, image.len(), caller.traceparent.as_deref());
+            let task = tokio::spawn(async move {
+                let view = site.run_job(job_id, image, top_k, slots, &span).await;
+                span.answered(&view);
+                view
+            });
             out.push(Submitted {
                 id,
                 task: Some(task),
@@ -355,6 +361,7 @@ impl Site {
         image: Bytes,
         top_k: u32,
         slots: Slots,
+        span: &ImageSpan,
     ) -> JobView {
         let started = Instant::now();
         let _slots = slots;
@@ -369,7 +376,8 @@ impl Site {
         };
         let result = tokio::time::timeout(
             self.limits.job_timeout,
-            self.inference.classify(image, top_k, progress),
+            self.inference
+                .classify_traced(image, top_k, span.traceparent(), progress),
         )
         .await;
         let result = match result {

@@ -72,6 +72,9 @@ pub struct InferenceRequest {
     pub top_k: u32,
     /// The encoded image (JPEG/PNG/...), exactly as uploaded.
     pub image: Bytes,
+    /// The W3C `traceparent` of the front-end's span for this image, when it traces (see
+    /// [`crate::codec::RequestHeader::traceparent`]); unchecked, as the peer sent it.
+    pub traceparent: Option<String>,
 }
 
 /// One predicted class.

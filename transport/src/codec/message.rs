@@ -41,6 +41,12 @@ pub struct RequestHeader {
     /// final reply. Absent (false) from front-ends that predate it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ack: bool,
+    /// W3C trace context (`traceparent`, e.g. `00-<trace id>-<span id>-01`) of the
+    /// front-end's span for this image, so the node's span joins the same trace. Absent when
+    /// the front-end does not trace and from front-ends that predate it; nodes that predate it
+    /// ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl RequestHeader {
@@ -60,7 +66,14 @@ impl RequestHeader {
             top_k,
             image_len,
             ack: false,
+            traceparent: None,
         }
+    }
+
+    /// The same header, carrying (or not) the trace context of the image's span.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// The same header, asking for (or not) a `Reply::Started` frame.

@@ -70,6 +70,52 @@ fn request_header_ack_is_optional_on_the_wire() {
     assert_eq!((seen_by_old.request_id, seen_by_old.image_len), (7, 10));
 }
 
+/// `traceparent` is optional on the wire both ways: a header from a front-end that predates
+/// it (or does not trace) decodes with `None` and encodes exactly as before, and a node that
+/// predates it skips it.
+#[test]
+fn request_header_traceparent_is_optional_on_the_wire() {
+    #[derive(Serialize, Deserialize)]
+    struct OldHeader {
+        v: u16,
+        request_id: u64,
+        attempt: u32,
+        deadline_ms: Option<u64>,
+        top_k: u32,
+        image_len: u64,
+        #[serde(default)]
+        ack: bool,
+    }
+    let old = OldHeader {
+        v: PROTOCOL_VERSION,
+        request_id: 7,
+        attempt: 2,
+        deadline_ms: Some(900),
+        top_k: 5,
+        image_len: 10,
+        ack: true,
+    };
+    let from_old = decode_request_header(body(&encode_body(&old).unwrap())).unwrap();
+    assert_eq!(from_old.traceparent, None);
+    let untraced = RequestHeader::new(7, 2, Some(900), 5, 10).with_ack(true);
+    assert_eq!(
+        encode_request_header(&untraced).unwrap(),
+        encode_body(&old).unwrap(),
+        "no trace context must encode exactly as before"
+    );
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = untraced.with_traceparent(Some(tp.into()));
+    let f = encode_request_header(&traced).unwrap();
+    let back = decode_request_header(body(&f)).unwrap();
+    assert_eq!(back.traceparent.as_deref(), Some(tp));
+    assert_eq!(back, traced);
+    let seen_by_old: OldHeader = serde_cbor::from_slice(body(&f)).unwrap();
+    assert_eq!(
+        (seen_by_old.request_id, seen_by_old.attempt, seen_by_old.ack),
+        (7, 2, true)
+    );
+}
+
 #[test]
 fn started_frame_round_trips_and_is_not_final() {
     for expect_ms in [0, 1, 3000, u32::MAX] {

@@ -161,6 +161,19 @@ impl Dispatcher {
         top_k: u32,
         progress: impl Fn(Progress) + Send + Sync + 'static,
     ) -> Result<Classified, DispatchError> {
+        self.classify_traced(image, top_k, None, progress).await
+    }
+
+    /// [`Dispatcher::classify`], sending `traceparent` (the W3C trace context of the
+    /// caller's span for this image) in every attempt's header, so the node's span joins the
+    /// caller's trace.
+    pub async fn classify_traced(
+        &self,
+        image: Bytes,
+        top_k: u32,
+        traceparent: Option<String>,
+        progress: impl Fn(Progress) + Send + Sync + 'static,
+    ) -> Result<Classified, DispatchError> {
         let shared = &self.shared;
         let id = shared.next_request.fetch_add(1, Ordering::Relaxed);
         let mut run = Run {
@@ -169,6 +182,7 @@ impl Dispatcher {
             id,
             image,
             top_k,
+            traceparent,
             tasks: JoinSet::new(),
             attempts: HashMap::new(),
             started_notify: Arc::new(Notify::new()),
@@ -235,6 +249,8 @@ struct Run {
     id: u64,
     image: Bytes,
     top_k: u32,
+    /// Sent in every attempt's header (see [`RequestHeader::traceparent`]).
+    traceparent: Option<String>,
     tasks: JoinSet<AttemptOutcome>,
     attempts: HashMap<u32, Running>,
     /// Shared by the request's attempts: wakes the loop when a node says it started one.
@@ -351,7 +367,8 @@ impl Run {
             self.top_k,
             self.image.len() as u64,
         )
-        .with_ack(true);
+        .with_ack(true)
+        .with_traceparent(self.traceparent.clone());
         let started = Arc::new(StartedSignal::new(self.started_notify.clone()));
         let task = attempt::run(
             self.shared.conn(open.node),

@@ -101,6 +101,7 @@ async fn read_request(
             .map(|ms| received_at + Duration::from_millis(ms)),
         top_k: header.top_k,
         image,
+        traceparent: header.traceparent,
     };
     Some((req, header.ack))
 }
