@@ -15,7 +15,7 @@ use crate::cache::{self, default_cache_dir};
 use crate::classes::IMAGENET_CLASSES;
 use crate::googlenet::weights::{PthSource, RandomSource, ZeroSource};
 use crate::googlenet::weights::{WEIGHTS_NAME, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL};
-use crate::googlenet::{GoogLeNet, NUM_CLASSES};
+use crate::googlenet::{GoogLeNet, NUM_CLASSES, Network};
 use crate::preprocess::{self, ImageTensor};
 
 /// The CPU backend that runs the network.
@@ -255,7 +255,7 @@ impl Default for LoadOptions {
 /// GoogLeNet with loaded weights on one backend. `Send + Sync`: calls from several threads
 /// are serialized (each forward pass already uses every core).
 pub struct Classifier {
-    model: Mutex<GoogLeNet>,
+    model: Mutex<Network>,
     device: Device,
     backend: Backend,
     identity: WeightsIdentity,
@@ -296,6 +296,7 @@ impl Classifier {
             WeightsSource::Path(path) => load_path(path, &device)?,
             WeightsSource::Auto => load_auto(options, &device)?,
         };
+        let model = Network::new(model, backend == Backend::Flex, &device)?;
         tracing::info!(weights = %identity.name, trained = identity.trained, %backend, "GoogLeNet loaded");
         Ok(Classifier {
             model: Mutex::new(model),
@@ -369,7 +370,7 @@ impl Classifier {
             .model
             .lock()
             .map_err(|_| ModelError::Internal("a previous inference panicked".into()))?;
-        save_native(&model, path, &self.identity)
+        save_native(model.stock(), path, &self.identity)
     }
 }
 

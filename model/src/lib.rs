@@ -20,6 +20,8 @@ mod classes;
 #[cfg(feature = "inference")]
 mod classifier;
 #[cfg(feature = "inference")]
+mod fused;
+#[cfg(feature = "inference")]
 mod googlenet;
 pub mod preprocess;
 

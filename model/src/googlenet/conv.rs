@@ -13,6 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::weights::TensorSource;
 use crate::ModelError;
+use crate::fused::conv::ConvGeometry;
 
 /// Shape of one `BasicConv2d`: channels, square kernel, stride and symmetric padding.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +57,13 @@ impl ConvBnRelu {
         spec: ConvSpec,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let (weight, bias) = super::weights::fold_batch_norm(source, prefix, spec)?;
+        let shape = [
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        ];
+        let (weight, bias) = super::weights::fold_batch_norm(source, prefix, shape)?;
         let p = spec.padding;
         let mut conv = Conv2dConfig::new([spec.in_channels, spec.out_channels], [spec.kernel; 2])
             .with_stride([spec.stride; 2])
@@ -64,12 +71,6 @@ impl ConvBnRelu {
             .with_bias(true)
             .with_initializer(burn::module::Initializer::Zeros)
             .init(device);
-        let shape = [
-            spec.out_channels,
-            spec.in_channels,
-            spec.kernel,
-            spec.kernel,
-        ];
         conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(weight, shape), device));
         conv.bias = Some(Param::from_tensor(Tensor::from_data(
             TensorData::new(bias, [spec.out_channels]),
@@ -80,5 +81,29 @@ impl ConvBnRelu {
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         relu(self.conv.forward(x))
+    }
+
+    /// The folded weight (PyTorch's `[out, in, k, k]`, row-major), the bias, and the shape,
+    /// read back from the module: what the fused path packs.
+    pub(crate) fn folded(&self) -> Result<(Vec<f32>, Vec<f32>, ConvGeometry), ModelError> {
+        let read = |data: burn::tensor::TensorData| {
+            data.try_to_vec::<f32>()
+                .map_err(|e| ModelError::Internal(format!("reading a folded weight: {e:?}")))
+        };
+        let [out, cin, kernel, _] = self.conv.weight.shape().dims();
+        let weight = read(self.conv.weight.val().into_data())?;
+        let bias = match &self.conv.bias {
+            Some(bias) => read(bias.val().into_data())?,
+            None => vec![0.0; out],
+        };
+        let geometry = ConvGeometry {
+            in_channels: cin,
+            out_channels: out,
+            kernel,
+            stride: self.conv.stride[0],
+            // Every GoogLeNet convolution pads by half its kernel ("same" at stride 1).
+            padding: kernel / 2,
+        };
+        Ok((weight, bias, geometry))
     }
 }

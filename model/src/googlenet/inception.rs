@@ -12,35 +12,48 @@ use super::conv::{ConvBnRelu, ConvSpec};
 use super::weights::TensorSource;
 use crate::ModelError;
 
-/// Channel counts, in torchvision's argument order:
-/// `(in, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj)`.
+/// Channel counts, named after torchvision's `Inception.__init__` arguments.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct InceptionSpec(
-    pub usize,
-    pub usize,
-    pub usize,
-    pub usize,
-    pub usize,
-    pub usize,
-    pub usize,
-);
+pub(crate) struct InceptionSpec {
+    pub in_channels: usize,
+    pub ch1x1: usize,
+    pub ch3x3red: usize,
+    pub ch3x3: usize,
+    pub ch5x5red: usize,
+    /// Output of the "5×5" branch, which torchvision builds as a 3×3.
+    pub ch5x5: usize,
+    pub pool_proj: usize,
+}
 
 impl InceptionSpec {
+    /// torchvision's positional order: `(in, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj)`.
+    pub(crate) const fn new(c: [usize; 7]) -> Self {
+        InceptionSpec {
+            in_channels: c[0],
+            ch1x1: c[1],
+            ch3x3red: c[2],
+            ch3x3: c[3],
+            ch5x5red: c[4],
+            ch5x5: c[5],
+            pool_proj: c[6],
+        }
+    }
+
     /// Channels out of the block: the four branches concatenated.
     pub(crate) const fn out_channels(&self) -> usize {
-        self.1 + self.3 + self.5 + self.6
+        self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
     }
 }
 
 #[derive(Module, Debug)]
 pub(crate) struct Inception {
-    branch1: ConvBnRelu,
-    branch2_reduce: ConvBnRelu,
-    branch2: ConvBnRelu,
-    branch3_reduce: ConvBnRelu,
-    branch3: ConvBnRelu,
+    pub(crate) branch1: ConvBnRelu,
+    pub(crate) branch2_reduce: ConvBnRelu,
+    pub(crate) branch2: ConvBnRelu,
+    pub(crate) branch3_reduce: ConvBnRelu,
+    pub(crate) branch3: ConvBnRelu,
     branch4_pool: MaxPool2d,
-    branch4: ConvBnRelu,
+    pub(crate) branch4: ConvBnRelu,
 }
 
 impl Inception {
@@ -51,7 +64,15 @@ impl Inception {
         spec: InceptionSpec,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let InceptionSpec(cin, c1, c3r, c3, c5r, c5, pool) = spec;
+        let InceptionSpec {
+            in_channels: cin,
+            ch1x1: c1,
+            ch3x3red: c3r,
+            ch3x3: c3,
+            ch5x5red: c5r,
+            ch5x5: c5,
+            pool_proj: pool,
+        } = spec;
         let mut conv = |name: &str, spec: ConvSpec| {
             ConvBnRelu::load(source, &format!("{prefix}.{name}"), spec, device)
         };

@@ -4,12 +4,14 @@
 //! - [`inception`]: the Inception block;
 //! - [`weights`]: where the numbers come from (torchvision's `.pth`, seeded random), the
 //!   torchvision key names, and the BatchNorm folding;
-//! - this file: the network itself.
+//! - [`fused`]: the same network channels-last on Glimpse's fused operators (the fast path);
+//! - this file: the network itself, and [`Network`], which of the two runs.
 //!
 //! Dropout is the identity at inference and the aux classifiers only matter for training, so
 //! neither exists here.
 
 pub(crate) mod conv;
+pub(crate) mod fused;
 pub(crate) mod inception;
 pub(crate) mod weights;
 
@@ -20,6 +22,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::ModelError;
 use conv::{ConvBnRelu, ConvSpec};
+use fused::FusedGoogLeNet;
 use inception::{Inception, InceptionSpec};
 use weights::TensorSource;
 
@@ -61,24 +64,15 @@ fn max_pool(kernel: usize, stride: usize) -> MaxPool2d {
 
 /// The Inception blocks in order, with torchvision's channel counts.
 const BLOCKS: [(&str, InceptionSpec); 9] = [
-    ("inception3a", InceptionSpec(192, 64, 96, 128, 16, 32, 32)),
-    ("inception3b", InceptionSpec(256, 128, 128, 192, 32, 96, 64)),
-    ("inception4a", InceptionSpec(480, 192, 96, 208, 16, 48, 64)),
-    ("inception4b", InceptionSpec(512, 160, 112, 224, 24, 64, 64)),
-    ("inception4c", InceptionSpec(512, 128, 128, 256, 24, 64, 64)),
-    ("inception4d", InceptionSpec(512, 112, 144, 288, 32, 64, 64)),
-    (
-        "inception4e",
-        InceptionSpec(528, 256, 160, 320, 32, 128, 128),
-    ),
-    (
-        "inception5a",
-        InceptionSpec(832, 256, 160, 320, 32, 128, 128),
-    ),
-    (
-        "inception5b",
-        InceptionSpec(832, 384, 192, 384, 48, 128, 128),
-    ),
+    ("inception3a", InceptionSpec::new([192, 64, 96, 128, 16, 32, 32])),
+    ("inception3b", InceptionSpec::new([256, 128, 128, 192, 32, 96, 64])),
+    ("inception4a", InceptionSpec::new([480, 192, 96, 208, 16, 48, 64])),
+    ("inception4b", InceptionSpec::new([512, 160, 112, 224, 24, 64, 64])),
+    ("inception4c", InceptionSpec::new([512, 128, 128, 256, 24, 64, 64])),
+    ("inception4d", InceptionSpec::new([512, 112, 144, 288, 32, 64, 64])),
+    ("inception4e", InceptionSpec::new([528, 256, 160, 320, 32, 128, 128])),
+    ("inception5a", InceptionSpec::new([832, 256, 160, 320, 32, 128, 128])),
+    ("inception5b", InceptionSpec::new([832, 384, 192, 384, 48, 128, 128])),
 ];
 
 impl GoogLeNet {
@@ -87,7 +81,11 @@ impl GoogLeNet {
     /// with that name (no silent partial loads).
     pub(crate) fn load(source: &mut dyn TensorSource, device: &Device) -> Result<Self, ModelError> {
         // Channel counts chain from block to block; check the table once.
-        debug_assert!(BLOCKS.windows(2).all(|w| w[0].1.out_channels() == w[1].1.0));
+        debug_assert!(
+            BLOCKS
+                .windows(2)
+                .all(|w| w[0].1.out_channels() == w[1].1.in_channels)
+        );
         let conv1 = ConvBnRelu::load(source, "conv1", ConvSpec::new(3, 64, 7).stride(2), device)?;
         let conv2 = ConvBnRelu::load(source, "conv2", ConvSpec::new(64, 64, 1), device)?;
         let conv3 = ConvBnRelu::load(source, "conv3", ConvSpec::new(64, 192, 3), device)?;
@@ -189,4 +187,48 @@ fn load_fc(source: &mut dyn TensorSource, device: &Device) -> Result<Linear, Mod
         device,
     )));
     Ok(fc)
+}
+
+/// The network a classifier runs: the stock Burn modules, or the fused fast path packed
+/// from them. The stock modules are kept either way: they are what a native `.bpk` copy
+/// saves. Cheap to clone (tensors share their data), which is how inference lanes get
+/// their own copy.
+#[derive(Debug, Clone)]
+pub(crate) enum Network {
+    /// Burn's own operators on whichever backend the tensors live on.
+    Stock(GoogLeNet),
+    /// The fused channels-last operators (burn-flex only).
+    Fused {
+        /// The folded modules the fused weights were packed from.
+        stock: GoogLeNet,
+        /// The packed network that runs.
+        fused: FusedGoogLeNet,
+    },
+}
+
+impl Network {
+    /// Wraps a loaded network, packing it for the fused operators when `fused` is set.
+    pub(crate) fn new(stock: GoogLeNet, fused: bool, device: &Device) -> Result<Self, ModelError> {
+        Ok(if fused {
+            let fused = FusedGoogLeNet::pack(&stock, device)?;
+            Network::Fused { stock, fused }
+        } else {
+            Network::Stock(stock)
+        })
+    }
+
+    /// The stock modules (for saving).
+    pub(crate) fn stock(&self) -> &GoogLeNet {
+        match self {
+            Network::Stock(stock) | Network::Fused { stock, .. } => stock,
+        }
+    }
+
+    /// Logits `[N, 1000]` for ImageNet-normalized images `[N, 3, 224, 224]`.
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Network::Stock(stock) => stock.forward(x),
+            Network::Fused { fused, .. } => fused.forward(x),
+        }
+    }
 }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use burn::store::pytorch_reader::{DType, PytorchReader};
 
-use super::conv::ConvSpec;
 use crate::ModelError;
 
 /// torchvision's official IMAGENET1K_V1 GoogLeNet weights.
@@ -45,17 +44,15 @@ pub(crate) trait TensorSource {
 /// Reads one torchvision `BasicConv2d` (`{prefix}.conv.weight` and `{prefix}.bn.*`) and folds
 /// the BatchNorm into the convolution:
 /// `w' = w * gamma / sqrt(var + eps)`, `b' = beta - mean * gamma / sqrt(var + eps)`.
-/// Computed in f64 so folding adds no error beyond the final f32 rounding.
+/// Computed in f64 so folding adds no error beyond the final f32 rounding. `shape` is the
+/// convolution weight's, PyTorch's `[out, in, kh, kw]`.
 pub(crate) fn fold_batch_norm(
     source: &mut dyn TensorSource,
     prefix: &str,
-    spec: ConvSpec,
+    shape: [usize; 4],
 ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-    let out = spec.out_channels;
-    let weight = source.tensor(
-        &format!("{prefix}.conv.weight"),
-        &[out, spec.in_channels, spec.kernel, spec.kernel],
-    )?;
+    let out = shape[0];
+    let weight = source.tensor(&format!("{prefix}.conv.weight"), &shape)?;
     let gamma = source.tensor(&format!("{prefix}.bn.weight"), &[out])?;
     let beta = source.tensor(&format!("{prefix}.bn.bias"), &[out])?;
     let mean = source.tensor(&format!("{prefix}.bn.running_mean"), &[out])?;

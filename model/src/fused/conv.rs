@@ -1,0 +1,477 @@
+//! Convolution + bias + ReLU on channels-last (NHWC) activations, as GEMMs.
+//!
+//! With NHWC, the pixels of a batch are the rows of a `[pixels, channels]` matrix, so a
+//! convolution is `out[pixels, cout] = patches[pixels, k·k·cin] × weight[k·k·cin, cout]`:
+//! - a 1×1 convolution needs no patches at all: the input rows *are* the GEMM's left operand,
+//!   read in place (with any row stride, so a channel slice of a wider tensor works too);
+//! - a k×k convolution builds its patches one tile of output rows at a time (tiled im2col),
+//!   into a per-thread scratch buffer that stays in cache and is reused across calls.
+//!
+//! Each tile is finished while it is hot: the destination rows are first filled with the bias,
+//! the GEMM accumulates into them, and ReLU runs over the same rows right after. The output can
+//! be a column slice of a wider tensor (`dst.offset`, `dst.row_stride`): that is how an
+//! Inception branch writes straight into its place in the block's output, with no concat.
+//!
+//! Work is split into (row tile × column tile) items run on the current rayon pool, so each
+//! inference lane's pool sets how many threads a convolution uses. The GEMM itself is the
+//! `gemm` crate's (the one burn-flex uses), whose AVX-512/AVX2/NEON kernels are picked at run
+//! time; each work item calls it single-threaded.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+/// Shape of one convolution: square kernel, same stride and zero padding on both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeometry {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// Length of one patch row: the GEMM's inner dimension.
+    pub(crate) const fn patch_len(&self) -> usize {
+        self.kernel * self.kernel * self.in_channels
+    }
+
+    /// Output side for an input side (PyTorch's floor rule; convolutions have no ceil mode).
+    pub(crate) const fn out_side(&self, side: usize) -> usize {
+        (side + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// A batch of NHWC activations read from `data`: pixel `p`'s channel `c` is at
+/// `data[offset + p * row_stride + c]`, for `c < channels`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Activations<'a> {
+    pub data: &'a [f32],
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub row_stride: usize,
+    pub offset: usize,
+}
+
+impl Activations<'_> {
+    fn pixels(&self) -> usize {
+        self.batch * self.height * self.width
+    }
+}
+
+/// Where a convolution writes: pixel `p`'s output channel `c` goes to
+/// `ptr[offset + p * row_stride + c]`. A raw pointer because parallel work items write
+/// disjoint (rows × columns) rectangles of one buffer, which slices cannot express.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Destination {
+    ptr: *mut f32,
+    len: usize,
+    pub row_stride: usize,
+    pub offset: usize,
+}
+
+// SAFETY: a `Destination` is only used by `conv_bias_relu`, whose work items write disjoint
+// element sets, and the borrow it was made from outlives the call.
+unsafe impl Send for Destination {}
+unsafe impl Sync for Destination {}
+
+impl Destination {
+    /// Columns `offset..offset + channels` of the rows of `buffer` (each `row_stride` long).
+    pub(crate) fn new(buffer: &mut [f32], row_stride: usize, offset: usize) -> Destination {
+        Destination {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+            row_stride,
+            offset,
+        }
+    }
+}
+
+/// Rows per tile: enough for an efficient GEMM, few enough that a tile of patches stays in
+/// the L2 cache (about 256 KiB of them), and at least `threads` tiles when the layer is big.
+fn tile_rows(pixels: usize, patch_len: usize, threads: usize) -> usize {
+    let cache_rows = (64 * 1024 / patch_len.max(1)).clamp(16, 256);
+    let balanced = pixels.div_ceil(threads.max(1));
+    cache_rows.min(balanced).max(1)
+}
+
+/// Columns per tile when there are too few row tiles to keep every thread busy (the 7×7 and
+/// 14×14 layers at batch 1): the output channels are split instead, in multiples of 16 (a
+/// SIMD register of f32 under AVX-512).
+fn tile_cols(out_channels: usize, row_tiles: usize, threads: usize) -> usize {
+    if row_tiles >= threads || threads <= 1 {
+        return out_channels;
+    }
+    let splits = threads.div_ceil(row_tiles);
+    out_channels.div_ceil(splits).next_multiple_of(16).min(out_channels)
+}
+
+thread_local! {
+    /// Each thread's im2col tile, grown to the largest tile it has seen and then reused.
+    static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst = relu(conv(input, weight) + bias)`, with `weight` packed `[k, k, cin, cout]`
+/// (row-major: `(ky·k + kx)·cin + ci` rows of `cout`) and `bias` `[cout]`.
+///
+/// Panics if the slices are shorter than the geometry says (a bug in the caller, never
+/// input-dependent: shapes are fixed by the network).
+pub(crate) fn conv_bias_relu(
+    input: Activations<'_>,
+    geometry: ConvGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    dst: Destination,
+) {
+    let ConvGeometry {
+        out_channels: cout, ..
+    } = geometry;
+    assert_eq!(input.channels, geometry.in_channels, "input channels");
+    assert_eq!(weight.len(), geometry.patch_len() * cout, "packed weight size");
+    assert_eq!(bias.len(), cout, "bias size");
+    let (oh, ow) = (
+        geometry.out_side(input.height),
+        geometry.out_side(input.width),
+    );
+    let pixels = input.batch * oh * ow;
+    if pixels == 0 {
+        return;
+    }
+    let last = dst.offset + (pixels - 1) * dst.row_stride + cout;
+    assert!(last <= dst.len, "destination too small");
+    assert!(input.row_stride >= input.channels, "input rows overlap");
+    let last_in = input.offset + (input.pixels() - 1) * input.row_stride + input.channels;
+    assert!(last_in <= input.data.len(), "input too small");
+
+    let threads = rayon::current_num_threads();
+    let rows = tile_rows(pixels, geometry.patch_len(), threads);
+    let row_tiles = pixels.div_ceil(rows);
+    let cols = tile_cols(cout, row_tiles, threads);
+    let col_tiles = cout.div_ceil(cols);
+    let item = |index: usize| {
+        let (rt, ct) = (index / col_tiles, index % col_tiles);
+        let r0 = rt * rows;
+        let r1 = (r0 + rows).min(pixels);
+        let c0 = ct * cols;
+        let c1 = (c0 + cols).min(cout);
+        tile(input, geometry, (oh, ow), weight, bias, dst, r0..r1, c0..c1);
+    };
+    let items = row_tiles * col_tiles;
+    if items == 1 || threads <= 1 {
+        (0..items).for_each(item);
+    } else {
+        (0..items).into_par_iter().for_each(item);
+    }
+}
+
+/// One work item: output rows `rows` (pixels in NHW order), output channels `cols`.
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    input: Activations<'_>,
+    geometry: ConvGeometry,
+    (oh, ow): (usize, usize),
+    weight: &[f32],
+    bias: &[f32],
+    dst: Destination,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let cout = geometry.out_channels;
+    let k = geometry.patch_len();
+    let m = rows.len();
+    let n = cols.len();
+    // SAFETY (all pointer arithmetic below): `conv_bias_relu` checked that every row of the
+    // output and input lies inside its buffer; this item touches only its own rows × columns.
+    let dst_base = unsafe { dst.ptr.add(dst.offset + rows.start * dst.row_stride + cols.start) };
+    for r in 0..m {
+        let row = unsafe { std::slice::from_raw_parts_mut(dst_base.add(r * dst.row_stride), n) };
+        row.copy_from_slice(&bias[cols.clone()]);
+    }
+    let gemm = |lhs: *const f32, lhs_rs: usize| unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst_base,
+            1,
+            dst.row_stride as isize,
+            true,
+            lhs,
+            1,
+            lhs_rs as isize,
+            weight.as_ptr().add(cols.start),
+            1,
+            cout as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    };
+    if geometry.is_pointwise() {
+        let lhs = &input.data[input.offset + rows.start * input.row_stride..];
+        gemm(lhs.as_ptr(), input.row_stride);
+    } else {
+        // Taken out of the thread-local and put back, so it is never borrowed twice.
+        let mut patches = PATCHES.with_borrow_mut(std::mem::take);
+        if patches.len() < m * k {
+            patches.resize(m * k, 0.0);
+        }
+        im2col(input, geometry, (oh, ow), rows.clone(), &mut patches[..m * k]);
+        gemm(patches.as_ptr(), k);
+        PATCHES.with_borrow_mut(|slot| *slot = patches);
+    }
+    for r in 0..m {
+        let row = unsafe { std::slice::from_raw_parts_mut(dst_base.add(r * dst.row_stride), n) };
+        for v in row {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+/// Patches for output pixels `rows`: one row of `k·k·cin` per pixel, zeros where the kernel
+/// hangs over the padding. Each (ky, kx) tap is one contiguous copy of `cin` channels.
+fn im2col(
+    input: Activations<'_>,
+    geometry: ConvGeometry,
+    (oh, ow): (usize, usize),
+    rows: std::ops::Range<usize>,
+    patches: &mut [f32],
+) {
+    let ConvGeometry {
+        in_channels: cin,
+        kernel,
+        stride,
+        padding,
+        ..
+    } = geometry;
+    let (h, w) = (input.height as isize, input.width as isize);
+    let plane = input.height * input.width;
+    for (pixel, patch) in rows.zip(patches.chunks_exact_mut(geometry.patch_len())) {
+        let b = pixel / (oh * ow);
+        let oy = (pixel / ow) % oh;
+        let ox = pixel % ow;
+        let image = &input.data[input.offset + b * plane * input.row_stride..];
+        for ky in 0..kernel {
+            let iy = (oy * stride + ky) as isize - padding as isize;
+            for kx in 0..kernel {
+                let ix = (ox * stride + kx) as isize - padding as isize;
+                let tap = &mut patch[(ky * kernel + kx) * cin..][..cin];
+                if iy < 0 || iy >= h || ix < 0 || ix >= w {
+                    tap.fill(0.0);
+                } else {
+                    let at = (iy * w + ix) as usize * input.row_stride;
+                    tap.copy_from_slice(&image[at..at + cin]);
+                }
+            }
+        }
+    }
+}
+
+/// Packs a PyTorch `[cout, cin, k, k]` weight into the `[k, k, cin, cout]` GEMM layout, once
+/// at load time.
+pub(crate) fn pack_weight(oihw: &[f32], geometry: ConvGeometry) -> Vec<f32> {
+    let ConvGeometry {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: k,
+        ..
+    } = geometry;
+    let mut packed = vec![0.0; oihw.len()];
+    for o in 0..cout {
+        for i in 0..cin {
+            for ky in 0..k {
+                for kx in 0..k {
+                    packed[((ky * k + kx) * cin + i) * cout + o] =
+                        oihw[((o * cin + i) * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+    packed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook definition, NCHW-free: direct loops over NHWC.
+    fn reference(
+        x: &[f32],
+        (n, h, w): (usize, usize, usize),
+        g: ConvGeometry,
+        oihw: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let (oh, ow) = (g.out_side(h), g.out_side(w));
+        let mut out = vec![0.0; n * oh * ow * g.out_channels];
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for o in 0..g.out_channels {
+                        let mut acc = f64::from(bias[o]);
+                        for ky in 0..g.kernel {
+                            for kx in 0..g.kernel {
+                                let iy = (oy * g.stride + ky) as isize - g.padding as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                for i in 0..g.in_channels {
+                                    let xv = x[((b * h + iy as usize) * w + ix as usize)
+                                        * g.in_channels
+                                        + i];
+                                    let wv = oihw
+                                        [((o * g.in_channels + i) * g.kernel + ky) * g.kernel + kx];
+                                    acc += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        out[((b * oh + oy) * ow + ox) * g.out_channels + o] = acc.max(0.0) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (v % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn check(n: usize, side: usize, g: ConvGeometry, extra_cols: usize, threads: usize) {
+        let x = values(n * side * side * g.in_channels, 1);
+        let w = values(g.patch_len() * g.out_channels, 2);
+        let bias = values(g.out_channels, 3);
+        let want = reference(&x, (n, side, side), g, &w, &bias);
+        let (oh, ow) = (g.out_side(side), g.out_side(side));
+        // Write into a column slice of a wider buffer, as Inception branches do.
+        let stride = g.out_channels + extra_cols;
+        let mut out = vec![-7.0; n * oh * ow * stride];
+        let packed = pack_weight(&w, g);
+        let input = Activations {
+            data: &x,
+            batch: n,
+            height: side,
+            width: side,
+            channels: g.in_channels,
+            row_stride: g.in_channels,
+            offset: 0,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        pool.install(|| {
+            conv_bias_relu(
+                input,
+                g,
+                &packed,
+                &bias,
+                Destination::new(&mut out, stride, extra_cols),
+            )
+        });
+        for p in 0..n * oh * ow {
+            for c in 0..stride {
+                let got = out[p * stride + c];
+                if c < extra_cols {
+                    assert_eq!(got, -7.0, "column {c} outside the slice was written");
+                } else {
+                    let w = want[p * g.out_channels + c - extra_cols];
+                    assert!((got - w).abs() < 1e-4, "pixel {p} channel {c}: {got} vs {w}");
+                }
+            }
+        }
+    }
+
+    fn geometry(cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvGeometry {
+        ConvGeometry {
+            in_channels: cin,
+            out_channels: cout,
+            kernel,
+            stride,
+            padding: kernel / 2,
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_the_definition() {
+        for threads in [1, 2, 3] {
+            check(2, 5, geometry(7, 19, 1, 1), 0, threads);
+            check(1, 9, geometry(16, 40, 1, 1), 5, threads);
+        }
+    }
+
+    #[test]
+    fn three_by_three_matches_the_definition() {
+        for threads in [1, 2] {
+            check(2, 7, geometry(5, 33, 3, 1), 3, threads);
+            check(1, 4, geometry(3, 2, 3, 1), 0, threads);
+        }
+    }
+
+    #[test]
+    fn strided_seven_by_seven_matches_the_definition() {
+        check(2, 15, geometry(3, 8, 7, 2), 0, 2);
+        check(1, 16, geometry(3, 17, 7, 2), 1, 1);
+    }
+
+    #[test]
+    fn reads_a_channel_slice_of_a_wider_input() {
+        let g = geometry(4, 6, 1, 1);
+        let (n, side, wide) = (1, 3, 10);
+        let x = values(n * side * side * wide, 4);
+        let narrow: Vec<f32> = x
+            .chunks(wide)
+            .flat_map(|row| row[3..7].to_vec())
+            .collect();
+        let w = values(4 * 6, 5);
+        let bias = values(6, 6);
+        let want = reference(&narrow, (n, side, side), g, &w, &bias);
+        let mut out = vec![0.0; n * side * side * 6];
+        let input = Activations {
+            data: &x,
+            batch: n,
+            height: side,
+            width: side,
+            channels: 4,
+            row_stride: wide,
+            offset: 3,
+        };
+        conv_bias_relu(
+            input,
+            g,
+            &pack_weight(&w, g),
+            &bias,
+            Destination::new(&mut out, 6, 0),
+        );
+        for (got, want) in out.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn tiles_cover_every_row_and_column() {
+        for (pixels, patch, threads) in [(49, 1728, 2), (12544, 147, 2), (1, 9, 4), (196, 832, 3)]
+        {
+            let rows = tile_rows(pixels, patch, threads);
+            assert!(rows >= 1 && rows <= pixels.max(1));
+            let cols = tile_cols(128, pixels.div_ceil(rows), threads);
+            assert!(cols >= 1 && cols <= 128);
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! One Inception block on NHWC activations, written in place into the block's output.
+//!
+//! The four branches write straight into their channel slices of one preallocated output
+//! (the GEMM's destination row stride is the block's width), so there is no concat copy. The
+//! two 1×1 "reduce" convolutions that read the block's input are merged into one GEMM (their
+//! packed weights side by side); the two 3×3 convolutions then read their halves of that
+//! result in place. The branch-4 max-pool and the reduce output live in per-thread scratch
+//! buffers that are reused from call to call.
+
+use std::cell::RefCell;
+
+use super::conv::{Activations, ConvGeometry, Destination, conv_bias_relu};
+use super::pool::{PoolGeometry, max_pool};
+
+/// One packed convolution: `weight` is `[k·k·cin, cout]`, `bias` is `[cout]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PackedConv<'a> {
+    pub geometry: ConvGeometry,
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+}
+
+/// The block's packed weights, as [`super::FusedOps::inception_nhwc`] receives them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InceptionConvs<'a> {
+    /// 1×1, `cin → ch1x1`.
+    pub branch1: PackedConv<'a>,
+    /// Both 1×1 reductions merged: `cin → ch3x3red + ch5x5red`.
+    pub reduce: PackedConv<'a>,
+    /// 3×3 on the first `ch3x3red` reduced channels.
+    pub branch2: PackedConv<'a>,
+    /// 3×3 on the last `ch5x5red` reduced channels (torchvision's "5×5" branch is 3×3).
+    pub branch3: PackedConv<'a>,
+    /// 1×1 after the 3×3/1/1 max-pool.
+    pub branch4: PackedConv<'a>,
+}
+
+impl InceptionConvs<'_> {
+    /// Channels of the block's output: the four branches side by side.
+    pub(crate) fn out_channels(&self) -> usize {
+        self.branch1.geometry.out_channels
+            + self.branch2.geometry.out_channels
+            + self.branch3.geometry.out_channels
+            + self.branch4.geometry.out_channels
+    }
+}
+
+/// torchvision's branch-4 pool: `MaxPool2d(3, stride=1, padding=1, ceil_mode=True)`.
+const BRANCH4_POOL: PoolGeometry = PoolGeometry {
+    kernel: 3,
+    stride: 1,
+    padding: 1,
+};
+
+thread_local! {
+    /// The calling thread's reduce and pool buffers, reused across blocks and calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs the block on a dense NHWC `input` into `output` (`[pixels, out_channels]`).
+pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, output: &mut [f32]) {
+    let pixels = input.batch * input.height * input.width;
+    let width = convs.out_channels();
+    assert_eq!(output.len(), pixels * width, "output size");
+    assert!(input.row_stride == input.channels && input.offset == 0, "dense input");
+    // Taken out of the thread-local (and put back after), so a nested call on this thread
+    // could never find it borrowed: it would just allocate.
+    let (mut reduced, mut pooled) = SCRATCH.with_borrow_mut(std::mem::take);
+    let red = convs.reduce.geometry.out_channels;
+    reduced.resize(pixels * red, 0.0);
+    pooled.resize(pixels * input.channels, 0.0);
+
+    let mut offset = 0;
+    let mut run = |source: Activations<'_>, conv: &PackedConv<'_>, output: &mut [f32]| {
+        let dst = Destination::new(output, width, offset);
+        conv_bias_relu(source, conv.geometry, conv.weight, conv.bias, dst);
+        offset += conv.geometry.out_channels;
+    };
+    run(input, &convs.branch1, output);
+    conv_bias_relu(
+        input,
+        convs.reduce.geometry,
+        convs.reduce.weight,
+        convs.reduce.bias,
+        Destination::new(&mut reduced, red, 0),
+    );
+    let c3r = convs.branch2.geometry.in_channels;
+    let half = |channels, offset| Activations {
+        data: &reduced,
+        channels,
+        row_stride: red,
+        offset,
+        ..input
+    };
+    run(half(c3r, 0), &convs.branch2, output);
+    run(
+        half(convs.branch3.geometry.in_channels, c3r),
+        &convs.branch3,
+        output,
+    );
+    max_pool(
+        &input.data[..pixels * input.channels],
+        (input.batch, input.height, input.width, input.channels),
+        BRANCH4_POOL,
+        &mut pooled,
+    );
+    let pooled_input = Activations {
+        data: &pooled,
+        ..input
+    };
+    run(pooled_input, &convs.branch4, output);
+    SCRATCH.with_borrow_mut(|scratch| *scratch = (reduced, pooled));
+}
