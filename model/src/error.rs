@@ -66,6 +66,24 @@ pub enum ModelError {
         /// The full hex SHA-256 of what was downloaded.
         actual: String,
     },
+    /// A Burn-native `.bpk` was written for another layout of the folded network (an older or
+    /// newer Glimpse), or by something else: loading it would give wrong answers or fail
+    /// halfway, so it is refused whole. [`WeightsSource::Auto`](crate::WeightsSource::Auto)
+    /// rebuilds its cached copy from the `.pth` by itself; a `.bpk` given as a path must be
+    /// re-created from its `.pth`.
+    #[error(
+        "native weights {path} are in format {}, this Glimpse reads only {expected}: \
+         re-create the .bpk from its .pth (or pass the .pth itself with --weights)",
+        found.as_deref().map_or_else(|| "(none recorded)".to_string(), |f| format!("{f:?}"))
+    )]
+    NativeFormat {
+        /// The `.bpk` file.
+        path: PathBuf,
+        /// The format it records (burnpack metadata `glimpse.format`), if any.
+        found: Option<String>,
+        /// The format this version writes and reads.
+        expected: String,
+    },
     /// Reading, hashing, creating or renaming a file in the weights cache directory failed.
     #[error("cache file {path}: {source}")]
     Cache {

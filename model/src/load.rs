@@ -69,7 +69,7 @@ fn file_stem(path: &Path) -> String {
         .unwrap_or_else(|| "weights".to_string())
 }
 
-/// The cached native copy when it is usable (present and complete);
+/// The cached native copy when it is usable (present, this version's format, complete);
 /// otherwise the verified `.pth` (downloaded if needed), from which the native copy is then
 /// (re)written for the next start.
 fn load_auto(

@@ -1,9 +1,11 @@
 //! The Burn-native copy of the folded network (`.bpk`, burnpack): written once from a `.pth`
-//! so later starts skip pickle parsing and BatchNorm folding.
+//! so later starts skip pickle parsing and BatchNorm folding, and read back only when it
+//! records the folded layout this version builds ([`NATIVE_FORMAT`]).
 
 use std::path::Path;
 
 use burn::module::Module;
+use burn::store::burn_pack::Reader;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 
@@ -17,11 +19,13 @@ pub(crate) const NATIVE_EXTENSION: &str = "bpk";
 /// Burnpack metadata key: the weights' display name.
 const METADATA_NAME: &str = "glimpse.weights.name";
 /// Burnpack metadata key: the folded layout the file was written for.
-const METADATA_FORMAT: &str = "glimpse.format";
-/// Bumped whenever the folded module layout changes, so stale native copies are rebuilt.
-const NATIVE_FORMAT: &str = "googlenet-folded-v1";
+pub(crate) const METADATA_FORMAT: &str = "glimpse.format";
+/// Bumped whenever the folded module layout changes, so stale native copies are refused
+/// ([`ModelError::NativeFormat`]) and, in the cache, rebuilt from the `.pth`.
+pub(crate) const NATIVE_FORMAT: &str = "googlenet-folded-v1";
 
-/// Reads a `.bpk` written by [`save_native`].
+/// Reads a `.bpk` written by [`save_native`], refusing one written for another layout before
+/// any tensor is read.
 pub(crate) fn load_native(path: &Path, device: &Device) -> Result<GoogLeNet, ModelError> {
     if !path.exists() {
         return Err(ModelError::WeightsNotFound {
@@ -32,6 +36,7 @@ pub(crate) fn load_native(path: &Path, device: &Device) -> Result<GoogLeNet, Mod
         path: path.to_path_buf(),
         reason,
     };
+    check_format(path)?;
     let mut model = GoogLeNet::load(&mut ZeroSource, device)?;
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
     let result = model
@@ -48,6 +53,24 @@ pub(crate) fn load_native(path: &Path, device: &Device) -> Result<GoogLeNet, Mod
     }
     let model = model.to_device(device);
     Ok(model)
+}
+
+/// The file's recorded format must be [`NATIVE_FORMAT`]. Only the header and metadata are
+/// read here; the tensors stay on disk.
+fn check_format(path: &Path) -> Result<(), ModelError> {
+    let reader = Reader::from_file_exact(path).map_err(|e| ModelError::WeightsUnreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let found = reader.metadata().get(METADATA_FORMAT);
+    if found.map(String::as_str) == Some(NATIVE_FORMAT) {
+        return Ok(());
+    }
+    Err(ModelError::NativeFormat {
+        path: path.to_path_buf(),
+        found: found.cloned(),
+        expected: NATIVE_FORMAT.to_string(),
+    })
 }
 
 /// Writes `model` as a `.bpk` recording [`NATIVE_FORMAT`], to a temporary name renamed into
