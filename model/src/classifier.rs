@@ -1,9 +1,10 @@
 //! [`Classifier`]: GoogLeNet with loaded weights on one backend, run on batches of prepared
-//! images from any thread.
+//! images from any thread, with as many forward passes at once as it has lanes.
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -14,10 +15,16 @@ use crate::{
     top_k_softmax,
 };
 
-/// GoogLeNet with loaded weights on one backend. `Send + Sync`: calls from several threads
-/// are serialized (each forward pass already uses every core).
+/// GoogLeNet with loaded weights on one backend. `Send + Sync`: each call runs on one of the
+/// classifier's lanes (one by default, see [`Classifier::with_lanes`]); calls beyond the number
+/// of lanes wait for a free one.
 pub struct Classifier {
-    model: Mutex<GoogLeNet>,
+    /// Clones of one module, each run by one call at a time. Never empty. Clones of a Burn
+    /// module share their parameters (`Param` holds its tensor behind an `Arc`), so a lane
+    /// costs only its activations while it runs, not another copy of the weights.
+    lanes: Vec<Mutex<GoogLeNet>>,
+    /// Which lane to wait on when every lane is busy: round-robin, so waiters spread out.
+    next: AtomicUsize,
     device: Device,
     backend: Backend,
     identity: WeightsIdentity,
@@ -28,6 +35,7 @@ impl fmt::Debug for Classifier {
         f.debug_struct("Classifier")
             .field("backend", &self.backend)
             .field("identity", &self.identity)
+            .field("lanes", &self.lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -48,11 +56,34 @@ impl Classifier {
         let (model, identity) = load::load(source, options, &device)?;
         tracing::info!(weights = %identity.name, trained = identity.trained, %backend, "GoogLeNet loaded");
         Ok(Classifier {
-            model: Mutex::new(model),
+            lanes: vec![Mutex::new(model)],
+            next: AtomicUsize::new(0),
             device,
             backend,
             identity,
         })
+    }
+
+    /// The same classifier with `lanes` lanes (at least one): up to `lanes` calls run their
+    /// forward passes at once instead of queueing for the one network. Worth it when each pass
+    /// leaves cores idle (small batches, fewer intra-op threads than cores); the weights are
+    /// shared, so each lane costs only its activations while it runs.
+    pub fn with_lanes(mut self, lanes: usize) -> Classifier {
+        // A panic in an earlier forward pass leaves the weights as they were (the forward pass
+        // only reads them), so a poisoned lane's module is still good to clone.
+        let model = self.lanes[0]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        self.lanes = (0..lanes.max(1))
+            .map(|_| Mutex::new(model.clone()))
+            .collect();
+        self
+    }
+
+    /// How many forward passes can run at once.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// What the weights are.
@@ -67,6 +98,16 @@ impl Classifier {
 
     /// Raw logits `[N][1000]` for `images`, in one forward pass.
     pub fn logits(&self, images: &[ImageTensor]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.logits_on_lane(images, |_| {})
+    }
+
+    /// [`Classifier::logits`], calling `on_lane` with the lane's index while holding it (the
+    /// tests' window onto which lanes run at once).
+    fn logits_on_lane(
+        &self,
+        images: &[ImageTensor],
+        on_lane: impl FnOnce(usize),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -78,7 +119,8 @@ impl Classifier {
         let side = preprocess::CROP as usize;
         let input =
             Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &self.device);
-        let model = self.model.lock().map_err(|_| poisoned())?;
+        let (index, model) = self.take_lane()?;
+        on_lane(index);
         let output = model.forward(input);
         drop(model);
         let data = output
@@ -93,6 +135,21 @@ impl Classifier {
             )));
         }
         Ok(data.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The first free lane, in order (so a lightly loaded classifier keeps using the same
+    /// lanes' warm buffers); when all are busy, waits for one chosen round-robin.
+    fn take_lane(&self) -> Result<(usize, MutexGuard<'_, GoogLeNet>), ModelError> {
+        for (index, lane) in self.lanes.iter().enumerate() {
+            match lane.try_lock() {
+                Ok(model) => return Ok((index, model)),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let model = self.lanes[index].lock().map_err(|_| poisoned())?;
+        Ok((index, model))
     }
 
     /// The `top_k` most probable classes for each image (softmax over all 1000), best first,
@@ -112,7 +169,7 @@ impl Classifier {
     /// Writes the folded network in Burn's native format (`.bpk`), for fast start with
     /// [`WeightsSource::Path`]. Written to a temporary name and renamed into place.
     pub fn save_native(&self, path: &Path) -> Result<(), ModelError> {
-        let model = self.model.lock().map_err(|_| poisoned())?;
+        let model = self.lanes[0].lock().map_err(|_| poisoned())?;
         native::save_native(&model, path, &self.identity)
     }
 }
@@ -123,6 +180,9 @@ fn poisoned() -> ModelError {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Condvar};
+    use std::time::Duration;
+
     use super::*;
     use crate::ImageError;
 
@@ -134,5 +194,90 @@ mod tests {
         send_sync::<Prediction>();
         send_sync::<ModelError>();
         send_sync::<ImageError>();
+    }
+
+    fn random() -> Classifier {
+        Classifier::load(&WeightsSource::Random { seed: 3 }, Backend::FlexStock)
+            .expect("random weights")
+    }
+
+    fn image() -> ImageTensor {
+        ImageTensor::from_chw(vec![0.25; ImageTensor::LEN]).expect("tensor")
+    }
+
+    #[test]
+    fn lanes_are_clamped_to_at_least_one() {
+        let classifier = random();
+        assert_eq!(classifier.lanes(), 1);
+        let classifier = classifier.with_lanes(0);
+        assert_eq!(classifier.lanes(), 1);
+        assert_eq!(classifier.with_lanes(3).lanes(), 3);
+    }
+
+    /// Two calls hold both lanes at the same moment: each, once it has its lane, waits (up to
+    /// a generous two minutes, never reached when lanes work) for the other to have one too.
+    /// Were calls serialized on one network, the first would wait out the timeout with the
+    /// second queued behind it, and the test would fail.
+    #[test]
+    fn two_lanes_run_two_forward_passes_at_once() {
+        let classifier = Arc::new(random().with_lanes(2));
+        assert_eq!(classifier.lanes(), 2);
+        let single = classifier.logits(&[image()]).expect("forward");
+        let held = Arc::new((Mutex::new(Vec::<usize>::new()), Condvar::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let classifier = Arc::clone(&classifier);
+                let held = Arc::clone(&held);
+                std::thread::spawn(move || {
+                    let mut met = false;
+                    let logits = classifier
+                        .logits_on_lane(&[image()], |lane| {
+                            let (lanes, cv) = &*held;
+                            let mut lanes = lanes.lock().expect("lock");
+                            lanes.push(lane);
+                            cv.notify_all();
+                            let (lanes, _) = cv
+                                .wait_timeout_while(lanes, Duration::from_secs(120), |l| {
+                                    l.len() < 2
+                                })
+                                .expect("wait");
+                            met = lanes.len() == 2;
+                        })
+                        .expect("forward");
+                    // More calls, now free to queue: every one still answers.
+                    for _ in 0..2 {
+                        classifier.logits(&[image()]).expect("forward");
+                    }
+                    (met, logits)
+                })
+            })
+            .collect();
+        for thread in threads {
+            let (met, logits) = thread.join().expect("thread");
+            assert!(met, "the two calls never held a lane each at the same time");
+            assert_eq!(logits, single, "every lane runs the same network");
+        }
+        let mut lanes = held.0.lock().expect("lock").clone();
+        lanes.sort_unstable();
+        assert_eq!(lanes, [0, 1]);
+    }
+
+    #[test]
+    fn more_callers_than_lanes_all_get_answers() {
+        let classifier = Arc::new(random().with_lanes(2));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let classifier = Arc::clone(&classifier);
+                std::thread::spawn(move || {
+                    for _ in 0..2 {
+                        let answers = classifier.classify_batch(&[image()], 1).expect("classify");
+                        assert_eq!(answers.len(), 1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
     }
 }
