@@ -1,261 +1,31 @@
-//! The network and its weights: [`Classifier`] (load, fold, run), where the weights come
-//! from ([`WeightsSource`]), which CPU backend runs it ([`Backend`]), and top-k softmax.
-//! Everything here needs Burn; the crate's `inference` feature (on by default) brings it.
+//! [`Classifier`]: GoogLeNet with loaded weights on one backend, run on batches of prepared
+//! images from any thread, with as many forward passes at once as it has lanes.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
-use burn::module::Module;
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::cache::{self, default_cache_dir};
-use crate::classes::IMAGENET_CLASSES;
-use crate::googlenet::weights::{PthSource, RandomSource, ZeroSource};
-use crate::googlenet::weights::{WEIGHTS_NAME, WEIGHTS_SHA256_PREFIX, WEIGHTS_URL};
-use crate::googlenet::{GoogLeNet, NUM_CLASSES, Network};
+use crate::googlenet::{NUM_CLASSES, Network};
 use crate::preprocess::{self, ImageTensor};
+use crate::{
+    Backend, LoadOptions, ModelError, Prediction, WeightsIdentity, WeightsSource, load, native,
+    top_k_softmax,
+};
 
-/// The CPU backend that runs the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Backend {
-    /// burn-ndarray: the long-standing pure-Rust CPU backend (deprecated upstream in 0.22).
-    Ndarray,
-    /// burn-flex: upstream's replacement for burn-ndarray in 0.22; about 2.5x faster on
-    /// GoogLeNet here (see BENCHMARKS.md), hence the default.
-    #[default]
-    Flex,
-}
-
-impl Backend {
-    /// All backends, for tests and benchmarks.
-    pub const ALL: [Backend; 2] = [Backend::Ndarray, Backend::Flex];
-
-    fn device(self) -> Device {
-        match self {
-            #[allow(deprecated)] // still supported in 0.22, and our users asked for it by name
-            Backend::Ndarray => Device::ndarray(),
-            Backend::Flex => Device::flex(),
-        }
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Ndarray => "ndarray",
-            Backend::Flex => "flex",
-        })
-    }
-}
-
-impl FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "ndarray" => Ok(Backend::Ndarray),
-            "flex" => Ok(Backend::Flex),
-            other => Err(format!(
-                "unknown backend {other:?}: expected \"ndarray\" or \"flex\""
-            )),
-        }
-    }
-}
-
-/// Where the weights come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WeightsSource {
-    /// torchvision's official `googlenet-1378be20.pth` from the cache directory, downloaded
-    /// (and SHA-256 checked) on first use.
-    Auto,
-    /// A torchvision-format `.pth`, or a Burn-native `.bpk` written by
-    /// [`Classifier::save_native`].
-    Path(PathBuf),
-    /// Seeded, deterministic, untrained weights: for transport and load tests, never for labels.
-    Random {
-        /// Same seed, same weights, on every machine and version.
-        seed: u64,
-    },
-}
-
-impl FromStr for WeightsSource {
-    type Err = String;
-
-    /// `auto`, `random` (seed 0), `random:SEED`, or a path.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "" => Err("empty weights source: expected auto, random or a path".to_string()),
-            "auto" => Ok(WeightsSource::Auto),
-            "random" => Ok(WeightsSource::Random { seed: 0 }),
-            _ => match s.strip_prefix("random:") {
-                Some(seed) => seed
-                    .parse()
-                    .map(|seed| WeightsSource::Random { seed })
-                    .map_err(|_| format!("bad seed in {s:?}: expected random:INTEGER")),
-                None => Ok(WeightsSource::Path(PathBuf::from(s))),
-            },
-        }
-    }
-}
-
-impl fmt::Display for WeightsSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WeightsSource::Auto => f.write_str("auto"),
-            WeightsSource::Path(p) => write!(f, "{}", p.display()),
-            WeightsSource::Random { seed } => write!(f, "random:{seed}"),
-        }
-    }
-}
-
-/// What the loaded weights are, for display next to every answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightsIdentity {
-    /// `googlenet-1378be20` for the official weights, `random-seed-N`, or the file's stem.
-    pub name: String,
-    /// False for random weights: their labels mean nothing and must be shown as untrained.
-    pub trained: bool,
-    /// SHA-256 of the weights file, when loaded from one.
-    pub sha256: Option<String>,
-}
-
-/// One of the top-k answers for an image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// ImageNet class index, 0..1000.
-    pub index: usize,
-    /// torchvision's name for the class.
-    pub label: &'static str,
-    /// Softmax probability over all 1000 classes.
-    pub probability: f32,
-}
-
-/// Why a model could not be loaded or run.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// The weights file given (a `.pth` or `.bpk` path) does not exist.
-    #[error("weights file {path} does not exist")]
-    WeightsNotFound {
-        /// The path that was looked up.
-        path: PathBuf,
-    },
-    /// The weights file exists but could not be opened or parsed as a PyTorch checkpoint or
-    /// a Burn-native `.bpk`.
-    #[error("cannot read weights file {path}: {reason}")]
-    WeightsUnreadable {
-        /// The file that failed.
-        path: PathBuf,
-        /// The reader's error.
-        reason: String,
-    },
-    /// The weights file lacks a tensor GoogLeNet needs: it is not a torchvision GoogLeNet
-    /// checkpoint (or a native copy of one).
-    #[error("weights file {path} has no tensor {key:?}: not a torchvision GoogLeNet checkpoint")]
-    MissingTensor {
-        /// The state-dict key that is missing, e.g. `conv1.conv.weight`.
-        key: String,
-        /// The file that lacks it.
-        path: PathBuf,
-    },
-    /// A tensor is present but unusable: wrong shape, data that cannot be read (a truncated
-    /// file), a non-floating-point type, or a negative batch-norm running variance.
-    #[error("bad tensor {key:?} in the weights: {reason}")]
-    BadTensor {
-        /// The state-dict key of the tensor.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// [`WeightsSource::Auto`] found no verified copy in the cache and could not download one
-    /// (network failure, or downloading disabled in [`LoadOptions`]).
-    #[error(
-        "no GoogLeNet weights: none cached at {cached} and downloading {url} failed ({reason}). \
-         Pass --weights PATH with a copy of googlenet-1378be20.pth (or its .bpk), \
-         --weights random[:SEED] for untrained weights (labels are meaningless), or \
-         --model synthetic to run without a model"
-    )]
-    WeightsUnavailable {
-        /// Where the cached `.pth` was expected.
-        cached: PathBuf,
-        /// The URL the download was (or would have been) made from.
-        url: String,
-        /// Why the download failed.
-        reason: String,
-    },
-    /// The downloaded file's SHA-256 does not match torchvision's published one; the file is
-    /// deleted, not cached.
-    #[error("downloaded {url} has SHA-256 {actual}, expected one starting with {expected_prefix}")]
-    Checksum {
-        /// Where the file came from.
-        url: String,
-        /// The hex prefix of the expected digest (torchvision names its files by it).
-        expected_prefix: String,
-        /// The full hex SHA-256 of what was downloaded.
-        actual: String,
-    },
-    /// Reading, hashing, creating or renaming a file in the weights cache directory failed.
-    #[error("cache file {path}: {source}")]
-    Cache {
-        /// The cache file or directory involved.
-        path: PathBuf,
-        /// The underlying I/O error.
-        source: std::io::Error,
-    },
-    /// [`WeightsSource::Auto`] needs a cache directory: none was given in [`LoadOptions`] and
-    /// the platform has none (on Linux: neither `XDG_CACHE_HOME` nor `HOME` is set).
-    #[error("no cache directory: set XDG_CACHE_HOME or HOME, or pass --weights PATH")]
-    NoCacheDir,
-    /// [`Classifier::save_native`] could not create the directory, write the `.bpk` or rename
-    /// it into place.
-    #[error("cannot save native weights to {path}: {reason}")]
-    Save {
-        /// The destination path.
-        path: PathBuf,
-        /// The underlying error.
-        reason: String,
-    },
-    /// The forward pass produced output that could not be read back, or the wrong number of
-    /// logits.
-    #[error("inference failed: {0}")]
-    Inference(String),
-    /// A bug or a poisoned state, e.g. an earlier forward pass panicked while holding the
-    /// model; the classifier should be reloaded.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// How [`WeightsSource::Auto`] finds its file. `Default` is what the CLI uses.
-#[derive(Debug, Clone)]
-pub struct LoadOptions {
-    /// Cache directory; `None` = [`default_cache_dir`].
-    pub cache_dir: Option<PathBuf>,
-    /// Where to download from when nothing is cached. Default: [`WEIGHTS_URL`].
-    pub url: String,
-    /// Whether downloading is allowed at all. Default: true.
-    pub download: bool,
-    /// Whether to draw a progress bar on stderr while downloading. Default: true
-    /// (indicatif hides it when stderr is not a terminal).
-    pub progress: bool,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            cache_dir: None,
-            url: WEIGHTS_URL.to_string(),
-            download: true,
-            progress: true,
-        }
-    }
-}
-
-/// GoogLeNet with loaded weights on one backend. `Send + Sync`: calls from several threads
-/// are serialized (each forward pass already uses every core).
+/// GoogLeNet with loaded weights on one backend. `Send + Sync`: each call runs on one of the
+/// classifier's lanes (one by default, see [`Classifier::with_lanes`]); calls beyond the number
+/// of lanes wait for a free one.
 pub struct Classifier {
-    model: Mutex<Network>,
+    /// Clones of one module, each run by one call at a time. Never empty. Clones of the
+    /// network share their tensors (Burn's `Param` and flex tensors keep their data behind an
+    /// `Arc`), so a lane costs only its activations while it runs, not another copy of the
+    /// weights, packed or not.
+    lanes: Vec<Mutex<Network>>,
+    /// Which lane to wait on when every lane is busy: round-robin, so waiters spread out.
+    next: AtomicUsize,
     device: Device,
     backend: Backend,
     identity: WeightsIdentity,
@@ -266,6 +36,7 @@ impl fmt::Debug for Classifier {
         f.debug_struct("Classifier")
             .field("backend", &self.backend)
             .field("identity", &self.identity)
+            .field("lanes", &self.lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -283,27 +54,38 @@ impl Classifier {
         options: &LoadOptions,
     ) -> Result<Classifier, ModelError> {
         let device = backend.device();
-        let (model, identity) = match source {
-            WeightsSource::Random { seed } => {
-                let model = GoogLeNet::load(&mut RandomSource { seed: *seed }, &device)?;
-                let identity = WeightsIdentity {
-                    name: format!("random-seed-{seed}"),
-                    trained: false,
-                    sha256: None,
-                };
-                (model, identity)
-            }
-            WeightsSource::Path(path) => load_path(path, &device)?,
-            WeightsSource::Auto => load_auto(options, &device)?,
-        };
-        let model = Network::new(model, backend == Backend::Flex, &device)?;
+        let (model, identity) = load::load(source, options, &device)?;
+        let model = Network::new(model, backend.fused(), &device)?;
         tracing::info!(weights = %identity.name, trained = identity.trained, %backend, "GoogLeNet loaded");
         Ok(Classifier {
-            model: Mutex::new(model),
+            lanes: vec![Mutex::new(model)],
+            next: AtomicUsize::new(0),
             device,
             backend,
             identity,
         })
+    }
+
+    /// The same classifier with `lanes` lanes (at least one): up to `lanes` calls run their
+    /// forward passes at once instead of queueing for the one network. Worth it when each pass
+    /// leaves cores idle (small batches, fewer intra-op threads than cores); the weights are
+    /// shared, so each lane costs only its activations while it runs.
+    pub fn with_lanes(mut self, lanes: usize) -> Classifier {
+        // A panic in an earlier forward pass leaves the weights as they were (the forward pass
+        // only reads them), so a poisoned lane's module is still good to clone.
+        let model = self.lanes[0]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        self.lanes = (0..lanes.max(1))
+            .map(|_| Mutex::new(model.clone()))
+            .collect();
+        self
+    }
+
+    /// How many forward passes can run at once.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// What the weights are.
@@ -318,6 +100,16 @@ impl Classifier {
 
     /// Raw logits `[N][1000]` for `images`, in one forward pass.
     pub fn logits(&self, images: &[ImageTensor]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.logits_on_lane(images, |_| {})
+    }
+
+    /// [`Classifier::logits`], calling `on_lane` with the lane's index while holding it (the
+    /// tests' window onto which lanes run at once).
+    fn logits_on_lane(
+        &self,
+        images: &[ImageTensor],
+        on_lane: impl FnOnce(usize),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -329,10 +121,8 @@ impl Classifier {
         let side = preprocess::CROP as usize;
         let input =
             Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &self.device);
-        let model = self
-            .model
-            .lock()
-            .map_err(|_| ModelError::Internal("a previous inference panicked".into()))?;
+        let (index, model) = self.take_lane()?;
+        on_lane(index);
         let output = model.forward(input);
         drop(model);
         let data = output
@@ -347,6 +137,21 @@ impl Classifier {
             )));
         }
         Ok(data.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The first free lane, in order (so a lightly loaded classifier keeps using the same
+    /// lanes' warm buffers); when all are busy, waits for one chosen round-robin.
+    fn take_lane(&self) -> Result<(usize, MutexGuard<'_, Network>), ModelError> {
+        for (index, lane) in self.lanes.iter().enumerate() {
+            match lane.try_lock() {
+                Ok(model) => return Ok((index, model)),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            }
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let model = self.lanes[index].lock().map_err(|_| poisoned())?;
+        Ok((index, model))
     }
 
     /// The `top_k` most probable classes for each image (softmax over all 1000), best first,
@@ -366,173 +171,20 @@ impl Classifier {
     /// Writes the folded network in Burn's native format (`.bpk`), for fast start with
     /// [`WeightsSource::Path`]. Written to a temporary name and renamed into place.
     pub fn save_native(&self, path: &Path) -> Result<(), ModelError> {
-        let model = self
-            .model
-            .lock()
-            .map_err(|_| ModelError::Internal("a previous inference panicked".into()))?;
-        save_native(model.stock(), path, &self.identity)
+        let model = self.lanes[0].lock().map_err(|_| poisoned())?;
+        native::save_native(model.stock(), path, &self.identity)
     }
 }
 
-/// Softmax probabilities of the `k` largest logits, best first (ties: lower index first).
-pub fn top_k_softmax(logits: &[f32], k: usize) -> Vec<Prediction> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = logits.iter().map(|l| f64::from(l - max).exp()).sum();
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
-    order
-        .into_iter()
-        .take(k.min(NUM_CLASSES))
-        .map(|index| Prediction {
-            index,
-            label: IMAGENET_CLASSES.get(index).copied().unwrap_or("?"),
-            probability: (f64::from(logits[index] - max).exp() / total) as f32,
-        })
-        .collect()
-}
-
-const NATIVE_EXTENSION: &str = "bpk";
-const METADATA_NAME: &str = "glimpse.weights.name";
-const METADATA_FORMAT: &str = "glimpse.format";
-/// Bumped whenever the folded module layout changes, so stale native copies are rebuilt.
-const NATIVE_FORMAT: &str = "googlenet-folded-v1";
-
-fn load_path(path: &Path, device: &Device) -> Result<(GoogLeNet, WeightsIdentity), ModelError> {
-    if path.extension().is_some_and(|e| e == NATIVE_EXTENSION) {
-        let model = load_native(path, device)?;
-        let stem = file_stem(path);
-        return Ok((
-            model,
-            WeightsIdentity {
-                name: stem.trim_end_matches(".folded").to_string(),
-                trained: true,
-                sha256: None,
-            },
-        ));
-    }
-    let mut source = PthSource::open(path)?;
-    let model = GoogLeNet::load(&mut source, device)?;
-    source.finish();
-    let sha256 = cache::sha256_file(path).ok();
-    let name = match &sha256 {
-        Some(d) if d.starts_with(WEIGHTS_SHA256_PREFIX) => WEIGHTS_NAME.to_string(),
-        _ => file_stem(path),
-    };
-    Ok((
-        model,
-        WeightsIdentity {
-            name,
-            trained: true,
-            sha256,
-        },
-    ))
-}
-
-fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "weights".to_string())
-}
-
-fn load_auto(
-    options: &LoadOptions,
-    device: &Device,
-) -> Result<(GoogLeNet, WeightsIdentity), ModelError> {
-    let dir = match &options.cache_dir {
-        Some(dir) => dir.clone(),
-        None => default_cache_dir().ok_or(ModelError::NoCacheDir)?,
-    };
-    let native = cache::native_path(&dir);
-    if native.exists() {
-        match load_native(&native, device) {
-            Ok(model) => {
-                return Ok((
-                    model,
-                    WeightsIdentity {
-                        name: WEIGHTS_NAME.to_string(),
-                        trained: true,
-                        sha256: cache::read_digest(&dir),
-                    },
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(path = %native.display(), error = %e, "ignoring unusable native weights copy");
-            }
-        }
-    }
-    let (pth, digest) = cache::ensure_pth(&dir, &options.url, options.download, options.progress)?;
-    let mut source = PthSource::open(&pth)?;
-    let model = GoogLeNet::load(&mut source, device)?;
-    source.finish();
-    let identity = WeightsIdentity {
-        name: WEIGHTS_NAME.to_string(),
-        trained: true,
-        sha256: Some(digest),
-    };
-    if let Err(e) = save_native(&model, &native, &identity) {
-        tracing::warn!(error = %e, "cannot write the native weights copy; next start re-reads the .pth");
-    }
-    Ok((model, identity))
-}
-
-fn load_native(path: &Path, device: &Device) -> Result<GoogLeNet, ModelError> {
-    if !path.exists() {
-        return Err(ModelError::WeightsNotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    let unreadable = |reason: String| ModelError::WeightsUnreadable {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut model = GoogLeNet::load(&mut ZeroSource, device)?;
-    let mut store = BurnpackStore::from_file(path).auto_extension(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| unreadable(e.to_string()))?;
-    if let Some((key, _)) = result.missing.first() {
-        return Err(ModelError::MissingTensor {
-            key: key.clone(),
-            path: path.to_path_buf(),
-        });
-    }
-    if let Some(e) = result.errors.first() {
-        return Err(unreadable(e.to_string()));
-    }
-    let model = model.to_device(device);
-    Ok(model)
-}
-
-fn save_native(
-    model: &GoogLeNet,
-    path: &Path,
-    identity: &WeightsIdentity,
-) -> Result<(), ModelError> {
-    let fail = |reason: String| ModelError::Save {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    }
-    let tmp = cache::temp_path(path);
-    let mut store = BurnpackStore::from_file(&tmp)
-        .auto_extension(false)
-        .overwrite(true)
-        .metadata(METADATA_FORMAT, NATIVE_FORMAT)
-        .metadata(METADATA_NAME, identity.name.clone());
-    let saved = model
-        .save_into(&mut store)
-        .map_err(|e| fail(e.to_string()))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| fail(e.to_string())));
-    if saved.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    saved
+fn poisoned() -> ModelError {
+    ModelError::Internal("a previous inference panicked".into())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Condvar};
+    use std::time::Duration;
+
     use super::*;
     use crate::ImageError;
 
@@ -546,43 +198,88 @@ mod tests {
         send_sync::<ImageError>();
     }
 
+    fn random() -> Classifier {
+        Classifier::load(&WeightsSource::Random { seed: 3 }, Backend::FlexStock)
+            .expect("random weights")
+    }
+
+    fn image() -> ImageTensor {
+        ImageTensor::from_chw(vec![0.25; ImageTensor::LEN]).expect("tensor")
+    }
+
     #[test]
-    fn backend_parses_and_prints() {
-        for b in Backend::ALL {
-            assert_eq!(b.to_string().parse::<Backend>(), Ok(b));
+    fn lanes_are_clamped_to_at_least_one() {
+        let classifier = random();
+        assert_eq!(classifier.lanes(), 1);
+        let classifier = classifier.with_lanes(0);
+        assert_eq!(classifier.lanes(), 1);
+        assert_eq!(classifier.with_lanes(3).lanes(), 3);
+    }
+
+    /// Two calls hold both lanes at the same moment: each, once it has its lane, waits (up to
+    /// a generous two minutes, never reached when lanes work) for the other to have one too.
+    /// Were calls serialized on one network, the first would wait out the timeout with the
+    /// second queued behind it, and the test would fail.
+    #[test]
+    fn two_lanes_run_two_forward_passes_at_once() {
+        let classifier = Arc::new(random().with_lanes(2));
+        assert_eq!(classifier.lanes(), 2);
+        let single = classifier.logits(&[image()]).expect("forward");
+        let held = Arc::new((Mutex::new(Vec::<usize>::new()), Condvar::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let classifier = Arc::clone(&classifier);
+                let held = Arc::clone(&held);
+                std::thread::spawn(move || {
+                    let mut met = false;
+                    let logits = classifier
+                        .logits_on_lane(&[image()], |lane| {
+                            let (lanes, cv) = &*held;
+                            let mut lanes = lanes.lock().expect("lock");
+                            lanes.push(lane);
+                            cv.notify_all();
+                            let (lanes, _) = cv
+                                .wait_timeout_while(lanes, Duration::from_secs(120), |l| {
+                                    l.len() < 2
+                                })
+                                .expect("wait");
+                            met = lanes.len() == 2;
+                        })
+                        .expect("forward");
+                    // More calls, now free to queue: every one still answers.
+                    for _ in 0..2 {
+                        classifier.logits(&[image()]).expect("forward");
+                    }
+                    (met, logits)
+                })
+            })
+            .collect();
+        for thread in threads {
+            let (met, logits) = thread.join().expect("thread");
+            assert!(met, "the two calls never held a lane each at the same time");
+            assert_eq!(logits, single, "every lane runs the same network");
         }
-        assert!("cuda".parse::<Backend>().is_err());
-        assert_eq!(Backend::default(), Backend::Flex);
+        let mut lanes = held.0.lock().expect("lock").clone();
+        lanes.sort_unstable();
+        assert_eq!(lanes, [0, 1]);
     }
 
     #[test]
-    fn weights_source_parses() {
-        assert_eq!("auto".parse(), Ok(WeightsSource::Auto));
-        assert_eq!("random".parse(), Ok(WeightsSource::Random { seed: 0 }));
-        assert_eq!("random:42".parse(), Ok(WeightsSource::Random { seed: 42 }));
-        assert!("random:x".parse::<WeightsSource>().is_err());
-        assert_eq!(
-            "/tmp/w.pth".parse(),
-            Ok(WeightsSource::Path(PathBuf::from("/tmp/w.pth")))
-        );
-    }
-
-    #[test]
-    fn softmax_top_k_is_sorted_and_normalized() {
-        let mut logits = vec![0.0f32; NUM_CLASSES];
-        logits[3] = 5.0;
-        logits[7] = 4.0;
-        logits[1] = 4.0;
-        let top = top_k_softmax(&logits, 3);
-        assert_eq!(top.iter().map(|p| p.index).collect::<Vec<_>>(), [3, 1, 7]);
-        assert_eq!(top[0].label, IMAGENET_CLASSES[3]);
-        let denom = 5f64.exp() + 2.0 * 4f64.exp() + 997.0;
-        assert!((f64::from(top[0].probability) - 5f64.exp() / denom).abs() < 1e-6);
-        assert!(top_k_softmax(&logits, 5000).len() == NUM_CLASSES);
-        let sum: f32 = top_k_softmax(&logits, 1000)
-            .iter()
-            .map(|p| p.probability)
-            .sum();
-        assert!((sum - 1.0).abs() < 1e-4);
+    fn more_callers_than_lanes_all_get_answers() {
+        let classifier = Arc::new(random().with_lanes(2));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let classifier = Arc::clone(&classifier);
+                std::thread::spawn(move || {
+                    for _ in 0..2 {
+                        let answers = classifier.classify_batch(&[image()], 1).expect("classify");
+                        assert_eq!(answers.len(), 1);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
     }
 }

@@ -4,8 +4,10 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use burn::store::burn_pack::{Reader, Writer};
 use glimpse_model::{
-    Backend, Classifier, DecodeLimits, ImageError, ModelError, WeightsSource, decode, prepare,
+    Backend, Classifier, DecodeLimits, ImageError, LoadOptions, ModelError, WeightsSource, decode,
+    prepare,
 };
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 
@@ -96,6 +98,119 @@ fn non_checkpoint_file_is_refused() {
         matches!(err, ModelError::WeightsUnreadable { .. }),
         "{err:?}"
     );
+}
+
+/// The burnpack metadata key holding the native copy's format.
+const FORMAT_KEY: &str = "glimpse.format";
+
+/// A native copy of the fixture, as `save_native` writes it.
+fn native_fixture(dir: &Path) -> PathBuf {
+    let path = dir.join("fixture.bpk");
+    load(&fixtures().join("googlenet-fixture.pth"))
+        .expect("load fixture .pth")
+        .save_native(&path)
+        .expect("save native");
+    path
+}
+
+/// The format `save_native` records (this version's).
+fn current_format(native: &Path) -> String {
+    Reader::from_file(native)
+        .expect("read .bpk")
+        .metadata()
+        .get(FORMAT_KEY)
+        .cloned()
+        .expect("save_native records the format")
+}
+
+/// Copies a `.bpk` with the same tensors and metadata, except the format: `format`, or none.
+fn with_format(from: &Path, to: &Path, format: Option<&str>) {
+    let reader = Reader::from_file(from).expect("read .bpk");
+    let metadata = reader.metadata().clone();
+    let mut writer = Writer::new(reader.into_tensors().expect("tensors"));
+    for (key, value) in metadata.iter().filter(|(key, _)| *key != FORMAT_KEY) {
+        writer = writer.with_metadata(key, value);
+    }
+    if let Some(format) = format {
+        writer = writer.with_metadata(FORMAT_KEY, format);
+    }
+    writer.write_to_file(to).expect("write .bpk");
+}
+
+#[test]
+fn native_copy_of_another_format_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let native = native_fixture(dir.path());
+    let current = current_format(&native);
+
+    // The control: a copy rewritten with the current format still loads.
+    let same = dir.path().join("same.bpk");
+    with_format(&native, &same, Some(&current));
+    load(&same).expect("a copy in the current format loads");
+
+    let old = dir.path().join("old.bpk");
+    with_format(&native, &old, Some("googlenet-folded-v0"));
+    let err = load(&old).expect_err("another format");
+    match &err {
+        ModelError::NativeFormat {
+            path,
+            found,
+            expected,
+        } => {
+            assert_eq!(path, &old);
+            assert_eq!(found.as_deref(), Some("googlenet-folded-v0"));
+            assert_eq!(expected, &current);
+        }
+        other => panic!("expected NativeFormat, got {other:?}"),
+    }
+    let msg = err.to_string();
+    eprintln!("{msg}");
+    assert!(
+        msg.contains("old.bpk") && msg.contains("googlenet-folded-v0"),
+        "{msg}"
+    );
+    assert!(msg.contains(&current) && msg.contains("re-create"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+
+    let unmarked = dir.path().join("unmarked.bpk");
+    with_format(&native, &unmarked, None);
+    let err = load(&unmarked).expect_err("no format recorded");
+    assert!(
+        matches!(&err, ModelError::NativeFormat { found: None, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("none recorded"), "{err}");
+}
+
+/// `auto` ignores a cached native copy of another format and goes for the `.pth`: here
+/// there is none and downloading is off, so it says the weights are unavailable (the
+/// fixture cannot stand in for the official file, whose SHA-256 is checked). With the copy
+/// in the current format, the same cache starts (parity.rs checks that path in full).
+#[test]
+fn auto_passes_over_a_stale_native_copy_for_the_pth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let native = native_fixture(dir.path());
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let cached = cache.join("googlenet-1378be20.folded.bpk");
+    let options = LoadOptions {
+        cache_dir: Some(cache.clone()),
+        url: "http://127.0.0.1:9/unreachable".to_string(),
+        download: false,
+        progress: false,
+    };
+    let auto = || Classifier::load_with(&WeightsSource::Auto, Backend::Flex, &options);
+
+    with_format(&native, &cached, Some("googlenet-folded-v0"));
+    let err = auto().expect_err("stale copy and no .pth");
+    assert!(
+        matches!(err, ModelError::WeightsUnavailable { .. }),
+        "{err:?}"
+    );
+
+    with_format(&native, &cached, Some(&current_format(&native)));
+    let classifier = auto().expect("the current copy is used");
+    assert_eq!(classifier.identity().name, "googlenet-1378be20");
 }
 
 /// CRC-32 (IEEE) for hand-made PNG chunks.

@@ -118,6 +118,20 @@ fn logits_and_top1_match_torchvision_flex() {
 }
 
 #[test]
+fn logits_and_top1_match_torchvision_flex_stock() {
+    check_logits_and_top1(Backend::FlexStock);
+}
+
+/// One test above per backend: a backend added to `Backend::ALL` needs its own.
+#[test]
+fn every_backend_has_a_parity_test() {
+    assert_eq!(
+        Backend::ALL,
+        [Backend::Flex, Backend::FlexStock, Backend::Ndarray]
+    );
+}
+
+#[test]
 fn preprocessing_matches_torchvision() {
     let reader = reader();
     for (name, ours) in IMAGES.iter().zip(prepared_images()) {
