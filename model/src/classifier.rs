@@ -8,7 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::googlenet::{NUM_CLASSES, Network};
+use crate::googlenet::NUM_CLASSES;
+use crate::network::Network;
 use crate::preprocess::{self, ImageTensor};
 use crate::{
     Backend, LoadOptions, ModelError, Prediction, WeightsIdentity, WeightsSource, load, native,

@@ -33,6 +33,8 @@ mod load;
 #[cfg(feature = "inference")]
 mod native;
 #[cfg(feature = "inference")]
+mod network;
+#[cfg(feature = "inference")]
 mod prediction;
 pub mod preprocess;
 #[cfg(feature = "inference")]

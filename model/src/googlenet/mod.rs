@@ -5,7 +5,7 @@
 //! - [`weights`]: where the numbers come from (torchvision's `.pth`, seeded random), the
 //!   torchvision key names, and the BatchNorm folding;
 //! - [`fused`]: the same network channels-last on Glimpse's fused operators (the fast path);
-//! - this file: the network itself, and [`Network`], which of the two runs.
+//! - this file: the network itself.
 //!
 //! Dropout is the identity at inference and the aux classifiers only matter for training, so
 //! neither exists here.
@@ -22,7 +22,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::ModelError;
 use conv::{ConvBnRelu, ConvSpec};
-use fused::FusedGoogLeNet;
 use inception::{Inception, InceptionSpec};
 use weights::TensorSource;
 
@@ -189,46 +188,3 @@ fn load_fc(source: &mut dyn TensorSource, device: &Device) -> Result<Linear, Mod
     Ok(fc)
 }
 
-/// The network a classifier runs: the stock Burn modules, or the fused fast path packed
-/// from them. The stock modules are kept either way: they are what a native `.bpk` copy
-/// saves. Cheap to clone (tensors share their data), which is how inference lanes get
-/// their own copy.
-#[derive(Debug, Clone)]
-pub(crate) enum Network {
-    /// Burn's own operators on whichever backend the tensors live on.
-    Stock(GoogLeNet),
-    /// The fused channels-last operators (burn-flex only).
-    Fused {
-        /// The folded modules the fused weights were packed from.
-        stock: GoogLeNet,
-        /// The packed network that runs.
-        fused: FusedGoogLeNet,
-    },
-}
-
-impl Network {
-    /// Wraps a loaded network, packing it for the fused operators when `fused` is set.
-    pub(crate) fn new(stock: GoogLeNet, fused: bool, device: &Device) -> Result<Self, ModelError> {
-        Ok(if fused {
-            let fused = FusedGoogLeNet::pack(&stock, device)?;
-            Network::Fused { stock, fused }
-        } else {
-            Network::Stock(stock)
-        })
-    }
-
-    /// The stock modules (for saving).
-    pub(crate) fn stock(&self) -> &GoogLeNet {
-        match self {
-            Network::Stock(stock) | Network::Fused { stock, .. } => stock,
-        }
-    }
-
-    /// Logits `[N, 1000]` for ImageNet-normalized images `[N, 3, 224, 224]`.
-    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        match self {
-            Network::Stock(stock) => stock.forward(x),
-            Network::Fused { fused, .. } => fused.forward(x),
-        }
-    }
-}
