@@ -158,8 +158,9 @@ pub struct Cli {
     /// Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
-    /// Inference backend for local workers: `ndarray` or `flex`. Default: the model
-    /// crate's default (the faster one).
+    /// Inference backend for local workers: `flex` (burn-flex with Glimpse's fused
+    /// channels-last operators, the fast path), `flex-stock` (burn-flex's own operators, the
+    /// reference) or `ndarray`. Default: flex.
     #[arg(long, env = "GLIMPSE_BACKEND")]
     pub backend: Option<String>,
     /// Milliseconds per image of the synthetic model. Default: 50.
