@@ -199,6 +199,53 @@ mod tests {
         send_sync::<ImageError>();
     }
 
+    /// The default backend runs the fused network, the others the stock one, and on random
+    /// weights (unlike the fixture, activations spread over every channel) the fused and
+    /// stock paths agree on the logits of a non-constant image.
+    #[test]
+    fn flex_runs_the_fused_network_and_agrees_with_stock() {
+        let fused = Classifier::load(&WeightsSource::Random { seed: 5 }, Backend::default())
+            .expect("random weights")
+            .with_lanes(2);
+        assert!(Backend::default().fused());
+        for lane in &fused.lanes {
+            let lane = lane.lock().expect("lane");
+            assert!(
+                matches!(*lane, Network::Fused { .. }),
+                "default backend is not fused"
+            );
+        }
+        let stock = Classifier::load(&WeightsSource::Random { seed: 5 }, Backend::FlexStock)
+            .expect("random weights");
+        assert!(matches!(
+            *stock.lanes[0].lock().expect("lane"),
+            Network::Stock(_)
+        ));
+        let values: Vec<f32> = (0..ImageTensor::LEN)
+            .map(|i| ((i * 7919) % 1000) as f32 / 400.0 - 1.2)
+            .collect();
+        let images = vec![
+            ImageTensor::from_chw(values).expect("tensor"),
+            image(),
+            image(),
+        ];
+        let (a, b) = (
+            fused.logits(&images).expect("fused"),
+            stock.logits(&images).expect("stock"),
+        );
+        let diff = a
+            .iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 1e-3, "fused and stock logits differ by {diff}");
+        assert!(
+            a[0] != a[1],
+            "different images should give different logits"
+        );
+    }
+
     fn random() -> Classifier {
         Classifier::load(&WeightsSource::Random { seed: 3 }, Backend::FlexStock)
             .expect("random weights")

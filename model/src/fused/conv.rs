@@ -110,7 +110,10 @@ fn tile_cols(out_channels: usize, row_tiles: usize, threads: usize) -> usize {
         return out_channels;
     }
     let splits = threads.div_ceil(row_tiles);
-    out_channels.div_ceil(splits).next_multiple_of(16).min(out_channels)
+    out_channels
+        .div_ceil(splits)
+        .next_multiple_of(16)
+        .min(out_channels)
 }
 
 thread_local! {
@@ -134,7 +137,11 @@ pub(crate) fn conv_bias_relu(
         out_channels: cout, ..
     } = geometry;
     assert_eq!(input.channels, geometry.in_channels, "input channels");
-    assert_eq!(weight.len(), geometry.patch_len() * cout, "packed weight size");
+    assert_eq!(
+        weight.len(),
+        geometry.patch_len() * cout,
+        "packed weight size"
+    );
     assert_eq!(bias.len(), cout, "bias size");
     let (oh, ow) = (
         geometry.out_side(input.height),
@@ -189,7 +196,10 @@ fn tile(
     let n = cols.len();
     // SAFETY (all pointer arithmetic below): `conv_bias_relu` checked that every row of the
     // output and input lies inside its buffer; this item touches only its own rows × columns.
-    let dst_base = unsafe { dst.ptr.add(dst.offset + rows.start * dst.row_stride + cols.start) };
+    let dst_base = unsafe {
+        dst.ptr
+            .add(dst.offset + rows.start * dst.row_stride + cols.start)
+    };
     for r in 0..m {
         let row = unsafe { std::slice::from_raw_parts_mut(dst_base.add(r * dst.row_stride), n) };
         row.copy_from_slice(&bias[cols.clone()]);
@@ -226,7 +236,13 @@ fn tile(
         if patches.len() < m * k {
             patches.resize(m * k, 0.0);
         }
-        im2col(input, geometry, (oh, ow), rows.clone(), &mut patches[..m * k]);
+        im2col(
+            input,
+            geometry,
+            (oh, ow),
+            rows.clone(),
+            &mut patches[..m * k],
+        );
         gemm(patches.as_ptr(), k);
         PATCHES.with_borrow_mut(|slot| *slot = patches);
     }
@@ -392,7 +408,10 @@ mod tests {
                     assert_eq!(got, -7.0, "column {c} outside the slice was written");
                 } else {
                     let w = want[p * g.out_channels + c - extra_cols];
-                    assert!((got - w).abs() < 1e-4, "pixel {p} channel {c}: {got} vs {w}");
+                    assert!(
+                        (got - w).abs() < 1e-4,
+                        "pixel {p} channel {c}: {got} vs {w}"
+                    );
                 }
             }
         }
@@ -435,10 +454,7 @@ mod tests {
         let g = geometry(4, 6, 1, 1);
         let (n, side, wide) = (1, 3, 10);
         let x = values(n * side * side * wide, 4);
-        let narrow: Vec<f32> = x
-            .chunks(wide)
-            .flat_map(|row| row[3..7].to_vec())
-            .collect();
+        let narrow: Vec<f32> = x.chunks(wide).flat_map(|row| row[3..7].to_vec()).collect();
         let w = values(4 * 6, 5);
         let bias = values(6, 6);
         let want = reference(&narrow, (n, side, side), g, &w, &bias);
@@ -466,8 +482,7 @@ mod tests {
 
     #[test]
     fn tiles_cover_every_row_and_column() {
-        for (pixels, patch, threads) in [(49, 1728, 2), (12544, 147, 2), (1, 9, 4), (196, 832, 3)]
-        {
+        for (pixels, patch, threads) in [(49, 1728, 2), (12544, 147, 2), (1, 9, 4), (196, 832, 3)] {
             let rows = tile_rows(pixels, patch, threads);
             assert!(rows >= 1 && rows <= pixels.max(1));
             let cols = tile_cols(128, pixels.div_ceil(rows), threads);

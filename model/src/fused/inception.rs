@@ -62,7 +62,10 @@ pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, outp
     let pixels = input.batch * input.height * input.width;
     let width = convs.out_channels();
     assert_eq!(output.len(), pixels * width, "output size");
-    assert!(input.row_stride == input.channels && input.offset == 0, "dense input");
+    assert!(
+        input.row_stride == input.channels && input.offset == 0,
+        "dense input"
+    );
     // Taken out of the thread-local (and put back after), so a nested call on this thread
     // could never find it borrowed: it would just allocate.
     let (mut reduced, mut pooled) = SCRATCH.with_borrow_mut(std::mem::take);

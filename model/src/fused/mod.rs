@@ -232,7 +232,12 @@ pub(crate) fn conv_bias_relu_nhwc(
 }
 
 /// See [`FusedOps::max_pool_nhwc`].
-pub(crate) fn max_pool_nhwc(x: Tensor<4>, kernel: usize, stride: usize, padding: usize) -> Tensor<4> {
+pub(crate) fn max_pool_nhwc(
+    x: Tensor<4>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::max_pool_nhwc(
         x.into_dispatch(),
         kernel,
@@ -247,7 +252,9 @@ pub(crate) type InceptionTensors = [(Tensor<2>, Tensor<1>); 5];
 
 /// See [`FusedOps::inception_nhwc`].
 pub(crate) fn inception_nhwc(x: Tensor<4>, block: &InceptionTensors) -> Tensor<4> {
-    let [b1, red, b2, b3, b4] = block.clone().map(|(w, b)| (w.into_dispatch(), b.into_dispatch()));
+    let [b1, red, b2, b3, b4] = block
+        .clone()
+        .map(|(w, b)| (w.into_dispatch(), b.into_dispatch()));
     let weights = InceptionWeights {
         branch1_weight: b1.0,
         branch1_bias: b1.1,

@@ -57,7 +57,10 @@ fn pack_block(block: &Inception, device: &Device) -> Result<InceptionTensors, Mo
     let pair = |conv: &ConvBnRelu| PackedConv::pack(conv, device).map(|p| (p.weight, p.bias));
     let (r2w, r2b) = pair(&block.branch2_reduce)?;
     let (r3w, r3b) = pair(&block.branch3_reduce)?;
-    let reduce = (Tensor::cat(vec![r2w, r3w], 1), Tensor::cat(vec![r2b, r3b], 0));
+    let reduce = (
+        Tensor::cat(vec![r2w, r3w], 1),
+        Tensor::cat(vec![r2b, r3b], 0),
+    );
     Ok([
         pair(&block.branch1)?,
         reduce,

@@ -63,15 +63,42 @@ fn max_pool(kernel: usize, stride: usize) -> MaxPool2d {
 
 /// The Inception blocks in order, with torchvision's channel counts.
 const BLOCKS: [(&str, InceptionSpec); 9] = [
-    ("inception3a", InceptionSpec::new([192, 64, 96, 128, 16, 32, 32])),
-    ("inception3b", InceptionSpec::new([256, 128, 128, 192, 32, 96, 64])),
-    ("inception4a", InceptionSpec::new([480, 192, 96, 208, 16, 48, 64])),
-    ("inception4b", InceptionSpec::new([512, 160, 112, 224, 24, 64, 64])),
-    ("inception4c", InceptionSpec::new([512, 128, 128, 256, 24, 64, 64])),
-    ("inception4d", InceptionSpec::new([512, 112, 144, 288, 32, 64, 64])),
-    ("inception4e", InceptionSpec::new([528, 256, 160, 320, 32, 128, 128])),
-    ("inception5a", InceptionSpec::new([832, 256, 160, 320, 32, 128, 128])),
-    ("inception5b", InceptionSpec::new([832, 384, 192, 384, 48, 128, 128])),
+    (
+        "inception3a",
+        InceptionSpec::new([192, 64, 96, 128, 16, 32, 32]),
+    ),
+    (
+        "inception3b",
+        InceptionSpec::new([256, 128, 128, 192, 32, 96, 64]),
+    ),
+    (
+        "inception4a",
+        InceptionSpec::new([480, 192, 96, 208, 16, 48, 64]),
+    ),
+    (
+        "inception4b",
+        InceptionSpec::new([512, 160, 112, 224, 24, 64, 64]),
+    ),
+    (
+        "inception4c",
+        InceptionSpec::new([512, 128, 128, 256, 24, 64, 64]),
+    ),
+    (
+        "inception4d",
+        InceptionSpec::new([512, 112, 144, 288, 32, 64, 64]),
+    ),
+    (
+        "inception4e",
+        InceptionSpec::new([528, 256, 160, 320, 32, 128, 128]),
+    ),
+    (
+        "inception5a",
+        InceptionSpec::new([832, 256, 160, 320, 32, 128, 128]),
+    ),
+    (
+        "inception5b",
+        InceptionSpec::new([832, 384, 192, 384, 48, 128, 128]),
+    ),
 ];
 
 impl GoogLeNet {
@@ -187,4 +214,3 @@ fn load_fc(source: &mut dyn TensorSource, device: &Device) -> Result<Linear, Mod
     )));
     Ok(fc)
 }
-
