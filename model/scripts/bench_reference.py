@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Reference timings for BENCHMARKS.md: torchvision GoogLeNet in PyTorch and ONNX Runtime.
 
-Run right after `cargo bench -p glimpse-model` on the same machine, so the numbers come from
-one sitting. Same setup as the Rust benchmark: 2 threads, batch 1 and 8, random weights
-(speed does not depend on the values), torchvision's googlenet(transform_input=True) in
-eval mode. Needs torch, torchvision, onnx and onnxruntime from PyPI (developers only).
+Run by model/scripts/bench_forward.py right after `cargo bench -p glimpse-model`, so the numbers
+come from one sitting. Same setup as the Rust benchmark: 2 threads, batch 1 and 8,
+torchvision's googlenet(transform_input=True) in eval mode, with the same kind of random
+weights as Glimpse's `--weights random` (Kaiming-normal convolutions, identity BatchNorm). The
+weights' scale matters: torchvision's own init (normal, std 0.01) shrinks activations through
+57 layers until they are denormal floats, which slows some engines and not others. Needs
+torch, torchvision, onnx and onnxruntime from PyPI (developers only).
 
 Prints one line per engine and batch: ms/image (median of the timed runs).
 """
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -43,6 +47,15 @@ def main():
     model = torchvision.models.googlenet(
         weights=None, aux_logits=False, transform_input=True, init_weights=True
     ).eval()
+    # The statistics of Glimpse's RandomSource (model/src/googlenet/weights.rs): He-normal
+    # convolutions, identity BatchNorm (torchvision's default), normal(0, 1/fan_in) classifier.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=math.sqrt(1.0 / module.in_features))
+                torch.nn.init.zeros_(module.bias)
 
     results = []
     for batch in (1, 8):
