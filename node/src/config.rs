@@ -15,7 +15,7 @@ use crate::lanes::{LaneArgs, Parallelism};
 
 /// Default number of images a node takes at once (QUIC streams per connection, and the bound of
 /// its inference queue). 32 GoogLeNet images are ~1.6 s of work on a 2-core machine: enough to
-/// keep the inference thread busy across a round trip, small enough that a dead node strands
+/// keep the inference lanes busy across a round trip, small enough that a dead node strands
 /// little work.
 pub const DEFAULT_CAPACITY: u32 = 32;
 /// Default largest forward pass.
@@ -153,7 +153,7 @@ pub struct NodeConfig {
     pub capacity: u32,
     /// Largest forward pass.
     pub max_batch: u32,
-    /// How long the inference thread waits for more images to fill a batch (0 = only take
+    /// How long a free inference lane waits for more images to fill a batch (0 = only take
     /// what is already waiting).
     pub max_batch_wait: Duration,
     /// Largest accepted encoded image.
@@ -292,7 +292,7 @@ pub struct ServeArgs {
     /// Largest forward pass in images. Default: 8.
     #[arg(long, env = "GLIMPSE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: u32,
-    /// Milliseconds the inference thread waits to fill a batch. Default: 0, i.e. batch only
+    /// Milliseconds a free inference lane waits to fill a batch. Default: 0, i.e. batch only
     /// what is already waiting (on CPU, waiting raises latency more than it adds throughput).
     #[arg(long, env = "GLIMPSE_MAX_BATCH_WAIT_MS", default_value_t = 0)]
     pub max_batch_wait_ms: u32,

@@ -241,7 +241,7 @@ pub async fn start_node(
     let task = tokio::spawn(async move {
         let result = supervise(run, drain_rx, backstop).await;
         tracing::info!(stats = ?task_counters.snapshot(), ok = result.is_ok(), "node stopped");
-        // The last handler reference joins the inference thread, which may be finishing a
+        // The last handler reference joins the inference lanes, which may be finishing a
         // batch: do that off the runtime threads.
         let _ = tokio::task::spawn_blocking(move || drop(handler)).await;
         // The admin listener answers until the node has stopped.

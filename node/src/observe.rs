@@ -28,7 +28,7 @@ const PASS_BUCKETS: [f64; 13] = [
 ];
 
 /// Every forward pass: how many images it carried and how long it took. Shared with the
-/// inference thread.
+/// inference lanes.
 #[derive(Debug)]
 pub(crate) struct BatchHistograms {
     sizes: Histogram,
@@ -61,7 +61,7 @@ pub(crate) struct Observed {
     parallelism: Parallelism,
     pub(crate) counters: Arc<NodeCounters>,
     pub(crate) batches: Arc<BatchHistograms>,
-    /// Set once serving starts; weak so the admin listener never keeps the inference thread
+    /// Set once serving starts; weak so the admin listener never keeps the inference lanes
     /// alive past the node's own shutdown.
     handler: OnceLock<Weak<NodeHandler>>,
     registry: Registry,
