@@ -132,7 +132,10 @@ mod tests {
     async fn idle_connections_past_the_cap_are_closed_and_probes_come_back() {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _server = AbortOnDrop(serve(listener, Arc::new(Observed::new(4))));
+        let _server = AbortOnDrop(serve(
+            listener,
+            Arc::new(Observed::new(4, crate::lanes::Parallelism::default())),
+        ));
         assert!(healthz(addr).await.unwrap().starts_with("HTTP/1.1 200"));
 
         let mut held = Vec::new();

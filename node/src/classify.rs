@@ -1,13 +1,16 @@
 //! `glimpse-node classify`: label local image files, no network involved.
 //!
 //! Images are decoded and preprocessed one by one (each error stays with its file), then run
-//! through the model in batches of up to `--max-batch` images, one forward pass per batch.
-//! Timings are reported per image: decode and preprocess are that image's own; `infer` is its
-//! share of the forward pass (the batch's wall time divided by the batch size), and the batch's
-//! size and total time are reported next to it so nothing is hidden.
+//! through the model in batches of up to `--max-batch` images, one forward pass per batch, on
+//! `--lanes` lanes sharing `--threads` threads exactly as `serve` runs them (see
+//! [`crate::lanes`]). Timings are reported per image: decode and preprocess are that image's
+//! own; `infer` is its share of the forward pass (the batch's wall time divided by the batch
+//! size), and the batch's size, total time, start and lane are reported next to it so nothing
+//! is hidden (and a benchmark can tell how busy the lanes were).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -15,6 +18,7 @@ use glimpse_model::{Backend, Classifier, DecodeLimits, ImageTensor, WeightsSourc
 use serde::Serialize;
 
 use crate::config::DEFAULT_MAX_IMAGE_BYTES;
+use crate::lanes::{LaneArgs, Parallelism, lane_pool, prepare_classifier};
 
 /// `glimpse-node classify` flags.
 #[derive(Debug, Clone, Args)]
@@ -41,6 +45,9 @@ pub struct ClassifyArgs {
     /// Largest accepted image file in bytes. Default: 33554432 (32 MiB).
     #[arg(long, env = "GLIMPSE_MAX_IMAGE_BYTES", default_value_t = DEFAULT_MAX_IMAGE_BYTES)]
     pub max_image_bytes: usize,
+    /// `--threads` and `--lanes`.
+    #[command(flatten)]
+    pub lanes: LaneArgs,
     /// Image files (JPEG, PNG, GIF, WebP, BMP).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -70,6 +77,11 @@ pub struct TimingsMs {
     pub batch_infer: f64,
     /// Images in that forward pass.
     pub batch_size: usize,
+    /// When that forward pass started, from the start of classification (after the model
+    /// loaded).
+    pub batch_started: f64,
+    /// The lane that ran it, from 0.
+    pub lane: usize,
 }
 
 /// The result for one file: labels, or the error that stopped it.
@@ -113,14 +125,33 @@ pub const EXIT_NOTHING_CLASSIFIED: u8 = 1;
 
 /// Runs the command, printing to stdout (results) and stderr (errors). Returns the exit status.
 pub fn run(args: &ClassifyArgs) -> u8 {
+    let parallelism = match args.lanes.parallelism() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("glimpse-node: error: {}", one_line(&e.to_string()));
+            return EXIT_MODEL;
+        }
+    };
     let classifier = match load(args) {
-        Ok(c) => c,
+        Ok(c) => prepare_classifier(c, parallelism.lanes()),
         Err(e) => {
             eprintln!("glimpse-node: error: {}", one_line(&e));
             return EXIT_MODEL;
         }
     };
-    let results = classify_files(&classifier, args);
+    tracing::info!(
+        threads = parallelism.threads(),
+        lanes = parallelism.lanes(),
+        threads_per_lane = ?parallelism.threads_per_lane(),
+        "classifying"
+    );
+    let results = match classify_files(&classifier, args, parallelism) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("glimpse-node: error: could not start the inference lanes: {e}");
+            return EXIT_MODEL;
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let printed = if args.json {
@@ -177,103 +208,115 @@ struct Meta {
     preprocess: Duration,
 }
 
+/// Why the lanes of `classify` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// The OS refused a lane's thread.
+    #[error("{0}")]
+    Spawn(#[source] std::io::Error),
+    /// rayon could not build a lane's pool.
+    #[error("{0}")]
+    Pool(#[source] rayon::ThreadPoolBuildError),
+}
+
 /// Decodes, preprocesses and classifies every file; results come back in argument order.
-pub fn classify_files(classifier: &Classifier, args: &ClassifyArgs) -> Vec<FileResult> {
+///
+/// This thread decodes; each lane thread runs whole batches on its own pool. At most one
+/// batch per lane waits for a free lane, which bounds memory with many files.
+pub fn classify_files(
+    classifier: &Classifier,
+    args: &ClassifyArgs,
+    parallelism: Parallelism,
+) -> Result<Vec<FileResult>, LaneError> {
     let limits = DecodeLimits {
         max_bytes: args.max_image_bytes,
         ..DecodeLimits::default()
     };
-    let identity = classifier.identity().clone();
     let max_batch = usize::from(args.max_batch).max(1);
-    let mut results: Vec<Option<FileResult>> = vec![None; args.images.len()];
-    let mut pending: Vec<Ready> = Vec::with_capacity(max_batch);
-
-    let flush = |pending: &mut Vec<Ready>, results: &mut Vec<Option<FileResult>>| {
-        if pending.is_empty() {
-            return;
-        }
-        let mut tensors: Vec<ImageTensor> = Vec::with_capacity(pending.len());
-        let mut batch: Vec<Meta> = Vec::with_capacity(pending.len());
-        for ready in pending.drain(..) {
-            tensors.push(ready.tensor);
-            batch.push(Meta {
-                slot: ready.slot,
-                decode: ready.decode,
-                preprocess: ready.preprocess,
-            });
-        }
-        let started = Instant::now();
-        let outcome = classifier.classify_batch(&tensors, usize::from(args.top_k));
-        let batch_time = started.elapsed();
-        drop(tensors);
-        let size = batch.len();
-        match outcome {
-            Ok(all) if all.len() == size => {
-                for (ready, preds) in batch.into_iter().zip(all) {
-                    results[ready.slot] = Some(FileResult::Ok {
-                        file: display(&args.images[ready.slot]),
-                        top: preds
-                            .into_iter()
-                            .map(|p| TopEntry {
-                                index: p.index,
-                                label: p.label,
-                                probability: p.probability,
-                            })
-                            .collect(),
-                        timings_ms: TimingsMs {
-                            decode: ms(ready.decode),
-                            preprocess: ms(ready.preprocess),
-                            infer: ms(batch_time) / size as f64,
-                            batch_infer: ms(batch_time),
-                            batch_size: size,
-                        },
-                        weights: identity.name.clone(),
-                        trained: identity.trained,
-                    });
-                }
-            }
-            other => {
-                let error = match other {
-                    Ok(all) => format!("model returned {} answers for {size} images", all.len()),
-                    Err(e) => format!("inference failed: {e}"),
+    let results: Mutex<Vec<Option<FileResult>>> = Mutex::new(vec![None; args.images.len()]);
+    let epoch = Instant::now();
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<Vec<Ready>>(parallelism.lanes());
+    let batch_rx = Mutex::new(batch_rx);
+    std::thread::scope(|scope| {
+        let (up_tx, up_rx) = mpsc::channel();
+        for (lane, threads) in parallelism.threads_per_lane().into_iter().enumerate() {
+            let (batch_rx, results, up) = (&batch_rx, &results, up_tx.clone());
+            let lane_thread = std::thread::Builder::new().name(format!("glimpse-lane{lane}-0"));
+            let spawned = lane_thread.spawn_scoped(scope, move || {
+                let pool = match lane_pool(lane, threads) {
+                    Ok(pool) => {
+                        let _ = up.send(Ok(()));
+                        pool
+                    }
+                    Err(e) => {
+                        let _ = up.send(Err(e));
+                        return;
+                    }
                 };
-                for ready in batch {
-                    results[ready.slot] = Some(FileResult::Err {
-                        file: display(&args.images[ready.slot]),
-                        error: one_line(&error),
-                        elapsed_ms: ms(ready.decode + ready.preprocess + batch_time),
+                drop(up);
+                loop {
+                    let next = batch_rx
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    let Ok(batch) = next else { break };
+                    let done = pool.install(|| run_batch(classifier, args, batch, lane, epoch));
+                    let mut results = results.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (slot, result) in done {
+                        results[slot] = Some(result);
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                return Err(LaneError::Spawn(e));
+            }
+        }
+        drop(up_tx);
+        for _ in 0..parallelism.lanes() {
+            match up_rx.recv() {
+                Ok(Ok(())) => {}
+                // Dropping the sender on return closes the queue: the lanes already up exit.
+                Ok(Err(e)) => return Err(LaneError::Pool(e)),
+                Err(_) => break,
+            }
+        }
+        let mut pending: Vec<Ready> = Vec::with_capacity(max_batch);
+        for (slot, path) in args.images.iter().enumerate() {
+            let started = Instant::now();
+            match prepare_file(path, &limits) {
+                Ok((tensor, decode, preprocess)) => {
+                    pending.push(Ready {
+                        slot,
+                        tensor,
+                        decode,
+                        preprocess,
                     });
+                    if pending.len() >= max_batch {
+                        let full = std::mem::replace(&mut pending, Vec::with_capacity(max_batch));
+                        if batch_tx.send(full).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(file = %path.display(), %error, "image rejected");
+                    results.lock().unwrap_or_else(PoisonError::into_inner)[slot] =
+                        Some(FileResult::Err {
+                            file: display(path),
+                            error: one_line(&error),
+                            elapsed_ms: ms(started.elapsed()),
+                        });
                 }
             }
         }
-    };
-
-    for (slot, path) in args.images.iter().enumerate() {
-        let started = Instant::now();
-        match prepare_file(path, &limits) {
-            Ok((tensor, decode, preprocess)) => {
-                pending.push(Ready {
-                    slot,
-                    tensor,
-                    decode,
-                    preprocess,
-                });
-                if pending.len() >= max_batch {
-                    flush(&mut pending, &mut results);
-                }
-            }
-            Err(error) => {
-                tracing::debug!(file = %path.display(), %error, "image rejected");
-                results[slot] = Some(FileResult::Err {
-                    file: display(path),
-                    error: one_line(&error),
-                    elapsed_ms: ms(started.elapsed()),
-                });
-            }
+        if !pending.is_empty() {
+            let _ = batch_tx.send(pending);
         }
-    }
-    flush(&mut pending, &mut results);
-    results
+        drop(batch_tx);
+        Ok(())
+    })?;
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    Ok(results
         .into_iter()
         .enumerate()
         .map(|(slot, r)| {
@@ -283,7 +326,81 @@ pub fn classify_files(classifier: &Classifier, args: &ClassifyArgs) -> Vec<FileR
                 elapsed_ms: 0.0,
             })
         })
-        .collect()
+        .collect())
+}
+
+/// One forward pass over `pending`, on the calling lane: each image's slot and result.
+fn run_batch(
+    classifier: &Classifier,
+    args: &ClassifyArgs,
+    pending: Vec<Ready>,
+    lane: usize,
+    epoch: Instant,
+) -> Vec<(usize, FileResult)> {
+    let identity = classifier.identity();
+    let mut tensors: Vec<ImageTensor> = Vec::with_capacity(pending.len());
+    let mut batch: Vec<Meta> = Vec::with_capacity(pending.len());
+    for ready in pending {
+        tensors.push(ready.tensor);
+        batch.push(Meta {
+            slot: ready.slot,
+            decode: ready.decode,
+            preprocess: ready.preprocess,
+        });
+    }
+    let started = Instant::now();
+    let outcome = classifier.classify_batch(&tensors, usize::from(args.top_k));
+    let batch_time = started.elapsed();
+    drop(tensors);
+    let size = batch.len();
+    match outcome {
+        Ok(all) if all.len() == size => batch
+            .into_iter()
+            .zip(all)
+            .map(|(ready, preds)| {
+                let result = FileResult::Ok {
+                    file: display(&args.images[ready.slot]),
+                    top: preds
+                        .into_iter()
+                        .map(|p| TopEntry {
+                            index: p.index,
+                            label: p.label,
+                            probability: p.probability,
+                        })
+                        .collect(),
+                    timings_ms: TimingsMs {
+                        decode: ms(ready.decode),
+                        preprocess: ms(ready.preprocess),
+                        infer: ms(batch_time) / size as f64,
+                        batch_infer: ms(batch_time),
+                        batch_size: size,
+                        batch_started: ms(started.saturating_duration_since(epoch)),
+                        lane,
+                    },
+                    weights: identity.name.clone(),
+                    trained: identity.trained,
+                };
+                (ready.slot, result)
+            })
+            .collect(),
+        other => {
+            let error = match other {
+                Ok(all) => format!("model returned {} answers for {size} images", all.len()),
+                Err(e) => format!("inference failed: {e}"),
+            };
+            batch
+                .into_iter()
+                .map(|ready| {
+                    let result = FileResult::Err {
+                        file: display(&args.images[ready.slot]),
+                        error: one_line(&error),
+                        elapsed_ms: ms(ready.decode + ready.preprocess + batch_time),
+                    };
+                    (ready.slot, result)
+                })
+                .collect()
+        }
+    }
 }
 
 fn display(path: &Path) -> String {

@@ -11,10 +11,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::NodeError;
 use crate::faults::FaultConfig;
+use crate::lanes::{LaneArgs, Parallelism};
 
 /// Default number of images a node takes at once (QUIC streams per connection, and the bound of
 /// its inference queue). 32 GoogLeNet images are ~1.6 s of work on a 2-core machine: enough to
-/// keep the inference thread busy across a round trip, small enough that a dead node strands
+/// keep the inference lanes busy across a round trip, small enough that a dead node strands
 /// little work.
 pub const DEFAULT_CAPACITY: u32 = 32;
 /// Default largest forward pass.
@@ -108,7 +109,9 @@ pub enum ModelSpec {
         backend: Backend,
     },
     /// GoogLeNet already loaded by the caller: in-process nodes (`glimpse --local-workers N`)
-    /// share one copy of the weights instead of loading N.
+    /// share one copy of the weights instead of loading N. The caller readies it for as many
+    /// concurrent passes as all the nodes sharing it have lanes
+    /// ([`crate::prepare_classifier`]); fewer, and the lanes queue for the classifier.
     Loaded(Arc<Classifier>),
     /// The synthetic stand-in: `service` per image, labels from a hash of the bytes, no weights.
     Synthetic {
@@ -150,7 +153,7 @@ pub struct NodeConfig {
     pub capacity: u32,
     /// Largest forward pass.
     pub max_batch: u32,
-    /// How long the inference thread waits for more images to fill a batch (0 = only take
+    /// How long a free inference lane waits for more images to fill a batch (0 = only take
     /// what is already waiting).
     pub max_batch_wait: Duration,
     /// Largest accepted encoded image.
@@ -161,6 +164,8 @@ pub struct NodeConfig {
     pub drain_timeout: Duration,
     /// Plain-HTTP address for `/healthz`, `/readyz` and `/metrics`; `None`: no such listener.
     pub admin_listen: Option<SocketAddr>,
+    /// Compute threads for inference and the lanes that share them (see [`crate::lanes`]).
+    pub parallelism: Parallelism,
     /// Bytes all concurrent decodes may hold at once (see [`DEFAULT_DECODE_BUDGET_BYTES`]).
     /// Each image reserves its probed decode cost first-come first-served before decoding;
     /// one that could never fit is refused as too large at once.
@@ -170,7 +175,7 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// A config with the documented defaults: GoogLeNet with `auto` weights and the default
     /// backend, capacity 32, batches of up to 8 without waiting, 32 MiB images, a 768 MiB
-    /// decode budget, no faults.
+    /// decode budget, no faults, every available core in the default number of lanes.
     pub fn new(listen: SocketAddr, tls: NodeTls, node_id: impl Into<String>) -> NodeConfig {
         NodeConfig {
             listen,
@@ -188,6 +193,7 @@ impl NodeConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             admin_listen: None,
             decode_budget_bytes: DEFAULT_DECODE_BUDGET_BYTES,
+            parallelism: Parallelism::default(),
         }
     }
 
@@ -286,7 +292,7 @@ pub struct ServeArgs {
     /// Largest forward pass in images. Default: 8.
     #[arg(long, env = "GLIMPSE_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: u32,
-    /// Milliseconds the inference thread waits to fill a batch. Default: 0, i.e. batch only
+    /// Milliseconds a free inference lane waits to fill a batch. Default: 0, i.e. batch only
     /// what is already waiting (on CPU, waiting raises latency more than it adds throughput).
     #[arg(long, env = "GLIMPSE_MAX_BATCH_WAIT_MS", default_value_t = 0)]
     pub max_batch_wait_ms: u32,
@@ -326,11 +332,16 @@ pub struct ServeArgs {
     /// 0.0.0.0:9090 inside a pod. Default: off.
     #[arg(long, env = "GLIMPSE_NODE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// `--threads` and `--lanes`.
+    #[command(flatten)]
+    pub lanes: LaneArgs,
 }
 
 impl ServeArgs {
     /// Reads the PEM files and builds the node's configuration.
     pub fn into_config(self) -> Result<NodeConfig, NodeError> {
+        // Checked first: a bad value is refused before any file is read.
+        let parallelism = self.lanes.parallelism()?;
         let tls = NodeTls::from_pem_files(&self.cert, &self.key, &self.ca)?;
         let model = match self.model {
             ModelKind::Synthetic => {
@@ -376,6 +387,7 @@ impl ServeArgs {
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
             admin_listen: self.admin_listen,
             decode_budget_bytes: self.decode_budget_bytes,
+            parallelism,
         };
         config.validate()?;
         Ok(config)

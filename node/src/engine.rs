@@ -1,18 +1,21 @@
-//! The inference thread and its dynamic batching.
+//! The inference lanes and their dynamic batching.
 //!
-//! One dedicated OS thread owns the model. Request handlers (async, on the tokio runtime) hand
-//! it prepared images through a bounded queue and await a oneshot answer, so the forward pass
-//! never blocks a runtime thread (a blocked runtime makes quinn miss its timers, quinn #1509).
+//! Dedicated OS threads, the lanes (`--lanes`, see [`crate::lanes`]), run the model. Request
+//! handlers (async, on the tokio runtime) hand them prepared images through one bounded queue
+//! and await a oneshot answer, so the forward pass never blocks a runtime thread (a blocked
+//! runtime makes quinn miss its timers, quinn #1509).
 //!
-//! Batching follows Triton's two knobs: the thread takes the first waiting image, then gathers
-//! more until it has `max_batch` of them or `max_batch_wait` has passed since it took the first.
-//! With `max_batch_wait = 0` (the default) it only takes what is already waiting: batching then
-//! happens exactly when the node is behind, and an idle node adds no delay to a lone image.
+//! Batching follows Triton's two knobs, per lane: a free lane takes the first waiting image,
+//! then gathers more until it has `max_batch` of them or `max_batch_wait` has passed since it
+//! took the first. With `max_batch_wait = 0` (the default) it only takes what is already
+//! waiting: batching then happens exactly when the node is behind, and an idle node adds no
+//! delay to a lone image. One lane gathers at a time (it holds the queue while it does), so
+//! two free lanes never split a burst into two half batches by racing for it.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,15 +24,23 @@ use glimpse_model::{Classifier, ImageTensor};
 use glimpse_transport::Label;
 use tokio::sync::oneshot;
 
+use crate::lanes::{Parallelism, lane_pool};
 use crate::observe::BatchHistograms;
 use crate::synthetic::SyntheticModel;
 
-/// The model the inference thread runs.
+/// A test model: runs on the raw bytes of a batch, from inside the lane's pool.
+#[cfg(test)]
+pub(crate) type ProbeFn = dyn Fn(&[Bytes], usize) -> Vec<Vec<Label>> + Send + Sync;
+
+/// The model the lanes run (shared by all of them).
 pub(crate) enum ModelRunner {
     /// GoogLeNet through glimpse-model; expects decoded, preprocessed tensors.
     GoogLeNet(Arc<Classifier>),
     /// The synthetic stand-in; expects the raw image bytes.
     Synthetic(SyntheticModel),
+    /// Engine tests: a closure over the raw bytes and top-k.
+    #[cfg(test)]
+    Probe(Arc<ProbeFn>),
 }
 
 impl ModelRunner {
@@ -39,7 +50,7 @@ impl ModelRunner {
     }
 }
 
-/// What one request hands the inference thread.
+/// What one request hands the lanes.
 pub(crate) enum Prepared {
     /// A preprocessed image for GoogLeNet.
     Tensor(ImageTensor),
@@ -47,7 +58,7 @@ pub(crate) enum Prepared {
     Raw(Bytes),
 }
 
-/// One image waiting for the inference thread.
+/// One image waiting for a lane.
 pub(crate) struct Job {
     pub input: Prepared,
     pub top_k: usize,
@@ -74,7 +85,7 @@ pub(crate) struct JobOutcome {
 pub(crate) enum SubmitError {
     /// The queue is full: the node is overloaded.
     Full,
-    /// The inference thread has stopped (it only does when the node shuts down).
+    /// The lanes have stopped (they only do when the node shuts down).
     Stopped,
 }
 
@@ -87,38 +98,85 @@ pub(crate) struct BatchPolicy {
     pub queue_limit: usize,
 }
 
-/// Handle to the inference thread. Dropping it closes the queue; the thread finishes the jobs
-/// already queued and exits.
+/// Handle to the lanes. Dropping it closes the queue; the lanes finish the jobs already
+/// queued and exit.
 pub(crate) struct Engine {
     tx: Option<SyncSender<Job>>,
     queued: Arc<AtomicU32>,
-    thread: Option<JoinHandle<()>>,
+    lanes: Vec<JoinHandle<()>>,
 }
 
 impl Engine {
-    /// Starts the inference thread with `model`.
+    /// Starts one lane with one thread running `model`.
     #[cfg(test)]
     pub(crate) fn start(model: ModelRunner, policy: BatchPolicy) -> std::io::Result<Engine> {
-        Engine::start_observed(model, policy, Arc::default())
+        let one = Parallelism::new(Some(1), Some(1)).map_err(std::io::Error::other)?;
+        Engine::start_observed(model, policy, one, Arc::default())
     }
 
-    /// Starts the inference thread with `model`, recording every forward pass in `batches`.
+    /// Starts `parallelism.lanes()` lanes running `model`, each on its share of the threads,
+    /// recording every forward pass in `batches`. Returns once every lane's pool is up.
     pub(crate) fn start_observed(
         model: ModelRunner,
         policy: BatchPolicy,
+        parallelism: Parallelism,
         batches: Arc<BatchHistograms>,
     ) -> std::io::Result<Engine> {
         let (tx, rx) = mpsc::sync_channel(policy.queue_limit.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        let model = Arc::new(model);
         let queued = Arc::new(AtomicU32::new(0));
-        let thread_queued = queued.clone();
-        let thread = std::thread::Builder::new()
-            .name("glimpse-infer".into())
-            .spawn(move || inference_loop(rx, model, policy, thread_queued, &batches))?;
-        Ok(Engine {
+        let (up_tx, up_rx) = mpsc::channel();
+        let mut lanes = Vec::with_capacity(parallelism.lanes());
+        for (lane, threads) in parallelism.threads_per_lane().into_iter().enumerate() {
+            let (rx, model, queued, batches, up) = (
+                rx.clone(),
+                model.clone(),
+                queued.clone(),
+                batches.clone(),
+                up_tx.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("glimpse-lane{lane}-0"))
+                .spawn(move || {
+                    // The pool is built on the lane's own thread, which becomes its thread 0.
+                    let pool = match lane_pool(lane, threads) {
+                        Ok(pool) => {
+                            let _ = up.send(Ok(()));
+                            pool
+                        }
+                        Err(e) => {
+                            let _ = up.send(Err(std::io::Error::other(e)));
+                            return;
+                        }
+                    };
+                    drop(up);
+                    inference_loop(&rx, &model, policy, &queued, &batches, &pool);
+                });
+            match spawned {
+                Ok(handle) => lanes.push(handle),
+                Err(e) => {
+                    // Lanes already started see the closed queue and exit.
+                    drop(tx);
+                    join_all(lanes);
+                    return Err(e);
+                }
+            }
+        }
+        drop(up_tx);
+        let engine = Engine {
             tx: Some(tx),
             queued,
-            thread: Some(thread),
-        })
+            lanes,
+        };
+        for _ in 0..engine.lanes.len() {
+            match up_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::Error::other("an inference lane died at start")),
+            }
+        }
+        Ok(engine)
     }
 
     /// Queues a job without waiting.
@@ -140,7 +198,7 @@ impl Engine {
         }
     }
 
-    /// Images waiting for a forward pass (not counting the one running).
+    /// Images waiting for a forward pass (not counting those running).
     pub(crate) fn queued(&self) -> u32 {
         self.queued.load(Ordering::SeqCst)
     }
@@ -149,42 +207,58 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.tx = None;
-        if let Some(thread) = self.thread.take() {
-            // The thread only ever finishes the current batch before it sees the closed queue.
-            let _ = thread.join();
-        }
+        // Each lane only ever finishes its current batch, then the queued jobs, before it
+        // sees the closed queue.
+        join_all(std::mem::take(&mut self.lanes));
     }
 }
 
-fn inference_loop(
-    rx: Receiver<Job>,
-    model: ModelRunner,
-    policy: BatchPolicy,
-    queued: Arc<AtomicU32>,
-    batches: &BatchHistograms,
-) {
+fn join_all(lanes: Vec<JoinHandle<()>>) {
+    for lane in lanes {
+        let _ = lane.join();
+    }
+}
+
+/// Takes the next batch from the shared queue: the first job (waiting for one), then more as
+/// the batch policy allows. `None` once the queue is closed and empty.
+fn next_batch(rx: &Mutex<Receiver<Job>>, policy: BatchPolicy) -> Option<Vec<Job>> {
     let max_batch = policy.max_batch.max(1);
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        let gather_until = Instant::now() + policy.max_batch_wait;
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    batch.push(job);
-                    continue;
-                }
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {}
+    // Poisoning needs a panic while holding the lock, and nothing below panics; the queue
+    // itself would be intact anyway.
+    let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+    let first = rx.recv().ok()?;
+    let mut batch = vec![first];
+    let gather_until = Instant::now() + policy.max_batch_wait;
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(job) => {
+                batch.push(job);
+                continue;
             }
-            let now = Instant::now();
-            if now >= gather_until {
-                break;
-            }
-            match rx.recv_timeout(gather_until - now) {
-                Ok(job) => batch.push(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
         }
+        let now = Instant::now();
+        if now >= gather_until {
+            break;
+        }
+        match rx.recv_timeout(gather_until - now) {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn inference_loop(
+    rx: &Mutex<Receiver<Job>>,
+    model: &ModelRunner,
+    policy: BatchPolicy,
+    queued: &AtomicU32,
+    batches: &BatchHistograms,
+    pool: &rayon::ThreadPool,
+) {
+    while let Some(mut batch) = next_batch(rx, policy) {
         queued.fetch_sub(batch.len() as u32, Ordering::SeqCst);
         // A request whose stream was reset or whose client gave up has dropped its receiver:
         // skip it rather than spend a forward pass on an answer nobody reads.
@@ -192,9 +266,10 @@ fn inference_loop(
         if batch.is_empty() {
             continue;
         }
-        run_batch(&model, batch, batches);
+        // The forward pass's rayon work runs on this lane's threads only.
+        pool.install(|| run_batch(model, batch, batches));
     }
-    tracing::debug!("inference queue closed; inference thread exits");
+    tracing::debug!("inference queue closed; inference lane exits");
 }
 
 fn run_batch(model: &ModelRunner, batch: Vec<Job>, batches: &BatchHistograms) {
@@ -243,6 +318,8 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>, batches: &BatchHistograms) {
             let slices: Vec<&[u8]> = raws.iter().map(|b| b.as_ref()).collect();
             Ok(synthetic.classify_batch(&slices, top_k))
         }
+        #[cfg(test)]
+        ModelRunner::Probe(probe) => Ok(probe(&raws, top_k)),
     }));
     let infer = started.elapsed();
     batches.observe(size, infer);
@@ -279,6 +356,7 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>, batches: &BatchHistograms) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Condvar;
 
     fn job(bytes: &'static [u8]) -> (Job, oneshot::Receiver<Result<JobOutcome, String>>) {
         let (tx, rx) = oneshot::channel();
@@ -402,6 +480,93 @@ mod tests {
             let got: Vec<u32> = out.top.iter().map(|l| l.index).collect();
             let want: Vec<u32> = expected.iter().map(|l| l.index).collect();
             assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn two_lanes_run_two_batches_at_once_each_on_its_own_pool() {
+        // Every forward pass waits until two are inside at once (or 60 s pass, then answers
+        // nothing): with the lanes serialized, neither image would get its labels.
+        let inside = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let pools = Arc::new(Mutex::new(Vec::new()));
+        let probe = {
+            let (inside, pools) = (inside.clone(), pools.clone());
+            move |raws: &[Bytes], k: usize| {
+                pools
+                    .lock()
+                    .expect("pools")
+                    .push((rayon::current_num_threads(), rayon::current_thread_index()));
+                let (count, changed) = &*inside;
+                let mut n = count.lock().expect("count");
+                *n += 1;
+                changed.notify_all();
+                let (_n, waited) = changed
+                    .wait_timeout_while(n, Duration::from_secs(60), |n| *n < 2)
+                    .expect("count");
+                if waited.timed_out() {
+                    return Vec::new();
+                }
+                raws.iter()
+                    .map(|b| crate::synthetic::synthetic_labels(b, k))
+                    .collect()
+            }
+        };
+        // Three threads in two lanes: pools of two and one.
+        let engine = Engine::start_observed(
+            ModelRunner::Probe(Arc::new(probe)),
+            BatchPolicy {
+                max_batch: 1,
+                max_batch_wait: Duration::ZERO,
+                queue_limit: 16,
+            },
+            Parallelism::new(Some(3), Some(2)).expect("valid"),
+            Arc::default(),
+        )
+        .unwrap();
+        let (j0, r0) = job(b"one");
+        let (j1, r1) = job(b"two");
+        engine.submit(j0).unwrap();
+        engine.submit(j1).unwrap();
+        for r in [r0, r1] {
+            let out = r
+                .blocking_recv()
+                .unwrap()
+                .expect("answered while the other lane ran");
+            assert_eq!(out.batch_size, 1);
+            assert_eq!(out.top.len(), 5);
+        }
+        let mut seen = pools.lock().expect("pools").clone();
+        seen.sort();
+        // Each pass ran on its lane's thread 0, inside pools of its share of the threads.
+        assert_eq!(seen, vec![(1, Some(0)), (2, Some(0))]);
+    }
+
+    #[test]
+    fn dropping_the_engine_drains_every_queued_job_across_lanes() {
+        let engine = Engine::start_observed(
+            ModelRunner::Synthetic(SyntheticModel::new(Duration::from_millis(20))),
+            BatchPolicy {
+                max_batch: 2,
+                max_batch_wait: Duration::ZERO,
+                queue_limit: 16,
+            },
+            Parallelism::new(Some(2), Some(2)).expect("valid"),
+            Arc::default(),
+        )
+        .unwrap();
+        let mut rxs = Vec::new();
+        for bytes in [&b"a"[..], b"b", b"c", b"d", b"e", b"f", b"g"] {
+            let (j, r) = job(bytes);
+            engine.submit(j).unwrap();
+            rxs.push(r);
+        }
+        drop(engine);
+        for r in rxs {
+            let out = r
+                .blocking_recv()
+                .unwrap()
+                .expect("answered before the lanes exit");
+            assert_eq!(out.top.len(), 5);
         }
     }
 }

@@ -15,7 +15,7 @@
 //!    into* that closure: if the front-end cancels now, the transport drops this future but
 //!    the blocking decode runs on to its end, still holding its bytes and its core, so the
 //!    budget always covers what is really allocated;
-//! 6. the inference thread's queue, and the answer.
+//! 6. the inference lanes' queue, and the answer.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -254,9 +254,9 @@ impl NodeHandler {
         Duration::from_secs_f64((decode_bytes as f64 * ns_per_byte / 1e9).clamp(0.0, 3600.0))
     }
 
-    /// Decodes (GoogLeNet only), queues for the inference thread and awaits the answer. A
+    /// Decodes (GoogLeNet only), queues for the inference lanes and awaits the answer. A
     /// request whose front-end gives up (attempt timeout, deadline, lost hedge) has its stream
-    /// reset; the transport then drops this future, and the inference thread skips the job.
+    /// reset; the transport then drops this future, and the lane that takes the job skips it.
     async fn serve(
         &self,
         req: InferenceRequest,
@@ -297,7 +297,7 @@ impl NodeHandler {
         }
         let outcome = answer
             .await
-            .map_err(|_| InferenceError::Internal("inference thread stopped".into()))?
+            .map_err(|_| InferenceError::Internal("inference lanes stopped".into()))?
             .map_err(InferenceError::Internal)?;
 
         let delay = self.faults.extra_delay();

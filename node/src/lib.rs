@@ -6,8 +6,10 @@
 //! - [`handler`]: admission (capacity), a decode budget in bytes across concurrent decodes,
 //!   decoding on tokio's blocking pool, "work started" signals to the front-end, fault injection,
 //!   load reports;
-//! - [`engine`]: one dedicated inference thread that gathers images into batches (up to
-//!   `max_batch`, waiting at most `max_batch_wait`) and runs one forward pass per batch;
+//! - [`engine`]: the inference lanes, dedicated threads that gather images from one queue into
+//!   batches (up to `max_batch`, waiting at most `max_batch_wait`) and run one forward pass
+//!   per batch each, on their own share of the compute threads ([`lanes`]: `--threads`,
+//!   `--lanes`);
 //! - [`synthetic`]: a weight-free stand-in model for small machines and transport tests;
 //! - [`faults`]: `--fail-rate`, `--stall-rate`, `--extra-delay-ms`;
 //! - [`shutdown`]: the drain signal passed down to every node;
@@ -23,6 +25,7 @@ pub mod config;
 mod engine;
 mod faults;
 mod handler;
+pub mod lanes;
 mod observe;
 pub mod shutdown;
 pub mod synthetic;
@@ -40,6 +43,7 @@ use tokio::task::JoinHandle;
 pub use config::{ModelKind, ModelSpec, NodeConfig, NodeTls, ServeArgs};
 pub use faults::{FAULT_EXIT_CODE, FaultConfig};
 pub use handler::{NodeHandler, NodeStats};
+pub use lanes::{DEFAULT_LANES, Parallelism, ParallelismError, prepare_classifier};
 pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};
 pub use synthetic::SyntheticModel;
 
@@ -69,8 +73,8 @@ pub enum NodeError {
     /// The `--admin-listen` address could not be bound.
     #[error("could not listen on the admin address: {0}")]
     Admin(#[source] std::io::Error),
-    /// The OS refused to spawn the dedicated inference thread.
-    #[error("could not start the inference thread: {0}")]
+    /// The OS refused to spawn an inference lane or its threads.
+    #[error("could not start the inference lanes: {0}")]
     Thread(#[source] std::io::Error),
     /// After shutdown began, the transport had not stopped within `drain_timeout` plus a 5 s
     /// grace (the duration carried), so the server task was aborted.
@@ -142,7 +146,7 @@ pub async fn start_node(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningNode, NodeError> {
     config.validate()?;
-    let observed = Arc::new(Observed::new(config.capacity));
+    let observed = Arc::new(Observed::new(config.capacity, config.parallelism));
     // The admin listener comes first, so probes get answers (alive, not ready) while a
     // large model loads.
     let admin = match config.admin_listen {
@@ -163,6 +167,7 @@ pub async fn start_node(
             max_batch_wait: config.max_batch_wait,
             queue_limit: config.capacity as usize,
         },
+        config.parallelism,
         observed.batches.clone(),
     )
     .map_err(NodeError::Thread)?;
@@ -202,8 +207,18 @@ pub async fn start_node(
         max_batch_wait_ms = info.max_batch_wait_ms,
         decode_budget_bytes = config.decode_budget_bytes,
         max_pixels = limits.max_pixels,
+        threads = config.parallelism.threads(),
+        lanes = config.parallelism.lanes(),
+        threads_per_lane = ?config.parallelism.threads_per_lane(),
         "node listening"
     );
+    if (config.capacity as usize) < config.parallelism.lanes() {
+        tracing::warn!(
+            capacity = config.capacity,
+            lanes = config.parallelism.lanes(),
+            "capacity is below the number of lanes: some lanes will never have work"
+        );
+    }
 
     observed.serving(&handler);
     let (drain_tx, drain_rx) = shutdown_channel();
@@ -226,7 +241,7 @@ pub async fn start_node(
     let task = tokio::spawn(async move {
         let result = supervise(run, drain_rx, backstop).await;
         tracing::info!(stats = ?task_counters.snapshot(), ok = result.is_ok(), "node stopped");
-        // The last handler reference joins the inference thread, which may be finishing a
+        // The last handler reference joins the inference lanes, which may be finishing a
         // batch: do that off the runtime threads.
         let _ = tokio::task::spawn_blocking(move || drop(handler)).await;
         // The admin listener answers until the node has stopped.
@@ -322,10 +337,13 @@ async fn load_model(config: &NodeConfig) -> Result<(ModelRunner, NodeInfo), Node
         ModelSpec::Loaded(classifier) => classifier.clone(),
         ModelSpec::GoogLeNet { weights, backend } => {
             let (weights, backend) = (weights.clone(), *backend);
+            let lanes = config.parallelism.lanes();
             // Loading reads (maybe downloads) and converts weights: blocking work.
-            let loaded = tokio::task::spawn_blocking(move || Classifier::load(&weights, backend))
-                .await
-                .map_err(|e| NodeError::Task(e.to_string()))??;
+            let loaded = tokio::task::spawn_blocking(move || {
+                Classifier::load(&weights, backend).map(|c| prepare_classifier(c, lanes))
+            })
+            .await
+            .map_err(|e| NodeError::Task(e.to_string()))??;
             Arc::new(loaded)
         }
     };

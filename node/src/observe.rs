@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::handler::{NodeCounters, NodeHandler};
+use crate::lanes::Parallelism;
 
 /// Upper bounds of the batch size buckets: powers of two up to the largest useful
 /// `--max-batch` on a CPU.
@@ -27,7 +28,7 @@ const PASS_BUCKETS: [f64; 13] = [
 ];
 
 /// Every forward pass: how many images it carried and how long it took. Shared with the
-/// inference thread.
+/// inference lanes.
 #[derive(Debug)]
 pub(crate) struct BatchHistograms {
     sizes: Histogram,
@@ -57,9 +58,10 @@ pub(crate) struct Observed {
     loaded: AtomicBool,
     draining: AtomicBool,
     capacity: u32,
+    parallelism: Parallelism,
     pub(crate) counters: Arc<NodeCounters>,
     pub(crate) batches: Arc<BatchHistograms>,
-    /// Set once serving starts; weak so the admin listener never keeps the inference thread
+    /// Set once serving starts; weak so the admin listener never keeps the inference lanes
     /// alive past the node's own shutdown.
     handler: OnceLock<Weak<NodeHandler>>,
     registry: Registry,
@@ -67,7 +69,7 @@ pub(crate) struct Observed {
 
 impl Observed {
     /// Before the model is loaded: alive, not ready.
-    pub(crate) fn new(capacity: u32) -> Observed {
+    pub(crate) fn new(capacity: u32, parallelism: Parallelism) -> Observed {
         let batches = Arc::new(BatchHistograms::default());
         let mut registry =
             glimpse_ops::exposition::base_registry("node", env!("CARGO_PKG_VERSION"));
@@ -85,6 +87,7 @@ impl Observed {
             loaded: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             capacity,
+            parallelism,
             counters: Arc::default(),
             batches,
             handler: OnceLock::new(),
@@ -151,7 +154,7 @@ impl Observed {
             c.inc_by(v);
             live.register(name, help, c);
         }
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 9] = [
             (
                 "glimpse_worker_in_flight",
                 "Requests being served now",
@@ -166,6 +169,16 @@ impl Observed {
                 "glimpse_worker_capacity",
                 "Images taken at once (--capacity)",
                 u64::from(self.capacity),
+            ),
+            (
+                "glimpse_worker_lanes",
+                "Forward passes run at once (--lanes)",
+                self.parallelism.lanes() as u64,
+            ),
+            (
+                "glimpse_worker_threads",
+                "Compute threads shared out among the lanes (--threads)",
+                self.parallelism.threads() as u64,
             ),
             (
                 "glimpse_worker_decode_budget_in_use_bytes",
@@ -203,7 +216,7 @@ mod tests {
 
     #[test]
     fn ready_only_between_loading_and_draining() {
-        let o = Observed::new(4);
+        let o = Observed::new(4, Parallelism::default());
         assert_eq!(o.not_ready(), Some("loading the model"));
         o.loaded.store(true, Ordering::SeqCst);
         assert_eq!(o.not_ready(), None);
@@ -213,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_page_has_batches_counters_and_build_info() {
-        let o = Observed::new(4);
+        let o = Observed::new(4, Parallelism::new(Some(3), Some(2)).expect("valid"));
         o.batches.observe(3, Duration::from_millis(20));
         o.counters.answered.fetch_add(3, Ordering::Relaxed);
         let text = o.metrics_page();
@@ -223,6 +236,8 @@ mod tests {
             "glimpse_worker_batch_seconds_count 1",
             "glimpse_worker_answered_total 3",
             "glimpse_worker_capacity 4",
+            "glimpse_worker_lanes 2",
+            "glimpse_worker_threads 3",
             "glimpse_worker_ready 0",
             "glimpse_build_info{component=\"node\"",
         ] {

@@ -30,7 +30,7 @@ impl SyntheticModel {
     }
 
     /// Runs one "forward pass" over a batch: sleeps `len × service`, then labels each image.
-    /// Called only from the inference thread, never from the async runtime.
+    /// Called only from an inference lane, never from the async runtime.
     pub fn classify_batch(&self, images: &[&[u8]], top_k: usize) -> Vec<Vec<Label>> {
         let count = u32::try_from(images.len()).unwrap_or(u32::MAX);
         let total = self.service.saturating_mul(count);

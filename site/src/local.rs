@@ -95,9 +95,12 @@ mod imp {
                         .map_err(|e| ClusterError::Config(format!("--backend: {e}")))?,
                     None => glimpse_model::Backend::default(),
                 };
-                // Load once and share: N workers in one process need one copy of the weights.
+                // Load once and share: N workers in one process need one copy of the weights,
+                // readied for the N forward passes they may run at once (one lane each).
+                let lanes = usize::try_from(cli.local_workers).unwrap_or(1).max(1);
                 let classifier = tokio::task::spawn_blocking(move || {
                     glimpse_model::Classifier::load(&weights, backend)
+                        .map(|c| glimpse_node::prepare_classifier(c, lanes))
                 })
                 .await
                 .map_err(|e| ClusterError::Config(format!("model loading task failed: {e}")))??;
@@ -119,6 +122,9 @@ mod imp {
             };
             let mut config = NodeConfig::new(SocketAddr::new(loopback, 0), tls, name.clone());
             config.model = model.clone();
+            // The workers share this process's cores: one lane each, on an equal share of the
+            // threads, so N workers never run N times the cores' worth of threads.
+            config.parallelism = super::worker_parallelism(cli.local_workers)?;
             if let Some(c) = cli.worker_capacity {
                 config.capacity = c;
             }
@@ -141,6 +147,17 @@ mod imp {
             client_key: client.private_key()?,
         })
     }
+}
+
+/// One lane per local worker, on an equal share of the available cores (at least one thread).
+#[cfg(feature = "local-workers")]
+fn worker_parallelism(
+    workers: u32,
+) -> Result<glimpse_node::Parallelism, crate::cluster_error::ClusterError> {
+    let workers = usize::try_from(workers).unwrap_or(usize::MAX).max(1);
+    let threads = (glimpse_node::lanes::default_threads() / workers).max(1);
+    glimpse_node::Parallelism::new(Some(threads), Some(1))
+        .map_err(|e| crate::cluster_error::ClusterError::Config(e.to_string()))
 }
 
 #[cfg(not(feature = "local-workers"))]
