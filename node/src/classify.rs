@@ -28,7 +28,9 @@ pub struct ClassifyArgs {
     /// Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
-    /// Compute backend: `ndarray` or `flex`. Default: the faster one (glimpse-model's default).
+    /// Compute backend: `flex` (burn-flex with Glimpse's fused channels-last operators, the
+    /// fast path), `flex-stock` (burn-flex's own operators, the reference) or `ndarray`.
+    /// Default: flex.
     #[arg(long, env = "GLIMPSE_BACKEND")]
     pub backend: Option<String>,
     /// How many labels to print per image. Default: 5.

@@ -273,8 +273,9 @@ pub struct ServeArgs {
     /// tests). Offline without a copy: `--model synthetic`. Default: auto.
     #[arg(long, env = "GLIMPSE_WEIGHTS", default_value = "auto")]
     pub weights: String,
-    /// Compute backend: `ndarray` or `flex`. Default: the faster one measured (glimpse-model's
-    /// default).
+    /// Compute backend: `flex` (burn-flex with Glimpse's fused channels-last operators, the
+    /// fast path), `flex-stock` (burn-flex's own operators, the reference) or `ndarray`.
+    /// Default: flex.
     #[arg(long, env = "GLIMPSE_BACKEND")]
     pub backend: Option<String>,
     /// Model to serve. Default: googlenet. `synthetic` needs no weights.

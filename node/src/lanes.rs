@@ -18,10 +18,15 @@ use glimpse_model::Classifier;
 
 use crate::NodeError;
 
-/// Default number of lanes (fewer where there are fewer threads). One lane with every thread
-/// is what the node always did; the default is chosen from node-level measurements
-/// (`scripts/bench-node`, BENCHMARKS.md). `--lanes`' help states it: keep the two in step.
-pub const DEFAULT_LANES: usize = 1;
+/// Default lanes for `threads` compute threads: one lane per thread, so every forward pass runs
+/// single-threaded and the cores work on different batches. Chosen from node-level
+/// measurements (`scripts/bench-node`, BENCHMARKS.md): on 2 threads, 2 lanes served 10–22%
+/// more images/s than 1 lane at max-batch 1 and 8, because a pass over a small batch cannot
+/// keep two threads busy through GoogLeNet's 7×7 and 14×14 layers. The price is a lone
+/// image's latency (one thread's forward time). `--lanes`' help states it: keep the two in step.
+pub fn default_lanes(threads: usize) -> usize {
+    threads.max(1)
+}
 
 /// The compute threads a node uses when `--threads` is not given: the cores this process may
 /// run on (`std::thread::available_parallelism`, which honours CPU affinity and cgroup quotas,
@@ -59,22 +64,22 @@ pub struct Parallelism {
 }
 
 impl Default for Parallelism {
-    /// Every available core, [`DEFAULT_LANES`] lanes (fewer on a machine with fewer cores).
+    /// Every available core, one lane each ([`default_lanes`]).
     fn default() -> Self {
         let threads = default_threads();
         Parallelism {
             threads,
-            lanes: DEFAULT_LANES.clamp(1, threads),
+            lanes: default_lanes(threads),
         }
     }
 }
 
 impl Parallelism {
     /// `threads` compute threads in `lanes` lanes; `None` means the default
-    /// ([`default_threads`]; [`DEFAULT_LANES`], or `threads` if fewer).
+    /// ([`default_threads`]; [`default_lanes`]).
     pub fn new(threads: Option<usize>, lanes: Option<usize>) -> Result<Self, ParallelismError> {
         let threads = threads.unwrap_or_else(default_threads);
-        let lanes = lanes.unwrap_or(DEFAULT_LANES.clamp(1, threads.max(1)));
+        let lanes = lanes.unwrap_or_else(|| default_lanes(threads));
         if threads == 0 {
             return Err(ParallelismError::NoThreads);
         }
@@ -117,8 +122,9 @@ pub struct LaneArgs {
     /// Forward passes run at once. Each lane takes batches from the node's one queue and runs
     /// them on its own pool of threads/lanes threads (the remainder one each to the first
     /// lanes), so more lanes trade each image's latency for throughput where one pass cannot
-    /// keep every thread busy. At least 1, at most --threads. Default: 1 (or --threads if
-    /// fewer), the value measured best for node throughput (BENCHMARKS.md).
+    /// keep every thread busy. At least 1, at most --threads. Default: one lane per thread
+    /// (--threads), the value measured best for node throughput (BENCHMARKS.md); --lanes 1
+    /// gives a lone image the lowest latency instead.
     #[arg(long, env = "GLIMPSE_NODE_LANES", value_name = "L")]
     pub lanes: Option<usize>,
 }
@@ -174,9 +180,15 @@ mod tests {
     }
 
     #[test]
-    fn default_lanes_never_exceed_the_threads() {
+    fn default_is_one_single_threaded_lane_per_thread() {
         let p = Parallelism::new(Some(1), None).expect("valid");
         assert_eq!((p.threads(), p.lanes()), (1, 1));
+        let p = Parallelism::new(Some(6), None).expect("valid");
+        assert_eq!((p.lanes(), p.threads_per_lane()), (6, vec![1; 6]));
+        let p = Parallelism::new(None, None).expect("valid");
+        assert_eq!(p.lanes(), p.threads());
+        let p = Parallelism::new(Some(4), Some(1)).expect("valid");
+        assert_eq!(p.threads_per_lane(), vec![4]);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 pub use config::{ModelKind, ModelSpec, NodeConfig, NodeTls, ServeArgs};
 pub use faults::{FAULT_EXIT_CODE, FaultConfig};
 pub use handler::{NodeHandler, NodeStats};
-pub use lanes::{DEFAULT_LANES, Parallelism, ParallelismError, prepare_classifier};
+pub use lanes::{Parallelism, ParallelismError, prepare_classifier};
 pub use shutdown::{Shutdown, ShutdownTrigger, shutdown_channel};
 pub use synthetic::SyntheticModel;
 

@@ -169,6 +169,9 @@ fn text_output_marks_untrained_weights_and_top_k_is_respected() {
     ]);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("UNTRAINED"), "{}", r.stdout);
+    // The fast path (flex with the fused operators) is the default.
+    let header = r.stdout.lines().next().unwrap_or_default();
+    assert!(header.ends_with("backend flex"), "{header}");
     let ranks = r
         .stdout
         .lines()

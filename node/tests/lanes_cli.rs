@@ -50,7 +50,7 @@ fn help_lists_threads_and_lanes_with_their_environment_variables() {
             "available_parallelism",
             "--lanes <L>",
             "GLIMPSE_NODE_LANES",
-            "Default: 1",
+            "Default: one lane per thread",
         ] {
             assert!(
                 help.contains(needle),
