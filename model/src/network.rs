@@ -14,13 +14,13 @@ use crate::googlenet::fused::FusedGoogLeNet;
 #[derive(Debug, Clone)]
 pub(crate) enum Network {
     /// Burn's own operators on whichever backend the tensors live on.
-    Stock(GoogLeNet),
+    Stock(Box<GoogLeNet>),
     /// The fused channels-last operators (burn-flex only).
     Fused {
         /// The folded modules the fused weights were packed from.
-        stock: GoogLeNet,
+        stock: Box<GoogLeNet>,
         /// The packed network that runs.
-        fused: FusedGoogLeNet,
+        fused: Box<FusedGoogLeNet>,
     },
 }
 
@@ -29,9 +29,12 @@ impl Network {
     pub(crate) fn new(stock: GoogLeNet, fused: bool, device: &Device) -> Result<Self, ModelError> {
         Ok(if fused {
             let fused = FusedGoogLeNet::pack(&stock, device)?;
-            Network::Fused { stock, fused }
+            Network::Fused {
+                stock: Box::new(stock),
+                fused: Box::new(fused),
+            }
         } else {
-            Network::Stock(stock)
+            Network::Stock(Box::new(stock))
         })
     }
 

@@ -484,9 +484,9 @@ mod tests {
     fn tiles_cover_every_row_and_column() {
         for (pixels, patch, threads) in [(49, 1728, 2), (12544, 147, 2), (1, 9, 4), (196, 832, 3)] {
             let rows = tile_rows(pixels, patch, threads);
-            assert!(rows >= 1 && rows <= pixels.max(1));
+            assert!((1..=pixels.max(1)).contains(&rows));
             let cols = tile_cols(128, pixels.div_ceil(rows), threads);
-            assert!(cols >= 1 && cols <= 128);
+            assert!((1..=128).contains(&cols));
         }
     }
 }
