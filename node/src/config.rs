@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use glimpse_model::{Backend, Classifier, WeightsSource};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::NodeError;
+use crate::error::NodeError;
 use crate::faults::FaultConfig;
 use crate::lanes::{LaneArgs, Parallelism};
 

@@ -24,8 +24,8 @@ use glimpse_model::{Classifier, ImageTensor};
 use glimpse_transport::Label;
 use tokio::sync::oneshot;
 
+use crate::batches::BatchHistograms;
 use crate::lanes::{Parallelism, lane_pool};
-use crate::observe::BatchHistograms;
 use crate::synthetic::SyntheticModel;
 
 /// A test model: runs on the raw bytes of a batch, from inside the lane's pool.

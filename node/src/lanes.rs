@@ -16,7 +16,7 @@ use std::num::NonZeroUsize;
 use clap::Args;
 use glimpse_model::Classifier;
 
-use crate::NodeError;
+use crate::error::NodeError;
 
 /// Default lanes for `threads` compute threads: one lane per thread, so every forward pass runs
 /// single-threaded and the cores work on different batches. Chosen from node-level
