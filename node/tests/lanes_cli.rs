@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, NodeProc};
+use common::{Cluster, NodeProc, http_get, metric};
 
 const BIN: &str = env!("CARGO_BIN_EXE_glimpse-node");
 const LONG: Duration = Duration::from_secs(120);
@@ -174,28 +173,6 @@ fn classify_runs_batches_on_every_lane() {
     }
 }
 
-/// `GET path` over HTTP/1.1 with a plain socket: the body.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    raw.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_two_lane_googlenet_node_from_a_config_file_answers_and_reports_its_lanes() {
     let cluster = Cluster::new();
@@ -215,7 +192,7 @@ async fn a_two_lane_googlenet_node_from_a_config_file_answers_and_reports_its_la
         "127.0.0.1:0".parse().expect("addr"),
         &["--config", &config],
     );
-    let page = http_get(admin, "/metrics");
+    let page = http_get(admin, "/metrics").1;
     assert_eq!(metric(&page, "glimpse_worker_lanes"), Some(2.0), "{page}");
     assert_eq!(metric(&page, "glimpse_worker_threads"), Some(2.0), "{page}");
     let log = node.log_text();
@@ -251,7 +228,7 @@ async fn a_two_lane_googlenet_node_from_a_config_file_answers_and_reports_its_la
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
     assert_eq!(
         metric(
-            &http_get(admin, "/metrics"),
+            &http_get(admin, "/metrics").1,
             "glimpse_worker_answered_total"
         ),
         Some(6.0)
