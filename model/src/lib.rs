@@ -3,7 +3,9 @@
 //!
 //! - [`Classifier`] loads weights ([`WeightsSource`]: the official file from the cache or the
 //!   internet, a local `.pth`/`.bpk`, or seeded random weights), folds BatchNorm into the
-//!   convolutions, and runs batches on a CPU [`Backend`] chosen at run time.
+//!   convolutions, and runs batches on a CPU [`Backend`] chosen at run time: by default
+//!   burn-flex with Glimpse's fused channels-last operators (`fused/`, plugged into Burn
+//!   through its backend-extension mechanism), in as many lanes as asked for.
 //! - [`decode`] / [`preprocess`](fn@preprocess) / [`prepare`] turn untrusted image bytes into
 //!   the exact tensor torchvision's transforms produce, refusing oversized images before
 //!   allocating.
