@@ -600,5 +600,12 @@ async fn results_from_random_weights_are_marked_untrained() {
         warning.contains("untrained") && warning.contains("random"),
         "{res}"
     );
+    // Local workers run the fast path (flex with the fused operators) by default.
+    let (_, nodes) = h.get_json("/api/v1/nodes").await;
+    let backends: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|n| n["backend"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(backends, ["flex"], "{nodes}");
     h.stop().await;
 }
