@@ -10,8 +10,6 @@
 //! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
-use std::time::Duration;
-
 use glimpse_site::Limits;
 use glimpse_site::budget::ByteBudget;
 use glimpse_site::job::MAX_NAME_BYTES;
@@ -37,7 +35,7 @@ pub(crate) fn run(data: &[u8]) -> bool {
     let budget = ByteBudget::new(1 << 20);
     let intake = Intake {
         budget: budget.clone(),
-        inactivity: Duration::from_secs(5),
+        pace: limits.pace(),
         retry_after_s: 1,
     };
     let chunks: Vec<bytes::Bytes> = body

@@ -54,7 +54,17 @@ impl ByteBudget {
         }
     }
 
-    /// Bytes held.now, over all requests.
+    /// `n` bytes for one image of a request that has already paid for its whole body:
+    /// moved out of `paid` as far as it holds them, the rest taken anew; `None` when the
+    /// budget has no room for the rest. What `paid` keeps (framing around the images) goes
+    /// back when the request drops it.
+    pub fn claim(&self, paid: &mut Held, n: usize) -> Option<Held> {
+        let mut held = paid.split(n);
+        let short = n - held.len();
+        self.take(&mut held, short).then_some(held)
+    }
+
+    /// Bytes held now, over all requests.
     pub fn in_use(&self) -> usize {
         self.total - self.sem.available_permits()
     }
@@ -114,5 +124,18 @@ mod tests {
         assert_eq!(b.in_use(), 0);
         let mut huge = Held::none();
         assert!(!b.take(&mut huge, usize::MAX));
+    }
+
+    #[test]
+    fn a_paid_body_hands_its_bytes_to_its_images() {
+        let b = ByteBudget::new(100);
+        let mut paid = Held::none();
+        assert!(b.take(&mut paid, 30));
+        let image = b.claim(&mut paid, 20).unwrap();
+        assert_eq!((image.len(), paid.len(), b.in_use()), (20, 10, 30));
+        let topped_up = b.claim(&mut paid, 15).unwrap();
+        assert_eq!((topped_up.len(), paid.len(), b.in_use()), (15, 0, 35));
+        assert!(b.claim(&mut paid, 70).is_none(), "only 65 left");
+        assert_eq!(b.in_use(), 35);
     }
 }

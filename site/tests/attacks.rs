@@ -1,7 +1,7 @@
 //! The attacks that once took a public deployment down, run against the real `glimpse` binary
 //! in a process of its own (so its memory and file descriptors are its own), over loopback:
-//! slowloris under a 1,024 file-descriptor limit, retention and burst uploads, and KServe
-//! bodies built to amplify memory. These measure the process, so nextest runs them alone
+//! slowloris under a 1,024 file-descriptor limit, retention and burst uploads, KServe
+//! bodies built to amplify memory, and gRPC messages that describe far more than they weigh. These measure the process, so nextest runs them alone
 //! (see .config/nextest.toml).
 
 mod common;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, metric, tls_connector};
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MB: u64 = 1_000_000;
@@ -502,4 +503,269 @@ async fn sixteen_gif_bombs_in_one_request_are_decoded_once_each_within_the_node_
     let moved = metric(&text, "glimpse_dispatch_unstarted_cancels_total").unwrap_or(-1.0);
     let hedges = metric(&text, "glimpse_dispatch_hedges_total").unwrap_or(-1.0);
     assert_eq!((attempts - moved, hedges), (16.0, 0.0), "{text}");
+}
+
+/// One gRPC call to `method` on a new HTTP/2 connection to `addr`, its body the frame
+/// header of an encoded message of `len` bytes and then `chunks` of it: its `grpc-status`
+/// and message (from the headers of a trailers-only answer, or from the trailers), or
+/// `None` when the stream was reset before an answer.
+async fn raw_grpc(
+    addr: SocketAddr,
+    method: &str,
+    len: usize,
+    chunks: impl futures_util::Stream<Item = bytes::Bytes> + Send + 'static,
+) -> Option<(i32, String)> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    let tls = common::tls_connector_for(b"h2")
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let mut header = vec![0u8];
+    header.extend_from_slice(&u32::try_from(len).ok()?.to_be_bytes());
+    let frames = futures_util::stream::once(std::future::ready(bytes::Bytes::from(header)))
+        .chain(Box::pin(chunks))
+        .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+    let req = hyper::Request::post(format!(
+        "https://localhost/inference.GRPCInferenceService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::StreamBody::new(frames))
+    .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let status_of = |h: &hyper::HeaderMap| {
+        let code = h.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+        let msg = h
+            .get("grpc-message")
+            .map(|m| percent_decoded(m.as_bytes()))
+            .unwrap_or_default();
+        Some((code, msg))
+    };
+    if let Some(found) = status_of(&parts.headers) {
+        return Some(found);
+    }
+    let trailers = body.collect().await.ok()?.trailers()?.clone();
+    status_of(&trailers)
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decoded(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `raw_grpc` with a whole message at once.
+async fn grpc_message(addr: SocketAddr, message: Vec<u8>) -> Option<(i32, String)> {
+    let len = message.len();
+    let chunk = futures_util::stream::once(std::future::ready(bytes::Bytes::from(message)));
+    raw_grpc(addr, "ModelInfer", len, chunk).await
+}
+
+/// A `ModelInfer` message of one input with `field` (already encoded) inside it.
+fn one_input(field: &[u8]) -> Vec<u8> {
+    let mut msg = vec![5 << 3 | 2];
+    prost_varint(field.len() as u64, &mut msg);
+    msg.extend_from_slice(field);
+    msg
+}
+
+fn prost_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_cost_what_they_weigh_not_what_they_describe() {
+    let budget: u64 = 256 << 20;
+    let server = Spawned::start(
+        &[
+            "--local-workers",
+            "2",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "1",
+            "--max-buffered-bytes",
+            &budget.to_string(),
+        ],
+        Some(1024),
+    );
+    server.wait_ready().await;
+    let grpc: SocketAddr = server
+        .printed("KServe v2 gRPC (Triton clients) at ")
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.replace("localhost", "127.0.0.1").parse().ok())
+        .expect("the gRPC address");
+
+    // /healthz over HTTPS every 50 ms while the attacks run.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let c = client();
+        let url = server.url("/healthz");
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut worst, mut n) = (Duration::ZERO, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let ok = c.get(&url).send().await.is_ok_and(|r| r.status() == 200);
+                assert!(ok, "/healthz failed during the attack");
+                worst = worst.max(t.elapsed());
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (worst, n)
+        })
+    };
+    let grows = |before: u64, wire: u64, what: &str| {
+        let (_, peak) = server.memory();
+        let grew = peak.saturating_sub(before);
+        println!(
+            "{what}: {} MB on the wire, peak RSS +{} MB",
+            wire / MB,
+            grew / MB
+        );
+        assert!(
+            grew <= 2 * wire + 50 * MB,
+            "{what}: {} MB on the wire took {} MB",
+            wire / MB,
+            grew / MB
+        );
+        peak
+    };
+
+    // 16 MB of empty `inputs` entries (2 bytes each, a 300-byte struct each once decoded).
+    let (_, before) = server.memory();
+    let empties = [5u8 << 3 | 2, 0].repeat(8_000_000);
+    let (code, msg) = grpc_message(grpc, empties).await.expect("an answer");
+    assert_eq!(code, 3, "INVALID_ARGUMENT: {msg}");
+    assert!(msg.contains("more than 8 inputs"), "{msg}");
+    let before = grows(before, 16 * MB, "16 MB of empty inputs");
+
+    // A shape of 12,000,000 dimensions (12 MB packed).
+    let mut shape = vec![3 << 3 | 2];
+    prost_varint(12_000_000, &mut shape);
+    shape.resize(shape.len() + 12_000_000, 1);
+    let (code, msg) = grpc_message(grpc, one_input(&shape))
+        .await
+        .expect("an answer");
+    assert_eq!(code, 3, "INVALID_ARGUMENT: {msg}");
+    assert!(msg.contains("more than 8 dimensions"), "{msg}");
+    let before = grows(before, 12 * MB, "12,000,000 dimensions");
+
+    buffered_bytes_come_back_to_zero(&server).await;
+
+    // Eight 48 MB messages at once, 384 MB against a 256 MiB byte budget. Each sends its
+    // frame header and 1 MB, then waits: a message is paid for whole when its header
+    // arrives (tonic allocates it then), so five fit and three are refused (UNAVAILABLE)
+    // at once; only then do the five send the rest.
+    let image = vec![7u8; 16 << 20];
+    let mut msg = vec![1 << 3 | 2, 9];
+    msg.extend_from_slice(b"googlenet");
+    msg.extend_from_slice(&one_input(b"\x0a\x05image\x12\x05BYTES"));
+    msg.push(7 << 3 | 2);
+    prost_varint(3 * (4 + image.len() as u64), &mut msg);
+    for _ in 0..3 {
+        msg.extend_from_slice(&(image.len() as u32).to_le_bytes());
+        msg.extend_from_slice(&image);
+    }
+    drop(image);
+    let msg = bytes::Bytes::from(msg);
+    let len = msg.len();
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (first, rest) = (msg.slice(..1 << 20), msg.slice(1 << 20..));
+        let mut wait = wait.clone();
+        let chunks = futures_util::stream::once(std::future::ready(first)).chain(
+            futures_util::stream::once(async move {
+                let _ = wait.wait_for(|go| *go).await;
+                rest
+            }),
+        );
+        calls.spawn(async move { raw_grpc(grpc, "ModelInfer", len, chunks).await });
+    }
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let refused = calls.join_next().await.expect("a call").unwrap();
+        codes.push(refused.map(|(code, _)| code));
+    }
+    assert_eq!(codes, [Some(14); 3], "refused for the budget, at once");
+    go.send_replace(true);
+    while let Some(r) = calls.join_next().await {
+        codes.push(r.unwrap().map(|(code, _)| code));
+    }
+    let (_, peak) = server.memory();
+    println!(
+        "8 x 48 MB: codes {codes:?}, peak RSS +{} MB against a {} MB budget",
+        peak.saturating_sub(before) / MB,
+        budget / MB
+    );
+    assert!(
+        peak.saturating_sub(before) <= budget + 64 * MB,
+        "peak RSS +{} MB against a {} MB budget",
+        peak.saturating_sub(before) / MB,
+        budget / MB
+    );
+
+    buffered_bytes_come_back_to_zero(&server).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let (worst, probes) = probe.await.expect("the probe ran");
+    println!("slowest of {probes} /healthz during the attacks: {worst:?}");
+    assert!(probes > 0);
+    assert!(worst < Duration::from_secs(2), "/healthz took {worst:?}");
+    let text = server.get_text("/metrics").await;
+    assert!(
+        metric(
+            &text,
+            "glimpse_requests_rejected_total{reason=\"bytes_busy\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+}
+
+/// Waits (up to 10 s) until the server holds no image bytes: every refused or answered
+/// request has given its payment back.
+async fn buffered_bytes_come_back_to_zero(server: &Spawned) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.get_text("/metrics").await;
+        let held = metric(&text, "glimpse_buffered_bytes").expect("the gauge");
+        if held == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{held} bytes still held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -189,7 +189,7 @@ async fn grpc_infer(addr: SocketAddr, image: Vec<u8>) -> ModelInferResponse {
             parameters: Default::default(),
             contents: None,
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     };
     client

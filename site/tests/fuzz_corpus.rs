@@ -1,4 +1,4 @@
-//! Replays the site's fuzz corpora (`fuzz/corpus/{multipart_upload,kserve_request,kserve_binary}/`, and any
+//! Replays the site's fuzz corpora (`fuzz/corpus/{multipart_upload,kserve_request,kserve_binary,grpc_infer}/`, and any
 //! regression inputs in `fuzz/crashes-found/`) through the very functions the fuzz targets
 //! run, so every CI run checks the seeds without AFL++. See fuzz/README.md.
 
@@ -14,6 +14,9 @@ mod kserve_request;
 
 #[path = "../../fuzz/targets/kserve_binary.rs"]
 mod kserve_binary;
+
+#[path = "../../fuzz/targets/grpc_infer.rs"]
+mod grpc_infer;
 
 #[path = "../../fuzz/replay.rs"]
 mod replay;
@@ -31,4 +34,9 @@ fn kserve_request_corpus_replays() {
 #[test]
 fn kserve_binary_corpus_replays() {
     replay::replay("kserve_binary", kserve_binary::run);
+}
+
+#[test]
+fn grpc_infer_corpus_replays() {
+    replay::replay("grpc_infer", grpc_infer::run);
 }

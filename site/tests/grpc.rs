@@ -66,7 +66,7 @@ fn raw_request(images: &[&[u8]]) -> ModelInferRequest {
     ModelInferRequest {
         model_name: "googlenet".into(),
         inputs: vec![image_input(vec![images.len() as i64], None)],
-        raw_input_contents: vec![bytes_tensor(images)],
+        raw_input_contents: vec![bytes_tensor(images).into()],
         ..Default::default()
     }
 }
@@ -303,7 +303,7 @@ async fn a_batch_is_classified_as_the_json_api_classifies_it() {
         inputs: vec![image_input(
             vec![2, 1],
             Some(InferTensorContents {
-                bytes_contents: vec![a.clone(), b.clone()],
+                bytes_contents: vec![a.clone().into(), b.clone().into()],
                 ..Default::default()
             }),
         )],
@@ -379,7 +379,7 @@ async fn refusals_have_their_codes_and_the_server_keeps_serving() {
 
     // A length prefix that claims more than the tensor holds.
     let mut req = raw_request(&[&good]);
-    req.raw_input_contents = vec![[&[0xff, 0xff, 0xff, 0x7f][..], b"abc"].concat()];
+    req.raw_input_contents = vec![[&[0xff, 0xff, 0xff, 0x7f][..], b"abc"].concat().into()];
     let err = infer(&mut c, req).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("declares"), "{}", err.message());
@@ -402,7 +402,7 @@ async fn refusals_have_their_codes_and_the_server_keeps_serving() {
     req.inputs = vec![image_input(
         vec![3],
         Some(InferTensorContents {
-            bytes_contents: vec![good.clone(); 3],
+            bytes_contents: vec![good.clone().into(); 3],
             ..Default::default()
         }),
     )];

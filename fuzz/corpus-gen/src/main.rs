@@ -31,6 +31,7 @@ fn main() {
     write_corpus(&root.join("corpus/multipart_upload"), multipart_seeds());
     write_corpus(&root.join("corpus/kserve_request"), kserve_seeds());
     write_corpus(&root.join("corpus/kserve_binary"), kserve_binary_seeds());
+    write_corpus(&root.join("corpus/grpc_infer"), grpc_infer_seeds());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -159,6 +160,87 @@ fn kserve_binary_seeds() -> Seeds {
         ("bad-too-many-images", kserve_binary(255, &input(five.len()), None, &five)),
         ("bad-data-and-binary", kserve_binary(255, both, None, b"\x03\0\0\0one")),
         ("bad-prefix-cut", kserve_binary(255, &input(2), None, b"\x03\0")),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------
+// grpc_infer: an encoded ModelInferRequest (field numbers from site/proto/grpc_service.proto)
+
+/// A protobuf varint.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field.
+fn field(number: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(number << 3 | 2, &mut out);
+    varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A varint field.
+fn varint_field(number: u64, value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint(number << 3, &mut out);
+    varint(value, &mut out);
+    out
+}
+
+/// `InferInputTensor` "image" of BYTES with `shape` (packed) and `elements` in
+/// `contents.bytes_contents`.
+fn grpc_input(shape: &[u64], elements: &[&[u8]]) -> Vec<u8> {
+    let mut packed = Vec::new();
+    for d in shape {
+        varint(*d, &mut packed);
+    }
+    let contents: Vec<u8> = elements.iter().flat_map(|e| field(8, e)).collect();
+    [
+        field(1, b"image"),
+        field(2, b"BYTES"),
+        field(3, &packed),
+        field(5, &contents),
+    ]
+    .concat()
+}
+
+/// A `map<string, InferParameter>` entry with an int64 value.
+fn grpc_parameter(number: u64, key: &str, value: u64) -> Vec<u8> {
+    let entry = [field(1, key.as_bytes()), field(2, &varint_field(2, value))].concat();
+    field(number, &entry)
+}
+
+fn grpc_infer_seeds() -> Seeds {
+    let name = field(1, b"googlenet");
+    let input = field(5, &grpc_input(&[2], &[b"one", b"\x89PNG"]));
+    let output = field(6, &[field(1, b"labels"), grpc_parameter(2, "classification", 3)].concat());
+    let raw = field(7, &bytes_tensor(&[b"one", b"two"]));
+    let bare_input = field(5, &[field(1, b"image"), field(2, b"BYTES")].concat());
+    let many_inputs: Vec<u8> = (0..9).flat_map(|_| field(5, &[])).collect();
+    let many_dims = field(5, &grpc_input(&[1; 9], &[b"x"]));
+    let unpacked_dims: Vec<u8> = (0..9).flat_map(|_| varint_field(3, 1)).collect();
+    let typed = field(5, &[field(1, b"image"), field(5, &field(6, &[0, 0, 128, 63]))].concat());
+    let many_params: Vec<u8> = (0..33).flat_map(|i| grpc_parameter(4, &format!("p{i}"), 1)).collect();
+    let long_id = field(3, &[b'x'; 300]);
+    let unknown: Vec<u8> = varint_field(99, 7);
+    vec![
+        ("ok-bytes-contents", [name.clone(), input.clone(), output.clone()].concat()),
+        ("ok-raw-contents", [name.clone(), bare_input, raw].concat()),
+        ("ok-parameter-and-unknown-field", [name.clone(), grpc_parameter(4, "top_k", 2), unknown].concat()),
+        ("ok-empty", Vec::new()),
+        ("bad-nine-inputs", [name.clone(), many_inputs].concat()),
+        ("bad-nine-dimensions", [name.clone(), many_dims].concat()),
+        ("bad-nine-unpacked-dimensions", [name.clone(), field(5, &unpacked_dims)].concat()),
+        ("bad-typed-contents", [name.clone(), typed].concat()),
+        ("bad-33-parameters", [name.clone(), many_params].concat()),
+        ("bad-long-id", [name.clone(), long_id].concat()),
+        ("bad-truncated", input[..input.len() - 2].to_vec()),
+        ("bad-group", vec![0x0b, 0x0c]),
     ]
 }
 

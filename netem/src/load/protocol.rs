@@ -488,7 +488,7 @@ pub(crate) fn grpc_request(images: &[Bytes]) -> proto::ModelInferRequest {
                 ..Default::default()
             })
             .collect(),
-        raw_input_contents: vec![encode_bytes_tensor(images.iter().map(|i| i.as_ref()))],
+        raw_input_contents: vec![encode_bytes_tensor(images.iter().map(|i| i.as_ref())).into()],
         ..Default::default()
     }
 }

@@ -2,29 +2,35 @@
 //! request's whole message into memory before the method runs, so the limits have to act
 //! on the body as it arrives, not in the method:
 //! - size: the message's declared length (its 5-byte gRPC frame header) is checked against
-//!   the limit before any of it is read, and the body as a whole may not run past it, so a
-//!   client cannot make the server buffer more than one largest request;
-//! - memory: every chunk is paid for from the site's byte budget as it arrives (held until
-//!   the body is dropped, once tonic has decoded the message); when the budget is spent
-//!   the request fails at once with `UNAVAILABLE` and `retry-after`;
-//! - time: a body that sends nothing for the site's body timeout is abandoned
-//!   (`DEADLINE_EXCEEDED`), so a stalled sender does not hold its bytes.
+//!   the method's limit before any of it is read (`ModelInfer`: what the largest legal
+//!   batch needs; every other method: [`SMALL_MESSAGE`]), and the body as a whole may not
+//!   run past it, so a client cannot make the server buffer more than one largest request;
+//! - memory: tonic allocates the whole declared message as soon as it reads the frame
+//!   header, so that is what is paid for from the site's byte budget, at once, before tonic
+//!   sees the header (and anything past it as it arrives). When the budget is spent the
+//!   request fails at once with `UNAVAILABLE` and `retry-after`. The payment outlives the
+//!   body: it is handed to the method through the request's extensions ([`PaidBytes`]),
+//!   which moves it to the images, because the decoded images are slices of the received
+//!   message (see [`super::scan`]);
+//! - time: the body is held to the site's [`Pace`] (inactivity, minimum rate after a
+//!   grace, total deadline), so a slow sender does not hold its bytes (`DEADLINE_EXCEEDED`).
 //!
 //! Refusals are [`tonic::Status`]es (boxed as the body's error), which tonic's decoder
 //! finds and answers with as they are.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 use tonic::Status;
 
+use super::codec::SMALL_MESSAGE;
 use crate::budget::Held;
+use crate::pace::Pace;
 use crate::site::Site;
 use crate::upload::UploadError;
 
@@ -35,41 +41,81 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// length.
 const FRAME_HEADER: usize = 5;
 
-/// The largest gRPC message the listener accepts: the HTTP body limit
-/// (`--max-request-bytes`) plus room for the message's own fields around the images
-/// (names, shapes, the length prefixes of a raw BYTES tensor).
+/// Room in a `ModelInfer` message for what surrounds the images: names, shapes,
+/// parameters, field tags and lengths.
+const ENVELOPE: usize = 64 * 1024;
+
+/// The path of the one method whose messages carry images.
+pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// The largest `ModelInfer` message the listener accepts: what the largest legal batch
+/// needs (`--max-files` images of `--max-file-bytes`, each with a few bytes of framing, and
+/// no more than `--max-request-bytes` of images in all) plus [`ENVELOPE`].
 pub(crate) fn message_limit(site: &Site) -> usize {
-    site.limits.max_request_bytes.saturating_add(64 * 1024)
+    let l = &site.limits;
+    let batch = l
+        .max_files
+        .saturating_mul(l.max_file_bytes.saturating_add(8));
+    batch.min(l.max_request_bytes).saturating_add(ENVELOPE)
 }
 
-/// A request body paid for, size-checked and timed as it streams in (see the module doc).
+/// The largest message of the method at `path`.
+pub(crate) fn limit_for(path: &str, site: &Site) -> usize {
+    if path == MODEL_INFER {
+        message_limit(site)
+    } else {
+        SMALL_MESSAGE
+    }
+}
+
+/// What a request paid for its body, handed to the method in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct PaidBytes(Arc<Mutex<Held>>);
+
+impl PaidBytes {
+    /// Take the payment (once; later calls get nothing).
+    pub(crate) fn take(&self) -> Held {
+        std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
+            Held::none(),
+        )
+    }
+}
+
+/// A request body paid for, size-checked and paced as it streams in (see the module doc).
 pub(crate) struct Paid<B> {
     inner: B,
     site: Arc<Site>,
-    held: Held,
+    held: PaidBytes,
+    /// Bytes paid for so far: the declared message once its header is in.
+    charged: usize,
     limit: usize,
     received: usize,
     header: [u8; FRAME_HEADER],
-    inactivity: Duration,
+    pace: Pace,
     timer: Pin<Box<Sleep>>,
     done: bool,
 }
 
 impl<B> Paid<B> {
-    /// Wraps `inner`, a request body for `site`.
-    pub(crate) fn new(inner: B, site: Arc<Site>) -> Paid<B> {
-        let inactivity = site.limits.body_timeout;
-        Paid {
+    /// Wraps `inner`, a request body for `site` whose message may be `limit` bytes, and
+    /// what it pays (for the request's extensions).
+    pub(crate) fn new(inner: B, site: Arc<Site>, limit: usize) -> (Paid<B>, PaidBytes) {
+        let held = PaidBytes(Arc::new(Mutex::new(Held::none())));
+        let pace = Pace::new(site.limits.pace(), tokio::time::Instant::now());
+        let paid = Paid {
             inner,
-            limit: message_limit(&site),
             site,
-            held: Held::none(),
+            held: held.clone(),
+            charged: 0,
+            limit,
             received: 0,
             header: [0; FRAME_HEADER],
-            inactivity,
-            timer: Box::pin(tokio::time::sleep(inactivity)),
+            timer: Box::pin(tokio::time::sleep_until(pace.next_check())),
+            pace,
             done: false,
-        }
+        };
+        (paid, held)
     }
 
     /// Count, check and pay for one chunk of the body.
@@ -89,6 +135,8 @@ impl<B> Paid<B> {
                         self.limit
                     ))));
                 }
+                // tonic reserves the whole message when it reads this header.
+                self.charge(FRAME_HEADER + declared as usize)?;
             }
         }
         if self.received > self.limit.saturating_add(FRAME_HEADER) {
@@ -97,9 +145,22 @@ impl<B> Paid<B> {
                 self.limit
             ))));
         }
-        if !self.site.budget.take(&mut self.held, chunk.len()) {
+        self.charge(self.received)
+    }
+
+    /// Pay for the body's first `upto` bytes, if not yet paid for.
+    fn charge(&mut self, upto: usize) -> Result<(), Status> {
+        if upto <= self.charged {
+            return Ok(());
+        }
+        let paid = {
+            let mut held = self.held.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.site.budget.take(&mut held, upto - self.charged)
+        };
+        if !paid {
             return Err(self.refuse(UploadError::Busy(self.site.limits.retry_after_s)));
         }
+        self.charged = upto;
         Ok(())
     }
 
@@ -127,13 +188,13 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && let Err(refused) = this.pay(data)
-                {
-                    return Poll::Ready(Some(Err(Box::new(refused))));
+                if let Some(data) = frame.data_ref() {
+                    if let Err(refused) = this.pay(data) {
+                        return Poll::Ready(Some(Err(Box::new(refused))));
+                    }
+                    this.pace.received(data.len(), tokio::time::Instant::now());
+                    this.timer.as_mut().reset(this.pace.next_check());
                 }
-                let next = tokio::time::Instant::now() + this.inactivity;
-                this.timer.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -144,12 +205,15 @@ where
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    let stalled = this.refuse(UploadError::Stalled(this.inactivity));
-                    Poll::Ready(Some(Err(Box::new(stalled))))
+            Poll::Pending => loop {
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
+                if let Err(slow) = this.pace.check(tokio::time::Instant::now()) {
+                    let refused = this.refuse(UploadError::Slow(slow));
+                    return Poll::Ready(Some(Err(Box::new(refused))));
+                }
+                this.timer.as_mut().reset(this.pace.next_check());
             },
         }
     }

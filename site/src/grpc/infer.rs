@@ -19,12 +19,13 @@ use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, Model
 use crate::budget::Held;
 use crate::error::ApiError;
 use crate::inference::MAX_TOP_K;
-use crate::kserve::binary::{encode_bytes_tensor, encode_fp32_tensor, read_bytes_tensor};
+use crate::kserve::binary::{encode_bytes_tensor, encode_fp32_tensor, split_bytes_tensor};
 use crate::kserve::model::{
     self, BatchAnswer, INPUT_DATATYPE, INPUT_NAME, MODEL_NAME, MODEL_VERSION, OutputName,
     OutputSpec, classification_string,
 };
 use crate::kserve::parse::{ParseError, ParseLimits};
+use crate::kserve::shape::ShapeError;
 use crate::site::Site;
 use crate::upload::Upload;
 
@@ -41,10 +42,15 @@ pub(crate) struct Batch {
 }
 
 /// Check `req` against the model and the site's limits and take its images out of it. The
-/// cheap checks (model, parameters, outputs, the input's name and type) come before any
-/// image is copied. Blocking for large requests (it copies the images): run it off the
-/// runtime.
-pub(crate) fn read_request(req: ModelInferRequest, site: &Site) -> Result<Batch, ApiError> {
+/// cheap checks (model, parameters, outputs, the input's name and type) come first. Images
+/// are slices of the received message, not copies, and take their bytes from `paid`, what
+/// the request paid for its message as it arrived (see [`super::body`]); the rest of `paid`
+/// goes back when this returns.
+pub(crate) fn read_request(
+    req: ModelInferRequest,
+    site: &Site,
+    mut paid: Held,
+) -> Result<Batch, ApiError> {
     model::check_model(&req.model_name, Some(&req.model_version))?;
     let top_k = req
         .parameters
@@ -53,7 +59,7 @@ pub(crate) fn read_request(req: ModelInferRequest, site: &Site) -> Result<Batch,
         .transpose()?;
     let outputs = requested_outputs(&req.outputs)?;
     let k = model::classes_wanted(top_k, &outputs)?;
-    let uploads = images(req.inputs, req.raw_input_contents, site)?;
+    let uploads = images(req.inputs, req.raw_input_contents, site, &mut paid)?;
     Ok(Batch {
         id: req.id,
         uploads,
@@ -115,11 +121,12 @@ fn requested_outputs(
 }
 
 /// The request's images, checked against the model's one input and the site's limits, each
-/// paid for from the byte budget.
+/// holding its bytes, moved out of `paid`.
 fn images(
     inputs: Vec<InferInputTensor>,
-    raw: Vec<Vec<u8>>,
+    raw: Vec<Bytes>,
     site: &Site,
+    paid: &mut Held,
 ) -> Result<Vec<Upload>, ApiError> {
     let bad = ApiError::bad_request;
     let count = inputs.len();
@@ -147,11 +154,8 @@ fn images(
         budget: site.budget.clone(),
     };
     let read = match (raw.as_slice(), elements.is_empty()) {
-        ([], _) => from_elements(elements, &limits),
-        ([tensor], true) => {
-            let mut reader = tensor.as_slice();
-            read_bytes_tensor(&mut reader, tensor.len() as u64, 0, &limits)
-        }
+        ([], _) => from_elements(elements, &limits, paid),
+        ([tensor], true) => split_bytes_tensor(tensor, 0, &limits, paid),
         ([_], false) => {
             return Err(bad(format!(
                 "input {INPUT_NAME:?} has both raw_input_contents and contents; send one"
@@ -169,8 +173,10 @@ fn images(
     Ok(model::uploads(data))
 }
 
-/// The BYTES elements of `contents`; any other typed contents are the client's mistake.
-fn bytes_contents(contents: Option<InferTensorContents>) -> Result<Vec<Vec<u8>>, ApiError> {
+/// The BYTES elements of `contents`; any other typed contents are the client's mistake
+/// (refused on the wire already, see [`super::scan`]; checked again for a request built in
+/// memory).
+fn bytes_contents(contents: Option<InferTensorContents>) -> Result<Vec<Bytes>, ApiError> {
     let Some(c) = contents else {
         return Ok(Vec::new());
     };
@@ -182,9 +188,9 @@ fn bytes_contents(contents: Option<InferTensorContents>) -> Result<Vec<Vec<u8>>,
         || !c.fp32_contents.is_empty()
         || !c.fp64_contents.is_empty();
     if typed {
-        return Err(ApiError::bad_request(format!(
-            "input {INPUT_NAME:?} is BYTES: send the images in bytes_contents or raw_input_contents"
-        )));
+        return Err(ApiError::bad_request(
+            ParseError::from(ShapeError::Typed).to_string(),
+        ));
     }
     Ok(c.bytes_contents)
 }
@@ -192,15 +198,12 @@ fn bytes_contents(contents: Option<InferTensorContents>) -> Result<Vec<Vec<u8>>,
 /// `bytes_contents` elements as images, under the same limits as a raw tensor: the count is
 /// checked before anything is paid for, each image's size before it is.
 fn from_elements(
-    elements: Vec<Vec<u8>>,
+    elements: Vec<Bytes>,
     limits: &ParseLimits,
+    paid: &mut Held,
 ) -> Result<Vec<(Bytes, Held)>, ParseError> {
     if elements.len() > limits.max_images {
-        return Err(ParseError::TooLarge(format!(
-            "{} images in one request; the limit is {}",
-            elements.len(),
-            limits.max_images
-        )));
+        return Err(ShapeError::Images(limits.max_images).into());
     }
     elements
         .into_iter()
@@ -216,11 +219,8 @@ fn from_elements(
                     limits.max_image_bytes
                 )));
             }
-            let mut held = Held::none();
-            if !limits.budget.take(&mut held, e.len()) {
-                return Err(ParseError::Busy);
-            }
-            Ok((Bytes::from(e), held))
+            let held = limits.budget.claim(paid, e.len()).ok_or(ParseError::Busy)?;
+            Ok((e, held))
         })
         .collect()
 }
@@ -399,22 +399,26 @@ mod tests {
             max_image_bytes: 4,
             budget: crate::budget::ByteBudget::new(1 << 10),
         };
-        let three = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        let mut paid = Held::none();
+        let three = vec![b(b"a"), b(b"b"), b(b"c")];
         assert!(matches!(
-            from_elements(three, &limits),
+            from_elements(three, &limits, &mut paid),
             Err(ParseError::TooLarge(_))
         ));
         assert_eq!(limits.budget.in_use(), 0);
         assert!(matches!(
-            from_elements(vec![b"12345".to_vec()], &limits),
+            from_elements(vec![b(b"12345")], &limits, &mut paid),
             Err(ParseError::TooLarge(_))
         ));
         assert!(matches!(
-            from_elements(vec![Vec::new()], &limits),
+            from_elements(vec![Bytes::new()], &limits, &mut paid),
             Err(ParseError::Invalid(_))
         ));
-        let ok = from_elements(vec![b"ab".to_vec(), b"cd".to_vec()], &limits).unwrap();
-        assert_eq!(limits.budget.in_use(), 4);
+        // What the message paid for goes to its images first.
+        assert!(limits.budget.take(&mut paid, 3));
+        let ok = from_elements(vec![b(b"ab"), b(b"cd")], &limits, &mut paid).unwrap();
+        assert_eq!((limits.budget.in_use(), paid.len()), (4, 0));
         drop(ok);
         assert_eq!(limits.budget.in_use(), 0);
     }

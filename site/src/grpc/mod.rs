@@ -1,7 +1,9 @@
 //! KServe v2 over gRPC: Triton's `inference.GRPCInferenceService`, on a listener of its own
 //! (`--grpc-listen`), TLS with the HTTPS certificate.
 //!
-//! - [`proto`]: the messages and service stubs generated from `proto/` at build time.
+//! - [`proto`]: the messages and service stubs generated from `proto/` at build time, with
+//!   [`codec`]'s codec, which checks each message's cost on the wire ([`scan`]) before it is
+//!   decoded.
 //! - `server`: the listener (accept, connection slots, TLS, HTTP/2), and per call the
 //!   admission of the caller and a metered request body (`body`).
 //! - `service`: the methods, answered from [`crate::kserve::model`] like the HTTP
@@ -9,8 +11,10 @@
 //! - `status`: the site's errors ([`crate::error::ApiError`]) as gRPC statuses.
 
 mod body;
+pub mod codec;
 mod infer;
 pub mod proto;
+pub mod scan;
 mod server;
 mod service;
 mod status;

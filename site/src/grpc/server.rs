@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
-use super::body::{Paid, message_limit};
+use super::body::{Paid, limit_for, message_limit};
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::Inference;
 use crate::caller::PeerAddr;
@@ -152,7 +152,9 @@ impl tower_service::Service<Request<Incoming>> for Admitted {
         }
         parts.extensions.insert(PeerAddr(self.peer));
         let path = parts.uri.path().to_string();
-        let req = Request::from_parts(parts, Paid::new(body, self.site.clone()));
+        let (body, paid) = Paid::new(body, self.site.clone(), limit_for(&path, &self.site));
+        parts.extensions.insert(paid);
+        let req = Request::from_parts(parts, body);
         let fut = tower_service::Service::call(&mut self.inner, req);
         let site = self.site.clone();
         let started = std::time::Instant::now();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::body::PaidBytes;
 use super::infer;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::model_metadata_response::TensorMetadata;
@@ -18,6 +19,7 @@ use super::proto::{
     ModelStatisticsResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
     ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
 };
+use crate::budget::Held;
 use crate::caller::Caller;
 use crate::health::is_serving;
 use crate::kserve::model::{
@@ -136,19 +138,15 @@ impl GrpcInferenceService for Inference {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let caller = caller_of(&request)?;
-        let req = request.into_inner();
-        model::check_model(&req.model_name, Some(&req.model_version))?;
+        // What the message paid as it arrived; its images are slices of it (see `body`).
+        let paid = request
+            .extensions()
+            .get::<PaidBytes>()
+            .map_or_else(Held::none, PaidBytes::take);
         let site = &self.site;
-        // Copying the images out of the message runs on a blocking thread, as the HTTP
-        // parser does, under the same per-caller cap on such threads.
-        let slot = site.parse_slot(&caller).await?;
-        let batch = {
-            let site = site.clone();
-            tokio::task::spawn_blocking(move || infer::read_request(req, &site))
-                .await
-                .map_err(|e| Status::internal(format!("request parser task failed: {e}")))??
-        };
-        drop(slot);
+        // No copying and no blocking: the message was checked on the wire before it was
+        // decoded, its images are slices of it, and the checks here are a few comparisons.
+        let batch = infer::read_request(request.into_inner(), site, paid)?;
         let answer = model::classify_batch(site, &caller, batch.uploads, batch.k).await?;
         Ok(Response::new(infer::response(
             batch.id,

@@ -15,16 +15,95 @@ use std::io::Read;
 use bytes::Bytes;
 
 use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
+use super::shape::ShapeError;
 use crate::budget::Held;
 
 /// Reads the BYTES elements of one tensor of `size` bytes from `reader`. `first` is the
 /// index of its first element among the request's images (for messages and the image
-/// count limit).
+/// count limit). Each image is copied out, paid for from the byte budget first.
 pub fn read_bytes_tensor<R: Read>(
     reader: &mut R,
     size: u64,
     first: usize,
     limits: &ParseLimits,
+) -> Result<Vec<(Bytes, Held)>, ParseError> {
+    let pay = |n| {
+        let mut held = Held::none();
+        limits.budget.take(&mut held, n).then_some(held)
+    };
+    bytes_tensor(&mut Streamed(reader), size, first, limits, pay)
+}
+
+/// The BYTES elements of `tensor`, a whole tensor already in memory (a gRPC
+/// `raw_input_contents` entry), as slices of it: nothing is copied. Each image's bytes are
+/// moved out of `paid`, what the request already paid for its message, and only what that
+/// lacks is taken from the budget.
+pub fn split_bytes_tensor(
+    tensor: &Bytes,
+    first: usize,
+    limits: &ParseLimits,
+    paid: &mut Held,
+) -> Result<Vec<(Bytes, Held)>, ParseError> {
+    let pay = |n| limits.budget.claim(paid, n);
+    let size = tensor.len() as u64;
+    bytes_tensor(&mut Sliced(tensor.clone()), size, first, limits, pay)
+}
+
+/// Where a BYTES tensor's elements come from.
+trait Elements {
+    /// The next 4-byte length prefix.
+    fn prefix(&mut self) -> Result<[u8; 4], ParseError>;
+    /// The next `len` bytes, which the caller has checked are there.
+    fn element(&mut self, len: usize) -> Result<Bytes, ParseError>;
+}
+
+/// Elements copied out of a stream.
+struct Streamed<'r, R>(&'r mut R);
+
+impl<R: Read> Elements for Streamed<'_, R> {
+    fn prefix(&mut self) -> Result<[u8; 4], ParseError> {
+        let mut prefix = [0u8; 4];
+        read_exact(self.0, &mut prefix, "a BYTES element's length")?;
+        Ok(prefix)
+    }
+
+    fn element(&mut self, len: usize) -> Result<Bytes, ParseError> {
+        let mut bytes = vec![0u8; len];
+        read_exact(self.0, &mut bytes, "a BYTES element")?;
+        Ok(Bytes::from(bytes))
+    }
+}
+
+/// Elements sliced out of a buffer.
+struct Sliced(Bytes);
+
+impl Elements for Sliced {
+    fn prefix(&mut self) -> Result<[u8; 4], ParseError> {
+        let head = self.element(4)?;
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&head);
+        Ok(prefix)
+    }
+
+    fn element(&mut self, len: usize) -> Result<Bytes, ParseError> {
+        if len > self.0.len() {
+            return Err(ParseError::Invalid(
+                "a BYTES element runs past the end of its tensor".into(),
+            ));
+        }
+        Ok(self.0.split_to(len))
+    }
+}
+
+/// The elements of a tensor of `size` bytes, each checked (length prefix against what is
+/// left, the image count, the per-image size) before `pay` is asked for its bytes and
+/// before it is read.
+fn bytes_tensor(
+    src: &mut impl Elements,
+    size: u64,
+    first: usize,
+    limits: &ParseLimits,
+    mut pay: impl FnMut(usize) -> Option<Held>,
 ) -> Result<Vec<(Bytes, Held)>, ParseError> {
     let mut left = size;
     let mut out = Vec::new();
@@ -35,8 +114,7 @@ pub fn read_bytes_tensor<R: Read>(
                 "element {index} of the BYTES tensor: {left} byte(s) left, too few for its 4-byte length"
             )));
         }
-        let mut prefix = [0u8; 4];
-        read_exact(reader, &mut prefix, "a BYTES element's length")?;
+        let prefix = src.prefix()?;
         left -= 4;
         let len = u64::from(u32::from_le_bytes(prefix));
         if len > left {
@@ -45,10 +123,7 @@ pub fn read_bytes_tensor<R: Read>(
             )));
         }
         if index >= limits.max_images {
-            return Err(ParseError::TooLarge(format!(
-                "more than {} images in one request (the limit)",
-                limits.max_images
-            )));
+            return Err(ShapeError::Images(limits.max_images).into());
         }
         if len == 0 {
             return Err(ParseError::Invalid(format!("image[{index}] is empty")));
@@ -61,14 +136,10 @@ pub fn read_bytes_tensor<R: Read>(
         }
         // Bounded by the per-image limit above.
         let len = len as usize;
-        let mut held = Held::none();
-        if !limits.budget.take(&mut held, len) {
-            return Err(ParseError::Busy);
-        }
-        let mut bytes = vec![0u8; len];
-        read_exact(reader, &mut bytes, "a BYTES element")?;
+        let held = pay(len).ok_or(ParseError::Busy)?;
+        let bytes = src.element(len)?;
         left -= len as u64;
-        out.push((Bytes::from(bytes), held));
+        out.push((bytes, held));
     }
     Ok(out)
 }

@@ -10,7 +10,8 @@
 //! classified as a whole: if one image fails, the request fails with that image's status
 //! and index, because a tensor cannot have holes.
 //!
-//! Each module has one job: [`model`] is the model as every protocol sees it, [`parse`] and
+//! Each module has one job: [`model`] is the model as every protocol sees it, [`shape`] the
+//! caps on its tensors that every protocol checks, [`parse`] and
 //! [`binary`] read requests under limits, `body` streams a request body into them off the
 //! async runtime, `infer` answers inference, and this file assembles the routes.
 
@@ -19,6 +20,7 @@ mod body;
 mod infer;
 pub mod model;
 pub mod parse;
+pub mod shape;
 
 use std::sync::Arc;
 

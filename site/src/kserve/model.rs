@@ -242,40 +242,11 @@ pub fn classes_wanted(top_k: Option<u32>, outputs: &[OutputSpec]) -> Result<u32,
     }
 }
 
-/// Checks a batch's declared shape against its element count and the per-request image
-/// limit.
+/// Checks a batch's declared shape against its image count and the site's per-request
+/// image limit (see [`super::shape::check_batch`]); refusals are counted like a parser's.
 pub fn check_batch(shape: Option<&[i64]>, images: usize, site: &Site) -> Result<(), ApiError> {
-    if images == 0 {
-        return Err(ApiError::bad_request(format!(
-            "input {INPUT_NAME:?} has no data"
-        )));
-    }
-    if let Some(shape) = shape
-        && !shape.is_empty()
-    {
-        let product = shape.iter().try_fold(
-            1i64,
-            |acc, d| {
-                if *d >= 0 { acc.checked_mul(*d) } else { None }
-            },
-        );
-        if product != Some(images as i64) {
-            return Err(ApiError::bad_request(format!(
-                "shape {:?} does not match {images} data element(s)",
-                &shape[..shape.len().min(8)]
-            )));
-        }
-    }
-    if images > site.limits.max_files {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "batch of {images} exceeds the limit of {} images",
-                site.limits.max_files
-            ),
-        ));
-    }
-    Ok(())
+    super::shape::check_batch(shape, images, site.limits.max_files)
+        .map_err(|e| refuse_parse(site, e.into()))
 }
 
 /// A request parser's refusal as the client sees it, counted: malformed 400, over a limit

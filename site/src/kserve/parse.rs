@@ -21,14 +21,11 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::budget::{ByteBudget, Held};
 
-/// Most inputs and outputs a request may name (the model has one input, two outputs).
-pub const MAX_TENSORS: usize = 8;
-/// Most dimensions a shape may have.
-pub const MAX_DIMS: usize = 8;
+use super::shape::ShapeError;
+pub use super::shape::{MAX_DIMS, MAX_SHORT_STRING, MAX_TENSORS};
+
 /// Deepest nesting of JSON arrays and objects.
 pub const MAX_DEPTH: usize = 32;
-/// Longest `id`, output name or parameter string, in bytes.
-pub const MAX_SHORT_STRING: usize = 256;
 
 /// What a request may contain.
 #[derive(Debug, Clone)]
@@ -110,6 +107,16 @@ pub enum ParseError {
     /// Reading the body failed (timeout, size limit, connection): the reader says how.
     #[error("{0}")]
     Body(String),
+}
+
+impl From<ShapeError> for ParseError {
+    /// Over a count: 413; any other shape fault: 400, in the same words for every protocol.
+    fn from(e: ShapeError) -> ParseError {
+        match e {
+            ShapeError::Images(_) => ParseError::TooLarge(e.to_string()),
+            _ => ParseError::Invalid(e.to_string()),
+        }
+    }
 }
 
 /// Parse an inference request from `reader`. Blocking: run it on a blocking thread.
@@ -397,9 +404,7 @@ impl<'de> Visitor<'de> for InputsSeed<'_, '_> {
         while let Some(input) = seq.next_element_seed(InputSeed { ctx: self.ctx })? {
             out.push(input);
             if out.len() > MAX_TENSORS {
-                return Err(self.ctx.fail(ParseError::Invalid(format!(
-                    "more than {MAX_TENSORS} inputs"
-                ))));
+                return Err(self.ctx.fail(ShapeError::Inputs.into()));
             }
         }
         Ok(out)
@@ -477,9 +482,7 @@ impl<'de> Visitor<'de> for ShapeSeed<'_, '_> {
         while let Some(d) = seq.next_element::<i64>()? {
             dims.push(d);
             if dims.len() > MAX_DIMS {
-                return Err(self.ctx.fail(ParseError::Invalid(format!(
-                    "a shape has more than {MAX_DIMS} dimensions"
-                ))));
+                return Err(self.ctx.fail(ShapeError::Dims.into()));
             }
         }
         Ok(dims)
@@ -534,10 +537,7 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_, '_> {
             *n - 1
         };
         if index >= limits.max_images {
-            return Err(ctx.fail(ParseError::TooLarge(format!(
-                "more than {} images in one request (the limit)",
-                limits.max_images
-            ))));
+            return Err(ctx.fail(ShapeError::Images(limits.max_images).into()));
         }
         let text = v.trim();
         if text.is_empty() {
@@ -622,9 +622,7 @@ impl<'de> Visitor<'de> for OutputsSeed<'_, '_> {
         while let Some(o) = seq.next_element_seed(OutputSeed { ctx })? {
             out.push(o);
             if out.len() > MAX_TENSORS {
-                return Err(ctx.fail(ParseError::Invalid(format!(
-                    "more than {MAX_TENSORS} outputs"
-                ))));
+                return Err(ctx.fail(ShapeError::Outputs.into()));
             }
         }
         Ok(out)
