@@ -61,37 +61,30 @@ pub(crate) fn routes(
         })
         .boxed();
 
-    // A job another front-end owns: 421 naming it (or 307 there), before anything else, so
-    // the owner does the authentication and the counting, and no client token is minted
-    // here for a caller that belongs there.
-    let elsewhere = warp::path!("api" / "v1" / "jobs" / String)
-        .and(warp::get())
-        .and(warp::path::full())
-        .and(with_site(site.clone()))
-        .and_then(
-            |id: String, path: warp::path::FullPath, site: Arc<Site>| async move {
-                site.frontend
-                    .misdirected(&id, path.as_str())
-                    .ok_or_else(warp::reject::not_found)
-            },
-        )
-        .boxed();
-
+    // Authentication comes before routing: a job another front-end owns gets its 421
+    // naming the owner (or 307 there) only once the caller is admitted here, like any other
+    // answer. Without keys no client token is set for it: the caller belongs to the owner.
     let job = warp::path!("api" / "v1" / "jobs" / String)
         .and(warp::get())
+        .and(warp::path::full())
         .and(caller(site.clone()))
         .and(with_site(site.clone()))
-        .map(|id: String, caller: Caller, site: Arc<Site>| {
-            let resp = match site.jobs.get(&id, &caller.owner) {
-                Some(job) => ok_json(&job),
-                None => ApiError::not_found(format!(
-                    "no job {:?} of yours (unknown, or finished long ago)",
-                    crate::error::truncate(id, 64)
-                ))
-                .into_response(),
-            };
-            caller.finish(resp)
-        })
+        .map(
+            |id: String, path: warp::path::FullPath, caller: Caller, site: Arc<Site>| {
+                if let Some(elsewhere) = site.frontend.misdirected(&id, path.as_str()) {
+                    return elsewhere;
+                }
+                let resp = match site.jobs.get(&id, &caller.owner) {
+                    Some(job) => ok_json(&job),
+                    None => ApiError::not_found(format!(
+                        "no job {:?} of yours (unknown, or finished long ago)",
+                        crate::error::truncate(id, 64)
+                    ))
+                    .into_response(),
+                };
+                caller.finish(resp)
+            },
+        )
         .boxed();
 
     let events = warp::path!("api" / "v1" / "events")
@@ -149,8 +142,6 @@ pub(crate) fn routes(
         .boxed();
 
     classify
-        .or(elsewhere)
-        .unify()
         .or(job)
         .unify()
         .or(events)

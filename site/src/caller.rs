@@ -81,6 +81,9 @@ pub struct Caller {
     pub owner: Owner,
     /// What its limits count against.
     pub limit: LimitKey,
+    /// Its address (the /64 for IPv6): limits that must hold per address whoever the caller
+    /// is (KServe parse slots) count against this too.
+    pub addr: LimitKey,
     /// The API key it presented, when the server requires keys.
     pub key: Option<KeyHolder>,
     /// The client token (without keys): returned in upload answers for API clients.
@@ -205,6 +208,7 @@ impl Identify {
             return Ok(Caller {
                 owner: Owner::Key(holder.name.clone()),
                 limit: LimitKey::Key(holder.name.clone()),
+                addr: addr_key(),
                 key: Some(holder),
                 token: None,
                 fresh: false,
@@ -222,6 +226,7 @@ impl Identify {
                 return Ok(Caller {
                     owner: Owner::Client(id),
                     limit: addr_key(),
+                    addr: addr_key(),
                     key: None,
                     token: Some(token.to_string()),
                     fresh: false,
@@ -235,6 +240,7 @@ impl Identify {
         Ok(Caller {
             owner: Owner::Client(id),
             limit: addr_key(),
+            addr: addr_key(),
             key: None,
             token: Some(token),
             fresh: true,

@@ -201,7 +201,7 @@ pub struct Cli {
     /// not read further. Default: 104857600 (100 MiB).
     #[arg(long, env = "GLIMPSE_MAX_REQUEST_BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_request_bytes: usize,
-    /// Most files in one request (413 beyond). Default: 64.
+    /// Most files in one request (413 beyond); at most 1024. Default: 64.
     #[arg(long, env = "GLIMPSE_MAX_FILES", default_value_t = 64)]
     pub max_files: usize,
     /// Most images accepted and not yet answered, over all clients; beyond it requests get
@@ -315,6 +315,46 @@ pub struct Cli {
         help_heading = "Security"
     )]
     pub body_timeout_s: f64,
+    /// Bytes per second a request body must average, over its whole life so far, once
+    /// --body-rate-grace-s is over; a slower body is abandoned with 408, so a sender that
+    /// trickles cannot hold a connection, a parse slot or its bytes. 0 turns it off.
+    /// Default: 1024 (1 KiB/s: any real uplink is far faster).
+    #[arg(
+        long,
+        env = "GLIMPSE_BODY_MIN_RATE",
+        default_value_t = 1024,
+        help_heading = "Security"
+    )]
+    pub body_min_rate: u64,
+    /// Seconds a request body may take before --body-min-rate applies (slow starts, TCP
+    /// slow start on long paths). Default: 10.
+    #[arg(
+        long,
+        env = "GLIMPSE_BODY_RATE_GRACE_S",
+        default_value_t = 10.0,
+        help_heading = "Security"
+    )]
+    pub body_rate_grace_s: f64,
+    /// Seconds a request body may take in all, however fast it comes; beyond it 408.
+    /// Default: 300 (a 100 MiB request needs 350 KB/s; raise it for slower uplinks).
+    #[arg(
+        long,
+        env = "GLIMPSE_BODY_DEADLINE_S",
+        default_value_t = 300.0,
+        help_heading = "Security"
+    )]
+    pub body_deadline_s: f64,
+    /// Failed API key checks per second one client address (an IPv6 /64) may make, as
+    /// RPS[:BURST], or `off`; past it the address gets 429 with Retry-After without its key
+    /// being checked, so keys cannot be guessed at wire speed. Clients with valid keys use
+    /// none of it. Default: 10:50.
+    #[arg(
+        long,
+        env = "GLIMPSE_AUTH_FAILURE_RATE",
+        default_value = "10:50",
+        help_heading = "Security"
+    )]
+    pub auth_failure_rate: RateFlag,
     /// Event streams (GET /api/v1/events) open at once; beyond it 503. Default: 512.
     #[arg(
         long,
@@ -399,6 +439,10 @@ impl Cli {
             max_buffered_bytes: self.max_buffered_bytes,
             max_queued_per_caller: self.max_queued_per_caller,
             body_timeout: secs(self.body_timeout_s),
+            body_min_rate: self.body_min_rate,
+            body_rate_grace: secs(self.body_rate_grace_s),
+            body_deadline: secs(self.body_deadline_s),
+            auth_failures: self.auth_failure_rate.0,
             max_event_streams: self.max_event_streams,
             max_event_streams_per_caller: self.max_event_streams_per_caller,
             rate: self.rate_limit.0,

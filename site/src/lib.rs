@@ -35,6 +35,7 @@ pub mod limits;
 mod local;
 mod metrics;
 pub mod openapi;
+pub mod pace;
 mod page;
 mod reply;
 mod routes;
@@ -56,7 +57,7 @@ use tokio::task::JoinHandle;
 pub use inference::Inference;
 pub use limits::Limits;
 pub use server::{ServerError, TlsIdentity};
-pub use site::{PARSE_SLOT_WAIT, PARSES_PER_CALLER, PARSES_TOTAL, Site};
+pub use site::{PARSE_SLOT_WAIT, PARSES_PER_ADDRESS, PARSES_PER_CALLER, PARSES_TOTAL, Site};
 
 use api::AdminAccess;
 use auth::KeyFile;
@@ -229,7 +230,10 @@ pub async fn start_site(
             loop {
                 tokio::select! {
                     () = &mut stop => return,
-                    () = tokio::time::sleep(PRUNE_INTERVAL) => site.rate.prune(),
+                    () = tokio::time::sleep(PRUNE_INTERVAL) => {
+                        site.rate.prune();
+                        site.auth_failures.prune(std::time::Instant::now());
+                    }
                 }
             }
         }));

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::pace::PaceLimits;
 use crate::throttle::RateSpec;
 
 /// Limits on what one client can make the site do. Defaults are generous (users complain
@@ -34,6 +35,16 @@ pub struct Limits {
     pub max_queued_per_caller: usize,
     /// A request body that sends nothing for this long is abandoned (408).
     pub body_timeout: Duration,
+    /// Bytes per second a request body must average once `body_rate_grace` is over (0: no
+    /// minimum); slower ones are abandoned (408).
+    pub body_min_rate: u64,
+    /// How long a request body may take before its average rate is checked.
+    pub body_rate_grace: Duration,
+    /// A request body must be complete within this, however fast it comes (408).
+    pub body_deadline: Duration,
+    /// Failed API key checks per second (and burst) one client address may make before its
+    /// requests get 429 without their key being checked; `None`: unlimited.
+    pub auth_failures: Option<RateSpec>,
     /// Event streams open at once, over all callers; beyond: 503.
     pub max_event_streams: usize,
     /// Event streams one caller may hold open; beyond: 429.
@@ -57,9 +68,25 @@ impl Default for Limits {
             max_buffered_bytes: 512 << 20,
             max_queued_per_caller: 128,
             body_timeout: Duration::from_secs(30),
+            body_min_rate: 1024,
+            body_rate_grace: Duration::from_secs(10),
+            body_deadline: Duration::from_secs(300),
+            auth_failures: RateSpec::new(10, 50),
             max_event_streams: 512,
             max_event_streams_per_caller: 8,
             rate: None,
+        }
+    }
+}
+
+impl Limits {
+    /// How fast every request body must arrive (see [`crate::pace`]).
+    pub fn pace(&self) -> PaceLimits {
+        PaceLimits {
+            inactivity: self.body_timeout,
+            grace: self.body_rate_grace,
+            min_rate: self.body_min_rate,
+            deadline: self.body_deadline,
         }
     }
 }

@@ -28,7 +28,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::sniff::check_image;
 use crate::stats::{ModelStats, StageTimes};
-use crate::throttle::{KeyedCounter, RateLimit, Share, ShareRefused};
+use crate::throttle::{FailureThrottle, KeyedCounter, RateLimit, Share, ShareRefused};
 use crate::upload::{Intake, Upload, UploadError};
 
 impl Limits {
@@ -44,6 +44,12 @@ impl Limits {
                 self.max_buffered_bytes, one_request
             ));
         }
+        if self.max_files == 0 || self.max_files > crate::kserve::shape::MAX_BATCH {
+            return Err(format!(
+                "--max-files must be from 1 to {}",
+                crate::kserve::shape::MAX_BATCH
+            ));
+        }
         if self.max_queued_per_caller == 0 || self.max_queued == 0 {
             return Err("--max-queued and --max-queued-per-caller must be at least 1".into());
         }
@@ -55,9 +61,15 @@ impl Limits {
 /// that waits on the network while the body streams in, so a slow sender holds a thread:
 /// these caps keep the blocking pool (which node decoding shares with local workers) for
 /// everyone. Beyond them: 429, or 503 when every caller together holds [`PARSES_TOTAL`].
-pub const PARSES_PER_CALLER: usize = 4;
-/// KServe requests in parsing at once, over all callers.
-pub const PARSES_TOTAL: usize = 64;
+/// A slot is held only while the body keeps its pace (see [`crate::pace`]).
+pub const PARSES_PER_CALLER: usize = 8;
+/// KServe requests one client address may have in parsing at once, whatever keys it uses:
+/// with [`PARSES_TOTAL`], it takes 32 addresses to hold every slot, and each must keep
+/// sending at the minimum body rate to keep its slots.
+pub const PARSES_PER_ADDRESS: usize = 4;
+/// KServe requests in parsing at once, over all callers: a quarter of tokio's blocking pool
+/// (512 threads).
+pub const PARSES_TOTAL: usize = 128;
 /// How long a request waits for a parse slot before it is refused: long enough for a
 /// client's other requests to finish reading (milliseconds each), short enough that slow
 /// senders holding every slot get their refusal quickly.
@@ -100,6 +112,10 @@ pub struct Site {
     /// KServe bodies being parsed, per caller: each holds a blocking thread while its body
     /// streams in (see [`PARSES_PER_CALLER`]).
     pub parses: KeyedCounter,
+    /// The same, per client address (see [`PARSES_PER_ADDRESS`]).
+    pub parses_by_addr: KeyedCounter,
+    /// Failed API key checks per client address (see [`FailureThrottle`]).
+    pub auth_failures: FailureThrottle,
     /// The HTTPS listener's connections (for `/metrics`).
     pub connections: Arc<crate::conn::Registry>,
     /// Counts and stage times of answered images (the statistics extension).
@@ -115,12 +131,31 @@ pub struct Site {
 impl Site {
     /// Who sent a request with these headers from `peer`, counted against its request rate:
     /// 401 without a valid key when keys are required, 429 with `Retry-After` past the rate.
-    /// Every protocol admits its callers here.
+    /// An address that has failed the key check too often gets 429 before its key is looked
+    /// at (see [`FailureThrottle`]). Every protocol admits its callers here.
     pub fn admit(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
-        let caller = self
-            .identify
-            .caller(headers, peer)
-            .inspect_err(|_| self.metrics.request_rejected("unauthorized"))?;
+        let now = Instant::now();
+        let checks_keys = self.identify.requires_keys();
+        if checks_keys
+            && let Some(peer) = peer
+            && let Err(wait) = self.auth_failures.check(peer.ip(), now)
+        {
+            self.metrics.request_rejected("auth_throttled");
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError::too_many(
+                format!("too many failed API key checks from your address; retry in {secs} s"),
+                secs,
+            ));
+        }
+        let caller = self.identify.caller(headers, peer).inspect_err(|e| {
+            self.metrics.request_rejected("unauthorized");
+            if checks_keys
+                && e.status() == warp::http::StatusCode::UNAUTHORIZED
+                && let Some(peer) = peer
+            {
+                self.auth_failures.failed(peer.ip(), now);
+            }
+        })?;
         if let Err(wait) = self.rate.check(&caller.limit) {
             self.metrics.request_rejected("rate_limited");
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -133,22 +168,32 @@ impl Site {
     }
 
     /// A slot for parsing `caller`'s inference request on a blocking thread, held while the
-    /// request is read. A caller past its share (or everyone past theirs) waits up to
-    /// [`PARSE_SLOT_WAIT`] for one to come free, so a client with more requests in flight
-    /// than [`PARSES_PER_CALLER`] is queued, not refused; after that, 429 (its share) or 503
-    /// (everyone's). Every protocol's inference takes one.
-    pub async fn parse_slot(&self, caller: &Caller) -> Result<Share, ApiError> {
-        let slot = self
-            .parses
-            .take_within(&caller.limit, 1, PARSE_SLOT_WAIT)
-            .await;
-        slot.map_err(|refused| {
+    /// request is read: one of its own ([`PARSES_PER_CALLER`]), one of its address's
+    /// ([`PARSES_PER_ADDRESS`]) and so one of everyone's ([`PARSES_TOTAL`]). A caller past a
+    /// share waits up to [`PARSE_SLOT_WAIT`] for one to come free, so a client with more
+    /// requests in flight than its share is queued, not refused; after that, 429 (its own
+    /// or its address's share) or 503 (everyone's).
+    pub async fn parse_slot(&self, caller: &Caller) -> Result<(Share, Share), ApiError> {
+        let deadline = tokio::time::Instant::now() + PARSE_SLOT_WAIT;
+        let refuse = |refused: ShareRefused| {
             self.metrics.request_rejected("parses_full");
             refused.into_api_error(
                 "inference requests being received",
                 self.limits.retry_after_s,
             )
-        })
+        };
+        let wait = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let by_addr = self
+            .parses_by_addr
+            .take_within(&caller.addr, 1, wait())
+            .await
+            .map_err(refuse)?;
+        let own = self
+            .parses
+            .take_within(&caller.limit, 1, wait())
+            .await
+            .map_err(refuse)?;
+        Ok((own, by_addr))
     }
 
     /// An upload error as the client sees it, counted.
@@ -193,6 +238,9 @@ impl Site {
                 limits.max_event_streams,
             ),
             parses: KeyedCounter::new(PARSES_PER_CALLER, PARSES_TOTAL),
+            // The total is `parses`'.
+            parses_by_addr: KeyedCounter::new(PARSES_PER_ADDRESS, usize::MAX),
+            auth_failures: FailureThrottle::new(limits.auth_failures),
             connections,
             stats: ModelStats::default(),
             queue: Arc::new(Semaphore::new(limits.max_queued.max(1))),
@@ -207,12 +255,11 @@ impl Site {
         self.shutdown.clone()
     }
 
-    /// How request bodies are read: paid for from the byte budget, within the inactivity
-    /// timeout.
+    /// How request bodies are read: paid for from the byte budget, at their pace.
     pub fn intake(&self) -> Intake {
         Intake {
             budget: self.budget.clone(),
-            inactivity: self.limits.body_timeout,
+            pace: self.limits.pace(),
             retry_after_s: self.limits.retry_after_s,
         }
     }

@@ -4,8 +4,9 @@
 //! refused before reading anything; otherwise bytes are counted as they arrive and reading
 //! stops at the first byte over the limit (multer enforces the same per field and for the
 //! whole stream in the multipart case). Every chunk is paid for from the front-end's
-//! [`ByteBudget`] before it is buffered, and a body that sends nothing for the inactivity
-//! timeout (a Content-Length that lies, then silence) ends with 408. The caller then answers
+//! [`ByteBudget`] before it is buffered, and a body that falls behind its [`Pace`] (nothing
+//! for the inactivity timeout, a trickle below the minimum rate, or past the total deadline)
+//! ends with 408. The caller then answers
 //! and hyper closes the connection or resets the HTTP/2 stream, so an oversized or stalled
 //! upload never sits in memory or holds its connection.
 //!
@@ -18,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -28,6 +28,7 @@ use tokio::time::Sleep;
 use crate::budget::{ByteBudget, Held};
 use crate::job::display_name;
 use crate::limits::Limits;
+use crate::pace::{Pace, PaceLimits, TooSlow};
 
 /// Longest multipart part header section (and preamble before the first boundary), in
 /// bytes. A browser's part header is a few hundred bytes; 8 KiB leaves room for long names.
@@ -67,9 +68,9 @@ pub enum UploadError {
     #[error("the request contains no file")]
     /// No file in the request (400).
     Empty,
-    #[error("no request body data arrived for {} s; the upload was abandoned", .0.as_secs())]
-    /// The body sent nothing for this long (408).
-    Stalled(Duration),
+    #[error("{0}")]
+    /// The body fell behind its pace: stalled, too slow, or past its deadline (408).
+    Slow(TooSlow),
     #[error("the server is holding as many uploaded bytes as it may; retry in {0} s")]
     /// The byte budget is spent; retry after this many seconds (503).
     Busy(u64),
@@ -82,7 +83,7 @@ impl UploadError {
             UploadError::TooLarge(_) | UploadError::TooManyFiles(_) => 413,
             UploadError::UnsupportedType(_) => 415,
             UploadError::Malformed(_) | UploadError::Empty => 400,
-            UploadError::Stalled(_) => 408,
+            UploadError::Slow(_) => 408,
             UploadError::Busy(_) => 503,
         }
     }
@@ -103,20 +104,20 @@ impl UploadError {
             UploadError::UnsupportedType(_) => "unsupported_type",
             UploadError::Malformed(_) => "malformed",
             UploadError::Empty => "empty",
-            UploadError::Stalled(_) => "body_timeout",
+            UploadError::Slow(slow) => slow.reason(),
             UploadError::Busy(_) => "bytes_busy",
         }
     }
 }
 
 /// What a body read is bound by besides its size limits: the byte budget it pays into, and
-/// how long it may go without data.
+/// how fast it must arrive.
 #[derive(Debug, Clone)]
 pub struct Intake {
     /// What every byte read is paid from.
     pub budget: ByteBudget,
-    /// A body that sends nothing for this long is abandoned.
-    pub inactivity: Duration,
+    /// How fast a body must arrive (see [`crate::pace`]).
+    pub pace: PaceLimits,
     /// `Retry-After` seconds when the budget is spent.
     pub retry_after_s: u64,
 }
@@ -124,8 +125,8 @@ pub struct Intake {
 /// Faults the body stream itself raises, carried inside `io::Error` through multer.
 #[derive(Debug, thiserror::Error)]
 enum BodyFault {
-    #[error("no body data for {0:?}")]
-    Stalled(Duration),
+    #[error("{0}")]
+    Slow(TooSlow),
     #[error("the byte budget is spent")]
     Budget,
     #[error("{0}")]
@@ -157,7 +158,7 @@ impl BodyFault {
 
     fn to_upload_error(&self, intake: &Intake) -> UploadError {
         match self {
-            BodyFault::Stalled(d) => UploadError::Stalled(*d),
+            BodyFault::Slow(slow) => UploadError::Slow(*slow),
             BodyFault::Budget => UploadError::Busy(intake.retry_after_s),
             BodyFault::PartHeader(m) => UploadError::TooLarge(m.clone()),
         }
@@ -177,13 +178,13 @@ where
 }
 
 /// A body stream that pays for each chunk from the byte budget before passing it on, and
-/// fails when no chunk arrives for the inactivity timeout.
+/// fails when the body falls behind its [`Pace`].
 pub struct Metered<S> {
     inner: S,
-    /// `None`: only the inactivity timeout applies (the bytes are not kept).
+    /// `None`: only the pace applies (the bytes are not kept).
     budget: Option<ByteBudget>,
     held: Arc<Mutex<Held>>,
-    inactivity: Duration,
+    pace: Pace,
     timer: Pin<Box<Sleep>>,
     done: bool,
 }
@@ -192,20 +193,21 @@ impl<S> Metered<S> {
     /// Meter `inner`; the bytes taken accumulate in the returned holding.
     pub fn new(inner: S, intake: &Intake) -> (Metered<S>, Arc<Mutex<Held>>) {
         let held = Arc::new(Mutex::new(Held::none()));
+        let pace = Pace::new(intake.pace, tokio::time::Instant::now());
         (
             Metered {
                 inner,
                 budget: Some(intake.budget.clone()),
                 held: held.clone(),
-                inactivity: intake.inactivity,
-                timer: Box::pin(tokio::time::sleep(intake.inactivity)),
+                timer: Box::pin(tokio::time::sleep_until(pace.next_check())),
+                pace,
                 done: false,
             },
             held,
         )
     }
 
-    /// Only time `inner` out (a body that is parsed as it streams and not kept whole).
+    /// Only hold `inner` to its pace (a body that is parsed as it streams and not kept whole).
     pub fn timed(inner: S, intake: &Intake) -> Metered<S> {
         let (mut m, _) = Metered::new(inner, intake);
         m.budget = None;
@@ -237,8 +239,8 @@ where
                     this.done = true;
                     return Poll::Ready(Some(Err(BodyFault::Budget.into_io())));
                 }
-                let next = tokio::time::Instant::now() + this.inactivity;
-                this.timer.as_mut().reset(next);
+                this.pace.received(chunk.len(), tokio::time::Instant::now());
+                this.timer.as_mut().reset(this.pace.next_check());
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(other) => {
@@ -247,12 +249,15 @@ where
                 }
                 Poll::Ready(other)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.done = true;
-                    Poll::Ready(Some(Err(BodyFault::Stalled(this.inactivity).into_io())))
+            Poll::Pending => loop {
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
+                if let Err(slow) = this.pace.check(tokio::time::Instant::now()) {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(BodyFault::Slow(slow).into_io())));
+                }
+                this.timer.as_mut().reset(this.pace.next_check());
             },
         }
     }
@@ -723,6 +728,7 @@ fn multer_error(e: multer::Error, limits: &Limits, intake: &Intake) -> UploadErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn body(
         chunks: Vec<&'static [u8]>,
@@ -737,7 +743,12 @@ mod tests {
     fn intake_with(budget: ByteBudget, inactivity: Duration) -> Intake {
         Intake {
             budget,
-            inactivity,
+            pace: PaceLimits {
+                inactivity,
+                grace: Duration::from_secs(10),
+                min_rate: 0,
+                deadline: Duration::from_secs(300),
+            },
             retry_after_s: 2,
         }
     }

@@ -659,7 +659,7 @@ async fn a_body_whose_length_lies_then_stalls_gets_408_and_its_connection_back()
     h.stop().await;
 }
 
-/// Opens one KServe request per parse slot of a caller, each stalled after the start of its
+/// Opens one KServe request per parse slot of a client address, each stalled after the start of its
 /// body, and returns once the server holds every one of the caller's slots. Probing before
 /// that would race: a probe read first takes a slot itself, and a stalled request is the one
 /// refused.
@@ -668,7 +668,7 @@ async fn hold_every_parse_slot(
 ) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio::io::AsyncWriteExt;
     let mut stalled = Vec::new();
-    for _ in 0..glimpse_site::PARSES_PER_CALLER {
+    for _ in 0..glimpse_site::PARSES_PER_ADDRESS {
         let mut tls = h.raw_tls().await;
         tls.write_all(
             b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"inputs\":[",
@@ -680,7 +680,7 @@ async fn hold_every_parse_slot(
     }
     let parses = &h.site.as_ref().expect("running").site.parses;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while parses.total() < glimpse_site::PARSES_PER_CALLER {
+    while parses.total() < glimpse_site::PARSES_PER_ADDRESS {
         assert!(
             std::time::Instant::now() < deadline,
             "the stalled requests hold {} parse slots after 20 s",
@@ -716,8 +716,8 @@ async fn a_caller_past_its_parse_share_waits_for_a_slot_instead_of_being_refused
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
-    // Each KServe body is parsed on a blocking thread while it streams in: one caller gets
-    // at most 4 of those at once.
+    // Each KServe body is parsed on a blocking thread while it streams in: one client
+    // address gets at most 4 of those at once.
     let h = Harness::ready(1, 1, &[]).await;
     let stalled = hold_every_parse_slot(&h).await;
     let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGk="] }] });
@@ -738,5 +738,202 @@ async fn slow_kserve_senders_cannot_take_every_parsing_thread() {
         "{err}"
     );
     drop(stalled);
+    h.stop().await;
+}
+
+/// A raw TLS connection to `h`'s HTTPS listener from the loopback address `from`.
+async fn raw_tls_from(
+    h: &Harness,
+    from: std::net::IpAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let port: u16 = h.base.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    common::tls_connector().connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_trickling_kserve_bodies_from_sixteen_addresses_leave_kserve_working() {
+    // The attack that once made every KServe call fail: 16 addresses x 4 KServe JSON bodies,
+    // one byte every 2 s. Each address holds only its own share of the parse slots, so the
+    // rest serve everyone else; and once the grace is over, each trickle is cut for its rate.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::ready(1, 1, &["--body-rate-grace-s", "3"]).await;
+    let mut tricklers = tokio::task::JoinSet::new();
+    for i in 0..64u8 {
+        let from = std::net::IpAddr::from([127, 0, 3, 1 + i / 4]);
+        let mut tls = raw_tls_from(&h, from).await;
+        tricklers.spawn(async move {
+            tls.write_all(
+                b"POST /v2/models/googlenet/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                tokio::select! {
+                    r = tls.read(&mut buf) => match r {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    },
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {
+                        if tls.write_all(b" ").await.and(tls.flush().await).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            (started.elapsed(), String::from_utf8_lossy(&answer).into_owned())
+        });
+    }
+    let parses = &h.site.as_ref().expect("running").site.parses;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parses.total() < 64 {
+        assert!(
+            Instant::now() < deadline,
+            "the trickles hold {} parse slots",
+            parses.total()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While they hold 64 slots, a normal KServe call is parsed and answered.
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png(2));
+    let body = json!({ "inputs": [{ "name": "image", "shape": [1], "datatype": "BYTES", "data": [b64] }] });
+    let start = Instant::now();
+    let r = h
+        .client
+        .post(h.url("/v2/models/googlenet/infer"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    let (s, _, answer) = status_and_json(r).await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a normal KServe call took {took:?}"
+    );
+    // Every trickle is answered 408 for its rate, soon after the grace.
+    let mut cut = 0;
+    while let Some(r) = tricklers.join_next().await {
+        let (after, answer) = r.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("bytes/s on average"), "{answer}");
+        assert!(after < Duration::from_secs(15), "cut after {after:?}");
+        cut += 1;
+    }
+    assert_eq!(cut, 64);
+    assert_eq!(parses.total(), 0, "every slot is free again");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_are_limited_per_address_before_the_key_is_checked() {
+    let k = keys();
+    let h = Harness::ready(1, 1, &["--api-keys", &k.path]).await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .local_address(std::net::IpAddr::from([127, 0, 4, last]))
+            .build()
+            .unwrap()
+    };
+    let guesser = from(1);
+    let url = h.url("/api/v1/session");
+    let start = Instant::now();
+    let (mut unauthorized, mut limited) = (0u32, 0u32);
+    let mut retry_after = None;
+    for i in 0..300 {
+        let r = guesser
+            .get(&url)
+            .header("authorization", bearer(&format!("guess-{i}")))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            401 => unauthorized += 1,
+            429 => {
+                limited += 1;
+                retry_after = r.headers().get("retry-after").cloned();
+            }
+            other => panic!("a wrong key got {other}"),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // 50 at once, then 10 a second.
+    let allowed = 50.0 + 10.0 * secs + 1.0;
+    assert!(
+        f64::from(unauthorized) <= allowed,
+        "{unauthorized} wrong keys checked in {secs:.1} s"
+    );
+    assert!(
+        limited >= 300 - allowed as u32,
+        "{limited} refused with 429"
+    );
+    assert!(retry_after.is_some(), "429 says when to retry");
+    // While throttled, even its valid key is not looked at; another address's is.
+    let r = guesser
+        .get(&url)
+        .header("authorization", bearer(&k.alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let r = from(2)
+        .get(&url)
+        .header("authorization", bearer(&k.alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .header("authorization", bearer(&k.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &text,
+            "glimpse_requests_rejected_total{reason=\"auth_throttled\"}"
+        )
+        .is_some_and(|n| n >= f64::from(limited)),
+        "{text}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_another_frontend_is_named_only_to_an_admitted_caller() {
+    let k = keys();
+    let h = Harness::ready(1, 1, &["--api-keys", &k.path, "--frontend-id", "web-1"]).await;
+    let url = h.url("/api/v1/jobs/web-9.0123abcd");
+    let r = h.client.get(&url).send().await.unwrap();
+    let (s, headers, body) = status_and_json(r).await;
+    assert_eq!(s, 401, "{body}");
+    assert!(headers.get("x-glimpse-frontend").is_none());
+    assert!(!body.to_string().contains("web-9"), "{body}");
+    let r = h
+        .client
+        .get(&url)
+        .header("authorization", bearer(&k.bob))
+        .send()
+        .await
+        .unwrap();
+    let (s, headers, body) = status_and_json(r).await;
+    assert_eq!(s, 421, "{body}");
+    assert_eq!(headers["x-glimpse-frontend"], "web-9");
     h.stop().await;
 }
