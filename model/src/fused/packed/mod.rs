@@ -262,6 +262,7 @@ mod tests {
                 (6, 7, 16),
                 (13, 33, 40),
                 (7, 147, 64),
+                (9, 600, 21),
             ] {
                 let a_stride = k + 3;
                 let a = values(m * a_stride, 1);
