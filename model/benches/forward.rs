@@ -70,6 +70,54 @@ fn benches(c: &mut Criterion) {
             });
         }
         group.finish();
+        if backend == Backend::Flex {
+            layer_table(&classifier, &tensor);
+        }
+    }
+}
+
+/// The fused path's GFLOP/s per layer kind against the cores' FMA peak, printed after its
+/// criterion timings (a few extra passes with the per-operator accounting on).
+fn layer_table(classifier: &Classifier, tensor: &ImageTensor) {
+    use glimpse_model::kernels;
+    let threads = rayon::current_num_threads();
+    let peak = kernels::fma_peak_gflops(threads, Duration::from_secs(1));
+    println!(
+        "\nfused path, micro-kernel {}, {threads} threads: FMA peak {peak:.1} GFLOP/s",
+        kernels::micro_kernel()
+    );
+    for batch in [1usize, 8] {
+        let images: Vec<ImageTensor> = vec![tensor.clone(); batch];
+        let passes = 5;
+        kernels::profile_layers(true);
+        kernels::take();
+        let start = std::time::Instant::now();
+        for _ in 0..passes {
+            classifier.logits(&images).expect("forward");
+        }
+        let total = start.elapsed().as_secs_f64() * 1e3 / passes as f64;
+        kernels::profile_layers(false);
+        let totals = kernels::take();
+        println!("| batch {batch} | ms/pass | share of pass | GFLOP/s | share of peak |");
+        println!("|---|---:|---:|---:|---:|");
+        for (kind, t) in kernels::LayerKind::ALL.iter().zip(totals) {
+            let ms = t.nanos as f64 / 1e6 / passes as f64;
+            let gflops = 2.0 * t.macs as f64 / t.nanos.max(1) as f64;
+            let (gflops, share) = if t.macs == 0 {
+                ("—".to_string(), "—".to_string())
+            } else {
+                (
+                    format!("{gflops:.1}"),
+                    format!("{:.0}%", 100.0 * gflops / peak),
+                )
+            };
+            println!(
+                "| {} | {ms:.2} | {:.0}% | {gflops} | {share} |",
+                kind.name(),
+                100.0 * ms / total
+            );
+        }
+        println!("| whole pass | {total:.2} | 100% | | |");
     }
 }
 

@@ -31,6 +31,8 @@ mod fused;
 #[cfg(feature = "inference")]
 mod googlenet;
 #[cfg(feature = "inference")]
+pub mod kernels;
+#[cfg(feature = "inference")]
 mod load;
 #[cfg(feature = "inference")]
 mod native;

@@ -88,7 +88,13 @@ fn check_logits_and_top1(backend: Backend) {
         .map(|(g, w)| (g - w).abs())
         .fold(0.0, f64::max);
     let max_logit = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    eprintln!("{backend}: logits max abs diff {max_diff:.2e} (largest |logit| {max_logit:.1})");
+    let kernel = match backend {
+        Backend::Flex => format!(" (micro-kernel {})", glimpse_model::kernels::micro_kernel()),
+        _ => String::new(),
+    };
+    eprintln!(
+        "{backend}{kernel}: logits max abs diff {max_diff:.2e} (largest |logit| {max_logit:.1})"
+    );
     assert!(max_logit > 5.0, "fixture logits should be non-trivial");
     assert!(max_diff <= 1e-3, "{backend}: logits differ by {max_diff}");
 
@@ -115,6 +121,38 @@ fn logits_and_top1_match_torchvision_ndarray() {
 #[test]
 fn logits_and_top1_match_torchvision_flex() {
     check_logits_and_top1(Backend::Flex);
+}
+
+/// The fused path with the portable micro-kernel and with Winograd everywhere and nowhere:
+/// the test binary runs its own flex test again with `GLIMPSE_KERNEL` / `GLIMPSE_WINOGRAD`
+/// set, since the kernel is chosen once per process.
+#[test]
+fn logits_and_top1_match_torchvision_flex_every_kernel_variant() {
+    for (var, value) in [
+        ("GLIMPSE_KERNEL", "portable"),
+        ("GLIMPSE_WINOGRAD", "off"),
+        ("GLIMPSE_WINOGRAD", "all"),
+    ] {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "logits_and_top1_match_torchvision_flex",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(var, value)
+            .output()
+            .expect("run the flex parity test again");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        eprintln!("{var}={value}: {}", stderr.trim());
+        assert!(output.status.success(), "{var}={value}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("1 passed"),
+            "{var}={value} ran no test: {stdout}"
+        );
+    }
 }
 
 #[test]

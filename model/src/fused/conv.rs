@@ -7,19 +7,21 @@
 //! - a k×k convolution builds its patches one tile of output rows at a time (tiled im2col),
 //!   into a per-thread scratch buffer that stays in cache and is reused across calls.
 //!
-//! Each tile is finished while it is hot: the destination rows are first filled with the bias,
-//! the GEMM accumulates into them, and ReLU runs over the same rows right after. The output can
+//! Each tile is finished in registers: the micro-kernel starts from the bias and applies ReLU
+//! before it stores. The output can
 //! be a column slice of a wider tensor (`dst.offset`, `dst.row_stride`): that is how an
 //! Inception branch writes straight into its place in the block's output, with no concat.
 //!
 //! Work is split into (row tile × column tile) items run on the current rayon pool, so each
-//! inference lane's pool sets how many threads a convolution uses. The GEMM itself is the
-//! `gemm` crate's (the one burn-flex uses), whose AVX-512/AVX2/NEON kernels are picked at run
-//! time; each work item calls it single-threaded.
+//! inference lane's pool sets how many threads a convolution uses. The GEMM is
+//! [`super::packed`]'s: weights packed once at load into the micro-kernel's panels, bias
+//! loaded into the accumulators and ReLU applied before the tile is stored.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
+
+use super::packed::{self, Kernel, Start};
 
 /// Shape of one convolution: square kernel, same stride and zero padding on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,30 @@ impl Destination {
             offset,
         }
     }
+
+    /// Panics unless `pixels` rows of `channels` fit in the buffer.
+    pub(crate) fn check(&self, pixels: usize, channels: usize) {
+        if pixels > 0 {
+            let last = self.offset + (pixels - 1) * self.row_stride + channels;
+            assert!(last <= self.len, "destination too small");
+        }
+    }
+
+    /// Pixel `p`'s output channels `cols`.
+    ///
+    /// # Safety
+    /// `check(pixels, channels)` must have passed with `p < pixels` and
+    /// `cols.end ≤ channels`, and no other live reference may overlap the returned slice.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn row_mut(&self, p: usize, cols: std::ops::Range<usize>) -> &mut [f32] {
+        // SAFETY: in bounds by `check`; exclusive by the caller's contract.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.add(self.offset + p * self.row_stride + cols.start),
+                cols.len(),
+            )
+        }
+    }
 }
 
 /// Rows per tile: enough for an efficient GEMM, few enough that a tile of patches stays in
@@ -103,8 +129,8 @@ fn tile_rows(pixels: usize, patch_len: usize, threads: usize) -> usize {
 }
 
 /// Columns per tile when there are too few row tiles to keep every thread busy (the 7×7 and
-/// 14×14 layers at batch 1): the output channels are split instead, in multiples of 16 (a
-/// SIMD register of f32 under AVX-512).
+/// 14×14 layers at batch 1): the output channels are split instead, in whole panels of the
+/// micro-kernel.
 fn tile_cols(out_channels: usize, row_tiles: usize, threads: usize) -> usize {
     if row_tiles >= threads || threads <= 1 {
         return out_channels;
@@ -112,7 +138,7 @@ fn tile_cols(out_channels: usize, row_tiles: usize, threads: usize) -> usize {
     let splits = threads.div_ceil(row_tiles);
     out_channels
         .div_ceil(splits)
-        .next_multiple_of(16)
+        .next_multiple_of(packed::PANEL)
         .min(out_channels)
 }
 
@@ -121,7 +147,7 @@ thread_local! {
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `dst = relu(conv(input, weight) + bias)`, with `weight` packed `[k, k, cin, cout]`
+/// `dst = relu(conv(input, weight) + bias)`, with `weight` the panels of `[k, k, cin, cout]`
 /// (row-major: `(ky·k + kx)·cin + ci` rows of `cout`) and `bias` `[cout]`.
 ///
 /// Panics if the slices are shorter than the geometry says (a bug in the caller, never
@@ -139,7 +165,7 @@ pub(crate) fn conv_bias_relu(
     assert_eq!(input.channels, geometry.in_channels, "input channels");
     assert_eq!(
         weight.len(),
-        geometry.patch_len() * cout,
+        packed::packed_len(geometry.patch_len(), cout),
         "packed weight size"
     );
     assert_eq!(bias.len(), cout, "bias size");
@@ -190,46 +216,32 @@ fn tile(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) {
-    let cout = geometry.out_channels;
     let k = geometry.patch_len();
     let m = rows.len();
-    let n = cols.len();
-    // SAFETY (all pointer arithmetic below): `conv_bias_relu` checked that every row of the
-    // output and input lies inside its buffer; this item touches only its own rows × columns.
-    let dst_base = unsafe {
-        dst.ptr
-            .add(dst.offset + rows.start * dst.row_stride + cols.start)
-    };
-    for r in 0..m {
-        let row = unsafe { std::slice::from_raw_parts_mut(dst_base.add(r * dst.row_stride), n) };
-        row.copy_from_slice(&bias[cols.clone()]);
-    }
-    let gemm = |lhs: *const f32, lhs_rs: usize| unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst_base,
-            1,
-            dst.row_stride as isize,
-            true,
-            lhs,
-            1,
-            lhs_rs as isize,
-            weight.as_ptr().add(cols.start),
-            1,
-            cout as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    // SAFETY (pointer arithmetic): `conv_bias_relu` checked that every row of the output
+    // and input lies inside its buffer; this item touches only its own rows × columns.
+    let dst_base = unsafe { dst.ptr.add(dst.offset + rows.start * dst.row_stride) };
+    let run = |lhs: *const f32, lhs_stride: usize| {
+        // SAFETY: `lhs` holds `m` rows of `k` floats (the input rows of a 1×1 convolution,
+        // checked by `conv_bias_relu`, or this thread's patch tile); the destination rows
+        // are this item's; `weight` is packed `[k, cout]` (its length was checked).
+        unsafe {
+            packed::gemm(
+                Kernel::get(),
+                (lhs, lhs_stride),
+                m,
+                k,
+                weight,
+                cols.clone(),
+                (dst_base, dst.row_stride),
+                bias,
+                (Start::Bias, true),
+            );
+        }
     };
     if geometry.is_pointwise() {
         let lhs = &input.data[input.offset + rows.start * input.row_stride..];
-        gemm(lhs.as_ptr(), input.row_stride);
+        run(lhs.as_ptr(), input.row_stride);
     } else {
         // Taken out of the thread-local and put back, so it is never borrowed twice.
         let mut patches = PATCHES.with_borrow_mut(std::mem::take);
@@ -243,14 +255,8 @@ fn tile(
             rows.clone(),
             &mut patches[..m * k],
         );
-        gemm(patches.as_ptr(), k);
+        run(patches.as_ptr(), k);
         PATCHES.with_borrow_mut(|slot| *slot = patches);
-    }
-    for r in 0..m {
-        let row = unsafe { std::slice::from_raw_parts_mut(dst_base.add(r * dst.row_stride), n) };
-        for v in row {
-            *v = v.max(0.0);
-        }
     }
 }
 
@@ -293,8 +299,8 @@ fn im2col(
     }
 }
 
-/// Packs a PyTorch `[cout, cin, k, k]` weight into the `[k, k, cin, cout]` GEMM layout, once
-/// at load time.
+/// Packs a PyTorch `[cout, cin, k, k]` weight into the micro-kernel's panels of the
+/// `[k·k·cin, cout]` GEMM operand (row `(ky·k + kx)·cin + ci`), once at load time.
 pub(crate) fn pack_weight(oihw: &[f32], geometry: ConvGeometry) -> Vec<f32> {
     let ConvGeometry {
         in_channels: cin,
@@ -302,18 +308,18 @@ pub(crate) fn pack_weight(oihw: &[f32], geometry: ConvGeometry) -> Vec<f32> {
         kernel: k,
         ..
     } = geometry;
-    let mut packed = vec![0.0; oihw.len()];
+    let mut rows = vec![0.0; oihw.len()];
     for o in 0..cout {
         for i in 0..cin {
             for ky in 0..k {
                 for kx in 0..k {
-                    packed[((ky * k + kx) * cin + i) * cout + o] =
+                    rows[((ky * k + kx) * cin + i) * cout + o] =
                         oihw[((o * cin + i) * k + ky) * k + kx];
                 }
             }
         }
     }
-    packed
+    packed::pack_panels(&rows, geometry.patch_len(), cout)
 }
 
 #[cfg(test)]

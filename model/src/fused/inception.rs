@@ -11,13 +11,38 @@ use std::cell::RefCell;
 
 use super::conv::{Activations, ConvGeometry, Destination, conv_bias_relu};
 use super::pool::{PoolGeometry, max_pool};
+use super::profile::{self, LayerKind};
+use super::winograd;
 
-/// One packed convolution: `weight` is `[k·k·cin, cout]`, `bias` is `[cout]`.
+/// One packed convolution: `weight` is the micro-kernel's panels of `[k·k·cin, cout]` (or,
+/// with `winograd`, the 36 transformed 3×3 filters), `bias` is `[cout]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PackedConv<'a> {
     pub geometry: ConvGeometry,
+    pub winograd: bool,
     pub weight: &'a [f32],
     pub bias: &'a [f32],
+}
+
+impl PackedConv<'_> {
+    /// `dst = relu(conv(input) + bias)`, by the algorithm the weight was packed for.
+    pub(crate) fn run(&self, input: Activations<'_>, dst: Destination) {
+        let g = self.geometry;
+        let kind = match g.kernel {
+            1 => LayerKind::Pointwise,
+            3 => LayerKind::ThreeByThree,
+            _ => LayerKind::Stem,
+        };
+        let pixels = input.batch * g.out_side(input.height) * g.out_side(input.width);
+        let macs = (pixels * g.patch_len() * g.out_channels) as u64;
+        profile::timed(kind, macs, || {
+            if self.winograd {
+                winograd::conv3x3(input, g.out_channels, self.weight, self.bias, dst);
+            } else {
+                conv_bias_relu(input, g, self.weight, self.bias, dst);
+            }
+        });
+    }
 }
 
 /// The block's packed weights, as [`super::FusedOps::inception_nhwc`] receives them.
@@ -75,18 +100,13 @@ pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, outp
 
     let mut offset = 0;
     let mut run = |source: Activations<'_>, conv: &PackedConv<'_>, output: &mut [f32]| {
-        let dst = Destination::new(output, width, offset);
-        conv_bias_relu(source, conv.geometry, conv.weight, conv.bias, dst);
+        conv.run(source, Destination::new(output, width, offset));
         offset += conv.geometry.out_channels;
     };
     run(input, &convs.branch1, output);
-    conv_bias_relu(
-        input,
-        convs.reduce.geometry,
-        convs.reduce.weight,
-        convs.reduce.bias,
-        Destination::new(&mut reduced, red, 0),
-    );
+    convs
+        .reduce
+        .run(input, Destination::new(&mut reduced, red, 0));
     let c3r = convs.branch2.geometry.in_channels;
     let half = |channels, offset| Activations {
         data: &reduced,

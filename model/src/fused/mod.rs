@@ -13,18 +13,21 @@
 
 pub(crate) mod conv;
 pub(crate) mod inception;
+pub(crate) mod packed;
 pub(crate) mod pool;
+pub(crate) mod profile;
+pub(crate) mod winograd;
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, ExtensionType, Flex, backend_extension};
 use burn::tensor::{Bytes, DType, Shape, Tensor};
 
-use conv::{Activations, ConvGeometry, Destination, conv_bias_relu};
+use conv::{Activations, ConvGeometry, Destination};
 use inception::{InceptionConvs, PackedConv};
 use pool::{PoolGeometry, max_pool};
 
-/// An Inception block's packed weights (`[k·k·cin, cout]`) and biases, as tensors.
+/// An Inception block's packed weights (see [`pack_conv`]) and biases, as tensors.
 #[derive(ExtensionType)]
 pub(crate) struct InceptionWeights<B: Backend> {
     pub branch1_weight: FloatTensor<B>,
@@ -40,10 +43,11 @@ pub(crate) struct InceptionWeights<B: Backend> {
 }
 
 /// The fused operations. Activations are `[batch, height, width, channels]`; weights are
-/// packed `[k·k·cin, cout]` by [`pack_conv`].
+/// packed by [`pack_conv`].
 #[backend_extension(Flex)]
 pub(crate) trait FusedOps: Backend {
-    /// `relu(conv2d(x, weight) + bias)` with a square `kernel`, `stride` and zero `padding`.
+    /// `relu(conv2d(x, weight) + bias)` with a square `kernel`, `stride` and zero `padding`;
+    /// `winograd` when the weight was packed for [`winograd`] (3×3, stride 1, padding 1).
     fn conv_bias_relu_nhwc(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -51,6 +55,7 @@ pub(crate) trait FusedOps: Backend {
         kernel: usize,
         stride: usize,
         padding: usize,
+        winograd: bool,
     ) -> FloatTensor<Self>;
 
     /// Max-pool with a square `kernel`, `stride`, `padding` and `ceil_mode=True`.
@@ -61,10 +66,12 @@ pub(crate) trait FusedOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// One Inception block.
+    /// One Inception block; `winograd` when its two 3×3 convolutions were packed for
+    /// [`winograd`].
     fn inception_nhwc(
         x: FloatTensor<Self>,
         #[extension_type] weights: InceptionWeights<Self>,
+        winograd: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -108,13 +115,31 @@ fn activations(data: &[f32], [batch, height, width, channels]: [usize; 4]) -> Ac
     }
 }
 
-/// The geometry of a packed `[k·k·cin, cout]` weight.
-fn geometry(weight: &FlexTensor, kernel: usize, stride: usize, padding: usize) -> ConvGeometry {
+/// The geometry of a packed weight (`[k·k·cin, cout rounded up to a panel]`) and its bias
+/// (`[cout]`).
+fn geometry(
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    (kernel, stride, padding): (usize, usize, usize),
+    winograd: bool,
+) -> ConvGeometry {
     let shape = weight.layout().shape();
     assert_eq!(shape.len(), 2, "packed weights are 2-D");
+    let out_channels = bias.layout().shape()[0];
+    assert_eq!(shape[1], out_channels.next_multiple_of(packed::PANEL));
+    let rows_per_channel = if winograd {
+        assert_eq!(
+            (kernel, stride, padding),
+            (3, 1, 1),
+            "Winograd is for 3×3/1"
+        );
+        winograd::POINTS
+    } else {
+        kernel * kernel
+    };
     ConvGeometry {
-        in_channels: shape[0] / (kernel * kernel),
-        out_channels: shape[1],
+        in_channels: shape[0] / rows_per_channel,
+        out_channels,
         kernel,
         stride,
         padding,
@@ -129,18 +154,22 @@ impl FusedOps for Flex {
         kernel: usize,
         stride: usize,
         padding: usize,
+        winograd: bool,
     ) -> FlexTensor {
         let (x, weight, bias) = (dense(x), dense(weight), dense(bias));
         let [n, h, w, _] = dims4(&x);
-        let geometry = geometry(&weight, kernel, stride, padding);
+        let geometry = geometry(&weight, &bias, (kernel, stride, padding), winograd);
         let (oh, ow) = (geometry.out_side(h), geometry.out_side(w));
         let cout = geometry.out_channels;
         let mut out = vec![0.0; n * oh * ow * cout];
-        conv_bias_relu(
-            activations(values(&x), dims4(&x)),
+        let conv = PackedConv {
             geometry,
-            values(&weight),
-            values(&bias),
+            winograd,
+            weight: values(&weight),
+            bias: values(&bias),
+        };
+        conv.run(
+            activations(values(&x), dims4(&x)),
             Destination::new(&mut out, cout, 0),
         );
         tensor(out, [n, oh, ow, cout])
@@ -160,7 +189,11 @@ impl FusedOps for Flex {
         tensor(out, [n, oh, ow, c])
     }
 
-    fn inception_nhwc(x: FlexTensor, weights: InceptionWeights<Self>) -> FlexTensor {
+    fn inception_nhwc(
+        x: FlexTensor,
+        weights: InceptionWeights<Self>,
+        winograd: bool,
+    ) -> FlexTensor {
         let x = dense(x);
         let dims = dims4(&x);
         let w = |t: FlexTensor| dense(t);
@@ -171,20 +204,22 @@ impl FusedOps for Flex {
             (w(weights.branch3_weight), w(weights.branch3_bias), 3),
             (w(weights.branch4_weight), w(weights.branch4_bias), 1),
         ];
-        let packed = |i: usize| {
+        let conv = |i: usize| {
             let (weight, bias, kernel) = &tensors[i];
+            let winograd = winograd && *kernel == 3;
             PackedConv {
-                geometry: geometry(weight, *kernel, 1, kernel / 2),
+                geometry: geometry(weight, bias, (*kernel, 1, kernel / 2), winograd),
+                winograd,
                 weight: values(weight),
                 bias: values(bias),
             }
         };
         let convs = InceptionConvs {
-            branch1: packed(0),
-            reduce: packed(1),
-            branch2: packed(2),
-            branch3: packed(3),
-            branch4: packed(4),
+            branch1: conv(0),
+            reduce: conv(1),
+            branch2: conv(2),
+            branch3: conv(3),
+            branch4: conv(4),
         };
         let [n, h, w, _] = dims;
         let width = convs.out_channels();
@@ -195,16 +230,35 @@ impl FusedOps for Flex {
 }
 
 /// A convolution's folded PyTorch weight `[cout, cin, k, k]` and bias, packed for
-/// [`FusedOps::conv_bias_relu_nhwc`] as `([k·k·cin, cout], [cout])` tensors on `device`.
+/// [`FusedOps::conv_bias_relu_nhwc`] as tensors on `device`: the micro-kernel's panels,
+/// shaped `[k·k·cin, cout rounded up to a panel]` (`[36·cin, …]`: the 36 transformed
+/// filters, with `winograd`, which needs a 3×3/1 convolution), and the bias `[cout]`.
 pub(crate) fn pack_conv(
     oihw: &[f32],
     bias: &[f32],
     geometry: ConvGeometry,
+    winograd: bool,
     device: &burn::tensor::Device,
 ) -> (Tensor<2>, Tensor<1>) {
-    let packed = conv::pack_weight(oihw, geometry);
+    let (panels, rows) = if winograd {
+        assert_eq!(
+            (geometry.kernel, geometry.stride),
+            (3, 1),
+            "Winograd is for 3×3/1"
+        );
+        let (cin, cout) = (geometry.in_channels, geometry.out_channels);
+        (
+            winograd::pack_filter(oihw, cin, cout),
+            winograd::POINTS * cin,
+        )
+    } else {
+        (conv::pack_weight(oihw, geometry), geometry.patch_len())
+    };
     let weight = Tensor::from_data(
-        burn::tensor::TensorData::new(packed, [geometry.patch_len(), geometry.out_channels]),
+        burn::tensor::TensorData::new(
+            panels,
+            [rows, geometry.out_channels.next_multiple_of(packed::PANEL)],
+        ),
         device,
     );
     let bias = Tensor::from_data(
@@ -220,6 +274,7 @@ pub(crate) fn conv_bias_relu_nhwc(
     weight: &Tensor<2>,
     bias: &Tensor<1>,
     (kernel, stride, padding): (usize, usize, usize),
+    winograd: bool,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FusedOps>::conv_bias_relu_nhwc(
         x.into_dispatch(),
@@ -228,6 +283,7 @@ pub(crate) fn conv_bias_relu_nhwc(
         kernel,
         stride,
         padding,
+        winograd,
     ))
 }
 
@@ -251,7 +307,7 @@ pub(crate) fn max_pool_nhwc(
 pub(crate) type InceptionTensors = [(Tensor<2>, Tensor<1>); 5];
 
 /// See [`FusedOps::inception_nhwc`].
-pub(crate) fn inception_nhwc(x: Tensor<4>, block: &InceptionTensors) -> Tensor<4> {
+pub(crate) fn inception_nhwc(x: Tensor<4>, block: &InceptionTensors, winograd: bool) -> Tensor<4> {
     let [b1, red, b2, b3, b4] = block
         .clone()
         .map(|(w, b)| (w.into_dispatch(), b.into_dispatch()));
@@ -270,5 +326,6 @@ pub(crate) fn inception_nhwc(x: Tensor<4>, block: &InceptionTensors) -> Tensor<4
     Tensor::from_dispatch(<Dispatch as FusedOps>::inception_nhwc(
         x.into_dispatch(),
         weights,
+        winograd,
     ))
 }

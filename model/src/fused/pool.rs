@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use super::profile::{self, LayerKind};
+
 /// A square max-pooling window with PyTorch's `ceil_mode=True` rule, as every GoogLeNet pool
 /// uses: padding cells never win (they act as -inf), and a last window that would start
 /// entirely in the right/bottom padding is dropped.
@@ -42,6 +44,18 @@ pub(crate) fn max_pool(
     if output.is_empty() {
         return;
     }
+    profile::timed(LayerKind::Pool, 0, || {
+        pool_rows(input, (batch, height, width, channels), geometry, output)
+    });
+}
+
+fn pool_rows(
+    input: &[f32],
+    (_, height, width, channels): (usize, usize, usize, usize),
+    geometry: PoolGeometry,
+    output: &mut [f32],
+) {
+    let (oh, ow) = (geometry.out_side(height), geometry.out_side(width));
     let row_len = ow * channels;
     output
         .par_chunks_mut(row_len)

@@ -2,7 +2,7 @@
 //! ([`crate::fused`]) on burn-flex: the fast path behind [`crate::Backend::Flex`].
 //!
 //! It is built from the stock network once, at load: every convolution's folded weight is
-//! packed into the GEMM layout, and each Inception block's two 1×1 reductions are merged into
+//! packed into the micro-kernel's panels, and each Inception block's two 1×1 reductions are merged into
 //! one weight. The input is switched to NHWC once at the top and stays that way to the
 //! global average pool; the classifier (`fc`) is the stock module, shared with the stock net.
 
@@ -14,32 +14,40 @@ use super::conv::ConvBnRelu;
 use super::inception::Inception;
 use crate::ModelError;
 use crate::fused::{
-    InceptionTensors, conv_bias_relu_nhwc, inception_nhwc, max_pool_nhwc, pack_conv,
+    InceptionTensors, conv_bias_relu_nhwc, inception_nhwc, max_pool_nhwc, pack_conv, winograd,
 };
 
-/// A packed convolution: `[k·k·cin, cout]` weight, bias, and (kernel, stride, padding).
+/// A packed convolution: weight panels, bias, (kernel, stride, padding), and whether it
+/// runs as Winograd F(4×4, 3×3).
 #[derive(Debug, Clone)]
 struct PackedConv {
     weight: Tensor<2>,
     bias: Tensor<1>,
     window: (usize, usize, usize),
+    winograd: bool,
 }
 
 impl PackedConv {
-    fn pack(conv: &ConvBnRelu, device: &Device) -> Result<Self, ModelError> {
+    /// Packs `conv`, for Winograd when `winograd` (which needs a 3×3/1 convolution).
+    fn pack(conv: &ConvBnRelu, winograd: bool, device: &Device) -> Result<Self, ModelError> {
         let (weight, bias, geometry) = conv.folded()?;
-        let (weight, bias) = pack_conv(&weight, &bias, geometry, device);
+        let (weight, bias) = pack_conv(&weight, &bias, geometry, winograd, device);
         Ok(PackedConv {
             weight,
             bias,
             window: (geometry.kernel, geometry.stride, geometry.padding),
+            winograd,
         })
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv_bias_relu_nhwc(x, &self.weight, &self.bias, self.window)
+        conv_bias_relu_nhwc(x, &self.weight, &self.bias, self.window, self.winograd)
     }
 }
+
+/// Map sides of the layers a 224×224 input gives: conv3, then inception3*, 4*, 5*.
+const CONV3_SIDE: usize = 56;
+const BLOCK_SIDES: [usize; 9] = [28, 28, 14, 14, 14, 14, 14, 7, 7];
 
 /// GoogLeNet on the fused operators. Cheap to clone (tensors share their data).
 #[derive(Debug, Clone)]
@@ -47,26 +55,33 @@ pub(crate) struct FusedGoogLeNet {
     conv1: PackedConv,
     conv2: PackedConv,
     conv3: PackedConv,
-    /// inception3a … inception5b, in order.
-    blocks: Vec<InceptionTensors>,
+    /// inception3a … inception5b, in order, each with whether its 3×3s run as Winograd.
+    blocks: Vec<(InceptionTensors, bool)>,
     fc: Linear,
 }
 
-/// Packs one block; the two reductions become one `[cin, ch3x3red + ch5x5red]` weight.
-fn pack_block(block: &Inception, device: &Device) -> Result<InceptionTensors, ModelError> {
-    let pair = |conv: &ConvBnRelu| PackedConv::pack(conv, device).map(|p| (p.weight, p.bias));
-    let (r2w, r2b) = pair(&block.branch2_reduce)?;
-    let (r3w, r3b) = pair(&block.branch3_reduce)?;
-    let reduce = (
-        Tensor::cat(vec![r2w, r3w], 1),
-        Tensor::cat(vec![r2b, r3b], 0),
-    );
+/// Packs one block; the two reductions become one `cin → ch3x3red + ch5x5red` convolution
+/// (their folded weights stacked along the output channels before packing).
+fn pack_block(
+    block: &Inception,
+    winograd: bool,
+    device: &Device,
+) -> Result<InceptionTensors, ModelError> {
+    let pair = |conv: &ConvBnRelu, winograd| {
+        PackedConv::pack(conv, winograd, device).map(|p| (p.weight, p.bias))
+    };
+    let (mut weight, mut bias, mut geometry) = block.branch2_reduce.folded()?;
+    let (w3, b3, g3) = block.branch3_reduce.folded()?;
+    weight.extend_from_slice(&w3);
+    bias.extend_from_slice(&b3);
+    geometry.out_channels += g3.out_channels;
+    let reduce = pack_conv(&weight, &bias, geometry, false, device);
     Ok([
-        pair(&block.branch1)?,
+        pair(&block.branch1, false)?,
         reduce,
-        pair(&block.branch2)?,
-        pair(&block.branch3)?,
-        pair(&block.branch4)?,
+        pair(&block.branch2, winograd)?,
+        pair(&block.branch3, winograd)?,
+        pair(&block.branch4, false)?,
     ])
 }
 
@@ -85,12 +100,16 @@ impl FusedGoogLeNet {
             &net.inception5b,
         ]
         .into_iter()
-        .map(|block| pack_block(block, device))
+        .zip(BLOCK_SIDES)
+        .map(|(block, side)| {
+            let winograd = winograd::wanted(side);
+            pack_block(block, winograd, device).map(|tensors| (tensors, winograd))
+        })
         .collect::<Result<Vec<_>, _>>()?;
         Ok(FusedGoogLeNet {
-            conv1: PackedConv::pack(&net.conv1, device)?,
-            conv2: PackedConv::pack(&net.conv2, device)?,
-            conv3: PackedConv::pack(&net.conv3, device)?,
+            conv1: PackedConv::pack(&net.conv1, false, device)?,
+            conv2: PackedConv::pack(&net.conv2, false, device)?,
+            conv3: PackedConv::pack(&net.conv3, winograd::wanted(CONV3_SIDE), device)?,
             blocks,
             fc: net.fc.clone(),
         })
@@ -105,8 +124,8 @@ impl FusedGoogLeNet {
         let x = self.conv2.forward(x);
         let x = self.conv3.forward(x);
         let mut x = max_pool_nhwc(x, 3, 2, 0);
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = inception_nhwc(x, block);
+        for (i, (block, winograd)) in self.blocks.iter().enumerate() {
+            x = inception_nhwc(x, block, *winograd);
             // After inception3b and inception4e, as in torchvision.
             x = match i {
                 1 => max_pool_nhwc(x, 3, 2, 0),
