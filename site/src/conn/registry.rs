@@ -617,7 +617,8 @@ mod tests {
         let tickets = fill(&r, public, Listener::Https, start);
         let soon = start + EVICTION_GRACE / 2;
         let _t = r.admit_at(ip(250), Listener::Https, soon).unwrap();
-        assert!(tickets[0].state().is_evicted(), "the oldest idle");
+        let evicted = tickets.iter().filter(|t| t.state().is_evicted()).count();
+        assert_eq!(evicted, 1, "one young idle connection gave way");
     }
 
     #[test]
