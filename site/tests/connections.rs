@@ -64,7 +64,9 @@ fn printed_addr(server: &Spawned, prefix: &str) -> SocketAddr {
         .split(|c: char| c == '/' || c.is_whitespace())
         .next()
         .expect("an address");
-    addr.parse().expect("HOST:PORT")
+    addr.replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("HOST:PORT")
 }
 
 /// Counts a connection as open until dropped.
