@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::SiteConfig;
-use crate::conn::{ConnLimits, max_connections_for};
+use crate::conn::{ConnLimits, max_connections_for, max_per_ip_for};
 use crate::limits::Limits;
 use crate::throttle::RateFlag;
 
@@ -268,19 +268,29 @@ pub struct Cli {
     /// Must hold at least one largest request. Default: 536870912 (512 MiB).
     #[arg(long, env = "GLIMPSE_MAX_BUFFERED_BYTES", default_value_t = 512 << 20, help_heading = "Security")]
     pub max_buffered_bytes: usize,
-    /// Most HTTPS connections open at once; when all are taken a new one replaces the one
-    /// idle longest. Default: the file-descriptor limit (raised to its hard limit at start)
-    /// minus 128.
+    /// Most connections open at once over all TCP listeners (HTTPS, gRPC, the redirect and
+    /// admin listeners): the admin listener keeps a 64th of them (4 to 64) to itself, the
+    /// redirect listener may hold at most an eighth of the rest. When the slots a new
+    /// connection needs are taken, it replaces the one idle longest or, when all are busy,
+    /// the slowest sender (bytes received per second); a connection that still finds no
+    /// room gets 503 with Retry-After. Default: the file-descriptor limit (raised to its hard
+    /// limit at start) minus 128, kept for QUIC sockets, files and refusal answers, so
+    /// accept never runs out of descriptors.
     #[arg(long, env = "GLIMPSE_MAX_CONNECTIONS", help_heading = "Security")]
     pub max_connections: Option<usize>,
-    /// Most connections from one client address (an IPv6 /64 counts as one). Default: 64.
+    /// Most connections from one client address (an IPv6 /64 counts as one); past it a new
+    /// connection replaces the address's own longest-idle one, or gets 429 with Retry-After
+    /// when all of them are busy. Default: a sixteenth of --max-connections, at least 64
+    /// (64 with the common 1,024-descriptor limit). Many users can share one address (office
+    /// and carrier-grade NAT), so the default scales with the server instead of locking a
+    /// whole NAT out; one address still cannot take more than a sixteenth, and the
+    /// slowest-sender reclaim, not this cap, is what holds against many addresses.
     #[arg(
         long,
         env = "GLIMPSE_MAX_CONNECTIONS_PER_IP",
-        default_value_t = 64,
         help_heading = "Security"
     )]
-    pub max_connections_per_ip: usize,
+    pub max_connections_per_ip: Option<usize>,
     /// Seconds a new connection may take to complete its TLS handshake. Default: 10.
     #[arg(
         long,
@@ -452,17 +462,22 @@ impl Cli {
     /// The connection limits, with the default cap taken from the file-descriptor limit
     /// `nofile` (see [`crate::conn::raise_fd_limit`]).
     pub fn conn_limits(&self, nofile: u64) -> ConnLimits {
+        let max_total = self
+            .max_connections
+            .unwrap_or_else(|| max_connections_for(nofile))
+            .max(1);
         ConnLimits {
-            max_total: self
-                .max_connections
-                .unwrap_or_else(|| max_connections_for(nofile))
+            max_total,
+            max_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or_else(|| max_per_ip_for(max_total))
                 .max(1),
-            max_per_ip: self.max_connections_per_ip.max(1),
             handshake_timeout: secs(self.handshake_timeout_s),
             header_timeout: secs(self.header_timeout_s),
             idle_timeout: secs(self.idle_timeout_s),
             // The largest body any route accepts: KServe's base64 of a whole request.
             linger_bytes: (self.max_request_bytes as u64).saturating_mul(4) / 3 + (64 << 10),
+            retry_after_s: self.retry_after_s,
         }
     }
 
@@ -540,6 +555,10 @@ mod tests {
         assert_eq!((rate.per_second.get(), rate.burst.get()), (50, 200));
         let conn = cli.conn_limits(1024);
         assert_eq!(conn.max_total, 1024 - 128, "below the fd limit");
+        assert_eq!(conn.max_per_ip, 64, "the floor, at 1,024 descriptors");
+        assert_eq!(cli.conn_limits(65_536).max_per_ip, (65_536 - 128) / 16);
+        let fixed = Cli::try_parse_from(["glimpse", "--max-connections-per-ip", "8"]).unwrap();
+        assert_eq!(fixed.conn_limits(65_536).max_per_ip, 8);
         assert_eq!(conn.header_timeout, Duration::from_secs(10));
         let small = Cli::try_parse_from(["glimpse", "--max-buffered-bytes", "1000"]).unwrap();
         assert!(

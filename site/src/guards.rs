@@ -9,7 +9,6 @@ use crate::site::Site;
 /// Registers the gauges and counters of the site's protections into `live`: the byte budget,
 /// event streams, kept jobs and connections.
 pub(crate) fn register_guards(site: &Site, live: &mut Registry) {
-    use std::sync::atomic::Ordering::Relaxed;
     let (kept, kept_bytes) = site.jobs.retained();
     let c = &site.connections.counters;
     register_gauges(
@@ -42,7 +41,7 @@ pub(crate) fn register_guards(site: &Site, live: &mut Registry) {
             ),
             (
                 "glimpse_connections",
-                "HTTPS connections open",
+                "Connections open on all TCP listeners (HTTPS, gRPC, redirect, admin)",
                 site.connections.open(),
             ),
         ],
@@ -50,13 +49,7 @@ pub(crate) fn register_guards(site: &Site, live: &mut Registry) {
     register_events(
         live,
         "glimpse_connection_events",
-        "HTTPS connections by what became of them at admission or close (a counter apart from the glimpse_connections gauge, whose name it would otherwise share)",
-        &[
-            ("accepted", c.accepted.load(Relaxed)),
-            ("refused_per_ip", c.refused_per_ip.load(Relaxed)),
-            ("refused_full", c.refused_full.load(Relaxed)),
-            ("evicted", c.evicted.load(Relaxed)),
-            ("timed_out", c.timed_out.load(Relaxed)),
-        ],
+        "Connections by what became of them at admission or close (a counter apart from the glimpse_connections gauge, whose name it would otherwise share)",
+        &c.events(),
     );
 }

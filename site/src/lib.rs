@@ -62,7 +62,7 @@ pub use site::{PARSE_SLOT_WAIT, PARSES_PER_ADDRESS, PARSES_PER_CALLER, PARSES_TO
 use api::AdminAccess;
 use auth::KeyFile;
 use caller::{ClientTokens, Identify};
-use conn::{ConnLimits, Registry};
+use conn::{ConnLimits, Listener, Registry};
 use frontend::{Frontend, FrontendId};
 use routes::Access;
 
@@ -103,7 +103,7 @@ pub struct RunningSite {
     pub grpc_addr: Option<SocketAddr>,
     /// Shared state: job store, metrics, the cluster.
     pub site: Arc<Site>,
-    /// The HTTPS listener's connections.
+    /// The connections of every TCP listener (one registry, one descriptor budget).
     pub connections: Arc<Registry>,
     shutdown: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
@@ -159,6 +159,8 @@ pub async fn start_site(
     };
     let frontend = Frontend::new(id, config.ownership.peers.clone());
     let (tx, rx) = shutdown_channel();
+    // One registry for every TCP listener (HTTPS, gRPC, redirect, admin): one budget of
+    // descriptors below the process's limit, split as `conn::Shares` says.
     let connections = Registry::new(config.conn);
     let site = Site::new(
         inference,
@@ -189,7 +191,7 @@ pub async fn start_site(
         tasks.push(tokio::spawn(server::serve_redirect(
             plain,
             addr.port(),
-            Registry::new(config.conn),
+            connections.clone(),
             rx.clone().wait(),
         )));
     }
@@ -200,7 +202,8 @@ pub async fn start_site(
         tasks.push(tokio::spawn(server::serve(
             plain,
             None,
-            Registry::new(config.conn),
+            connections.clone(),
+            Listener::Admin,
             api::admin_routes(site.clone()),
             0,
             rx.clone().wait(),
@@ -210,7 +213,6 @@ pub async fn start_site(
     if let Some(at) = config.grpc_listen {
         let listener = server::bind(at).await?;
         grpc_addr = Some(listener.local_addr()?);
-        // The same connection registry as HTTPS: one cap on the sockets both hold.
         tasks.push(tokio::spawn(grpc::serve(
             listener,
             tls.config.clone(),
@@ -242,6 +244,7 @@ pub async fn start_site(
         listener,
         Some(tls.config.clone()),
         connections.clone(),
+        Listener::Https,
         routes::https(site.clone(), &access),
         config.hsts_max_age_s,
         rx.wait(),

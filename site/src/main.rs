@@ -81,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(
         max_connections = config.conn.max_total,
+        max_connections_per_ip = config.conn.max_per_ip,
         fd_limit = nofile,
         "connection limits"
     );

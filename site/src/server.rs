@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use crate::conn::{ConnState, Registry, Ticket, Tracked};
+use crate::conn::{Answer, ConnState, Listener, Metered, Registry, Ticket, Tracked, refuse};
 
 /// Errors of the serving layer.
 #[derive(Debug, thiserror::Error)]
@@ -161,17 +161,26 @@ pub(crate) const GRACE: Duration = Duration::from_secs(10);
 
 /// Serve `routes` on `listener` until `shutdown` completes: over TLS when `tls` is given
 /// (the public listener), plain HTTP/1.1 or h2c otherwise (the admin listener). Every
-/// connection takes a slot in `registry`, which bounds how many there are and how long each
-/// may sit without a request (see [`crate::conn`]).
+/// connection takes a slot in `registry` as `kind`, which bounds how many there are over all
+/// listeners and how long each may sit without a request (see [`crate::conn`]); a refused
+/// one is answered (see [`crate::conn::refusal`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     registry: Arc<Registry>,
+    kind: Listener,
     routes: BoxedFilter<(Response,)>,
     hsts_max_age_s: u64,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let refusal = match &acceptor {
+        Some(tls) => Answer::Https {
+            tls: tls.clone(),
+            hsts_max_age_s,
+        },
+        None => Answer::Plain,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_headers(crate::conn::HYPER_MAX_HEADERS);
     builder
@@ -186,7 +195,7 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let Some((tcp, peer, ticket)) =
-            next_connection(&listener, &registry, shutdown.as_mut()).await
+            next_connection(&listener, &registry, kind, &refusal, shutdown.as_mut()).await
         else {
             break;
         };
@@ -212,14 +221,15 @@ pub async fn serve(
                         .into_owned(),
                 )
             };
+            let tcp = Metered::new(tcp, state.clone());
             let served = match acceptor {
-                Some(acceptor) => handshake(&acceptor, tcp, &state, &registry, peer, "")
+                Some(acceptor) => handshake(&acceptor, tcp, &state, &registry, peer, kind)
                     .await
                     .map(|tls| service(TokioIo::new(Box::new(tls) as Box<dyn Io>))),
                 None => Some(service(TokioIo::new(Box::new(tcp) as Box<dyn Io>))),
             };
             let Some(conn) = served else { return };
-            run_until_closed(conn, &state, &registry, peer, "").await;
+            run_until_closed(conn, &state, &registry, peer, kind).await;
             drop(ticket);
         });
     }
@@ -234,30 +244,31 @@ pub async fn serve(
 
 /// The TLS handshake of a newly admitted connection (`state` is its slot), bounded by the
 /// handshake timeout and abandoned if the connection is evicted meanwhile; `None` (logged,
-/// and counted when it timed out) when it did not complete. `what` names the listener in
-/// logs (`"gRPC "`, or `""` for HTTPS).
+/// and counted when it timed out) when it did not complete. `kind` names the listener in
+/// logs.
 pub(crate) async fn handshake(
     acceptor: &TlsAcceptor,
-    tcp: TcpStream,
+    tcp: Metered<TcpStream>,
     state: &ConnState,
     registry: &Registry,
     peer: SocketAddr,
-    what: &str,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    kind: Listener,
+) -> Option<tokio_rustls::server::TlsStream<Metered<TcpStream>>> {
     let handshake = tokio::time::timeout(registry.limits().handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
         r = handshake => r,
         () = state.evicted() => return None,
     };
+    let what = kind.name();
     match tls {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            tracing::debug!(%peer, "{what}TLS handshake failed: {e}");
+            tracing::debug!(%peer, "{what} TLS handshake failed: {e}");
             None
         }
         Err(_) => {
             registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "{what}TLS handshake timed out");
+            tracing::debug!(%peer, "{what} TLS handshake timed out");
             None
         }
     }
@@ -270,19 +281,20 @@ pub(crate) async fn run_until_closed<E: std::fmt::Display>(
     state: &ConnState,
     registry: &Registry,
     peer: SocketAddr,
-    what: &str,
+    kind: Listener,
 ) {
+    let what = kind.name();
     tokio::select! {
         r = conn => {
             if let Err(e) = r {
-                tracing::debug!(%peer, "{what}connection ended with error: {e}");
+                tracing::debug!(%peer, "{what} connection ended with error: {e}");
             }
         }
         timed_out = state.closing(registry.limits()) => {
             if timed_out {
                 registry.counters.timed_out.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::debug!(%peer, timed_out, "closing an idle {what}connection");
+            tracing::debug!(%peer, timed_out, "closing an idle or evicted {what} connection");
         }
     }
 }
@@ -291,12 +303,15 @@ pub(crate) async fn run_until_closed<E: std::fmt::Display>(
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
-/// The next accepted connection that gets a slot in `registry` (with Nagle off), or `None`
-/// once `shutdown` completes. Refused connections are dropped (and logged); accept errors
-/// (usually EMFILE under load) back off briefly instead of spinning.
+/// The next accepted connection that gets a slot in `registry` as `kind` (with Nagle off),
+/// or `None` once `shutdown` completes. Refused connections are answered as `refusal` says
+/// (see [`crate::conn::refusal`]); accept errors (EMFILE, should the reserve ever run out)
+/// back off briefly instead of spinning.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
     registry: &Arc<Registry>,
+    kind: Listener,
+    refusal: &Answer,
     mut shutdown: std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Option<(TcpStream, SocketAddr, Ticket)> {
     loop {
@@ -304,26 +319,25 @@ pub(crate) async fn next_connection(
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!("{} accept failed: {e}", kind.name());
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => return None,
         };
-        match registry.admit(peer.ip()) {
-            Ok(ticket) => {
-                let _ = tcp.set_nodelay(true);
-                return Some((tcp, peer, ticket));
-            }
-            Err(why) => tracing::debug!(%peer, ?why, "connection refused"),
+        let _ = tcp.set_nodelay(true);
+        match registry.admit(peer.ip(), kind) {
+            Ok(ticket) => return Some((tcp, peer, ticket)),
+            Err(why) => refuse(registry, tcp, peer, why, refusal),
         }
     }
 }
 
 /// Plain-HTTP listener that redirects every request to the HTTPS port (308, so POSTs keep
 /// their method and body on the second try). One request per connection; connections take
-/// slots in `registry` like the HTTPS ones and get its header timeout.
+/// slots in `registry` (the redirect listener's bounded share, see
+/// [`crate::conn::Shares`]), get its header timeout and close when evicted.
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
@@ -337,22 +351,30 @@ pub async fn serve_redirect(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    let kind = Listener::Redirect;
     loop {
-        let Some((tcp, _, ticket)) = next_connection(&listener, &registry, shutdown.as_mut()).await
+        let Some((tcp, peer, ticket)) = next_connection(
+            &listener,
+            &registry,
+            kind,
+            &Answer::Plain,
+            shutdown.as_mut(),
+        )
+        .await
         else {
             break;
         };
         let builder = builder.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
+            let state = ticket.state().clone();
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
                     Ok::<_, std::convert::Infallible>(redirect(&req, https_port))
                 });
+            let tcp = Metered::new(tcp, state.clone());
             let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            let limit = limits.header_timeout + limits.idle_timeout;
-            if let Ok(Err(e)) = tokio::time::timeout(limit, conn).await {
-                tracing::debug!("redirect connection: {e}");
-            }
+            run_until_closed(conn, &state, &registry, peer, kind).await;
             drop(ticket);
         });
     }

@@ -2,14 +2,15 @@
 //! ALPN `h2` only) and hyper's HTTP/2 server running tonic's generated service as a tower
 //! service, as [`crate::server`] runs warp's routes. tonic's own transport is not used: it
 //! would bring a second server stack, and this way gRPC connections take slots in the same
-//! [`Registry`] as HTTPS ones (one cap below the file-descriptor limit, the handshake,
-//! first-request and idle timeouts, eviction of the longest-idle), and shut down with the
-//! site.
+//! [`Registry`] as every other listener (one budget below the file-descriptor limit, the
+//! handshake, first-request and idle timeouts, reclaiming the longest-idle or the slowest
+//! sender, refusals answered with a gRPC status), and shut down with the site.
 //!
 //! A request flows: accept → connection slot → TLS → HTTP/2 → [`Admitted`] (in flight for
 //! the idle timer; caller identified and rate limited from the metadata and the peer
-//! address, before the message is read; body wrapped in [`Paid`]) → tonic decodes the
-//! message → [`Inference`](super::service::Inference).
+//! address, before the message is read; body wrapped in [`Paid`], paid for and paced) →
+//! tonic decodes the message with the bounded codec (`codec`, `scan`) →
+//! [`Inference`](super::service::Inference).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use super::body::{Paid, limit_for, message_limit};
 use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::Inference;
 use crate::caller::PeerAddr;
-use crate::conn::{ConnState, Registry, TrackedBody};
+use crate::conn::{Answer, ConnState, Listener, Metered, Registry, TrackedBody};
 use crate::server::{GRACE, handshake, next_connection, run_until_closed};
 use crate::site::Site;
 
@@ -47,7 +48,8 @@ fn h2_only(https: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
 }
 
 /// Serve KServe v2 gRPC for `site` on `listener` until `shutdown` completes, with `tls`'s
-/// certificate. Connections take slots in `registry`. On shutdown: stop accepting, let
+/// certificate. Connections take slots in `registry` (shared with the other listeners); a
+/// refused one gets a trailers-only `RESOURCE_EXHAUSTED` or `UNAVAILABLE`. On shutdown: stop accepting, let
 /// open calls finish (bounded by [`GRACE`]), then close.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -57,6 +59,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let acceptor = TlsAcceptor::from(h2_only(&tls));
+    let refusal = Answer::Grpc {
+        tls: acceptor.clone(),
+    };
+    let kind = Listener::Grpc;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -71,7 +77,7 @@ pub(crate) async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let Some((tcp, peer, ticket)) =
-            next_connection(&listener, &registry, shutdown.as_mut()).await
+            next_connection(&listener, &registry, kind, &refusal, shutdown.as_mut()).await
         else {
             break;
         };
@@ -87,14 +93,14 @@ pub(crate) async fn serve(
         };
         tokio::spawn(async move {
             let state = ticket.state().clone();
-            let Some(tls) = handshake(&acceptor, tcp, &state, &registry, peer, "gRPC ").await
-            else {
+            let tcp = Metered::new(tcp, state.clone());
+            let Some(tls) = handshake(&acceptor, tcp, &state, &registry, peer, kind).await else {
                 return;
             };
             let conn = watcher.watch(
                 builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service)),
             );
-            run_until_closed(conn, &state, &registry, peer, "gRPC ").await;
+            run_until_closed(conn, &state, &registry, peer, kind).await;
             drop(ticket);
         });
     }
