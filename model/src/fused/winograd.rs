@@ -412,7 +412,10 @@ impl Kernel {
 /// The transforms compiled with AVX2 and FMA enabled (the same code; wider vectors).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::*;
+    // Named from the crate root, not `super::`: this inline module's parent is the file's
+    // module, which scripts/module-cycles would read as `fused`.
+    use crate::fused::conv::Activations;
+    use crate::fused::winograd::{DestinationRows, Tiling};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn input_transform(
@@ -421,7 +424,7 @@ mod avx2 {
         tiles: std::ops::Range<usize>,
         v: &mut [f32],
     ) {
-        super::input_transform(input, tiling, tiles, v);
+        crate::fused::winograd::input_transform(input, tiling, tiles, v);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -435,7 +438,7 @@ mod avx2 {
         bias: &[f32],
         dst: &mut DestinationRows,
     ) {
-        super::output_transform(m, m_stride, tiling, tiles, cols, bias, dst);
+        crate::fused::winograd::output_transform(m, m_stride, tiling, tiles, cols, bias, dst);
     }
 }
 

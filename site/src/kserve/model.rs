@@ -25,7 +25,7 @@ pub const MODEL_NAME: &str = "googlenet";
 /// Its one version.
 pub const MODEL_VERSION: &str = "1";
 /// The model's one input: encoded image files, one per BYTES element.
-pub const INPUT_NAME: &str = "image";
+pub use super::shape::INPUT_NAME;
 /// The platform name in metadata and configuration.
 pub const PLATFORM: &str = "glimpse";
 /// The server's name in server metadata.

@@ -7,7 +7,9 @@
 //! on the wire before a message is decoded (see [`crate::grpc::scan`]), where each empty
 //! repeated entry would otherwise become a decoded struct 100 times its wire size.
 
-use super::model::INPUT_NAME;
+/// The model's one input: encoded image files, one per BYTES element (re-exported by
+/// [`super::model`], which describes the model; defined here so the caps need nothing else).
+pub const INPUT_NAME: &str = "image";
 
 /// Most inputs, outputs (and gRPC `raw_input_contents` entries) a request may name; the model
 /// has one input and two outputs.
