@@ -363,6 +363,9 @@ fn a_cold_node_starts_at_the_fleet_median() {
     assert!((median - 50.0).abs() < 5.0, "{median}");
     let status = f.c.status();
     assert!(status.iter().all(|n| n.placements > 0));
+    let shares: f32 = status.iter().map(|n| n.placement_share).sum();
+    assert!((shares - 1.0).abs() < 1e-3, "shares sum to {shares}");
+    assert!(status.iter().all(|n| n.expected_ms.is_some()));
     assert!(
         status
             .iter()

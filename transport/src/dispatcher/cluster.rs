@@ -61,8 +61,10 @@ pub struct NodeStatus {
     /// No longer in the membership (discovery stopped listing it): it gets no new work,
     /// finishes what it holds, and disappears from the list once idle.
     pub removed: bool,
-    /// Attempts placed on it by this front-end since it joined (its share of placements).
+    /// Attempts placed on it by this front-end since it joined.
     pub placements: u64,
+    /// Its share of this front-end's placements over the nodes listed here, 0 to 1.
+    pub placement_share: f32,
     /// Its service-time estimate, ms per image on one lane (peak EWMA of its answers' and
     /// load reports' service times, drifting to the fleet's median while idle); `None`
     /// before any node answered.
@@ -725,11 +727,22 @@ impl<W> Cluster<W> {
         let reference = self.reference.service_ms;
         let crowd = self.reference.crowd;
         let now = self.clock;
+        let total: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.occupied())
+            .map(|n| n.placements)
+            .sum();
         self.nodes
             .iter_mut()
             .filter(|n| n.occupied())
             .map(|n| NodeStatus {
                 placements: n.placements,
+                placement_share: if total == 0 {
+                    0.0
+                } else {
+                    (n.placements as f64 / total as f64) as f32
+                },
                 service_ms: now
                     .and_then(|t| n.service.value(t, reference))
                     .map(|v| v as f32),
