@@ -202,6 +202,11 @@ impl Engine {
     pub(crate) fn queued(&self) -> u32 {
         self.queued.load(Ordering::SeqCst)
     }
+
+    /// Lanes running forward passes at once.
+    pub(crate) fn lanes(&self) -> u32 {
+        u32::try_from(self.lanes.len()).unwrap_or(u32::MAX)
+    }
 }
 
 impl Drop for Engine {

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use glimpse_model::DecodeLimits;
+use glimpse_transport::sync::lock;
 use glimpse_transport::{
     Handler, InferenceAnswer, InferenceError, InferenceRequest, LoadReport, Timings, WorkStarted,
 };
@@ -175,6 +176,10 @@ pub struct NodeHandler {
     /// f32 bits of the latency EWMA in ms; 0 until the first answer.
     latency_ms: AtomicU32,
     latency_lock: Mutex<()>,
+    /// Service time (µs, queueing excluded) and count of the images answered since the last
+    /// load report: the report's `service_ms`, from which every front-end learns this
+    /// node's speed.
+    recent_service: Mutex<(u64, u32)>,
     counters: Arc<NodeCounters>,
 }
 
@@ -232,6 +237,7 @@ impl NodeHandler {
             in_flight: AtomicU32::new(0),
             latency_ms: AtomicU32::new(0),
             latency_lock: Mutex::new(()),
+            recent_service: Mutex::new((0, 0)),
             counters,
         }
     }
@@ -465,9 +471,12 @@ impl Handler for NodeHandler {
 
         let result = self.serve(req, started).await;
         match &result {
-            Ok(_) => {
+            Ok(answer) => {
                 self.counters.answered.fetch_add(1, Ordering::Relaxed);
                 self.record_latency(arrived.elapsed());
+                let us = (answer.timings.service_ms() * 1000.0) as u64;
+                let mut recent = lock(&self.recent_service);
+                *recent = (recent.0.saturating_add(us), recent.1.saturating_add(1));
             }
             Err(_) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -481,6 +490,11 @@ impl Handler for NodeHandler {
             in_flight: self.in_flight.load(Ordering::SeqCst),
             queued: self.engine.queued(),
             recent_latency_ms: f32::from_bits(self.latency_ms.load(Ordering::Relaxed)),
+            service_ms: {
+                let (us, count) = std::mem::take(&mut *lock(&self.recent_service));
+                (count > 0).then(|| us as f32 / count as f32 / 1000.0)
+            },
+            lanes: Some(self.engine.lanes()),
         }
     }
 }

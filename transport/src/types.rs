@@ -56,6 +56,17 @@ pub struct LoadReport {
     pub queued: u32,
     /// Recent per-request service latency.
     pub recent_latency_ms: f32,
+    /// Mean service time of the images the node finished since its previous report, ms
+    /// per image on one lane (decode, preprocessing and the image's share of its forward
+    /// pass; queueing excluded); absent when it finished none. Expected-finish placement
+    /// takes it as a sample of the node's speed, so every front-end learns that a node
+    /// slowed down, even one that sends it nothing. Absent from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ms: Option<f32>,
+    /// Inference lanes serving at once (`glimpse-node --lanes`): the service time is
+    /// divided by it. Absent from nodes that predate it (taken as 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lanes: Option<u32>,
 }
 
 /// One image to classify, as the node's [`Handler`] receives it.
@@ -103,6 +114,14 @@ pub struct Timings {
     /// (older peers ignore it, and it decodes as `None` from them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
+}
+
+impl Timings {
+    /// The node's work on the image, queueing excluded: decode, preprocessing and its share
+    /// of the forward pass, ms (what expected-finish placement learns a node's speed from).
+    pub fn service_ms(&self) -> f64 {
+        f64::from(self.decode_ms) + f64::from(self.preprocess_ms) + f64::from(self.infer_ms)
+    }
 }
 
 /// A node's answer for one image.

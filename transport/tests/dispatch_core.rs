@@ -74,7 +74,9 @@ impl Bench {
         let mut out = Vec::new();
         while let Some(a) = req.poll_action() {
             if a == Action::Wait
-                && let Some(node) = self.c.wait_or_grant(token, req.failed(), &mut self.rng)
+                && let Some(node) =
+                    self.c
+                        .wait_or_grant(self.at(t), token, req.failed(), &mut self.rng)
             {
                 req.on_granted(self.at(t), node, &mut self.c);
             }
@@ -567,7 +569,7 @@ fn waiting_requests_get_nodes_in_arrival_order() {
     // Each freed unit of credit goes to the longest waiter.
     b.end(&mut first, 10, &open, Ok(()));
     let mut order = Vec::new();
-    while let Some((token, node)) = b.c.grant(&mut b.rng) {
+    while let Some((token, node)) = b.c.grant(b.at(10), &mut b.rng) {
         order.push(token);
         let r = &mut queued[token as usize - 1];
         r.on_granted(b.at(10), node, &mut b.c);
@@ -635,14 +637,14 @@ fn placement_never_picks_a_node_that_left() {
     for token in 0..200 {
         // Even as a last resort (it failed nothing, but "failed" lists it) it is never picked.
         let failed = [0];
-        let node = c.wait_or_grant(token, &failed, &mut rng);
+        let node = c.wait_or_grant(Instant::now(), token, &failed, &mut rng);
         assert_eq!(node, Some(1), "only the listed node takes work");
         c.release(1);
     }
     // With the only listed node gone too, requests wait rather than go to a leaving node.
     c.set_members(&[]);
     assert!(c.is_empty());
-    assert_eq!(c.wait_or_grant(7, &[], &mut rng), None);
+    assert_eq!(c.wait_or_grant(Instant::now(), 7, &[], &mut rng), None);
     assert_eq!(c.waiting(), 1);
     // The status still shows both, as removed.
     let status = c.status();

@@ -303,6 +303,7 @@ fn load(in_flight: u32, queued: u32, ms: f32) -> ControlMessage {
         in_flight,
         queued,
         recent_latency_ms: ms,
+        ..LoadReport::default()
     })
 }
 

@@ -17,6 +17,7 @@ use glimpse_netem::load::tls::Trust;
 use glimpse_netem::load::{LoadOptions, LoadPlan, run_load};
 use glimpse_netem::sim::ProjectOptions;
 use glimpse_netem::sim::SimulateOptions;
+use glimpse_transport::dispatcher::Placement;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -172,7 +173,8 @@ struct SimulateArgs {
     #[arg(long, env = "GLIMPSE_SIM_LOAD", default_value_t = 0.8)]
     load: f64,
     /// Only these scenarios (comma-separated ids: healthy, healthy-hedge, crash1, crash5,
-    /// crash5-hedge, slow, slow-hedge, mixed, mixed-hedge). Default: all.
+    /// crash5-hedge, slow, slow-hedge, mixed, mixed-hedge, hetero, slow-4fe, healthy-4fe,
+    /// degrade). Default: all.
     #[arg(long, env = "GLIMPSE_SIM_SCENARIOS", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Runs per validation point (the lab made 5). Default: 5, or 2 with --quick.
@@ -181,6 +183,11 @@ struct SimulateArgs {
     /// Seed of every random draw; the same seed gives the same results. Default: 1.
     #[arg(long, env = "GLIMPSE_SIM_SEED", default_value_t = 1)]
     seed: u64,
+    /// How the simulated front-ends place images: expected-finish (images ahead × each
+    /// node's service time; the production default) or least-outstanding (the placement
+    /// before it, blind to speed, for comparison). Default: expected-finish.
+    #[arg(long, env = "GLIMPSE_SIM_PLACEMENT", default_value_t = Placement::ExpectedFinish)]
+    placement: Placement,
 }
 
 #[derive(clap::Args, Debug)]
@@ -499,6 +506,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             load: a.load,
             only: a.scenarios.into_iter().filter(|s| !s.is_empty()).collect(),
             seed: a.seed,
+            placement: a.placement,
         },
     };
     let started = std::time::Instant::now();

@@ -37,9 +37,12 @@ impl Sim {
         self.counts.requests += 1;
         let now = self.instant(self.now);
         let mut req = Request::new(now, self.cfg.policy, self.cfg.image_bytes);
-        core!(self, req.start(&mut self.cluster));
+        // Front-ends take turns: a load balancer in front of them spreads the requests.
+        let fe = (id % self.fes.len() as u64) as usize;
+        core!(self, req.start(&mut self.fes[fe].cluster));
         let live = Live {
             req,
+            fe,
             image,
             client,
             queued: false,
@@ -73,7 +76,8 @@ impl Sim {
             )));
         }
         if live.queued {
-            core!(self, self.cluster.forget_waiters(|&w| w == id));
+            let cluster = &mut self.fes[live.fe].cluster;
+            core!(self, cluster.forget_waiters(|&w| w == id));
         }
         let (image, client) = (live.image, live.client);
         match result {
@@ -106,15 +110,21 @@ impl Sim {
                 self.reqs.len()
             )));
         }
-        let held: Vec<String> = (0..self.cfg.nodes)
-            .filter(|&i| self.cluster.outstanding(i) != 0)
-            .map(|i| format!("n{i}: {}", self.cluster.outstanding(i)))
-            .collect();
-        if !held.is_empty() || self.cluster.waiting() != 0 || !self.inflight.is_empty() {
+        let mut held = Vec::new();
+        let mut waiting = 0;
+        for (f, fe) in self.fes.iter().enumerate() {
+            held.extend(
+                (0..self.cfg.nodes)
+                    .filter(|&i| fe.cluster.outstanding(i) != 0)
+                    .map(|i| format!("fe{f} n{i}: {}", fe.cluster.outstanding(i))),
+            );
+            waiting += fe.cluster.waiting();
+        }
+        if !held.is_empty() || waiting != 0 || !self.inflight.is_empty() {
             return Err(SimError::Invariant(format!(
                 "credit not returned ({}), {} waiter(s), {} attempt(s) in flight",
                 held.join(", "),
-                self.cluster.waiting(),
+                waiting,
                 self.inflight.len()
             )));
         }

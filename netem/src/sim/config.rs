@@ -69,6 +69,19 @@ impl Default for Connection {
     }
 }
 
+/// Some nodes turn slower partway through a run, then recover.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Degrade {
+    /// Every `every`-th node is affected.
+    pub every: usize,
+    /// How much slower it turns.
+    pub factor: f64,
+    /// When it turns slower (virtual time since the start).
+    pub from: Duration,
+    /// When it recovers.
+    pub until: Duration,
+}
+
 /// One simulated run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
@@ -80,6 +93,13 @@ pub struct RunConfig {
     pub slow_every: usize,
     /// See `slow_every`.
     pub slow_factor: f64,
+    /// GPU-like heterogeneous fleet: one node in ten 20× faster, a third of the others 2×
+    /// faster (on top of `slow_every`).
+    pub hetero: bool,
+    /// Nodes that turn slower partway through, then recover.
+    pub degrade: Option<Degrade>,
+    /// Front-ends, each running its own dispatcher core, sharing the fleet (1 = one).
+    pub frontends: usize,
     /// How images are offered.
     pub workload: Workload,
     /// Images in the run.
@@ -99,6 +119,29 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// How much slower than nominal node `i` is at the start (below 1: faster).
+    pub fn slowdown(&self, i: usize) -> f64 {
+        let mut f = 1.0;
+        if self.slow_every > 0 && i % self.slow_every == self.slow_every - 1 {
+            f *= self.slow_factor;
+        }
+        if self.hetero {
+            if i % 10 == 9 {
+                f /= 20.0;
+            } else if i.is_multiple_of(3) {
+                f /= 2.0;
+            }
+        }
+        f
+    }
+
+    /// The fleet's nominal rate at the start, images per second: every node's speed summed.
+    pub fn nominal_per_s(&self) -> f64 {
+        (0..self.nodes)
+            .map(|i| 1000.0 / (self.model.service_ms * self.slowdown(i)))
+            .sum()
+    }
+
     /// Checks the settings a user can set.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: &str| Err(SimError::Config(m.into()));
@@ -119,6 +162,14 @@ impl RunConfig {
         }
         if self.slow_factor <= 0.0 || !self.slow_factor.is_finite() {
             return bad("slow factor must be positive");
+        }
+        if self.frontends == 0 || self.frontends > 64 {
+            return bad("front-ends must be within 1..=64");
+        }
+        if let Some(d) = self.degrade
+            && (d.factor <= 0.0 || !d.factor.is_finite() || d.until < d.from)
+        {
+            return bad("degradation must have a positive factor and end after it starts");
         }
         if let Workload::Open { per_s } = self.workload
             && !(per_s > 0.0 && per_s.is_finite())

@@ -41,10 +41,22 @@ macro_rules! core {
 }
 pub(super) use core;
 
+/// One front-end: its own dispatcher core and its own view of every node's connection.
+/// Front-ends share nothing but the nodes: each sees the others only through the nodes'
+/// load reports and Overloaded refusals.
+pub(super) struct FrontEnd {
+    pub(super) cluster: Cluster<u64>,
+    pub(super) links: Vec<Link>,
+    /// Serials of the attempts in flight on each node, from this front-end.
+    pub(super) on_node: Vec<Vec<u64>>,
+}
+
 /// A request in flight, as the driver tracks it.
 #[derive(Debug)]
 pub(super) struct Live {
     pub(super) req: Request,
+    /// The front-end it arrived at.
+    pub(super) fe: usize,
     pub(super) image: u32,
     pub(super) client: u32,
     /// It is in the cluster's queue of waiters.
@@ -62,6 +74,7 @@ pub(super) struct Live {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Inflight {
     pub(super) request: u64,
+    pub(super) fe: u32,
     pub(super) attempt: u32,
     pub(super) node: u32,
     /// The node process it was sent to (a restarted process never heard of it).
@@ -77,52 +90,59 @@ pub(super) struct Sim {
     pub(super) now: Nanos,
     pub(super) agenda: Agenda,
     pub(super) rng: SmallRng,
-    pub(super) cluster: Cluster<u64>,
+    pub(super) fes: Vec<FrontEnd>,
     pub(super) nodes: Vec<NodeSide>,
-    pub(super) links: Vec<Link>,
     pub(super) reqs: HashMap<u64, Live>,
     pub(super) next_request: u64,
     pub(super) inflight: HashMap<u64, Inflight>,
-    /// Serials of the attempts in flight on each node, front-end side.
-    pub(super) on_node: Vec<Vec<u64>>,
     next_serial: u64,
     pub(super) clients: Clients,
     /// Capacity may have freed: call `Cluster::grant` until it says `None`.
     pub(super) regrant: bool,
     pub(super) counts: Counts,
+    /// Load-report ticks since an image last settled, and how many had settled then.
+    pub(super) ticks: (u32, usize),
 }
 
 impl Sim {
     pub(super) fn new(cfg: RunConfig) -> Sim {
         let n = cfg.nodes;
-        let endpoints = (0..n).map(|i| NodeEndpoint {
-            name: format!("n{i}"),
-            addr: std::net::SocketAddr::from(([10, 0, 0, 1], 7000)),
-        });
-        let nodes = (0..n)
-            .map(|i| {
-                let slow = cfg.slow_every > 0 && i % cfg.slow_every == cfg.slow_every - 1;
-                NodeSide::new(&cfg.model, if slow { cfg.slow_factor } else { 1.0 })
+        let endpoints: Vec<NodeEndpoint> = (0..n)
+            .map(|i| NodeEndpoint {
+                name: format!("n{i}"),
+                addr: std::net::SocketAddr::from(([10, 0, 0, 1], 7000)),
             })
             .collect();
+        let nodes = (0..n)
+            .map(|i| NodeSide::new(&cfg.model, cfg.slowdown(i)))
+            .collect();
         let base = Instant::now();
-        let links = (0..n).map(|_| Link::new(base, &cfg)).collect();
+        let fes = (0..cfg.frontends.max(1))
+            .map(|_| {
+                let mut cluster = Cluster::new(endpoints.clone());
+                cluster.set_placement(cfg.policy.placement);
+                FrontEnd {
+                    cluster,
+                    links: (0..n).map(|_| Link::new(base, &cfg)).collect(),
+                    on_node: vec![Vec::new(); n],
+                }
+            })
+            .collect();
         Sim {
             rng: SmallRng::seed_from_u64(cfg.seed),
             clients: Clients::new(cfg.images),
             base,
             now: 0,
             agenda: Agenda::new(),
-            cluster: Cluster::new(endpoints),
+            fes,
             nodes,
-            links,
             reqs: HashMap::new(),
             next_request: 0,
             inflight: HashMap::new(),
-            on_node: vec![Vec::new(); n],
             next_serial: 0,
             regrant: false,
             counts: Counts::default(),
+            ticks: (0, 0),
             cfg,
         }
     }
@@ -156,6 +176,29 @@ impl Sim {
         }
     }
 
+    /// Placements per slow node ÷ per other node, slow meaning slower than nominal at the
+    /// start or degraded during the run.
+    fn slow_share(&self, placements: &[u64]) -> Option<f64> {
+        let degraded = |i: usize| {
+            self.cfg
+                .degrade
+                .is_some_and(|d| d.every > 0 && i % d.every == d.every - 1)
+        };
+        let (mut slow, mut other) = ((0u64, 0u64), (0u64, 0u64));
+        for (i, &p) in placements.iter().enumerate() {
+            let bucket = if self.cfg.slowdown(i) > 1.0 || degraded(i) {
+                &mut slow
+            } else {
+                &mut other
+            };
+            *bucket = (bucket.0 + p, bucket.1 + 1);
+        }
+        if slow.1 == 0 || other.1 == 0 || other.0 == 0 {
+            return None;
+        }
+        Some((slow.0 as f64 / slow.1 as f64) / (other.0 as f64 / other.1 as f64))
+    }
+
     /// Runs to the end and checks the driver contract's invariants.
     pub(super) fn run(mut self) -> Result<RunReport, SimError> {
         let wall = Instant::now();
@@ -170,6 +213,15 @@ impl Sim {
             Workload::Open { .. } => self.agenda.push(0, Event::Arrive { client: 0 }),
         }
         self.schedule_faults();
+        self.schedule_degrade();
+        // Each node reports on its own phase, as real nodes do (their timers start when
+        // they do): reports arriving all at once would make every front-end act on the same
+        // news at the same instant.
+        let interval = nanos(self.cfg.model.load_interval).max(1);
+        for node in 0..self.cfg.nodes as u32 {
+            let phase = self.rng.random_range(1..=interval);
+            self.agenda.push(phase, Event::Reports { node });
+        }
         while !self.clients.all_settled() {
             let Some((t, event)) = self.agenda.pop() else {
                 let unsettled = self.clients.total - self.clients.answered - self.clients.lost;
@@ -185,14 +237,26 @@ impl Sim {
         self.counts.run_cpu = cpu
             .zip(super::metrics::thread_cpu())
             .map(|(a, b)| b.saturating_sub(a));
-        Ok(RunReport::new(
+        let mut stats = glimpse_transport::dispatcher::DispatchStats::default();
+        let mut placements = vec![0u64; self.cfg.nodes];
+        for fe in &mut self.fes {
+            stats.merge(fe.cluster.stats());
+            for (i, n) in fe.cluster.status().iter().enumerate() {
+                if let Some(p) = placements.get_mut(i) {
+                    *p += n.placements;
+                }
+            }
+        }
+        let mut report = RunReport::new(
             matches!(self.cfg.workload, Workload::Open { .. }),
             self.cfg.nodes,
             &self.clients,
             &self.counts,
-            self.cluster.stats(),
+            &stats,
             wall.elapsed(),
-        ))
+        );
+        report.slow_share = self.slow_share(&placements);
+        Ok(report)
     }
 
     fn handle(&mut self, event: Event) -> Result<(), SimError> {
@@ -219,7 +283,17 @@ impl Sim {
                 self.node_cancel(node, epoch, serial);
                 Ok(())
             }
-            Event::Answer { serial, ok } => {
+            Event::Answer {
+                serial,
+                ok,
+                service_us,
+            } => {
+                if ok && let Some(f) = self.inflight.get(&serial).copied() {
+                    let now = self.instant(self.now);
+                    let ms = f64::from(service_us) / 1000.0;
+                    let cluster = &mut self.fes[f.fe as usize].cluster;
+                    core!(self, cluster.record_service(f.node as usize, ms, now));
+                }
                 let result = if ok {
                     Ok(())
                 } else {
@@ -249,21 +323,24 @@ impl Sim {
             let Some(action) = core!(self, live.req.poll_action()) else {
                 break;
             };
+            let cluster = &mut self.fes[live.fe].cluster;
             match action {
                 Action::Wait => {
                     let granted = core!(
                         self,
-                        self.cluster
-                            .wait_or_grant(id, live.req.failed(), &mut self.rng)
+                        cluster.wait_or_grant(now, id, live.req.failed(), &mut self.rng)
                     );
                     match granted {
                         Some(node) => {
-                            core!(self, live.req.on_granted(now, node, &mut self.cluster))
+                            core!(self, live.req.on_granted(now, node, cluster))
                         }
                         None => live.queued = true,
                     }
                 }
-                Action::Open(open) => self.open(id, open),
+                Action::Open(open) => {
+                    let fe = live.fe;
+                    self.open(id, fe, open)
+                }
                 Action::Cancel { attempt, .. } => self.cancel(id, attempt),
                 Action::Progress(_) => {}
                 Action::Done(result) => return self.done(id, result),
@@ -274,7 +351,7 @@ impl Sim {
     }
 
     /// Sends an attempt to its node (the credit was taken by the core).
-    fn open(&mut self, id: u64, open: Open) {
+    fn open(&mut self, id: u64, fe: usize, open: Open) {
         let serial = self.next_serial;
         self.next_serial += 1;
         let p = self.cfg.faults.answer_loss;
@@ -284,6 +361,7 @@ impl Sim {
             serial,
             Inflight {
                 request: id,
+                fe: fe as u32,
                 attempt: open.attempt,
                 node: node as u32,
                 node_epoch: self.nodes[node].epoch,
@@ -291,7 +369,7 @@ impl Sim {
                 lost,
             },
         );
-        self.on_node[node].push(serial);
+        self.fes[fe].on_node[node].push(serial);
         if let Some(live) = self.reqs.get_mut(&id) {
             live.open.push((open.attempt, serial));
         }
@@ -307,11 +385,12 @@ impl Sim {
     /// Forgets an attempt front-end side and gives its node's credit back.
     fn close_attempt(&mut self, serial: u64) -> Option<Inflight> {
         let f = self.inflight.remove(&serial)?;
-        self.on_node[f.node as usize].retain(|&s| s != serial);
+        let fe = &mut self.fes[f.fe as usize];
+        fe.on_node[f.node as usize].retain(|&s| s != serial);
         if let Some(live) = self.reqs.get_mut(&f.request) {
             live.open.retain(|&(_, s)| s != serial);
         }
-        core!(self, self.cluster.release(f.node as usize));
+        core!(self, fe.cluster.release(f.node as usize));
         self.regrant = true;
         Some(f)
     }
@@ -355,10 +434,11 @@ impl Sim {
                 "attempt {serial} outlived its request"
             )));
         };
+        let cluster = &mut self.fes[live.fe].cluster;
         core!(
             self,
             live.req
-                .on_attempt_end(now, f.attempt, elapsed, result, &mut self.cluster)
+                .on_attempt_end(now, f.attempt, elapsed, result, cluster)
         );
         self.drive(f.request)
     }
@@ -381,7 +461,8 @@ impl Sim {
         let Some(live) = self.reqs.get_mut(&id) else {
             return;
         };
-        let Some(at) = core!(self, live.req.next_timeout(&mut self.cluster)) else {
+        let cluster = &mut self.fes[live.fe].cluster;
+        let Some(at) = core!(self, live.req.next_timeout(cluster)) else {
             live.timer = None;
             return;
         };
@@ -416,26 +497,30 @@ impl Sim {
         if live.fired.1 > 1000 {
             return Err(SimError::Stuck(id));
         }
-        core!(
-            self,
-            live.req
-                .handle_timeout(now, &mut self.cluster, &mut self.rng)
-        );
+        let cluster = &mut self.fes[live.fe].cluster;
+        core!(self, live.req.handle_timeout(now, cluster, &mut self.rng));
         self.drive(id)
     }
 
     /// Hands freed capacity to queued requests, first come first served.
     fn grant_waiters(&mut self) -> Result<(), SimError> {
         while std::mem::take(&mut self.regrant) {
-            while let Some((id, node)) = core!(self, self.cluster.grant(&mut self.rng)) {
-                let now = self.instant(self.now);
-                match self.reqs.get_mut(&id) {
-                    Some(live) if live.req.is_waiting() => {
-                        live.queued = false;
-                        core!(self, live.req.on_granted(now, node, &mut self.cluster));
-                        self.drive(id)?;
+            let now = self.instant(self.now);
+            for fe in 0..self.fes.len() {
+                loop {
+                    let cluster = &mut self.fes[fe].cluster;
+                    let Some((id, node)) = core!(self, cluster.grant(now, &mut self.rng)) else {
+                        break;
+                    };
+                    match self.reqs.get_mut(&id) {
+                        Some(live) if live.req.is_waiting() => {
+                            live.queued = false;
+                            let cluster = &mut self.fes[fe].cluster;
+                            core!(self, live.req.on_granted(now, node, cluster));
+                            self.drive(id)?;
+                        }
+                        _ => core!(self, self.fes[fe].cluster.release(node)),
                     }
-                    _ => core!(self, self.cluster.release(node)),
                 }
             }
         }

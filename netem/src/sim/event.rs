@@ -34,26 +34,36 @@ pub(super) enum Event {
     ServiceDone { node: u32, epoch: u32, worker: u32 },
     /// The node learns that the front-end cancelled an attempt (stream reset).
     NodeCancel { node: u32, epoch: u32, serial: u64 },
-    /// An attempt's answer (or typed error) reaches the front-end.
-    Answer { serial: u64, ok: bool },
+    /// An attempt's answer (or typed error) reaches the front-end, with the node-side
+    /// service time its timings carry (µs).
+    Answer {
+        serial: u64,
+        ok: bool,
+        service_us: u32,
+    },
     /// A node's Started frame reaches the front-end.
     Started { serial: u64 },
     /// An attempt whose answer was lost runs out its `remaining` time.
     Expire { serial: u64 },
     /// A request's timer (`Request::next_timeout`); `generation` tells stale timers apart.
     Timer { request: u64, generation: u32 },
-    /// The front-end checks a node's heartbeat.
-    HeartbeatCheck { node: u32, conn: u32 },
-    /// A load report after a quiet spell reaches the front-end.
-    Report { node: u32, conn: u32 },
+    /// Front-end `fe` checks a node's heartbeat.
+    HeartbeatCheck { fe: u32, node: u32, conn: u32 },
+    /// A load report after a quiet spell reaches front-end `fe`.
+    Report { fe: u32, node: u32, conn: u32 },
+    /// A node's periodic load report reaches the front-ends.
+    Reports { node: u32 },
+    /// The degraded nodes turn slower (`slower`) or recover.
+    Degrade { slower: bool },
     /// A crashed node process starts again.
     Restart { node: u32 },
-    /// The front-end notices that the connection to a node is gone.
-    ConnectionLost { node: u32, conn: u32 },
-    /// The front-end tries to connect to a node.
-    Connect { node: u32 },
+    /// Front-end `fe` notices that the connection to a node is gone.
+    ConnectionLost { fe: u32, node: u32, conn: u32 },
+    /// Front-end `fe` tries to connect to a node.
+    Connect { fe: u32, node: u32 },
     /// A connection attempt ends (`generation` tells a superseded attempt apart).
     Connected {
+        fe: u32,
         node: u32,
         generation: u32,
         ok: bool,

@@ -25,8 +25,79 @@ use super::node::{Admit, Job, exponential};
 impl Sim {
     /// Every node connected at the start, as the lab waits for all nodes to be ready.
     pub(super) fn connect_all(&mut self) {
-        for node in 0..self.cfg.nodes {
-            self.connected(node, true);
+        for fe in 0..self.fes.len() {
+            for node in 0..self.cfg.nodes {
+                self.connected(fe, node, true);
+            }
+        }
+    }
+
+    /// The degradation's start and end, if the run has one.
+    pub(super) fn schedule_degrade(&mut self) {
+        if let Some(d) = self.cfg.degrade {
+            self.agenda
+                .push(nanos(d.from), Event::Degrade { slower: true });
+            self.agenda
+                .push(nanos(d.until), Event::Degrade { slower: false });
+        }
+    }
+
+    /// A node that runs and is not stalled sends its load report to every front-end it is
+    /// connected to, every interval on its own phase (the report's half round trip, a
+    /// fraction of a millisecond, is left out). Node 0's reports stop when nothing has
+    /// settled for [`IDLE_TICKS`] intervals, and the others' with them, so a stuck run still
+    /// runs out of events.
+    fn reports(&mut self, node: usize) {
+        const IDLE_TICKS: u32 = 6000;
+        if node == 0 {
+            let settled = self.clients.answered + self.clients.lost;
+            if settled == self.ticks.1 {
+                self.ticks.0 += 1;
+            } else {
+                self.ticks = (0, settled);
+            }
+        }
+        if self.ticks.0 > IDLE_TICKS {
+            return;
+        }
+        let now = self.instant(self.now);
+        let lanes = self.cfg.model.workers.max(1);
+        let n = &mut self.nodes[node];
+        let reporting = matches!(n.reporting, Some((_, None)));
+        if n.alive && reporting && n.send_at(self.now) == self.now {
+            let (in_flight, queued) = n.load();
+            let service_ms = n.take_recent_service_ms().map(|ms| ms as f32);
+            let report = glimpse_transport::LoadReport {
+                in_flight,
+                queued,
+                recent_latency_ms: 0.0,
+                service_ms,
+                lanes: Some(lanes),
+            };
+            for fe in &mut self.fes {
+                if fe.links[node].up {
+                    let cluster = &mut fe.cluster;
+                    core!(self, cluster.set_load(node, report.clone(), now));
+                }
+            }
+            self.regrant = true;
+        }
+        let interval = nanos(self.cfg.model.load_interval).max(1);
+        let node = node as u32;
+        self.agenda
+            .push(self.now + interval, Event::Reports { node });
+    }
+
+    /// The degraded nodes turn slower (or recover).
+    fn degrade(&mut self, slower: bool) {
+        let Some(d) = self.cfg.degrade else {
+            return;
+        };
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if d.every > 0 && i % d.every == d.every - 1 {
+                let base = self.cfg.slowdown(i);
+                n.slowdown = if slower { base * d.factor } else { base };
+            }
         }
     }
 
@@ -66,21 +137,30 @@ impl Sim {
                 }
             }
             Event::Restart { node } => self.restart(node as usize),
-            Event::ConnectionLost { node, conn } => return self.connection_lost(node, conn),
-            Event::Connect { node } => self.connect(node as usize),
+            Event::ConnectionLost { fe, node, conn } => {
+                return self.connection_lost(fe as usize, node, conn);
+            }
+            Event::Connect { fe, node } => self.connect(fe as usize, node as usize),
             Event::Connected {
+                fe,
                 node,
                 generation,
                 ok,
-            } if self.links[node as usize].connecting == Some(generation) => {
-                self.connected(node as usize, ok)
+            } if self.fes[fe as usize].links[node as usize].connecting == Some(generation) => {
+                self.connected(fe as usize, node as usize, ok)
             }
-            Event::HeartbeatCheck { node, conn } => self.heartbeat_check(node as usize, conn),
-            Event::Report { node, conn } if self.links[node as usize].conn == conn => {
-                self.feed(node as usize);
-                self.schedule_check(node as usize);
+            Event::HeartbeatCheck { fe, node, conn } => {
+                self.heartbeat_check(fe as usize, node as usize, conn)
+            }
+            Event::Report { fe, node, conn }
+                if self.fes[fe as usize].links[node as usize].conn == conn =>
+            {
+                self.feed(fe as usize, node as usize);
+                self.schedule_check(fe as usize, node as usize);
             }
             Event::StallEnd { node, epoch } => self.stall_end(node as usize, epoch),
+            Event::Reports { node } => self.reports(node as usize),
+            Event::Degrade { slower } => self.degrade(slower),
             _ => {}
         }
         Ok(())
@@ -111,7 +191,12 @@ impl Sim {
         match n.admit(&self.cfg.model, job) {
             Admit::Overloaded => {
                 self.counts.overloaded += 1;
-                self.agenda.push(send, Event::Answer { serial, ok: false });
+                let answer = Event::Answer {
+                    serial,
+                    ok: false,
+                    service_us: 0,
+                };
+                self.agenda.push(send, answer);
             }
             Admit::Queued => {
                 if self.cfg.model.started_on_admission {
@@ -134,6 +219,7 @@ impl Sim {
                     .push(self.now + one_way, Event::Started { serial });
             }
             let service = self.cfg.model.service(slowdown, &mut self.rng);
+            self.nodes[node].begin(worker, service);
             let event = Event::ServiceDone {
                 node: node as u32,
                 epoch,
@@ -161,13 +247,19 @@ impl Sim {
             self.agenda.push(until + (self.now - from), event);
             return;
         }
-        if let Some(job) = n.finish(worker) {
+        if let Some((job, service)) = n.finish(worker) {
             if job.lost && !job.cancelled {
                 self.counts.lost_answers += 1;
             } else if !job.cancelled {
                 let at = self.now + self.cfg.model.one_way();
                 let serial = job.serial;
-                self.agenda.push(at, Event::Answer { serial, ok: true });
+                let service_us = u32::try_from(service / 1000).unwrap_or(u32::MAX);
+                let answer = Event::Answer {
+                    serial,
+                    ok: true,
+                    service_us,
+                };
+                self.agenda.push(at, answer);
             }
         }
         self.start_work(node as usize);
@@ -192,36 +284,43 @@ impl Sim {
         if let Some(at) = restart_at {
             self.agenda.push(at, Event::Restart { node: node as u32 });
         }
-        let link = &self.links[node];
-        if !link.up {
-            return;
+        for fe in 0..self.fes.len() {
+            let link = &self.fes[fe].links[node];
+            if !link.up {
+                continue;
+            }
+            let conn = link.conn;
+            let c = &self.cfg.connection;
+            let mut lost_at = self.now + nanos(c.idle_timeout);
+            if let Some(at) = restart_at {
+                let keep_alive = nanos(c.keep_alive).max(1);
+                let reset =
+                    at + self.rng.random_range(0..keep_alive) + 2 * self.cfg.model.one_way();
+                lost_at = lost_at.min(reset);
+            }
+            let (fe, node) = (fe as u32, node as u32);
+            self.agenda
+                .push(lost_at, Event::ConnectionLost { fe, node, conn });
         }
-        let c = &self.cfg.connection;
-        let mut lost_at = self.now + nanos(c.idle_timeout);
-        if let Some(at) = restart_at {
-            let keep_alive = nanos(c.keep_alive).max(1);
-            let reset = at + self.rng.random_range(0..keep_alive) + 2 * self.cfg.model.one_way();
-            lost_at = lost_at.min(reset);
-        }
-        let conn = link.conn;
-        let node = node as u32;
-        self.agenda
-            .push(lost_at, Event::ConnectionLost { node, conn });
     }
 
     /// A crashed process starts again; a connection attempt waiting on it gets through.
     fn restart(&mut self, node: usize) {
         self.nodes[node].restart();
-        if self.links[node].connecting.is_some() {
-            let link = &mut self.links[node];
+        let at = self.now + 2 * self.cfg.model.one_way() * 2;
+        for fe in 0..self.fes.len() {
+            let link = &mut self.fes[fe].links[node];
+            if link.connecting.is_none() {
+                continue;
+            }
             link.connect_gen += 1;
             link.connecting = Some(link.connect_gen);
             let generation = link.connect_gen;
-            let at = self.now + 2 * self.cfg.model.one_way() * 2;
-            let node = node as u32;
+            let (fe, node) = (fe as u32, node as u32);
             self.agenda.push(
                 at,
                 Event::Connected {
+                    fe,
                     node,
                     generation,
                     ok: true,
@@ -231,39 +330,40 @@ impl Sim {
     }
 
     /// The connection is gone: the node is Down, its attempts fail, reconnecting starts.
-    fn connection_lost(&mut self, node: u32, conn: u32) -> Result<(), super::SimError> {
+    fn connection_lost(&mut self, fe: usize, node: u32, conn: u32) -> Result<(), super::SimError> {
         let i = node as usize;
-        if self.links[i].conn != conn || !self.links[i].up {
+        let f = &mut self.fes[fe];
+        if f.links[i].conn != conn || !f.links[i].up {
             return Ok(());
         }
-        let link = &mut self.links[i];
+        let link = &mut f.links[i];
         link.up = false;
         link.conn += 1;
-        core!(
-            self,
-            self.cluster.set_down(i, Some("connection lost".into()))
-        );
-        for serial in std::mem::take(&mut self.on_node[i]) {
+        let cluster = &mut f.cluster;
+        core!(self, cluster.set_down(i, Some("connection lost".into())));
+        for serial in std::mem::take(&mut self.fes[fe].on_node[i]) {
             let lost = failure(Cause::ConnectionLost, "connection lost");
             self.end_attempt(serial, Err(lost))?;
         }
-        self.reconnect_later(i);
+        self.reconnect_later(fe, i);
         Ok(())
     }
 
-    fn reconnect_later(&mut self, node: usize) {
-        let delay = core!(self, self.links[node].backoff.next_delay(&mut self.rng));
-        let node = node as u32;
+    fn reconnect_later(&mut self, fe: usize, node: usize) {
+        let link = &mut self.fes[fe].links[node];
+        let delay = core!(self, link.backoff.next_delay(&mut self.rng));
+        let (fe, node) = (fe as u32, node as u32);
         self.agenda
-            .push(self.now + nanos(delay), Event::Connect { node });
+            .push(self.now + nanos(delay), Event::Connect { fe, node });
     }
 
     /// A connection attempt: through in two round trips to a live process, else it waits for
     /// the connect timeout.
-    fn connect(&mut self, node: usize) {
-        core!(self, self.cluster.set_connecting(node));
+    fn connect(&mut self, fe: usize, node: usize) {
+        let cluster = &mut self.fes[fe].cluster;
+        core!(self, cluster.set_connecting(node));
         let alive = self.nodes[node].alive;
-        let link = &mut self.links[node];
+        let link = &mut self.fes[fe].links[node];
         link.connect_gen += 1;
         link.connecting = Some(link.connect_gen);
         let generation = link.connect_gen;
@@ -272,10 +372,11 @@ impl Sim {
         } else {
             nanos(self.cfg.connection.connect_timeout)
         };
-        let node = node as u32;
+        let (fe, node) = (fe as u32, node as u32);
         self.agenda.push(
             self.now + after,
             Event::Connected {
+                fe,
                 node,
                 generation,
                 ok: alive,
@@ -284,19 +385,17 @@ impl Sim {
     }
 
     /// A connection attempt ended: Ready with a fresh heartbeat, or Down and retry later.
-    fn connected(&mut self, node: usize, ok: bool) {
-        self.links[node].connecting = None;
+    fn connected(&mut self, fe: usize, node: usize, ok: bool) {
+        self.fes[fe].links[node].connecting = None;
         if !(ok && self.nodes[node].alive) {
-            core!(
-                self,
-                self.cluster.set_down(node, Some("connect failed".into()))
-            );
-            return self.reconnect_later(node);
+            let cluster = &mut self.fes[fe].cluster;
+            core!(self, cluster.set_down(node, Some("connect failed".into())));
+            return self.reconnect_later(fe, node);
         }
         let now = self.instant(self.now);
         let interval = self.cfg.model.load_interval;
         let policy = self.cfg.policy;
-        let link = &mut self.links[node];
+        let link = &mut self.fes[fe].links[node];
         link.conn += 1;
         link.up = true;
         link.fed = self.now;
@@ -305,11 +404,14 @@ impl Sim {
             link.backoff.reset();
             link.heartbeat = Heartbeat::new(now, &policy, Some(interval));
         });
-        self.nodes[node].reporting = Some((self.now, None));
+        if !matches!(self.nodes[node].reporting, Some((_, None))) {
+            self.nodes[node].reporting = Some((self.now, None));
+        }
         let info = self.node_info(node);
-        core!(self, self.cluster.set_ready(node, info));
+        let cluster = &mut self.fes[fe].cluster;
+        core!(self, cluster.set_ready(node, info));
         self.regrant = true;
-        self.schedule_check(node);
+        self.schedule_check(fe, node);
     }
 
     fn rtt(&self) -> std::time::Duration {
@@ -317,9 +419,9 @@ impl Sim {
     }
 
     /// Schedules the heartbeat check at the time the node would turn silent.
-    fn schedule_check(&mut self, node: usize) {
+    fn schedule_check(&mut self, fe: usize, node: usize) {
         let rtt = self.rtt();
-        let link = &self.links[node];
+        let link = &self.fes[fe].links[node];
         if !link.up || link.check_pending {
             return;
         }
@@ -327,14 +429,15 @@ impl Sim {
             return;
         };
         let t = self.virtual_time(at).max(self.now);
-        let link = &mut self.links[node];
+        let link = &mut self.fes[fe].links[node];
         link.check_pending = true;
-        let (node, conn) = (node as u32, link.conn);
-        self.agenda.push(t, Event::HeartbeatCheck { node, conn });
+        let (fe, node, conn) = (fe as u32, node as u32, link.conn);
+        self.agenda
+            .push(t, Event::HeartbeatCheck { fe, node, conn });
     }
 
     /// Feeds the heartbeat the latest report that has arrived by now.
-    fn feed(&mut self, node: usize) {
+    fn feed(&mut self, fe: usize, node: usize) {
         let one_way = self.cfg.model.one_way();
         let interval = nanos(self.cfg.model.load_interval);
         let Some(sent) = self.nodes[node].last_report(self.now.saturating_sub(one_way), interval)
@@ -342,36 +445,40 @@ impl Sim {
             return;
         };
         let arrived = sent + one_way;
-        if arrived <= self.links[node].fed {
+        if arrived <= self.fes[fe].links[node].fed {
             return;
         }
         let at = self.instant(arrived);
-        let link = &mut self.links[node];
+        let f = &mut self.fes[fe];
+        let link = &mut f.links[node];
         link.fed = arrived;
         if core!(self, link.heartbeat.on_frame(at)) {
-            core!(self, self.cluster.set_silent(node, false));
+            let cluster = &mut f.cluster;
+            core!(self, cluster.set_silent(node, false));
             self.regrant = true;
-            self.retime(node);
+            self.retime(fe, node);
         }
     }
 
-    fn heartbeat_check(&mut self, node: usize, conn: u32) {
-        if self.links[node].conn != conn {
+    fn heartbeat_check(&mut self, fe: usize, node: usize, conn: u32) {
+        if self.fes[fe].links[node].conn != conn {
             return;
         }
-        self.links[node].check_pending = false;
-        self.feed(node);
+        self.fes[fe].links[node].check_pending = false;
+        self.feed(fe, node);
         let (now, rtt) = (self.instant(self.now), self.rtt());
-        if core!(self, self.links[node].heartbeat.on_timeout(now, rtt)) {
-            core!(self, self.cluster.set_silent(node, true));
-            self.retime(node);
+        let f = &mut self.fes[fe];
+        if core!(self, f.links[node].heartbeat.on_timeout(now, rtt)) {
+            let cluster = &mut f.cluster;
+            core!(self, cluster.set_silent(node, true));
+            self.retime(fe, node);
         }
-        self.schedule_check(node);
+        self.schedule_check(fe, node);
     }
 
     /// The requests running on `node` look at their timers again (its silence changed).
-    fn retime(&mut self, node: usize) {
-        let requests: Vec<u64> = self.on_node[node]
+    fn retime(&mut self, fe: usize, node: usize) {
+        let requests: Vec<u64> = self.fes[fe].on_node[node]
             .iter()
             .filter_map(|s| self.inflight.get(s).map(|f| f.request))
             .collect();
@@ -406,7 +513,10 @@ impl Sim {
         n.reporting = Some((self.now, None));
         self.start_work(node);
         let at = self.now + self.cfg.model.one_way();
-        let (conn, node) = (self.links[node].conn, node as u32);
-        self.agenda.push(at, Event::Report { node, conn });
+        for fe in 0..self.fes.len() {
+            let conn = self.fes[fe].links[node].conn;
+            let (fe, node) = (fe as u32, node as u32);
+            self.agenda.push(at, Event::Report { fe, node, conn });
+        }
     }
 }

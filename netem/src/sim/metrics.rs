@@ -144,6 +144,12 @@ pub struct RunReport {
     pub wall_s: f64,
     /// Events the simulation processed.
     pub events: u64,
+    /// 99th percentile latency of the second half of the images (by submission), ms: the
+    /// tail after a mid-run change.
+    pub p99_second_half_ms: f64,
+    /// Placements per slow node ÷ placements per other node (nodes slower than nominal at
+    /// the start, or degraded); `None` without slow nodes.
+    pub slow_share: Option<f64>,
 }
 
 /// CPU seconds spent inside the core: its share of the run's wall time (less the timing's
@@ -213,6 +219,12 @@ impl RunReport {
             core_calls_per_image: counts.core_calls as f64 / answered.max(1) as f64,
             wall_s: wall.as_secs_f64(),
             events: counts.events,
+            p99_second_half_ms: {
+                let mut late = clients.late_latencies_ms.clone();
+                late.sort_by(f64::total_cmp);
+                percentile(&late, 0.99)
+            },
+            slow_share: None,
         }
     }
 }

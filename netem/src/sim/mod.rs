@@ -36,7 +36,7 @@ mod workload;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Connection, Faults, RunConfig};
+pub use config::{Connection, Degrade, Faults, RunConfig};
 pub use engine::run;
 pub use error::SimError;
 pub use metrics::RunReport;

@@ -107,6 +107,10 @@ pub(super) struct NodeSide {
     admitted: u32,
     queue: VecDeque<Job>,
     busy: Vec<Option<Job>>,
+    /// The service time of the job each worker serves.
+    service: Vec<Nanos>,
+    /// Service time and count of the jobs finished since the last load report.
+    recent: (Nanos, u32),
 }
 
 impl NodeSide {
@@ -121,6 +125,8 @@ impl NodeSide {
             admitted: 0,
             queue: VecDeque::new(),
             busy: vec![None; model.workers.max(1) as usize],
+            service: vec![0; model.workers.max(1) as usize],
+            recent: (0, 0),
         }
     }
 
@@ -165,14 +171,35 @@ impl NodeSide {
         started
     }
 
-    /// A worker finished: the job it served (its admission slot freed unless it was
-    /// cancelled, which freed it already).
-    pub(super) fn finish(&mut self, worker: u32) -> Option<Job> {
+    /// A worker took a job that will take `service`.
+    pub(super) fn begin(&mut self, worker: u32, service: Nanos) {
+        if let Some(s) = self.service.get_mut(worker as usize) {
+            *s = service;
+        }
+    }
+
+    /// A worker finished: the job it served and how long it took (its admission slot freed
+    /// unless it was cancelled, which freed it already).
+    pub(super) fn finish(&mut self, worker: u32) -> Option<(Job, Nanos)> {
         let job = self.busy.get_mut(worker as usize)?.take()?;
         if !job.cancelled {
             self.admitted = self.admitted.saturating_sub(1);
         }
-        Some(job)
+        let service = self.service.get(worker as usize).copied().unwrap_or(0);
+        self.recent = (self.recent.0 + service, self.recent.1 + 1);
+        Some((job, service))
+    }
+
+    /// What its load report says: requests admitted (in service or queued), and queued.
+    pub(super) fn load(&self) -> (u32, u32) {
+        (self.admitted, self.queue.len() as u32)
+    }
+
+    /// The mean service time of the jobs finished since the last call, ms (the load
+    /// report's `service_ms`); `None` if none finished.
+    pub(super) fn take_recent_service_ms(&mut self) -> Option<f64> {
+        let (sum, count) = std::mem::take(&mut self.recent);
+        (count > 0).then(|| sum as f64 / f64::from(count) / 1e6)
     }
 
     /// The front-end reset an attempt's stream: out of the queue, or marked in service.
@@ -201,6 +228,7 @@ impl NodeSide {
         self.admitted = 0;
         self.queue.clear();
         self.busy.iter_mut().for_each(|b| *b = None);
+        self.recent = (0, 0);
         if let Some((from, None)) = self.reporting {
             self.reporting = Some((from, Some(now)));
         }
@@ -258,7 +286,7 @@ mod tests {
             "the cancel freed a slot"
         );
         n.cancel(1);
-        assert!(n.finish(0).is_some_and(|j| j.cancelled));
+        assert!(n.finish(0).is_some_and(|(j, _)| j.cancelled));
         assert_eq!(n.start_work(0), vec![(0, job(4))]);
     }
 

@@ -12,11 +12,11 @@
 
 use std::time::Duration;
 
-use glimpse_transport::dispatcher::Policy;
+use glimpse_transport::dispatcher::{Placement, Policy};
 use serde::Serialize;
 
 use super::validate::{LAB_IMAGE_BYTES, calibrated_node};
-use super::{Connection, Faults, RunConfig, RunReport, SimError, Workload, run};
+use super::{Connection, Degrade, Faults, RunConfig, RunReport, SimError, Workload, run};
 
 /// One combination of faults and policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +35,13 @@ pub(super) struct Scenario {
     pub answer_loss: f64,
     /// Hedging on.
     pub hedge: bool,
+    /// GPU-like heterogeneous speeds (see `RunConfig::hetero`).
+    pub hetero: bool,
+    /// One node in ten turns `SLOW_FACTOR` times slower halfway through, and recovers at
+    /// three quarters.
+    pub degrade: bool,
+    /// Front-ends sharing the fleet.
+    pub frontends: usize,
 }
 
 /// How much slower a slow node is.
@@ -59,11 +66,14 @@ const fn scenario(
         stall_per_node_min: 0.0,
         answer_loss: 0.0,
         hedge,
+        hetero: false,
+        degrade: false,
+        frontends: 1,
     }
 }
 
 /// Every scenario projected.
-pub(super) const SCENARIOS: [Scenario; 9] = [
+pub(super) const SCENARIOS: [Scenario; 13] = [
     scenario("healthy", "healthy fleet, hedging off", 0.0, false, false),
     scenario(
         "healthy-hedge",
@@ -105,6 +115,46 @@ pub(super) const SCENARIOS: [Scenario; 9] = [
         answer_loss: 0.001,
         ..scenario("mixed-hedge", "mixed faults, hedging on", 0.05, true, true)
     },
+    Scenario {
+        hetero: true,
+        ..scenario(
+            "hetero",
+            "a third of the nodes 2× faster, one in ten 20× faster (GPU-like)",
+            0.0,
+            false,
+            false,
+        )
+    },
+    Scenario {
+        frontends: 4,
+        ..scenario(
+            "slow-4fe",
+            "one node in ten 5× slower, 4 front-ends",
+            0.0,
+            true,
+            false,
+        )
+    },
+    Scenario {
+        frontends: 4,
+        ..scenario(
+            "healthy-4fe",
+            "healthy fleet, 4 front-ends",
+            0.0,
+            false,
+            false,
+        )
+    },
+    Scenario {
+        degrade: true,
+        ..scenario(
+            "degrade",
+            "one node in ten 5× slower from half to three quarters of the run",
+            0.0,
+            false,
+            false,
+        )
+    },
 ];
 
 /// What to project.
@@ -120,6 +170,8 @@ pub struct ProjectOptions {
     pub only: Vec<String>,
     /// Seed of the first run; each run gets its own.
     pub seed: u64,
+    /// How the front-ends place images.
+    pub placement: Placement,
 }
 
 /// One projected point.
@@ -128,6 +180,7 @@ pub struct Projection {
     pub scenario: &'static str,
     pub title: &'static str,
     pub hedge: bool,
+    pub placement: Placement,
     pub offered_per_s: f64,
     #[serde(flatten)]
     pub report: RunReport,
@@ -143,16 +196,17 @@ pub(super) fn projection_run(
     let mut model = calibrated_node();
     model.capacity = 4;
     model.rtt_ms = 1.0;
-    let nominal = nodes as f64 * 1000.0 / model.service_ms;
-    RunConfig {
+    let images = nodes.saturating_mul(o.images_per_node).max(1);
+    let mut config = RunConfig {
         nodes,
         model,
         slow_every: if s.slow { 10 } else { 0 },
         slow_factor: SLOW_FACTOR,
-        workload: Workload::Open {
-            per_s: nominal * o.load,
-        },
-        images: nodes.saturating_mul(o.images_per_node).max(1),
+        hetero: s.hetero,
+        degrade: None,
+        frontends: s.frontends,
+        workload: Workload::Open { per_s: 1.0 },
+        images,
         image_bytes: LAB_IMAGE_BYTES,
         client_attempts: 3,
         faults: Faults {
@@ -165,11 +219,31 @@ pub(super) fn projection_run(
         },
         policy: Policy {
             hedge: s.hedge,
+            placement: o.placement,
             ..Policy::default()
         },
         connection: Connection::default(),
         seed,
+    };
+    // Offered load is a fraction of the fleet's nominal rate: nodes / mean service time, as
+    // the projections always had it (slow nodes do not lower it: the fleet is expected to
+    // carry the load it was sized for); a heterogeneous fleet's is its speeds summed.
+    let per_s = if s.hetero {
+        config.nominal_per_s()
+    } else {
+        nodes as f64 * 1000.0 / config.model.service_ms
+    } * o.load;
+    config.workload = Workload::Open { per_s };
+    if s.degrade {
+        let run_s = images as f64 / per_s;
+        config.degrade = Some(Degrade {
+            every: 10,
+            factor: SLOW_FACTOR,
+            from: Duration::from_secs_f64(run_s / 2.0),
+            until: Duration::from_secs_f64(run_s * 3.0 / 4.0),
+        });
     }
+    config
 }
 
 /// Runs every selected scenario at every fleet size; `progress` hears of each point.
@@ -207,6 +281,7 @@ pub(super) fn project(
                 scenario: s.id,
                 title: s.title,
                 hedge: s.hedge,
+                placement: o.placement,
                 offered_per_s: offered,
                 report: run(&config)?,
             };

@@ -94,13 +94,14 @@ pub(super) fn projections_csv(points: &[Projection]) -> String {
     let mut s = String::from(
         "scenario,hedge,nodes,images,answered,lost,offered_per_s,images_per_s,drain_s,p50_ms,p95_ms,p99_ms,\
          attempts,wasted,cancelled,retries,hedges,hedge_wins,timeouts,unstarted_cancels,silences,\
-         connection_losses,crashes,stalls,lost_answers,overloaded,core_us_per_image,core_calls_per_image,sim_s,wall_s,events\n",
+         connection_losses,crashes,stalls,lost_answers,overloaded,core_us_per_image,core_calls_per_image,sim_s,wall_s,events,\
+         p99_second_half_ms,slow_share,placement\n",
     );
     for p in points {
         let r = &p.report;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{:.1},{:.1},{:.2},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.1},{:.2},{:.2},{}",
+            "{},{},{},{},{},{},{:.1},{:.1},{:.2},{:.1},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.1},{:.2},{:.2},{},{:.1},{},{}",
             p.scenario,
             p.hedge,
             r.nodes,
@@ -131,7 +132,10 @@ pub(super) fn projections_csv(points: &[Projection]) -> String {
             r.core_calls_per_image,
             r.sim_s,
             r.wall_s,
-            r.events
+            r.events,
+            r.p99_second_half_ms,
+            r.slow_share.map_or(String::new(), |x| format!("{x:.4}")),
+            p.placement
         );
     }
     s
@@ -173,20 +177,22 @@ pub(super) fn projections_markdown(points: &[Projection]) -> String {
     for sc in scenarios {
         let _ = write!(
             s,
-            "\n**{}** ({}):\n\n| nodes | images | offered/s | images/s | p50 / p99 ms | attempts − images | cancelled | hedges (won) | timeouts / silences / conn. lost | crashes / stalls | lost | core µs/image | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "\n**{}** ({}):\n\n| nodes | images | offered/s | images/s | p50 / p99 ms | p99 2nd half | slow share | attempts − images | cancelled | hedges (won) | timeouts / silences / conn. lost | crashes / stalls | lost | core µs/image | wall s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
             sc.id, sc.title
         );
         for p in points.iter().filter(|p| p.scenario == sc.id) {
             let r = &p.report;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.0} | {:.0} / {:.0} | {} ({:.2}%) | {} | {} ({}) | {} / {} / {} | {} / {} | {} | {:.2} | {:.1} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} | {} | {} ({:.2}%) | {} | {} ({}) | {} / {} / {} | {} / {} | {} | {:.2} | {:.1} |",
                 r.nodes,
                 r.images,
                 p.offered_per_s,
                 r.images_per_s,
                 r.p50_ms,
                 r.p99_ms,
+                r.p99_second_half_ms,
+                r.slow_share.map_or("–".to_string(), |x| format!("{x:.3}")),
                 r.wasted,
                 r.wasted as f64 * 100.0 / r.answered.max(1) as f64,
                 r.cancelled,

@@ -5,9 +5,14 @@
 
 use std::time::Duration;
 
+use glimpse_transport::dispatcher::Placement;
+
 use super::project::{ProjectOptions, SCENARIOS, projection_run};
 use super::validate::{TARGET_PCT, WORKERS, lab_run};
 use super::{RunReport, run};
+
+/// The seed of the harsh run with expected-finish placement.
+const SEED_EF: u64 = 5;
 
 fn options(images_per_node: usize) -> ProjectOptions {
     ProjectOptions {
@@ -16,6 +21,7 @@ fn options(images_per_node: usize) -> ProjectOptions {
         load: 0.8,
         only: vec![],
         seed: 7,
+        placement: Default::default(),
     }
 }
 
@@ -54,18 +60,28 @@ fn a_crash_free_run_loses_nothing_and_wastes_nothing() {
 
 #[test]
 fn every_request_gets_exactly_one_done_under_crashes_loss_and_stalls() {
-    let mut c = projection_run(&scenario("mixed-hedge"), 12, &options(400), 3);
-    // Far harsher than the projections: every node crashes and stalls about once a minute
-    // in a run of ~25 s, and 2% of the answers are lost.
-    c.faults.crash_per_node_min = 1.0;
-    c.faults.stall_per_node_min = 1.0;
-    c.faults.answer_loss = 0.02;
-    c.faults.restart_after = Duration::from_millis(700);
-    let r = run(&c).expect("run");
-    assert!(r.crashes > 0 && r.stalls > 0 && r.lost_answers > 0, "{r:?}");
-    assert!(r.connection_losses > 0 && r.silences > 0, "{r:?}");
-    assert_eq!(r.answered + r.lost, 4800);
-    assert_eq!(r.lost, 0, "the core recovers every image");
+    // Both placements, each with a seed whose run exercises every path below.
+    for (placement, seed) in [
+        (Placement::LeastOutstanding, 3),
+        (Placement::ExpectedFinish, SEED_EF),
+    ] {
+        let o = ProjectOptions {
+            placement,
+            ..options(400)
+        };
+        let mut c = projection_run(&scenario("mixed-hedge"), 12, &o, seed);
+        // Far harsher than the projections: every node crashes and stalls about once a
+        // minute in a run of ~25 s, and 2% of the answers are lost.
+        c.faults.crash_per_node_min = 1.0;
+        c.faults.stall_per_node_min = 1.0;
+        c.faults.answer_loss = 0.02;
+        c.faults.restart_after = Duration::from_millis(700);
+        let r = run(&c).expect("run");
+        assert!(r.crashes > 0 && r.stalls > 0 && r.lost_answers > 0, "{r:?}");
+        assert!(r.connection_losses > 0 && r.silences > 0, "{r:?}");
+        assert_eq!(r.answered + r.lost, 4800);
+        assert_eq!(r.lost, 0, "the core recovers every image");
+    }
 }
 
 #[test]

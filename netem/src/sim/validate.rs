@@ -90,6 +90,9 @@ pub(super) fn lab_run(workers: usize, seed: u64) -> RunConfig {
         model: calibrated_node(),
         slow_every: 0,
         slow_factor: 1.0,
+        hetero: false,
+        degrade: None,
+        frontends: 1,
         workload: Workload::Closed {
             clients: LAB_CLIENTS,
         },

@@ -50,6 +50,8 @@ pub struct Clients {
     pub lost: usize,
     /// Latency of each answered image, first submission to answer, ms.
     pub latencies_ms: Vec<f64>,
+    /// The same, for the images in the second half of the run (by submission).
+    pub late_latencies_ms: Vec<f64>,
     /// When the last image settled.
     pub last_settled: Nanos,
     /// When the last new image was submitted, and how many were answered by then: an open
@@ -95,8 +97,11 @@ impl Clients {
         if let Some(i) = self.images.get_mut(image as usize) {
             i.settled = true;
             self.answered += 1;
-            self.latencies_ms
-                .push(now.saturating_sub(i.submitted) as f64 / 1e6);
+            let ms = now.saturating_sub(i.submitted) as f64 / 1e6;
+            self.latencies_ms.push(ms);
+            if image as usize >= self.total / 2 {
+                self.late_latencies_ms.push(ms);
+            }
             self.last_settled = now;
         }
     }

@@ -151,6 +151,16 @@ fn replies_and_control_round_trip() {
         in_flight: 3,
         queued: 1,
         recent_latency_ms: 2.5,
+        ..LoadReport::default()
+    });
+    let f = encode_control(&m).unwrap();
+    assert_eq!(decode_control(body(&f)).unwrap(), m);
+    let m = ControlMessage::Load(LoadReport {
+        in_flight: 3,
+        queued: 1,
+        recent_latency_ms: 2.5,
+        service_ms: Some(51.5),
+        lanes: Some(2),
     });
     let f = encode_control(&m).unwrap();
     assert_eq!(decode_control(body(&f)).unwrap(), m);
@@ -346,4 +356,69 @@ fn timings_batch_size_is_optional_on_the_wire() {
     .unwrap();
     let seen_by_old: OldTimings = serde_cbor::from_slice(&new).unwrap();
     assert_eq!(seen_by_old, old);
+}
+
+/// The load report's `service_ms` and `lanes` are optional on the wire, both ways: a report
+/// from a node that predates them decodes with both absent, a new report without them is
+/// byte for byte the old format, and an old front-end reads a new report with them (serde
+/// skips the fields it does not know).
+#[test]
+fn load_report_service_time_is_optional_on_the_wire() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct OldLoad {
+        in_flight: u32,
+        queued: u32,
+        recent_latency_ms: f32,
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum OldControl {
+        Hello(NodeInfo),
+        Load(OldLoad),
+        Draining,
+    }
+    #[derive(Serialize, Deserialize)]
+    struct OldFrame {
+        v: u16,
+        msg: OldControl,
+    }
+    let old_load = OldLoad {
+        in_flight: 2,
+        queued: 1,
+        recent_latency_ms: 9.0,
+    };
+    let old = encode_body(&OldFrame {
+        v: PROTOCOL_VERSION,
+        msg: OldControl::Load(old_load),
+    })
+    .unwrap();
+    let plain = LoadReport {
+        in_flight: 2,
+        queued: 1,
+        recent_latency_ms: 9.0,
+        ..LoadReport::default()
+    };
+    assert_eq!(
+        decode_control(body(&old)).unwrap(),
+        ControlMessage::Load(plain.clone())
+    );
+    let new_plain = encode_control(&ControlMessage::Load(plain.clone())).unwrap();
+    assert_eq!(
+        new_plain, old,
+        "absent fields must encode exactly as before"
+    );
+    let rich = LoadReport {
+        service_ms: Some(260.0),
+        lanes: Some(4),
+        ..plain
+    };
+    let f = encode_control(&ControlMessage::Load(rich)).unwrap();
+    let seen_by_old: OldFrame = serde_cbor::from_slice(body(&f)).unwrap();
+    assert_eq!(
+        seen_by_old.msg,
+        OldControl::Load(OldLoad {
+            in_flight: 2,
+            queued: 1,
+            recent_latency_ms: 9.0,
+        })
+    );
 }

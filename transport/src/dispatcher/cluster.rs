@@ -6,12 +6,14 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
 
 use super::latency::LatencyWindow;
-use super::placement::{self, Avoid, Pool};
+use super::placement::{self, Avoid, Choice, Placement, Pool};
+use super::service::ServiceEstimate;
 use super::{DispatchStats, NodeEndpoint};
 use crate::types::{LoadReport, NodeInfo};
 
@@ -59,6 +61,17 @@ pub struct NodeStatus {
     /// No longer in the membership (discovery stopped listing it): it gets no new work,
     /// finishes what it holds, and disappears from the list once idle.
     pub removed: bool,
+    /// Attempts placed on it by this front-end since it joined.
+    pub placements: u64,
+    /// Its share of this front-end's placements over the nodes listed here, 0 to 1.
+    pub placement_share: f32,
+    /// Its service-time estimate, ms per image on one lane (peak EWMA of its answers' and
+    /// load reports' service times, drifting to the fleet's median while idle); `None`
+    /// before any node answered.
+    pub service_ms: Option<f32>,
+    /// The expected completion time of one more image there, ms: what expected-finish
+    /// placement compares.
+    pub expected_ms: Option<f32>,
 }
 
 /// One node's entry.
@@ -71,6 +84,13 @@ struct Node {
     last_error: Option<String>,
     silent: bool,
     outstanding: u32,
+    /// Images other front-ends have on it, as of its last load report (what it reported
+    /// in flight, less what this front-end had outstanding then).
+    others: u32,
+    /// Its inference lanes (from its load reports; 1 until one says).
+    lanes: u32,
+    service: ServiceEstimate,
+    placements: u64,
     served: u64,
     failed: u64,
     latency: LatencyWindow,
@@ -91,6 +111,10 @@ impl Node {
             last_error: None,
             silent: false,
             outstanding: 0,
+            others: 0,
+            lanes: 1,
+            service: ServiceEstimate::new(),
+            placements: 0,
             served: 0,
             failed: 0,
             latency: LatencyWindow::new(),
@@ -113,6 +137,88 @@ impl Node {
         (self.listed && self.state == NodeState::Ready && self.outstanding < self.capacity())
             .then_some(self.outstanding)
     }
+
+    /// The images ahead of a new one: the other front-ends' as of the last report, plus this
+    /// front-end's outstanding attempts weighted by `crowd`, the number of front-ends
+    /// sharing the fleet as this one estimates it (C3's concurrency compensation). The
+    /// others read the same reports and make the same choices, so for every attempt this
+    /// front-end sent since, expect about as many from each of them: without the weight,
+    /// every front-end herds onto the node that last reported itself idle and is refused.
+    fn ahead(&self, crowd: f64) -> f64 {
+        f64::from(self.others) + f64::from(self.outstanding) * crowd
+    }
+
+    /// Whether one more attempt would fill the node past its capacity, counting the images
+    /// ahead as [`Node::ahead`] does: it would only be refused as Overloaded. Alone on the
+    /// fleet (`crowd` 1, nobody else's load reported) this is plain credit.
+    fn full(&self, crowd: f64) -> bool {
+        self.ahead(crowd) + 1.0 > f64::from(self.capacity())
+    }
+
+    /// The expected completion time of one more image, ms: (images ahead + 1) × service
+    /// time ÷ lanes. `None` while no service time is known anywhere.
+    fn expected_ms(&self, now: Instant, reference: Option<f64>, crowd: f64) -> Option<f64> {
+        let service = self.service.value(now, reference)?;
+        Some((self.ahead(crowd) + 1.0) * service / f64::from(self.lanes.max(1)))
+    }
+}
+
+/// How often the fleet's reference figures are recomputed (one pass over the nodes): as
+/// often as nodes report their load, so the cost stays O(1) per pick.
+const REFERENCE_EVERY: Duration = Duration::from_millis(100);
+
+/// Half an image: the slack a candidate may exceed a full median node's expected finish by
+/// and still be taken. Estimates are noisy (the peak EWMA sits a little above the mean), so
+/// without it a median node with its last slot free could be declined; half an image still
+/// declines a node 5× slower than the median of capacity 4 (5 > 4.5).
+const ACCEPT_SLACK: f64 = 0.5;
+
+/// The fleet as a typical node sees it, recomputed every [`REFERENCE_EVERY`]: what a node
+/// with no sample is taken to be, and what waiting for a node is expected to cost.
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    /// Median service-time estimate of the Ready nodes that have one.
+    service_ms: Option<f64>,
+    /// Median announced capacity of the Ready nodes.
+    capacity: u32,
+    /// Median lanes of the Ready nodes.
+    lanes: u32,
+    /// Ready nodes.
+    ready: usize,
+    /// Front-ends sharing the fleet, as estimated from the load reports: everyone's images
+    /// on the nodes ÷ this front-end's (1 when alone), smoothed. See [`Node::ahead`].
+    crowd: f64,
+    /// When computed.
+    at: Option<Instant>,
+}
+
+impl Default for Reference {
+    fn default() -> Reference {
+        Reference {
+            service_ms: None,
+            capacity: 1,
+            lanes: 1,
+            ready: 0,
+            crowd: 1.0,
+            at: None,
+        }
+    }
+}
+
+/// Weight of a new estimate of the crowd (front-ends sharing the fleet) at each refresh:
+/// about a second of refreshes is averaged, since one instant's ratio of loads is noisy.
+const CROWD_WEIGHT: f64 = 0.1;
+
+/// The median of `v` (upper median), `None` when empty.
+fn median<T: Copy + PartialOrd>(v: &mut [T]) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    let mid = v.len() / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, |a, b| {
+        a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    Some(*m)
 }
 
 /// A request queued for a node, first come first served. `token` is whatever the driver
@@ -161,6 +267,13 @@ pub struct Cluster<W> {
     waiters: VecDeque<Waiter<W>>,
     latency: LatencyWindow,
     stats: DispatchStats,
+    placement: Placement,
+    reference: Reference,
+    /// Attempts outstanding on all nodes from this front-end: while there are none, nothing
+    /// will free capacity, so a pick is never declined.
+    outstanding_total: u64,
+    /// The latest time a caller told it (for [`Cluster::status`], which takes none).
+    clock: Option<Instant>,
 }
 
 impl<W> Cluster<W> {
@@ -175,7 +288,21 @@ impl<W> Cluster<W> {
             waiters: VecDeque::new(),
             latency: LatencyWindow::new(),
             stats: DispatchStats::default(),
+            placement: Placement::default(),
+            reference: Reference::default(),
+            outstanding_total: 0,
+            clock: None,
         }
+    }
+
+    /// Chooses how nodes are compared (default [`Placement::ExpectedFinish`]).
+    pub fn set_placement(&mut self, placement: Placement) {
+        self.placement = placement;
+    }
+
+    /// How nodes are compared.
+    pub fn placement(&self) -> Placement {
+        self.placement
     }
 
     /// Nodes in the membership (not those leaving).
@@ -343,9 +470,114 @@ impl<W> Cluster<W> {
         self.update(node, |n| n.info = Some(info));
     }
 
-    /// A load report.
-    pub fn set_load(&mut self, node: usize, load: LoadReport) {
-        self.nodes[node].load = Some(load);
+    /// A load report, received at `now`: the node's load from other front-ends (what it
+    /// reports in flight beyond this front-end's outstanding attempts), its lanes, and its
+    /// recent service time as a sample. Call [`Cluster::grant`] after it: the node may now
+    /// look worth waiting for, or no longer.
+    pub fn set_load(&mut self, node: usize, load: LoadReport, now: Instant) {
+        self.tick(now);
+        let reference = self.reference.service_ms;
+        let n = &mut self.nodes[node];
+        n.others = load.in_flight.saturating_sub(n.outstanding);
+        n.lanes = load.lanes.unwrap_or(1).max(1);
+        if let Some(ms) = load.service_ms {
+            n.service.record(now, f64::from(ms), reference);
+        }
+        n.load = Some(load);
+        self.refresh(now);
+    }
+
+    /// One image's service time on `node` (its answer's node-side time: decode,
+    /// preprocessing and its share of the forward pass), measured at `now`.
+    pub fn record_service(&mut self, node: usize, ms: f64, now: Instant) {
+        self.tick(now);
+        let reference = self.reference.service_ms;
+        self.nodes[node].service.record(now, ms, reference);
+        self.refresh(now);
+    }
+
+    /// Notes the time for [`Cluster::status`].
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
+    /// Recomputes the fleet's reference figures if they are older than
+    /// [`REFERENCE_EVERY`] (or missing while some node has a sample).
+    fn refresh(&mut self, now: Instant) {
+        let r = &self.reference;
+        let due =
+            r.at.is_none_or(|at| now.saturating_duration_since(at) >= REFERENCE_EVERY);
+        let cold = r.service_ms.is_none() && self.nodes.iter().any(|n| n.service.is_known());
+        if !(due || cold) {
+            return;
+        }
+        let reference = self.reference.service_ms;
+        let ready = || {
+            self.nodes
+                .iter()
+                .filter(|n| n.listed && !n.vacant && n.state == NodeState::Ready)
+        };
+        let mut service: Vec<f64> = ready()
+            .filter(|n| n.service.is_known())
+            .filter_map(|n| n.service.value(now, reference))
+            .collect();
+        let mut capacity: Vec<u32> = ready().map(|n| n.capacity()).collect();
+        let mut lanes: Vec<u32> = ready().map(|n| n.lanes.max(1)).collect();
+        let (own, others) = ready().fold((0u64, 0u64), |(o, x), n| {
+            (o + u64::from(n.outstanding), x + u64::from(n.others))
+        });
+        let mut crowd = self.reference.crowd;
+        if own > 0 {
+            let sample = (own + others) as f64 / own as f64;
+            crowd += CROWD_WEIGHT * (sample - crowd);
+        }
+        self.reference = Reference {
+            service_ms: median(&mut service).or(reference),
+            capacity: median(&mut capacity).unwrap_or(1),
+            lanes: median(&mut lanes).unwrap_or(1),
+            ready: capacity.len(),
+            crowd: crowd.max(1.0),
+            at: Some(now),
+        };
+    }
+
+    /// The fleet's median service-time estimate, ms, once any node answered.
+    pub fn reference_service_ms(&self) -> Option<f64> {
+        self.reference.service_ms
+    }
+
+    /// What a pick compares for `node` at `now`, if it can take an attempt. With
+    /// expected-finish placement a node that other front-ends filled (by its last report)
+    /// cannot: it would only refuse the image as Overloaded.
+    fn cost(&self, node: usize, now: Instant) -> Option<f64> {
+        let n = &self.nodes[node];
+        let outstanding = n.load_if_usable()?;
+        match (self.placement, self.reference.service_ms) {
+            (Placement::ExpectedFinish, _) if n.full(self.reference.crowd) => None,
+            (Placement::ExpectedFinish, Some(r)) => {
+                n.expected_ms(now, Some(r), self.reference.crowd)
+            }
+            // Least outstanding, or no service time known anywhere yet.
+            _ => Some(f64::from(outstanding)),
+        }
+    }
+
+    /// The most a pick may cost before the image rather waits: the expected finish of an
+    /// image that waits for a typical node, i.e. a full median node's queue (its capacity,
+    /// plus [`ACCEPT_SLACK`]) and the wait for a slot to free, which grows with the requests
+    /// already waiting. `None` (take any usable node) for least-outstanding placement, before
+    /// any service time is known, and while nothing of this front-end is outstanding (no
+    /// slot will free to end the wait).
+    fn accept(&self) -> Option<f64> {
+        let r = &self.reference;
+        let service = r.service_ms?;
+        if self.placement != Placement::ExpectedFinish || self.outstanding_total == 0 {
+            return None;
+        }
+        let lanes = f64::from(r.lanes.max(1));
+        let slots = (r.ready.max(1) as f64) * lanes;
+        let queue = self.waiters.len() as f64 / slots;
+        Some(service / lanes * (f64::from(r.capacity) + ACCEPT_SLACK + queue))
     }
 
     /// Announced shutdown: no new work.
@@ -374,11 +606,18 @@ impl<W> Cluster<W> {
 
     /// Takes one unit of a node's credit for an attempt.
     pub fn acquire(&mut self, node: usize) {
-        self.update(node, |n| n.outstanding += 1);
+        self.outstanding_total += 1;
+        self.update(node, |n| {
+            n.outstanding += 1;
+            n.placements += 1;
+        });
     }
 
     /// Gives a unit of credit back (the attempt ended or was cancelled).
     pub fn release(&mut self, node: usize) {
+        if self.nodes[node].outstanding > 0 {
+            self.outstanding_total = self.outstanding_total.saturating_sub(1);
+        }
         self.update(node, |n| n.outstanding = n.outstanding.saturating_sub(1));
     }
 
@@ -395,13 +634,28 @@ impl<W> Cluster<W> {
         self.nodes[node].failed += 1;
     }
 
-    /// Picks a node for an attempt (see [`placement::pick`]) without taking credit.
-    pub fn pick(&self, avoid: Avoid<'_>, rng: &mut impl Rng) -> Option<usize> {
+    /// `node` refused an attempt because it is full (other front-ends fill it): until its
+    /// next load report, count all but one of its free slots as theirs, so it is the last
+    /// node placement turns to, yet still one it can turn to (no report may come soon).
+    pub fn record_full(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        let taken = n.capacity().saturating_sub(1).saturating_sub(n.outstanding);
+        n.others = n.others.max(taken);
+    }
+
+    /// Picks a node for an attempt at `now` (see [`placement::pick`]) without taking
+    /// credit. `None`: no node can take it, or (expected-finish placement) none is worth
+    /// starting on before a better one frees up.
+    pub fn pick(&self, now: Instant, avoid: Avoid<'_>, rng: &mut impl Rng) -> Option<usize> {
         placement::pick(
             &self.fresh,
             &self.silent,
             avoid,
-            |n| self.nodes[n].load_if_usable(),
+            |n| self.cost(n, now),
+            Choice {
+                accept: self.accept(),
+                cheapest_gathered: self.placement == Placement::ExpectedFinish,
+            },
             rng,
         )
     }
@@ -411,17 +665,20 @@ impl<W> Cluster<W> {
     /// [`Cluster::grant`] hands it one later, in arrival order.
     pub fn wait_or_grant(
         &mut self,
+        now: Instant,
         token: W,
         failed: &[usize],
         rng: &mut impl Rng,
     ) -> Option<usize> {
+        self.tick(now);
+        self.refresh(now);
         if self.waiters.is_empty() {
             let avoid = Avoid {
                 running: &[],
                 failed,
                 fresh_only: false,
             };
-            if let Some(node) = self.pick(avoid, rng) {
+            if let Some(node) = self.pick(now, avoid, rng) {
                 self.acquire(node);
                 return Some(node);
             }
@@ -433,17 +690,22 @@ impl<W> Cluster<W> {
         None
     }
 
-    /// Hands a usable node (credit taken) to the request that has waited longest. Call
-    /// until `None` after anything that can free capacity. A waiter with nothing running
-    /// avoids no node, so the longest waiter is served whenever any node is usable.
-    pub fn grant(&mut self, rng: &mut impl Rng) -> Option<(W, usize)> {
+    /// Hands a usable node (credit taken) to the request that has waited longest, at `now`.
+    /// Call until `None` after anything that can free capacity or change a node's cost (an
+    /// attempt's end, a load report). A waiter with nothing running avoids no node, so the
+    /// longest waiter is served whenever a node is usable and (expected-finish placement)
+    /// worth starting on.
+    pub fn grant(&mut self, now: Instant, rng: &mut impl Rng) -> Option<(W, usize)> {
+        self.waiters.front()?;
+        self.tick(now);
+        self.refresh(now);
         let head = self.waiters.front()?;
         let avoid = Avoid {
             running: &[],
             failed: &head.failed,
             fresh_only: false,
         };
-        let node = self.pick(avoid, rng)?;
+        let node = self.pick(now, avoid, rng)?;
         self.acquire(node);
         let waiter = self.waiters.pop_front()?;
         Some((waiter.token, node))
@@ -460,11 +722,33 @@ impl<W> Cluster<W> {
     }
 
     /// Every node with its state and statistics, those leaving included, free slots not.
+    /// The estimates are as of the latest time the cluster was told.
     pub fn status(&mut self) -> Vec<NodeStatus> {
+        let reference = self.reference.service_ms;
+        let crowd = self.reference.crowd;
+        let now = self.clock;
+        let total: u64 = self
+            .nodes
+            .iter()
+            .filter(|n| n.occupied())
+            .map(|n| n.placements)
+            .sum();
         self.nodes
             .iter_mut()
             .filter(|n| n.occupied())
             .map(|n| NodeStatus {
+                placements: n.placements,
+                placement_share: if total == 0 {
+                    0.0
+                } else {
+                    (n.placements as f64 / total as f64) as f32
+                },
+                service_ms: now
+                    .and_then(|t| n.service.value(t, reference))
+                    .map(|v| v as f32),
+                expected_ms: now
+                    .and_then(|t| n.expected_ms(t, reference, crowd))
+                    .map(|v| v as f32),
                 name: n.endpoint.name.clone(),
                 addr: n.endpoint.addr,
                 state: n.state,

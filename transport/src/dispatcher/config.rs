@@ -8,6 +8,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
+use super::Placement;
 use crate::config::TransportTuning;
 
 /// A node to connect to.
@@ -34,6 +35,11 @@ pub struct DispatcherConfig {
     pub max_attempts: u32,
     /// Overall budget per request, retries and waiting for a node included. Default 30 s.
     pub request_deadline: Duration,
+    /// How a node is chosen for each image. Default expected-finish: the image goes where it
+    /// is expected to finish first (images ahead × the node's service time), so a slow node
+    /// gets work only when waiting for a fast one would take longer. least-outstanding
+    /// (blind to speed) is kept for comparison.
+    pub placement: Placement,
     /// Send a second copy of slow requests to another node. Default off: it costs capacity.
     pub hedge: bool,
     /// Never hedge earlier than this. Default 5 ms (below it the hedge costs more than it saves).
@@ -84,6 +90,7 @@ impl Clone for DispatcherConfig {
             client_key: self.client_key.clone_key(),
             max_attempts: self.max_attempts,
             request_deadline: self.request_deadline,
+            placement: self.placement,
             hedge: self.hedge,
             hedge_min_delay: self.hedge_min_delay,
             attempt_timeout_floor: self.attempt_timeout_floor,
@@ -118,6 +125,7 @@ impl DispatcherConfig {
             client_key,
             max_attempts: p.max_attempts,
             request_deadline: p.request_deadline,
+            placement: p.placement,
             hedge: p.hedge,
             hedge_min_delay: p.hedge_min_delay,
             attempt_timeout_floor: p.attempt_timeout_floor,
@@ -144,6 +152,8 @@ pub struct Policy {
     pub max_attempts: u32,
     /// See [`DispatcherConfig::request_deadline`].
     pub request_deadline: Duration,
+    /// See [`DispatcherConfig::placement`].
+    pub placement: Placement,
     /// See [`DispatcherConfig::hedge`].
     pub hedge: bool,
     /// See [`DispatcherConfig::hedge_min_delay`].
@@ -170,6 +180,7 @@ impl Default for Policy {
         Policy {
             max_attempts: 4,
             request_deadline: Duration::from_secs(30),
+            placement: Placement::ExpectedFinish,
             hedge: false,
             hedge_min_delay: Duration::from_millis(5),
             attempt_timeout_floor: Duration::from_millis(500),
@@ -188,6 +199,7 @@ impl From<&DispatcherConfig> for Policy {
         Policy {
             max_attempts: c.max_attempts,
             request_deadline: c.request_deadline,
+            placement: c.placement,
             hedge: c.hedge,
             hedge_min_delay: c.hedge_min_delay,
             attempt_timeout_floor: c.attempt_timeout_floor,

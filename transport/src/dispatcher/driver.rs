@@ -235,6 +235,8 @@ impl Dispatcher {
 
 /// One running attempt, as the driver tracks it.
 struct Running {
+    /// The node it runs on (its answer's service time is that node's sample).
+    node: usize,
     abort: AbortHandle,
     started: Arc<StartedSignal>,
     reported: bool,
@@ -314,7 +316,7 @@ impl Run {
                 let (tx, rx) = oneshot::channel();
                 let req = &mut self.req;
                 let granted = self.shared.with_cluster(|c| {
-                    let node = c.wait_or_grant(tx, req.failed(), &mut rand::rng());
+                    let node = c.wait_or_grant(Instant::now(), tx, req.failed(), &mut rand::rng());
                     if let Some(node) = node {
                         req.on_granted(Instant::now(), node, c);
                     }
@@ -382,6 +384,7 @@ impl Run {
         self.attempts.insert(
             open.attempt,
             Running {
+                node: open.node,
                 abort,
                 started,
                 reported: false,
@@ -414,9 +417,11 @@ impl Run {
                 return;
             }
         };
-        self.attempts.remove(&outcome.attempt);
+        let node = self.attempts.remove(&outcome.attempt).map(|r| r.node);
+        let mut service_ms = None;
         let result = match outcome.result {
             Ok(answer) => {
+                service_ms = node.map(|n| (n, answer.timings.service_ms()));
                 self.answer = Some((outcome.attempt, answer));
                 Ok(())
             }
@@ -427,7 +432,11 @@ impl Run {
         };
         let req = &mut self.req;
         self.shared.with_cluster(|c| {
-            req.on_attempt_end(Instant::now(), outcome.attempt, outcome.elapsed, result, c)
+            let now = Instant::now();
+            if let Some((node, ms)) = service_ms {
+                c.record_service(node, ms, now);
+            }
+            req.on_attempt_end(now, outcome.attempt, outcome.elapsed, result, c)
         });
     }
 

@@ -7,7 +7,10 @@
 //! The core:
 //! - [`Cluster`] (`cluster.rs`): every node's state, credit, silence and latency, the pools
 //!   placement samples from, the FIFO of requests waiting for a node, and the counters;
-//! - [`placement`]: power of two choices over those pools, a pure function;
+//! - [`placement`]: power of two choices over those pools, a pure function, comparing the
+//!   image's expected completion time on each node (or, selectable, outstanding attempts);
+//! - [`ServiceEstimate`] (`service.rs`): each node's service time, a peak EWMA that drifts
+//!   back to the fleet's median while the node is idle;
 //! - [`Request`] (`request.rs`): one image's state machine: retries, overdue attempts,
 //!   silence, hedging, deadline (its module documents the rules);
 //! - [`Heartbeat`] and [`Backoff`] (`heartbeat.rs`): when a node's silence means it is gone,
@@ -31,6 +34,7 @@ mod outcome;
 mod overdue;
 pub mod placement;
 mod request;
+mod service;
 mod shared;
 mod stats;
 
@@ -42,5 +46,7 @@ pub use heartbeat::{Backoff, Heartbeat, LEGACY_LOAD_INTERVAL};
 pub use latency::{LATENCY_WINDOW, LatencyWindow, MIN_SAMPLES};
 pub use outcome::{Classified, DispatchError, Progress};
 pub use overdue::STARTED_EXPECT_FACTOR;
+pub use placement::{Choice, Placement, UnknownPlacement};
 pub use request::{RETRY_POLL, Request};
+pub use service::{IDLE_DECAY, SAMPLE_DECAY, ServiceEstimate};
 pub use stats::DispatchStats;

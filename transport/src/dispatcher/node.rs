@@ -277,7 +277,9 @@ async fn follow_control(
                     set(shared, |c| c.set_silent(idx, false));
                 }
                 match codec::decode_control(&body) {
-                    Ok(ControlMessage::Load(load)) => shared.cluster().set_load(idx, load),
+                    Ok(ControlMessage::Load(load)) => {
+                        shared.with_cluster(|c| c.set_load(idx, load, Instant::now()))
+                    }
                     Ok(ControlMessage::Draining) => {
                         info!(node = %name, "node draining");
                         set(shared, |c| c.set_draining(idx));

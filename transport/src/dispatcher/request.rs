@@ -230,6 +230,7 @@ impl Request {
         }
         if failure.cause == Cause::Overloaded {
             self.refusals += 1;
+            cluster.record_full(a.node);
         }
         if let Some(fatal) = failure.fatal {
             return self.finish(Err(DispatchError::Rejected(fatal)), cluster);
@@ -391,7 +392,7 @@ impl Request {
             failed: &self.failed,
             fresh_only: true,
         };
-        if let Some(node) = cluster.pick(avoid, rng) {
+        if let Some(node) = cluster.pick(now, avoid, rng) {
             cluster.acquire(node);
             self.open(now, node, true, cluster);
         }
@@ -437,7 +438,7 @@ impl Request {
             failed: &self.failed,
             fresh_only: true,
         };
-        let Some(node) = cluster.pick(avoid, rng) else {
+        let Some(node) = cluster.pick(now, avoid, rng) else {
             slow.retry_at = Some(now + RETRY_POLL);
             self.slow = Some(slow);
             return;

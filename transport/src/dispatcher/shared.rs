@@ -48,7 +48,11 @@ impl Shared {
         let (membership, _) = watch::channel(0);
         Shared {
             policy: Policy::from(&config),
-            cluster: Mutex::new(Cluster::new(config.nodes.iter().cloned())),
+            cluster: Mutex::new({
+                let mut c = Cluster::new(config.nodes.iter().cloned());
+                c.set_placement(config.placement);
+                c
+            }),
             config,
             endpoint,
             client_config,
@@ -81,7 +85,7 @@ impl Shared {
     /// that gave up (its receiver is gone) gives its grant straight back.
     fn grant_waiters(self: &Arc<Self>, c: &mut Cluster<GrantTx>) {
         let mut rng = rand::rng();
-        while let Some((tx, node)) = c.grant(&mut rng) {
+        while let Some((tx, node)) = c.grant(Instant::now(), &mut rng) {
             let credit = Credit {
                 shared: self.clone(),
                 node,

@@ -63,6 +63,48 @@ impl DispatchStats {
         *counter += 1;
     }
 
+    /// Adds another front-end's counters to these (a fleet's totals).
+    pub fn merge(&mut self, other: &DispatchStats) {
+        let DispatchStats {
+            requests,
+            succeeded,
+            rejected,
+            deadline_exceeded,
+            attempts_exhausted,
+            no_nodes,
+            attempts,
+            retries,
+            hedges,
+            hedge_wins,
+            resets,
+            timeouts,
+            unstarted_cancels,
+            connection_losses,
+            silences,
+            silence_reopens,
+            retryable_errors,
+            bytes_sent,
+        } = other;
+        self.requests += requests;
+        self.succeeded += succeeded;
+        self.rejected += rejected;
+        self.deadline_exceeded += deadline_exceeded;
+        self.attempts_exhausted += attempts_exhausted;
+        self.no_nodes += no_nodes;
+        self.attempts += attempts;
+        self.retries += retries;
+        self.hedges += hedges;
+        self.hedge_wins += hedge_wins;
+        self.resets += resets;
+        self.timeouts += timeouts;
+        self.unstarted_cancels += unstarted_cancels;
+        self.connection_losses += connection_losses;
+        self.silences += silences;
+        self.silence_reopens += silence_reopens;
+        self.retryable_errors += retryable_errors;
+        self.bytes_sent += bytes_sent;
+    }
+
     /// Requests that ended, one way or another.
     pub fn finished(&self) -> u64 {
         self.succeeded

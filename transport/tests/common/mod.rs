@@ -277,6 +277,7 @@ impl Handler for TestHandler {
                 as u32,
             queued: 0,
             recent_latency_ms: self.delay_ms.load(Ordering::SeqCst) as f32,
+            ..LoadReport::default()
         }
     }
 }
