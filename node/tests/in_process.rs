@@ -139,7 +139,12 @@ async fn node_beyond_capacity_answers_overloaded() {
     config.capacity = 1;
     let node = start_node(config, shutdown.wait()).await.expect("start");
     let d1 = cluster.dispatcher(&[("solo", node.addr())]);
-    let d2 = cluster.dispatcher(&[("solo", node.addr())]);
+    // Expected-finish placement sees the other front-end's load in the node's reports and
+    // would wait rather than send; a front-end blind to it (the older rule) must still be
+    // refused by the node itself.
+    let d2 = cluster.dispatcher_with(&[("solo", node.addr())], |c| {
+        c.placement = glimpse_transport::dispatcher::Placement::LeastOutstanding;
+    });
     assert!(d1.wait_ready(1, Duration::from_secs(60)).await);
     assert!(d2.wait_ready(1, Duration::from_secs(60)).await);
 

@@ -181,6 +181,12 @@ pub struct Cli {
     /// recent p95. Default: off.
     #[arg(long, env = "GLIMPSE_HEDGE", default_value_t = false)]
     pub hedge: bool,
+    /// How a node is chosen for each image: expected-finish (where it is expected to finish
+    /// first: images ahead of it there x the node's service time; a slow node gets work
+    /// only when waiting for a fast one would take longer) or least-outstanding (the older
+    /// rule, blind to speed). Default: expected-finish.
+    #[arg(long, env = "GLIMPSE_PLACEMENT", default_value_t = glimpse_transport::dispatcher::Placement::ExpectedFinish)]
+    pub placement: glimpse_transport::dispatcher::Placement,
     /// Milliseconds without a heartbeat (nodes report load every 100 ms) after which a
     /// connected node counts as silent and its in-flight images are reopened on other nodes;
     /// the node gets new work only when no other can take it. The effective timeout is

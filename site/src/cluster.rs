@@ -195,6 +195,9 @@ fn node_view(n: NodeStatus) -> NodeView {
         failed: n.failed,
         p50_ms: n.p50_ms,
         p95_ms: n.p95_ms,
+        service_ms: n.service_ms,
+        expected_ms: n.expected_ms,
+        placement_share: Some(n.placement_share),
         model: n.info.as_ref().map(|i| i.model.clone()),
         weights: n.info.as_ref().map(|i| i.weights.clone()),
         trained: n.info.as_ref().map(|i| i.trained),
@@ -233,6 +236,7 @@ fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfi
     config.max_attempts = cli.max_attempts.max(1);
     config.request_deadline = cli.request_timeout();
     config.hedge = cli.hedge;
+    config.placement = cli.placement;
     config.silence_floor = Duration::from_millis(cli.silence_ms);
     config.tuning.congestion = cli.congestion;
     config

@@ -152,6 +152,13 @@ pub struct NodeView {
     pub failed: u64,
     pub p50_ms: Option<f32>,
     pub p95_ms: Option<f32>,
+    /// Placement's estimate of the node's service time per image on one lane, ms (absent
+    /// until some node answered).
+    pub service_ms: Option<f32>,
+    /// When one more image placed there is expected to be done, ms: what placement compares.
+    pub expected_ms: Option<f32>,
+    /// The node's share of this front-end's placements, 0 to 1 (absent on local workers).
+    pub placement_share: Option<f32>,
     /// Model name, e.g. `googlenet` or `synthetic`; absent until the node said hello.
     pub model: Option<String>,
     /// Weights identity, e.g. `googlenet-1378be20` or `random-seed-42`.

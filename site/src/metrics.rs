@@ -11,6 +11,7 @@
 //! Latencies are histograms with `le` buckets, which Prometheus can aggregate across
 //! front-ends; no quantile gauges (they cannot be averaged or summed).
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -367,6 +368,9 @@ pub(crate) fn register_live(
     let capacity = Family::<NodeLabel, Gauge>::default();
     let served = Family::<NodeLabel, Counter>::default();
     let failed = Family::<NodeLabel, Counter>::default();
+    let service = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
+    let expected = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
+    let share = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
     for n in nodes {
         let label = NodeLabel {
             node: n.name.clone(),
@@ -380,6 +384,15 @@ pub(crate) fn register_live(
         }
         served.get_or_create(&label).inc_by(n.served);
         failed.get_or_create(&label).inc_by(n.failed);
+        if let Some(ms) = n.service_ms {
+            service.get_or_create(&label).set(f64::from(ms) / 1000.0);
+        }
+        if let Some(ms) = n.expected_ms {
+            expected.get_or_create(&label).set(f64::from(ms) / 1000.0);
+        }
+        if let Some(s) = n.placement_share {
+            share.get_or_create(&label).set(f64::from(s));
+        }
     }
     live.register(
         "glimpse_node_up",
@@ -401,6 +414,21 @@ pub(crate) fn register_live(
         "glimpse_node_failed",
         "Requests to the node that failed",
         failed,
+    );
+    live.register(
+        "glimpse_node_service_seconds",
+        "Placement's estimate of the node's service time per image on one lane",
+        service,
+    );
+    live.register(
+        "glimpse_node_expected_finish_seconds",
+        "When one more image placed on the node is expected to be done",
+        expected,
+    );
+    live.register(
+        "glimpse_node_placement_share",
+        "The node's share of this front-end's placements (0 to 1)",
+        share,
     );
 }
 
@@ -601,6 +629,9 @@ mod tests {
             failed: 1,
             p50_ms: Some(5.0),
             p95_ms: Some(9.0),
+            service_ms: Some(50.0),
+            expected_ms: Some(150.0),
+            placement_share: Some(0.25),
             model: Some("synthetic".into()),
             weights: None,
             trained: None,
@@ -617,6 +648,9 @@ mod tests {
             "glimpse_node_in_flight{node=\"n\\\"1\"} 3",
             "glimpse_node_served_total{node=\"n\\\"1\"} 10",
             "glimpse_node_capacity{node=\"n\\\"1\"} 32",
+            "glimpse_node_service_seconds{node=\"n\\\"1\"} 0.05",
+            "glimpse_node_expected_finish_seconds{node=\"n\\\"1\"} 0.15",
+            "glimpse_node_placement_share{node=\"n\\\"1\"} 0.25",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -343,7 +343,9 @@ function renderNodes(data) {
     const head = el("div", "node-head");
     head.append(el("span", `dot dot-${n.state}`), el("span", "node-name", n.name), el("span", "node-state", n.state));
     const stats = el("dl", "node-stats");
-    for (const [k, v] of [["in flight", n.in_flight], ["served", n.served], ["failed", n.failed], ["p50", fmtMs(n.p50_ms)]]) {
+    const share = n.placement_share == null ? "–" : `${(n.placement_share * 100).toFixed(1)}%`;
+    for (const [k, v] of [["in flight", n.in_flight], ["served", n.served], ["failed", n.failed], ["p50", fmtMs(n.p50_ms)],
+                          ["per image", fmtMs(n.service_ms)], ["next done in", fmtMs(n.expected_ms)], ["share", share]]) {
       const d = el("div");
       d.append(el("dt", null, k), el("dd", null, String(v)));
       stats.append(d);

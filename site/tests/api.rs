@@ -100,6 +100,17 @@ async fn two_files_get_two_results_readyz_and_metrics_count_them() {
             .all(|n| n["state"] == "ready" && n["synthetic"] == true),
         "{nodes:?}"
     );
+    // What placement sees of each node: its service time once it has answered, and its
+    // share of this front-end's placements.
+    for n in &nodes {
+        let share = n["placement_share"].as_f64().expect("a share");
+        assert!((0.0..=1.0).contains(&share), "{n}");
+        if n["served"].as_u64().unwrap_or(0) > 0 {
+            assert!(n["service_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{n}");
+        }
+    }
+    let text = h.get_text("/metrics").await;
+    assert!(text.contains("glimpse_node_placement_share{"), "{text}");
     h.stop().await;
 }
 
