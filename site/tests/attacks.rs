@@ -169,17 +169,21 @@ async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
 
 /// `glimpse` with two in-process synthetic workers (1 ms per image), ready.
 async fn two_synthetic_workers() -> Spawned {
-    let server = Spawned::start(
-        &[
-            "--local-workers",
-            "2",
-            "--model",
-            "synthetic",
-            "--service-ms",
-            "1",
-        ],
-        None,
-    );
+    two_synthetic_workers_with(&[], None).await
+}
+
+/// [`two_synthetic_workers`] with `extra` flags, under `nofile` descriptors when given.
+async fn two_synthetic_workers_with(extra: &[&str], nofile: Option<u64>) -> Spawned {
+    let mut args = vec![
+        "--local-workers",
+        "2",
+        "--model",
+        "synthetic",
+        "--service-ms",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let server = Spawned::start(&args, nofile);
     server.wait_ready().await;
     server
 }
@@ -606,20 +610,9 @@ fn prost_varint(mut v: u64, out: &mut Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_messages_cost_what_they_weigh_not_what_they_describe() {
     let budget: u64 = 256 << 20;
-    let server = Spawned::start(
-        &[
-            "--local-workers",
-            "2",
-            "--model",
-            "synthetic",
-            "--service-ms",
-            "1",
-            "--max-buffered-bytes",
-            &budget.to_string(),
-        ],
-        Some(1024),
-    );
-    server.wait_ready().await;
+    let server =
+        two_synthetic_workers_with(&["--max-buffered-bytes", &budget.to_string()], Some(1024))
+            .await;
     let grpc: SocketAddr = server
         .printed("KServe v2 gRPC (Triton clients) at ")
         .split_whitespace()
