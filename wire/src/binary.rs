@@ -14,9 +14,9 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
-use super::shape::ShapeError;
 use crate::budget::Held;
+use crate::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
+use crate::shape::ShapeError;
 
 /// Reads the BYTES elements of one tensor of `size` bytes from `reader`. `first` is the
 /// index of its first element among the request's images (for messages and the image
