@@ -9,6 +9,8 @@
 //! Everything works in memory (tests, `glimpse --local-workers`) and on disk via
 //! [`write_cluster`] / [`issue_node_files`] (the `glimpse-certs` binary).
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;

@@ -1,5 +1,7 @@
 //! `glimpse-certs`: create and extend a Glimpse cluster's certificates on disk.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

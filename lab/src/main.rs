@@ -2,6 +2,8 @@
 //! and on a baseline of the seed's design, in the same run; also the baseline's worker process,
 //! and `load`, a load generator for a running deployment.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

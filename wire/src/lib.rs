@@ -13,6 +13,8 @@
 //!   ([`scan`]) before prost decodes it.
 //! - [`text`]: bounded text for error messages.
 
+#![forbid(unsafe_code)]
+
 pub mod binary;
 pub mod budget;
 pub mod codec;

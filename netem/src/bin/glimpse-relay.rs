@@ -4,6 +4,8 @@
 //! where there is no root). See `glimpse_netem::impair::DirectionConfig::apply_spec` for the
 //! impairment syntax and `glimpse_netem::control` for the control protocol.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
