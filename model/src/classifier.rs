@@ -4,9 +4,9 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::googlenet::NUM_CLASSES;
 use crate::network::Network;
@@ -73,11 +73,8 @@ impl Classifier {
     /// shared, so each lane costs only its activations while it runs.
     pub fn with_lanes(mut self, lanes: usize) -> Classifier {
         // A panic in an earlier forward pass leaves the weights as they were (the forward pass
-        // only reads them), so a poisoned lane's module is still good to clone.
-        let model = self.lanes[0]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        // only reads them), so a lane's module is always good to clone.
+        let model = self.lanes[0].lock().clone();
         self.lanes = (0..lanes.max(1))
             .map(|_| Mutex::new(model.clone()))
             .collect();
@@ -122,7 +119,7 @@ impl Classifier {
         let side = preprocess::CROP as usize;
         let input =
             Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &self.device);
-        let (index, model) = self.take_lane()?;
+        let (index, model) = self.take_lane();
         on_lane(index);
         let output = model.forward(input);
         drop(model);
@@ -142,17 +139,16 @@ impl Classifier {
 
     /// The first free lane, in order (so a lightly loaded classifier keeps using the same
     /// lanes' warm buffers); when all are busy, waits for one chosen round-robin.
-    fn take_lane(&self) -> Result<(usize, MutexGuard<'_, Network>), ModelError> {
+    /// A panic in an earlier forward pass leaves the lane usable: the pass only reads the
+    /// weights, and its buffers are rewritten by the next one (`parking_lot` does not poison).
+    fn take_lane(&self) -> (usize, MutexGuard<'_, Network>) {
         for (index, lane) in self.lanes.iter().enumerate() {
-            match lane.try_lock() {
-                Ok(model) => return Ok((index, model)),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            if let Some(model) = lane.try_lock() {
+                return (index, model);
             }
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let model = self.lanes[index].lock().map_err(|_| poisoned())?;
-        Ok((index, model))
+        (index, self.lanes[index].lock())
     }
 
     /// The `top_k` most probable classes for each image (softmax over all 1000), best first,
@@ -172,18 +168,14 @@ impl Classifier {
     /// Writes the folded network in Burn's native format (`.bpk`), for fast start with
     /// [`WeightsSource::Path`]. Written to a temporary name and renamed into place.
     pub fn save_native(&self, path: &Path) -> Result<(), ModelError> {
-        let model = self.lanes[0].lock().map_err(|_| poisoned())?;
+        let model = self.lanes[0].lock();
         native::save_native(model.stock(), path, &self.identity)
     }
 }
 
-fn poisoned() -> ModelError {
-    ModelError::Internal("a previous inference panicked".into())
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Condvar};
+    use std::sync::{Arc, Condvar, Mutex as StdMutex};
     use std::time::Duration;
 
     use super::*;
@@ -209,7 +201,7 @@ mod tests {
             .with_lanes(2);
         assert!(Backend::default().fused());
         for lane in &fused.lanes {
-            let lane = lane.lock().expect("lane");
+            let lane = lane.lock();
             assert!(
                 matches!(*lane, Network::Fused { .. }),
                 "default backend is not fused"
@@ -217,10 +209,7 @@ mod tests {
         }
         let stock = Classifier::load(&WeightsSource::Random { seed: 5 }, Backend::FlexStock)
             .expect("random weights");
-        assert!(matches!(
-            *stock.lanes[0].lock().expect("lane"),
-            Network::Stock(_)
-        ));
+        assert!(matches!(*stock.lanes[0].lock(), Network::Stock(_)));
         let values: Vec<f32> = (0..ImageTensor::LEN)
             .map(|i| ((i * 7919) % 1000) as f32 / 400.0 - 1.2)
             .collect();
@@ -273,7 +262,7 @@ mod tests {
         let classifier = Arc::new(random().with_lanes(2));
         assert_eq!(classifier.lanes(), 2);
         let single = classifier.logits(&[image()]).expect("forward");
-        let held = Arc::new((Mutex::new(Vec::<usize>::new()), Condvar::new()));
+        let held = Arc::new((StdMutex::new(Vec::<usize>::new()), Condvar::new()));
         let threads: Vec<_> = (0..2)
             .map(|_| {
                 let classifier = Arc::clone(&classifier);

@@ -11,9 +11,8 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::mpsc;
 
 use crate::impair::{Counters, DirectionConfig, Impairment, Verdict};
 use crate::link::Direction;

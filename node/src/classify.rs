@@ -10,11 +10,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use glimpse_model::{Backend, Classifier, DecodeLimits, ImageTensor, WeightsSource};
+use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::DEFAULT_MAX_IMAGE_BYTES;
@@ -257,13 +258,10 @@ pub fn classify_files(
                 };
                 drop(up);
                 loop {
-                    let next = batch_rx
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .recv();
+                    let next = batch_rx.lock().recv();
                     let Ok(batch) = next else { break };
                     let done = pool.install(|| run_batch(classifier, args, batch, lane, epoch));
-                    let mut results = results.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut results = results.lock();
                     for (slot, result) in done {
                         results[slot] = Some(result);
                     }
@@ -302,12 +300,11 @@ pub fn classify_files(
                 }
                 Err(error) => {
                     tracing::debug!(file = %path.display(), %error, "image rejected");
-                    results.lock().unwrap_or_else(PoisonError::into_inner)[slot] =
-                        Some(FileResult::Err {
-                            file: display(path),
-                            error: one_line(&error),
-                            elapsed_ms: ms(started.elapsed()),
-                        });
+                    results.lock()[slot] = Some(FileResult::Err {
+                        file: display(path),
+                        error: one_line(&error),
+                        elapsed_ms: ms(started.elapsed()),
+                    });
                 }
             }
         }
@@ -317,7 +314,7 @@ pub fn classify_files(
         drop(batch_tx);
         Ok(())
     })?;
-    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let results = results.into_inner();
     Ok(results
         .into_iter()
         .enumerate()

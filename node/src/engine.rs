@@ -15,13 +15,14 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glimpse_model::{Classifier, ImageTensor};
 use glimpse_transport::Label;
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::batches::BatchHistograms;
@@ -230,7 +231,7 @@ fn next_batch(rx: &Mutex<Receiver<Job>>, policy: BatchPolicy) -> Option<Vec<Job>
     let max_batch = policy.max_batch.max(1);
     // Poisoning needs a panic while holding the lock, and nothing below panics; the queue
     // itself would be intact anyway.
-    let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+    let rx = rx.lock();
     let first = rx.recv().ok()?;
     let mut batch = vec![first];
     let gather_until = Instant::now() + policy.max_batch_wait;
@@ -361,7 +362,7 @@ fn run_batch(model: &ModelRunner, batch: Vec<Job>, batches: &BatchHistograms) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Condvar;
+    use std::sync::{Condvar, Mutex as StdMutex};
 
     fn job(bytes: &'static [u8]) -> (Job, oneshot::Receiver<Result<JobOutcome, String>>) {
         let (tx, rx) = oneshot::channel();
@@ -492,14 +493,13 @@ mod tests {
     fn two_lanes_run_two_batches_at_once_each_on_its_own_pool() {
         // Every forward pass waits until two are inside at once (or 60 s pass, then answers
         // nothing): with the lanes serialized, neither image would get its labels.
-        let inside = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let inside = Arc::new((StdMutex::new(0usize), Condvar::new()));
         let pools = Arc::new(Mutex::new(Vec::new()));
         let probe = {
             let (inside, pools) = (inside.clone(), pools.clone());
             move |raws: &[Bytes], k: usize| {
                 pools
                     .lock()
-                    .expect("pools")
                     .push((rayon::current_num_threads(), rayon::current_thread_index()));
                 let (count, changed) = &*inside;
                 let mut n = count.lock().expect("count");
@@ -540,7 +540,7 @@ mod tests {
             assert_eq!(out.batch_size, 1);
             assert_eq!(out.top.len(), 5);
         }
-        let mut seen = pools.lock().expect("pools").clone();
+        let mut seen = pools.lock().clone();
         seen.sort();
         // Each pass ran on its lane's thread 0, inside pools of its share of the threads.
         assert_eq!(seen, vec![(1, Some(0)), (2, Some(0))]);

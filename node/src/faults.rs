@@ -3,10 +3,10 @@
 //! Each request draws from one seeded RNG, so a run with `--seed N` makes the same sequence
 //! of decisions (the order in which concurrent requests draw still depends on arrival order).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -104,10 +104,7 @@ impl Faults {
         // Two independent draws, always both, so one knob does not shift the other's
         // sequence for a given seed.
         let (die, stall) = {
-            let mut rng = match self.rng.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let mut rng = self.rng.lock();
             (rng.random_bool(c.fail_rate), rng.random_bool(c.stall_rate))
         };
         if die {

@@ -18,15 +18,14 @@
 //! 6. the inference lanes' queue, and the answer.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use glimpse_model::DecodeLimits;
-use glimpse_transport::sync::lock;
 use glimpse_transport::{
     Handler, InferenceAnswer, InferenceError, InferenceRequest, LoadReport, Timings, WorkStarted,
 };
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::engine::{Engine, Job, Prepared, SubmitError};
@@ -475,7 +474,7 @@ impl Handler for NodeHandler {
                 self.counters.answered.fetch_add(1, Ordering::Relaxed);
                 self.record_latency(arrived.elapsed());
                 let us = (answer.timings.service_ms() * 1000.0) as u64;
-                let mut recent = lock(&self.recent_service);
+                let mut recent = self.recent_service.lock();
                 *recent = (recent.0.saturating_add(us), recent.1.saturating_add(1));
             }
             Err(_) => {
@@ -491,7 +490,7 @@ impl Handler for NodeHandler {
             queued: self.engine.queued(),
             recent_latency_ms: f32::from_bits(self.latency_ms.load(Ordering::Relaxed)),
             service_ms: {
-                let (us, count) = std::mem::take(&mut *lock(&self.recent_service));
+                let (us, count) = std::mem::take(&mut *self.recent_service.lock());
                 (count > 0).then(|| us as f32 / count as f32 / 1000.0)
             },
             lanes: Some(self.engine.lanes()),

@@ -136,9 +136,9 @@ async fn killed_node_is_noticed_by_its_silence_before_the_connection_times_out()
         .map(|n| NodeProc::spawn(&cluster, n, localhost_any_port(), 400, &[]))
         .collect();
     let d = cluster.dispatcher_with(&[("a", nodes[0].addr), ("b", nodes[1].addr)], |c| {
-        c.attempt_timeout_cold = Duration::from_secs(60);
-        c.attempt_timeout_floor = Duration::from_secs(60);
-        c.request_deadline = Duration::from_secs(120);
+        c.policy.attempt_timeout_cold = Duration::from_secs(60);
+        c.policy.attempt_timeout_floor = Duration::from_secs(60);
+        c.policy.request_deadline = Duration::from_secs(120);
     });
     assert!(d.wait_ready(2, READY).await, "nodes did not become ready");
     let reasons = Arc::new(Mutex::new(Vec::new()));

@@ -143,7 +143,7 @@ async fn node_beyond_capacity_answers_overloaded() {
     // would wait rather than send; a front-end blind to it (the older rule) must still be
     // refused by the node itself.
     let d2 = cluster.dispatcher_with(&[("solo", node.addr())], |c| {
-        c.placement = glimpse_transport::dispatcher::Placement::LeastOutstanding;
+        c.policy.placement = glimpse_transport::dispatcher::Placement::LeastOutstanding;
     });
     assert!(d1.wait_ready(1, Duration::from_secs(60)).await);
     assert!(d2.wait_ready(1, Duration::from_secs(60)).await);

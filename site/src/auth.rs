@@ -12,10 +12,11 @@
 //! good set in force and logs why, rather than locking every client out.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use parking_lot::RwLock;
 use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
@@ -194,20 +195,14 @@ impl KeyFile {
 
     /// The keys in force now.
     pub fn current(&self) -> Arc<ApiKeys> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keys.read().clone()
     }
 
     /// Re-read the file if its contents changed. Returns `Ok(true)` when a new set of keys
     /// took effect; on an error the previous keys stay in force.
     pub fn reload(&self) -> Result<bool, KeyFileError> {
         let bytes = read(&self.path)?;
-        if self
-            .seen
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_deref()
-            == Some(&bytes[..])
-        {
+        if self.seen.read().as_deref() == Some(&bytes[..]) {
             return Ok(false);
         }
         let parsed = ApiKeys::parse(
@@ -215,9 +210,9 @@ impl KeyFile {
             &self.path.display().to_string(),
         );
         // Remember the contents either way, so a bad file is reported once, not every poll.
-        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        *self.seen.write() = Some(bytes);
         let keys = parsed?;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.keys.write() = Arc::new(keys);
         Ok(true)
     }
 

@@ -233,11 +233,11 @@ impl Cluster {
 }
 
 fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfig {
-    config.max_attempts = cli.max_attempts.max(1);
-    config.request_deadline = cli.request_timeout();
-    config.hedge = cli.hedge;
-    config.placement = cli.placement;
-    config.silence_floor = Duration::from_millis(cli.silence_ms);
+    config.policy.max_attempts = cli.max_attempts.max(1);
+    config.policy.request_deadline = cli.request_timeout();
+    config.policy.hedge = cli.hedge;
+    config.policy.placement = cli.placement;
+    config.policy.silence_floor = Duration::from_millis(cli.silence_ms);
     config.tuning.congestion = cli.congestion;
     config
 }
@@ -384,7 +384,7 @@ mod tests {
     fn dispatch_flags_reach_the_dispatcher() {
         let c = config_from(&["glimpse"]);
         assert_eq!(c.tuning.congestion, CongestionControl::Cubic);
-        assert_eq!(c.silence_floor, Duration::from_millis(500));
+        assert_eq!(c.policy.silence_floor, Duration::from_millis(500));
         let c = config_from(&[
             "glimpse",
             "--congestion",
@@ -396,9 +396,9 @@ mod tests {
             "--hedge",
         ]);
         assert_eq!(c.tuning.congestion, CongestionControl::Bbr);
-        assert_eq!(c.silence_floor, Duration::from_millis(750));
-        assert_eq!(c.max_attempts, 5);
-        assert!(c.hedge);
+        assert_eq!(c.policy.silence_floor, Duration::from_millis(750));
+        assert_eq!(c.policy.max_attempts, 5);
+        assert!(c.policy.hedge);
         assert!(Cli::try_parse_from(["glimpse", "--congestion", "reno"]).is_err());
     }
 }

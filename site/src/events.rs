@@ -7,8 +7,9 @@
 //! is told how many it lost so the page can fetch the jobs it follows again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::caller::Owner;
@@ -67,7 +68,8 @@ impl EventHub {
             wake: Notify::new(),
             max_bytes,
         });
-        self.lock()
+        self.subs
+            .lock()
             .entry(owner.clone())
             .or_default()
             .push(Arc::downgrade(&sub));
@@ -80,13 +82,13 @@ impl EventHub {
 
     /// Deliver `job` (`size` bytes, as the job store counts them) to `owner`'s subscribers.
     pub(crate) fn publish(&self, owner: &Owner, job: &Arc<JobView>, size: usize) {
-        let subs: Vec<Arc<Subscriber>> = match self.lock().get(owner) {
+        let subs: Vec<Arc<Subscriber>> = match self.subs.lock().get(owner) {
             Some(list) => list.iter().filter_map(Weak::upgrade).collect(),
             None => return,
         };
         for sub in subs {
             {
-                let mut q = sub.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = sub.queue.lock();
                 if q.bytes + size > sub.max_bytes {
                     q.lagged += 1;
                 } else {
@@ -100,11 +102,7 @@ impl EventHub {
 
     /// Subscriptions open now, over all owners.
     pub(crate) fn subscribers(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Owner, Vec<Weak<Subscriber>>>> {
-        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+        self.subs.lock().values().map(Vec::len).sum()
     }
 }
 
@@ -113,7 +111,7 @@ impl Subscription {
     pub async fn next(&self) -> Event {
         loop {
             {
-                let mut q = self.sub.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = self.sub.queue.lock();
                 if q.lagged > 0 {
                     let n = std::mem::take(&mut q.lagged);
                     return Event::Lagged(n);
@@ -132,7 +130,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut subs = self.hub.lock();
+        let mut subs = self.hub.subs.lock();
         if let Some(list) = subs.get_mut(&self.owner) {
             list.retain(|w| w.upgrade().is_some_and(|s| !Arc::ptr_eq(&s, &self.sub)));
             if list.is_empty() {
@@ -168,7 +166,7 @@ mod tests {
         drop(b);
         assert_eq!(hub.subscribers(), 0);
         assert!(
-            hub.lock().is_empty(),
+            hub.subs.lock().is_empty(),
             "owners are forgotten with their last subscriber"
         );
     }

@@ -7,8 +7,9 @@
 //! running server does not grow without limit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::caller::Owner;
@@ -103,7 +104,7 @@ impl JobStore {
         let view = Arc::new(job);
         let bytes = view.approx_bytes();
         {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             if view.status.is_final() {
                 inner.finished.push_back((view.id.clone(), bytes));
                 inner.finished_bytes += bytes;
@@ -126,7 +127,7 @@ impl JobStore {
     /// result.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut JobView)) -> Option<JobView> {
         let (owner, view, bytes) = {
-            let mut inner = self.lock();
+            let mut inner = self.inner.lock();
             let stored = inner.jobs.get_mut(id)?;
             if stored.view.status.is_final() {
                 return None;
@@ -151,19 +152,20 @@ impl JobStore {
 
     /// `owner`'s job `id`. Another owner's job is indistinguishable from a missing one.
     pub fn get(&self, id: &str, owner: &Owner) -> Option<JobView> {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         let stored = inner.jobs.get(id)?;
         (stored.owner == *owner).then(|| (*stored.view).clone())
     }
 
     /// Job `id` whoever owns it: for the site's own bookkeeping, never for a client.
     pub(crate) fn get_internal(&self, id: &str) -> Option<JobView> {
-        self.lock().jobs.get(id).map(|s| (*s.view).clone())
+        self.inner.lock().jobs.get(id).map(|s| (*s.view).clone())
     }
 
     /// Number of jobs not yet final.
     pub fn live(&self) -> usize {
-        self.lock()
+        self.inner
+            .lock()
             .jobs
             .values()
             .filter(|j| !j.view.status.is_final())
@@ -172,7 +174,7 @@ impl JobStore {
 
     /// Finished jobs kept, and their bytes.
     pub fn retained(&self) -> (usize, usize) {
-        let inner = self.lock();
+        let inner = self.inner.lock();
         (inner.finished.len(), inner.finished_bytes)
     }
 
@@ -185,11 +187,6 @@ impl JobStore {
                 inner.jobs.remove(&old);
             }
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -13,9 +13,9 @@
 //!
 //! Every protocol (JSON API, KServe v2 over HTTP and gRPC) feeds the same counters.
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
 /// A count and the total time it took, in nanoseconds (Triton's `StatisticDuration`).
@@ -81,7 +81,7 @@ pub struct ModelStats {
 impl ModelStats {
     /// Count one answered image that took `total` from acceptance to answer.
     pub fn success(&self, total: Duration, stages: StageTimes) {
-        let mut s = self.lock();
+        let mut s = self.inner.lock();
         s.success.add(total);
         s.queue.add(stages.queue);
         s.compute_input.add(stages.compute_input);
@@ -94,16 +94,12 @@ impl ModelStats {
 
     /// Count one accepted image that failed after `total`.
     pub fn failure(&self, total: Duration) {
-        self.lock().fail.add(total);
+        self.inner.lock().fail.add(total);
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
-        *self.lock()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, StatsSnapshot> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        *self.inner.lock()
     }
 }
 

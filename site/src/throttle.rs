@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::caller::{LimitKey, net_of};
@@ -150,7 +151,7 @@ impl FailureThrottle {
             return Ok(());
         };
         let tolerance = Self::interval(spec) * (spec.burst.get() - 1);
-        let drained = self.lock().get(&net_of(addr)).copied();
+        let drained = self.drained_at.lock().get(&net_of(addr)).copied();
         match drained {
             Some(at) if at > now + tolerance => Err(at - tolerance - now),
             _ => Ok(()),
@@ -163,7 +164,7 @@ impl FailureThrottle {
             return;
         };
         let net = net_of(addr);
-        let mut map = self.lock();
+        let mut map = self.drained_at.lock();
         if map.len() >= MAX_FAILING_ADDRESSES && !map.contains_key(&net) {
             map.retain(|_, at| *at > now);
             if map.len() >= MAX_FAILING_ADDRESSES {
@@ -176,18 +177,14 @@ impl FailureThrottle {
 
     /// Forget addresses whose failures have drained; run periodically.
     pub fn prune(&self, now: Instant) {
-        let mut map = self.lock();
+        let mut map = self.drained_at.lock();
         map.retain(|_, at| *at > now);
         map.shrink_to_fit();
     }
 
     /// Addresses remembered now (for tests).
     pub fn tracked(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        self.drained_at.lock().unwrap_or_else(|e| e.into_inner())
+        self.drained_at.lock().len()
     }
 }
 
@@ -277,7 +274,7 @@ impl KeyedCounter {
 
     /// Take `n` units for `key`, all or nothing.
     pub fn take(&self, key: &LimitKey, n: usize) -> Result<Share, ShareRefused> {
-        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.inner.lock();
         let held = c.by_key.get(key).copied().unwrap_or(0);
         if held + n > self.per_key {
             return Err(ShareRefused::Caller { cap: self.per_key });
@@ -297,13 +294,13 @@ impl KeyedCounter {
 
     /// Units held by `key` now.
     pub fn held(&self, key: &LimitKey) -> usize {
-        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let c = self.inner.lock();
         c.by_key.get(key).copied().unwrap_or(0)
     }
 
     /// Units held overall.
     pub fn total(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.inner.lock().total
     }
 }
 
@@ -337,7 +334,7 @@ impl Drop for Share {
         if self.n == 0 {
             return;
         }
-        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.inner.lock();
         c.total = c.total.saturating_sub(self.n);
         if let Some(held) = c.by_key.get_mut(&self.key) {
             *held = held.saturating_sub(self.n);
@@ -461,9 +458,6 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(c.total(), 0);
-        assert!(
-            c.inner.lock().unwrap().by_key.is_empty(),
-            "forgotten at zero"
-        );
+        assert!(c.inner.lock().by_key.is_empty(), "forgotten at zero");
     }
 }

@@ -17,12 +17,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use memchr::memmem;
+use parking_lot::Mutex;
 use tokio::time::Sleep;
 
 use crate::budget::{ByteBudget, Held};
@@ -230,7 +231,7 @@ where
             Poll::Ready(Some(Ok(chunk))) => {
                 let paid = match &this.budget {
                     Some(budget) => {
-                        let mut held = this.held.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut held = this.held.lock();
                         budget.take(&mut held, chunk.len())
                     }
                     None => true,
@@ -265,10 +266,7 @@ where
 
 /// Take what a metered read paid for out of its shared holding.
 fn take_held(held: &Arc<Mutex<Held>>) -> Held {
-    std::mem::replace(
-        &mut *held.lock().unwrap_or_else(|e| e.into_inner()),
-        Held::none(),
-    )
+    std::mem::replace(&mut *held.lock(), Held::none())
 }
 
 /// The upload error for a failed body read.

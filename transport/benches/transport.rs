@@ -295,7 +295,7 @@ async fn run() {
                 fe.cert_chain().expect("c"),
                 fe.private_key().expect("k"),
             );
-            cfg.request_deadline = Duration::from_secs(60);
+            cfg.policy.request_deadline = Duration::from_secs(60);
             let d = Dispatcher::start(cfg).expect("dispatcher");
             assert!(
                 d.wait_ready(nodes.len(), Duration::from_secs(30)).await,

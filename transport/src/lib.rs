@@ -20,7 +20,6 @@ mod error;
 mod server;
 pub mod shutdown;
 pub mod stream;
-pub mod sync;
 mod types;
 
 pub use codec::{ALPN, MAX_FRAME_BYTES, PROTOCOL_VERSION, StreamCode};

@@ -326,7 +326,7 @@ async fn deadline_with_no_node_is_a_typed_error() {
         .local_addr()
         .unwrap();
     let mut cfg = pki.dispatcher_config(&[("a", addr)]);
-    cfg.request_deadline = Duration::from_millis(500);
+    cfg.policy.request_deadline = Duration::from_millis(500);
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     assert_eq!(
         d.classify(image(1, 10), 5, |_| {}).await.unwrap_err(),
@@ -344,7 +344,7 @@ async fn stalled_node_hits_the_attempt_timeout_and_is_retried() {
     let a = start_node(pki.node_config("a", 8), ha.clone());
     let b = start_node(pki.node_config("b", 8), TestHandler::new("b"));
     let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
-    cfg.attempt_timeout_cold = Duration::from_millis(700);
+    cfg.policy.attempt_timeout_cold = Duration::from_millis(700);
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     ready(&d, 2).await;
     for i in 0..10u8 {
@@ -374,8 +374,8 @@ async fn answers_slower_than_the_attempt_timeout_everywhere_still_arrive() {
     let hb = TestHandler::with_delay("b", 1500);
     let b = start_node(pki.node_config("b", 8), hb.clone());
     let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
-    cfg.attempt_timeout_cold = Duration::from_millis(300);
-    cfg.max_attempts = 2;
+    cfg.policy.attempt_timeout_cold = Duration::from_millis(300);
+    cfg.policy.max_attempts = 2;
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     ready(&d, 2).await;
     let mut set = tokio::task::JoinSet::new();
@@ -401,10 +401,10 @@ async fn hedging_sends_a_second_copy_and_cancels_the_loser() {
     let hb = TestHandler::with_delay("b", 1);
     let b = start_node(pki.node_config("b", 64), hb.clone());
     let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
-    cfg.hedge = true;
+    cfg.policy.hedge = true;
     // Without hedging a slow attempt would wait this long before a retry.
-    cfg.attempt_timeout_floor = Duration::from_secs(25);
-    cfg.attempt_timeout_cold = Duration::from_secs(25);
+    cfg.policy.attempt_timeout_floor = Duration::from_secs(25);
+    cfg.policy.attempt_timeout_cold = Duration::from_secs(25);
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     ready(&d, 2).await;
     // Warm up the latency window (hedging needs observed latency).
@@ -575,7 +575,7 @@ async fn unstarted_overdue_attempt_moves_and_is_cancelled_where_it_waited() {
     let pki = Pki::new();
     let [(ha, a), (hb, b)] = two_nodes(&pki);
     let mut cfg = pki.dispatcher_config(&[("a", a.addr), ("b", b.addr)]);
-    cfg.attempt_timeout_cold = Duration::from_millis(400);
+    cfg.policy.attempt_timeout_cold = Duration::from_millis(400);
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     ready(&d, 2).await;
     ha.hold_unstarted.store(true, Ordering::SeqCst);
@@ -716,8 +716,8 @@ async fn old_nodes_without_acks_are_reopened_without_cancel_and_first_answer_win
     let (a, a_answered, _) = old_node(&pki, "a", Duration::from_millis(1500)).await;
     let (b, b_answered, _) = old_node(&pki, "b", Duration::from_millis(1500)).await;
     let mut cfg = pki.dispatcher_config(&[("a", a), ("b", b)]);
-    cfg.attempt_timeout_cold = Duration::from_millis(300);
-    cfg.max_attempts = 2;
+    cfg.policy.attempt_timeout_cold = Duration::from_millis(300);
+    cfg.policy.max_attempts = 2;
     let d = glimpse_transport::Dispatcher::start(cfg).unwrap();
     ready(&d, 2).await;
     assert!(d.nodes().iter().all(|n| !n.info.as_ref().unwrap().acks));

@@ -185,7 +185,7 @@ async fn dispatcher_refuses_node_from_another_ca_or_with_the_wrong_name() {
     let named = start_node(pki.node_config("b", 8), h_named.clone());
 
     let mut dcfg = pki.dispatcher_config(&[("a", rogue_node.addr), ("not-b", named.addr)]);
-    dcfg.request_deadline = Duration::from_millis(1500);
+    dcfg.policy.request_deadline = Duration::from_millis(1500);
     let d = Dispatcher::start(dcfg).unwrap();
     // Let both fail their handshakes at least once.
     let deadline = Instant::now() + LONG;

@@ -80,7 +80,9 @@ async fn write_frame(
 /// Runs a baseline worker until the process exits. Requests on one connection are served one
 /// after another (the seed's workers were single-threaded); each connection gets its own task.
 pub async fn run_worker(listener: TcpListener, behaviour: WorkerBehaviour) -> Result<(), LabError> {
-    let rng = Arc::new(std::sync::Mutex::new(StdRng::seed_from_u64(behaviour.seed)));
+    let rng = Arc::new(parking_lot::Mutex::new(StdRng::seed_from_u64(
+        behaviour.seed,
+    )));
     let behaviour = Arc::new(behaviour);
     loop {
         let (stream, peer) = listener.accept().await.map_err(LabError::Io)?;
@@ -94,15 +96,15 @@ pub async fn run_worker(listener: TcpListener, behaviour: WorkerBehaviour) -> Re
     }
 }
 
-fn roll(rng: &std::sync::Mutex<StdRng>, p: f64) -> bool {
-    let mut r = rng.lock().unwrap_or_else(|e| e.into_inner());
+fn roll(rng: &parking_lot::Mutex<StdRng>, p: f64) -> bool {
+    let mut r = rng.lock();
     p > 0.0 && r.random::<f64>() < p
 }
 
 async fn serve_connection(
     mut stream: TcpStream,
     b: &WorkerBehaviour,
-    rng: &std::sync::Mutex<StdRng>,
+    rng: &parking_lot::Mutex<StdRng>,
 ) -> std::io::Result<()> {
     loop {
         let (id, image) = read_frame(&mut stream).await?;

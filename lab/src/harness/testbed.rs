@@ -25,9 +25,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use super::LabError;
@@ -35,7 +36,6 @@ use super::net::NsLink;
 use super::procs::Proc;
 use glimpse_netem::link::{Direction, LinkControl};
 use glimpse_netem::relay::{RelayConfig, RelayHandle};
-use glimpse_transport::sync::lock;
 
 /// How a worker is started, kept so that the crash cycles can start it again.
 #[derive(Clone)]
@@ -98,7 +98,7 @@ impl Testbed {
         args: Vec<String>,
     ) -> Result<(), LabError> {
         let proc = Proc::spawn(name, &program, &args, &self.log_dir)?;
-        lock(&self.workers).push(Some(proc));
+        self.workers.lock().push(Some(proc));
         self.commands.push(WorkerCommand {
             name: name.to_string(),
             program,
@@ -183,7 +183,7 @@ impl Testbed {
         if let Some(mut frontend) = self.frontend.take() {
             frontend.kill().await;
         }
-        let workers: Vec<Proc> = lock(&self.workers).drain(..).flatten().collect();
+        let workers: Vec<Proc> = self.workers.lock().drain(..).flatten().collect();
         for mut w in workers {
             w.kill().await;
         }
@@ -211,7 +211,7 @@ impl Drop for Testbed {
             t.abort();
         }
         self.frontend = None;
-        lock(&self.workers).clear();
+        self.workers.lock().clear();
         // Stops relays and TUN links alike; a TUN link's shutdown deletes its namespace.
         for l in &self.links {
             l.shutdown();
@@ -237,14 +237,14 @@ async fn crash_cycles(
         let idx = k % commands.len();
         k += 1;
         // Taken out of its slot so that no lock is held while it dies.
-        let victim = lock(&workers)[idx].take();
+        let victim = workers.lock()[idx].take();
         if let Some(mut p) = victim {
             p.kill().await;
         }
         tokio::time::sleep(down_for).await;
         let c = &commands[idx];
         match Proc::spawn(&c.name, &c.program, &c.args, &log_dir) {
-            Ok(p) => lock(&workers)[idx] = Some(p),
+            Ok(p) => workers.lock()[idx] = Some(p),
             Err(e) => tracing::warn!(error = %e, "restart failed"),
         }
     }

@@ -90,9 +90,9 @@ impl Cluster {
             client.cert_chain().expect("chain"),
             client.private_key().expect("key"),
         );
-        config.max_attempts = 6;
-        config.request_deadline = Duration::from_secs(60);
-        config.hedge = false;
+        config.policy.max_attempts = 6;
+        config.policy.request_deadline = Duration::from_secs(60);
+        config.policy.hedge = false;
         tweak(&mut config);
         Dispatcher::start(config).expect("dispatcher")
     }

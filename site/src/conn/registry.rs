@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 
 use super::{ConnLimits, REFUSALS_AT_ONCE};
@@ -364,12 +365,12 @@ impl Registry {
 
     /// Connections open now, on all listeners.
     pub fn open(&self) -> usize {
-        self.lock().open.len()
+        self.inner.lock().open.len()
     }
 
     /// Connections open now on `listener`.
     pub fn open_on(&self, listener: Listener) -> usize {
-        self.lock().per_listener[listener.index()]
+        self.inner.lock().per_listener[listener.index()]
     }
 
     /// Take a slot for a connection from `peer` on `listener`, reclaiming one (see the
@@ -386,7 +387,7 @@ impl Registry {
     ) -> Result<Ticket, Refused> {
         let net = net_of(peer);
         let pool = listener.pool();
-        let mut slots = self.lock();
+        let mut slots = self.inner.lock();
         if slots.per_ip.get(&(pool, net)).copied().unwrap_or(0) >= self.limits.max_per_ip {
             let Some(victim) = Self::victim(&slots, Scope::Address(pool, net), now) else {
                 self.counters.refused_per_ip.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +486,7 @@ impl Registry {
     }
 
     fn release(&self, state: &Arc<ConnState>) {
-        let mut slots = self.lock();
+        let mut slots = self.inner.lock();
         Self::forget(&mut slots, state);
     }
 
@@ -504,10 +505,6 @@ impl Registry {
         }
         let n = &mut slots.per_listener[state.listener.index()];
         *n = n.saturating_sub(1);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -20,11 +20,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tonic::Status;
 
@@ -75,10 +76,7 @@ pub(crate) struct PaidBytes(Arc<Mutex<Held>>);
 impl PaidBytes {
     /// Take the payment (once; later calls get nothing).
     pub(crate) fn take(&self) -> Held {
-        std::mem::replace(
-            &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
-            Held::none(),
-        )
+        std::mem::replace(&mut *self.0.lock(), Held::none())
     }
 }
 
@@ -154,7 +152,7 @@ impl<B> Paid<B> {
             return Ok(());
         }
         let paid = {
-            let mut held = self.held.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut held = self.held.0.lock();
             self.site.budget.take(&mut held, upto - self.charged)
         };
         if !paid {

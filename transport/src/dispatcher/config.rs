@@ -1,6 +1,6 @@
 //! What the front-end is told: the nodes, its certificate, and the knobs of placement,
 //! retries, hedging and supervision, with the reason for each default. [`Policy`] is the part
-//! the sans-IO core needs, copied out so the core never sees certificates or sockets.
+//! the sans-IO core decides with, kept apart so the core never sees certificates or sockets.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,6 +31,72 @@ pub struct DispatcherConfig {
     pub client_cert_chain: Vec<CertificateDer<'static>>,
     /// Its private key.
     pub client_key: PrivateKeyDer<'static>,
+    /// Placement, retries, hedging, timeouts and supervision: what the sans-IO core decides
+    /// with (see [`Policy`] for each default).
+    pub policy: Policy,
+    /// First reconnect delay. Default 100 ms.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay. Default 2 s: a restarted node is back in use within ~2 s.
+    pub reconnect_max: Duration,
+    /// Handshake + Hello timeout. Default 3 s.
+    pub connect_timeout: Duration,
+    /// How long a node taken out of the membership ([`super::Dispatcher::set_nodes`]) keeps
+    /// its connection for the attempts it still runs; then the connection is closed and
+    /// what is left moves to other nodes. Default 30 s, the default request deadline: no
+    /// attempt outlives its request, so a healthy node drains well within it.
+    pub drain_timeout: Duration,
+    /// QUIC settings (its `max_image_bytes` is set from [`Policy::max_image_bytes`]).
+    pub tuning: TransportTuning,
+    /// Local UDP address to bind. Default: unspecified address of the first node's family, port 0.
+    pub bind: Option<SocketAddr>,
+}
+
+impl Clone for DispatcherConfig {
+    fn clone(&self) -> Self {
+        DispatcherConfig {
+            nodes: self.nodes.clone(),
+            ca: self.ca.clone(),
+            client_cert_chain: self.client_cert_chain.clone(),
+            client_key: self.client_key.clone_key(),
+            policy: self.policy,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            connect_timeout: self.connect_timeout,
+            drain_timeout: self.drain_timeout,
+            tuning: self.tuning.clone(),
+            bind: self.bind,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// A config with the documented defaults.
+    pub fn new(
+        nodes: Vec<NodeEndpoint>,
+        ca: Vec<CertificateDer<'static>>,
+        client_cert_chain: Vec<CertificateDer<'static>>,
+        client_key: PrivateKeyDer<'static>,
+    ) -> Self {
+        DispatcherConfig {
+            nodes,
+            ca,
+            client_cert_chain,
+            client_key,
+            policy: Policy::default(),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(3),
+            drain_timeout: Duration::from_secs(30),
+            tuning: TransportTuning::default(),
+            bind: None,
+        }
+    }
+}
+
+/// The decisions' settings: what a [`super::Request`] and the cluster state need, and nothing
+/// that does I/O. Part of [`DispatcherConfig`]; the simulator builds one directly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
     /// Most attempts per request, hedges included. Default 4.
     pub max_attempts: u32,
     /// Overall budget per request, retries and waiting for a node included. Default 30 s.
@@ -54,12 +120,9 @@ pub struct DispatcherConfig {
     /// Upload allowance added to the per-attempt timeout, in bytes per second: large images
     /// take longer to send than small ones. Default 4 MiB/s (a 16 MiB image gets +4 s).
     pub upload_bytes_per_sec: u64,
-    /// First reconnect delay. Default 100 ms.
-    pub reconnect_min: Duration,
-    /// Largest reconnect delay. Default 2 s: a restarted node is back in use within ~2 s.
-    pub reconnect_max: Duration,
-    /// Handshake + Hello timeout. Default 3 s.
-    pub connect_timeout: Duration,
+    /// Largest image accepted. The dispatcher's QUIC settings follow it
+    /// (`DispatcherConfig::tuning`'s `max_image_bytes` is set from it at start). Default 32 MiB.
+    pub max_image_bytes: usize,
     /// A node is *silent* when nothing arrives on its control stream for
     /// max(this floor, `silence_reports` × its load interval) + 2 × the connection's RTT; its
     /// in-flight images are then reopened on other nodes (the attempts go on and may still
@@ -69,108 +132,6 @@ pub struct DispatcherConfig {
     pub silence_floor: Duration,
     /// Load reports a node may miss before it counts as silent (see `silence_floor`).
     /// Default 5.
-    pub silence_reports: u32,
-    /// How long a node taken out of the membership ([`super::Dispatcher::set_nodes`]) keeps
-    /// its connection for the attempts it still runs; then the connection is closed and
-    /// what is left moves to other nodes. Default 30 s, the default request deadline: no
-    /// attempt outlives its request, so a healthy node drains well within it.
-    pub drain_timeout: Duration,
-    /// QUIC settings (`max_image_bytes` also caps what `classify` accepts).
-    pub tuning: TransportTuning,
-    /// Local UDP address to bind. Default: unspecified address of the first node's family, port 0.
-    pub bind: Option<SocketAddr>,
-}
-
-impl Clone for DispatcherConfig {
-    fn clone(&self) -> Self {
-        DispatcherConfig {
-            nodes: self.nodes.clone(),
-            ca: self.ca.clone(),
-            client_cert_chain: self.client_cert_chain.clone(),
-            client_key: self.client_key.clone_key(),
-            max_attempts: self.max_attempts,
-            request_deadline: self.request_deadline,
-            placement: self.placement,
-            hedge: self.hedge,
-            hedge_min_delay: self.hedge_min_delay,
-            attempt_timeout_floor: self.attempt_timeout_floor,
-            attempt_timeout_factor: self.attempt_timeout_factor,
-            attempt_timeout_cold: self.attempt_timeout_cold,
-            upload_bytes_per_sec: self.upload_bytes_per_sec,
-            reconnect_min: self.reconnect_min,
-            reconnect_max: self.reconnect_max,
-            connect_timeout: self.connect_timeout,
-            silence_floor: self.silence_floor,
-            silence_reports: self.silence_reports,
-            drain_timeout: self.drain_timeout,
-            tuning: self.tuning.clone(),
-            bind: self.bind,
-        }
-    }
-}
-
-impl DispatcherConfig {
-    /// A config with the documented defaults.
-    pub fn new(
-        nodes: Vec<NodeEndpoint>,
-        ca: Vec<CertificateDer<'static>>,
-        client_cert_chain: Vec<CertificateDer<'static>>,
-        client_key: PrivateKeyDer<'static>,
-    ) -> Self {
-        let p = Policy::default();
-        DispatcherConfig {
-            nodes,
-            ca,
-            client_cert_chain,
-            client_key,
-            max_attempts: p.max_attempts,
-            request_deadline: p.request_deadline,
-            placement: p.placement,
-            hedge: p.hedge,
-            hedge_min_delay: p.hedge_min_delay,
-            attempt_timeout_floor: p.attempt_timeout_floor,
-            attempt_timeout_factor: p.attempt_timeout_factor,
-            attempt_timeout_cold: p.attempt_timeout_cold,
-            upload_bytes_per_sec: p.upload_bytes_per_sec,
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(3),
-            silence_floor: p.silence_floor,
-            silence_reports: p.silence_reports,
-            drain_timeout: Duration::from_secs(30),
-            tuning: TransportTuning::default(),
-            bind: None,
-        }
-    }
-}
-
-/// The decisions' settings, taken from [`DispatcherConfig`]: what a [`super::Request`] and
-/// the cluster state need, and nothing that does I/O. The simulator builds one directly.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
-    /// See [`DispatcherConfig::max_attempts`].
-    pub max_attempts: u32,
-    /// See [`DispatcherConfig::request_deadline`].
-    pub request_deadline: Duration,
-    /// See [`DispatcherConfig::placement`].
-    pub placement: Placement,
-    /// See [`DispatcherConfig::hedge`].
-    pub hedge: bool,
-    /// See [`DispatcherConfig::hedge_min_delay`].
-    pub hedge_min_delay: Duration,
-    /// See [`DispatcherConfig::attempt_timeout_floor`].
-    pub attempt_timeout_floor: Duration,
-    /// See [`DispatcherConfig::attempt_timeout_factor`].
-    pub attempt_timeout_factor: f32,
-    /// See [`DispatcherConfig::attempt_timeout_cold`].
-    pub attempt_timeout_cold: Duration,
-    /// See [`DispatcherConfig::upload_bytes_per_sec`].
-    pub upload_bytes_per_sec: u64,
-    /// Largest image accepted (`TransportTuning::max_image_bytes`).
-    pub max_image_bytes: usize,
-    /// See [`DispatcherConfig::silence_floor`].
-    pub silence_floor: Duration,
-    /// See [`DispatcherConfig::silence_reports`].
     pub silence_reports: u32,
 }
 
@@ -190,25 +151,6 @@ impl Default for Policy {
             max_image_bytes: TransportTuning::default().max_image_bytes,
             silence_floor: Duration::from_millis(500),
             silence_reports: 5,
-        }
-    }
-}
-
-impl From<&DispatcherConfig> for Policy {
-    fn from(c: &DispatcherConfig) -> Policy {
-        Policy {
-            max_attempts: c.max_attempts,
-            request_deadline: c.request_deadline,
-            placement: c.placement,
-            hedge: c.hedge,
-            hedge_min_delay: c.hedge_min_delay,
-            attempt_timeout_floor: c.attempt_timeout_floor,
-            attempt_timeout_factor: c.attempt_timeout_factor,
-            attempt_timeout_cold: c.attempt_timeout_cold,
-            upload_bytes_per_sec: c.upload_bytes_per_sec,
-            max_image_bytes: c.tuning.max_image_bytes,
-            silence_floor: c.silence_floor,
-            silence_reports: c.silence_reports,
         }
     }
 }

@@ -31,7 +31,7 @@ struct ShutdownOnDrop {
     shutdown: ShutdownTrigger,
     /// Serialises membership changes, so two `set_nodes` calls cannot interleave their
     /// cluster update and the supervisors they start.
-    membership: std::sync::Mutex<()>,
+    membership: parking_lot::Mutex<()>,
 }
 
 impl ShutdownOnDrop {
@@ -77,8 +77,9 @@ impl std::fmt::Debug for Dispatcher {
 impl Dispatcher {
     /// Bind the front-end's UDP endpoint and start one connect/reconnect task per node.
     /// Must be called inside a tokio runtime.
-    pub fn start(config: DispatcherConfig) -> Result<Dispatcher, TransportError> {
-        if config.max_attempts == 0 {
+    pub fn start(mut config: DispatcherConfig) -> Result<Dispatcher, TransportError> {
+        config.tuning.max_image_bytes = config.policy.max_image_bytes;
+        if config.policy.max_attempts == 0 {
             return Err(TransportError::Config(
                 "max_attempts must be at least 1".into(),
             ));
@@ -106,7 +107,7 @@ impl Dispatcher {
             lifetime: Arc::new(ShutdownOnDrop {
                 shared: shared.clone(),
                 shutdown,
-                membership: std::sync::Mutex::new(()),
+                membership: parking_lot::Mutex::new(()),
             }),
             shared,
         })
@@ -122,7 +123,7 @@ impl Dispatcher {
     /// [`DispatcherConfig::bind`]). Returns what changed. Must be called inside a tokio
     /// runtime (it starts a supervision task per new node).
     pub fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges {
-        let _serial = crate::sync::lock(&self.lifetime.membership);
+        let _serial = self.lifetime.membership.lock();
         let (change, endpoints) = {
             let mut c = self.shared.cluster();
             let change = c.set_members(nodes);

@@ -2,15 +2,15 @@
 //! connection, and the wake-ups. [`Credit`] gives a unit of a node's credit back when the
 //! attempt holding it ends, however it ends.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use parking_lot::{Mutex, MutexGuard};
 use quinn::Connection;
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::{Cluster, DispatcherConfig, Policy};
-use crate::sync::lock;
 
 /// A waiting request's channel: the node it is granted, as a [`Credit`] so that a grant
 /// never read (the request gave up at that moment) still gives the credit back.
@@ -47,10 +47,10 @@ impl Shared {
         let (silences, _) = watch::channel(0);
         let (membership, _) = watch::channel(0);
         Shared {
-            policy: Policy::from(&config),
+            policy: config.policy,
             cluster: Mutex::new({
                 let mut c = Cluster::new(config.nodes.iter().cloned());
-                c.set_placement(config.placement);
+                c.set_placement(config.policy.placement);
                 c
             }),
             config,
@@ -67,7 +67,7 @@ impl Shared {
 
     /// The cluster state. Never held across an await, nor while dropping a [`Credit`].
     pub(super) fn cluster(&self) -> MutexGuard<'_, Cluster<GrantTx>> {
-        lock(&self.cluster)
+        self.cluster.lock()
     }
 
     /// Runs `f` on the cluster state, then hands freed capacity to waiting requests.
@@ -100,12 +100,12 @@ impl Shared {
 
     /// A node's connection, if it has one.
     pub(super) fn conn(&self, node: usize) -> Option<Connection> {
-        lock(&self.conns).get(node).cloned().flatten()
+        self.conns.lock().get(node).cloned().flatten()
     }
 
     /// Sets (or clears) a node slot's connection.
     pub(super) fn set_conn(&self, node: usize, conn: Option<Connection>) {
-        let mut conns = lock(&self.conns);
+        let mut conns = self.conns.lock();
         if conns.len() <= node {
             conns.resize(node + 1, None);
         }

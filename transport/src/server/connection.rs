@@ -10,7 +10,6 @@ use super::request::serve_stream;
 use super::shared::Shared;
 use crate::codec::{self, ControlMessage};
 use crate::stream;
-use crate::sync::lock;
 use crate::types::Handler;
 
 pub(super) async fn serve_connection<H: Handler>(
@@ -29,7 +28,7 @@ pub(super) async fn serve_connection<H: Handler>(
         }
     };
     debug!(%remote, "front-end connected");
-    lock(&shared.connections).insert(id, conn.clone());
+    shared.connections.lock().insert(id, conn.clone());
     let control = tokio::spawn(control_stream(
         conn.clone(),
         shared.clone(),
@@ -53,7 +52,7 @@ pub(super) async fn serve_connection<H: Handler>(
         }
     }
     control.abort();
-    lock(&shared.connections).remove(&id);
+    shared.connections.lock().remove(&id);
 }
 
 /// Node → front-end: Hello, then periodic load, then Draining.

@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use quinn::Connection;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
@@ -19,7 +20,6 @@ use crate::codec::CLOSE_DRAINED;
 use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
 use crate::shutdown::shutdown_channel;
-use crate::sync::lock;
 use crate::types::{Handler, NodeInfo};
 
 mod connection;
@@ -202,7 +202,7 @@ impl NodeServer {
         // No new connections from here on.
         self.endpoint.set_server_config(None);
         drain_tx.trigger();
-        let conns: Vec<Connection> = lock(&shared.connections).values().cloned().collect();
+        let conns: Vec<Connection> = shared.connections.lock().values().cloned().collect();
         for c in &conns {
             // Grant no further stream credit; streams already granted are refused with DRAINING.
             c.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(0));
@@ -216,7 +216,7 @@ impl NodeServer {
                 "drain timeout: closing with requests still in flight"
             );
         }
-        let conns: Vec<Connection> = lock(&shared.connections).values().cloned().collect();
+        let conns: Vec<Connection> = shared.connections.lock().values().cloned().collect();
         for c in conns {
             c.close(quinn::VarInt::from_u32(CLOSE_DRAINED), b"drained");
         }

@@ -3,10 +3,11 @@
 //! shutdown waits on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use quinn::Connection;
 use tokio::sync::Notify;
 

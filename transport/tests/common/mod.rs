@@ -71,7 +71,7 @@ impl Pki {
             self.frontend.cert_chain().unwrap(),
             self.frontend.private_key().unwrap(),
         );
-        cfg.request_deadline = LONG;
+        cfg.policy.request_deadline = LONG;
         cfg.reconnect_max = Duration::from_millis(500);
         cfg
     }
