@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use glimpse_certs::k8s::{K8sLayout, k8s_secrets};
 use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, write_cluster};
+use glimpse_ops::LogFormat;
 
 /// Create a cluster CA and the certificates nodes, the front-end and the HTTPS site need.
 #[derive(Debug, Parser)]
@@ -15,6 +16,10 @@ use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, wr
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object
+    /// per line). GLIMPSE_LOG or RUST_LOG sets the filter. Default: text.
+    #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,14 +113,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    glimpse_ops::logging::init(cli.log_format, "info");
     let written = match cli.command {
         Command::K8s {
             namespace,
