@@ -11,9 +11,9 @@
 //! (corpus replay): both run exactly this function.
 
 use glimpse_site::Limits;
-use glimpse_site::budget::ByteBudget;
 use glimpse_site::job::MAX_NAME_BYTES;
 use glimpse_site::upload::{Intake, read_uploads};
+use glimpse_wire::budget::ByteBudget;
 
 /// Small limits, so inputs reach them: 4 KiB per file, 16 KiB per request, 4 files.
 fn limits() -> Limits {

@@ -3,7 +3,7 @@
 //! A request flows: TCP accept and a connection slot ([`server`], [`conn`]) → TLS → warp
 //! routes, assembled in [`routes`] ([`page`], [`api`], [`kserve`]) → who is calling and
 //! whether it may ([`filters`], [`caller`], [`auth`], [`throttle`]) → body read under size,
-//! time and byte-budget limits ([`upload`], [`budget`]) → admission and one job per image
+//! time and byte-budget limits ([`upload`], `glimpse_wire::budget`) → admission and one job per image
 //! ([`site`], [`jobs`]) → the cluster behind the [`inference::Inference`] seam (the QUIC
 //! `Dispatcher`, see [`cluster`]) → the result back into the job store, which feeds the
 //! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the caller's own SSE stream
@@ -12,7 +12,6 @@
 
 mod api;
 pub mod auth;
-pub use glimpse_wire::budget;
 mod caller;
 pub mod cli;
 pub mod cluster;

@@ -16,7 +16,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use warp::http::HeaderMap;
 
-use crate::budget::{ByteBudget, Held};
 use crate::caller::{Caller, Identify};
 use crate::error::ApiError;
 use crate::frontend::Frontend;
@@ -30,6 +29,7 @@ use crate::sniff::check_image;
 use crate::stats::{ModelStats, StageTimes};
 use crate::throttle::{FailureThrottle, KeyedCounter, RateLimit, Share, ShareRefused};
 use crate::upload::{Intake, Upload, UploadError};
+use glimpse_wire::budget::{ByteBudget, Held};
 
 impl Limits {
     /// Checks that the limits can work together: a request that is within every per-request
@@ -44,10 +44,10 @@ impl Limits {
                 self.max_buffered_bytes, one_request
             ));
         }
-        if self.max_files == 0 || self.max_files > crate::kserve::shape::MAX_BATCH {
+        if self.max_files == 0 || self.max_files > glimpse_wire::shape::MAX_BATCH {
             return Err(format!(
                 "--max-files must be from 1 to {}",
-                crate::kserve::shape::MAX_BATCH
+                glimpse_wire::shape::MAX_BATCH
             ));
         }
         if self.max_queued_per_caller == 0 || self.max_queued == 0 {

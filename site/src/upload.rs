@@ -26,10 +26,10 @@ use memchr::memmem;
 use parking_lot::Mutex;
 use tokio::time::Sleep;
 
-use crate::budget::{ByteBudget, Held};
 use crate::job::display_name;
 use crate::limits::Limits;
 use crate::pace::{Pace, PaceLimits, TooSlow};
+use glimpse_wire::budget::{ByteBudget, Held};
 
 /// Longest multipart part header section (and preamble before the first boundary), in
 /// bytes. A browser's part header is a few hundred bytes; 8 KiB leaves room for long names.

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, png};
-use glimpse_site::grpc::proto::model_infer_request::InferInputTensor;
-use glimpse_site::grpc::proto::{ModelInferRequest, ModelInferResponse};
+use glimpse_wire::proto::model_infer_request::InferInputTensor;
+use glimpse_wire::proto::{ModelInferRequest, ModelInferResponse};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 

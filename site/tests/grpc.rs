@@ -7,11 +7,9 @@ mod common;
 
 use common::grpc::{Client, connect};
 use common::{Harness, jpeg, metric, part, png};
-use glimpse_site::grpc::proto::infer_parameter::ParameterChoice;
-use glimpse_site::grpc::proto::model_infer_request::{
-    InferInputTensor, InferRequestedOutputTensor,
-};
-use glimpse_site::grpc::proto::{
+use glimpse_wire::proto::infer_parameter::ParameterChoice;
+use glimpse_wire::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use glimpse_wire::proto::{
     DataType, InferParameter, InferTensorContents, ModelConfigRequest, ModelInferRequest,
     ModelInferResponse, ModelMetadataRequest, ModelReadyRequest, ModelStatisticsRequest,
     ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,

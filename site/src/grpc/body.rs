@@ -29,11 +29,11 @@ use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tonic::Status;
 
-use super::codec::SMALL_MESSAGE;
-use crate::budget::Held;
 use crate::pace::Pace;
 use crate::site::Site;
 use crate::upload::UploadError;
+use glimpse_wire::budget::Held;
+use glimpse_wire::codec::SMALL_MESSAGE;
 
 /// What a body's error is: a refusal ([`Status`]) or the connection's own failure.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

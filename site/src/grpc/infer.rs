@@ -12,22 +12,24 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::proto::infer_parameter::ParameterChoice;
-use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use super::proto::model_infer_response::InferOutputTensor;
-use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
-use crate::budget::Held;
 use crate::error::ApiError;
 use crate::inference::MAX_TOP_K;
-use crate::kserve::binary::{encode_bytes_tensor, encode_fp32_tensor, split_bytes_tensor};
 use crate::kserve::model::{
     self, BatchAnswer, INPUT_DATATYPE, INPUT_NAME, MODEL_NAME, MODEL_VERSION, OutputName,
     OutputSpec, classification_string,
 };
-use crate::kserve::parse::{ParseError, ParseLimits};
-use crate::kserve::shape::ShapeError;
 use crate::site::Site;
 use crate::upload::Upload;
+use glimpse_wire::binary::{encode_bytes_tensor, encode_fp32_tensor, split_bytes_tensor};
+use glimpse_wire::budget::Held;
+use glimpse_wire::parse::{ParseError, ParseLimits};
+use glimpse_wire::proto::infer_parameter::ParameterChoice;
+use glimpse_wire::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use glimpse_wire::proto::model_infer_response::InferOutputTensor;
+use glimpse_wire::proto::{
+    InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
+};
+use glimpse_wire::shape::ShapeError;
 
 /// A checked request: its images (paid for from the byte budget) and what to answer.
 pub(crate) struct Batch {
@@ -397,7 +399,7 @@ mod tests {
         let limits = ParseLimits {
             max_images: 2,
             max_image_bytes: 4,
-            budget: crate::budget::ByteBudget::new(1 << 10),
+            budget: glimpse_wire::budget::ByteBudget::new(1 << 10),
         };
         let b = |s: &'static [u8]| Bytes::from_static(s);
         let mut paid = Held::none();

@@ -1,9 +1,9 @@
 //! KServe v2 over gRPC: Triton's `inference.GRPCInferenceService`, on a listener of its own
 //! (`--grpc-listen`), TLS with the HTTPS certificate.
 //!
-//! - [`proto`]: the messages and service stubs generated from `proto/` at build time, with
-//!   [`codec`]'s codec, which checks each message's cost on the wire ([`scan`]) before it is
-//!   decoded.
+//! - The messages and service stubs (`glimpse_wire::proto`, generated from `wire/proto/`),
+//!   with the codec that checks each message's cost on the wire before it is decoded
+//!   (`glimpse_wire::codec`, `glimpse_wire::scan`), come from the wire-format crate.
 //! - `server`: the listener (accept, connection slots, TLS, HTTP/2), and per call the
 //!   admission of the caller and a metered request body (`body`).
 //! - `service`: the methods, answered from [`crate::kserve::model`] like the HTTP
@@ -11,9 +11,6 @@
 //! - `status`: the site's errors ([`crate::error::ApiError`]) as gRPC statuses.
 
 mod body;
-// The generated messages and stubs, and the codec that checks a message before decoding it,
-// live in the wire-format crate (the load generator and the fuzz targets speak them too).
-pub use glimpse_wire::{codec, proto, scan};
 mod infer;
 mod server;
 mod service;

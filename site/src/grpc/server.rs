@@ -29,12 +29,12 @@ use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 
 use super::body::{Paid, limit_for, message_limit};
-use super::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use super::service::Inference;
 use crate::caller::PeerAddr;
 use crate::conn::{Answer, ConnState, Listener, Metered, Registry, TrackedBody};
 use crate::server::{GRACE, handshake, next_connection, run_until_closed};
 use crate::site::Site;
+use glimpse_wire::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 /// The generated server over our service.
 type Grpc = GrpcInferenceServiceServer<Inference>;

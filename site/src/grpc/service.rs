@@ -10,16 +10,6 @@ use tonic::{Request, Response, Status};
 
 use super::body::PaidBytes;
 use super::infer;
-use super::proto::grpc_inference_service_server::GrpcInferenceService;
-use super::proto::model_metadata_response::TensorMetadata;
-use super::proto::{
-    DataType, InferStatistics, ModelConfig, ModelConfigRequest, ModelConfigResponse,
-    ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataRequest, ModelMetadataResponse,
-    ModelOutput, ModelReadyRequest, ModelReadyResponse, ModelStatistics, ModelStatisticsRequest,
-    ModelStatisticsResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
-    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
-};
-use crate::budget::Held;
 use crate::caller::Caller;
 use crate::health::is_serving;
 use crate::kserve::model::{
@@ -29,6 +19,16 @@ use crate::kserve::model::{
 };
 use crate::site::Site;
 use crate::stats::StageTotal;
+use glimpse_wire::budget::Held;
+use glimpse_wire::proto::grpc_inference_service_server::GrpcInferenceService;
+use glimpse_wire::proto::model_metadata_response::TensorMetadata;
+use glimpse_wire::proto::{
+    DataType, InferStatistics, ModelConfig, ModelConfigRequest, ModelConfigResponse,
+    ModelInferRequest, ModelInferResponse, ModelInput, ModelMetadataRequest, ModelMetadataResponse,
+    ModelOutput, ModelReadyRequest, ModelReadyResponse, ModelStatistics, ModelStatisticsRequest,
+    ModelStatisticsResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, StatisticDuration,
+};
 
 /// The service behind the gRPC listener.
 pub(crate) struct Inference {

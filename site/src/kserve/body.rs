@@ -9,11 +9,11 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
 
-use super::binary::parse_binary_request;
-use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 use crate::error::ApiError;
 use crate::site::Site;
 use crate::upload::{Metered, UploadError, read_error};
+use glimpse_wire::binary::parse_binary_request;
+use glimpse_wire::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 
 /// How a request body is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

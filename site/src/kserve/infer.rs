@@ -12,12 +12,12 @@ use warp::reply::Response;
 
 use super::body::{Framing, read_request};
 use super::model::{self, OutputName, OutputSpec};
-use super::parse::InferRequest;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::reply::ok_json;
 use crate::site::Site;
 use crate::upload::Upload;
+use glimpse_wire::parse::InferRequest;
 
 /// The header that says how long the JSON part of a binary request or answer is.
 pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";

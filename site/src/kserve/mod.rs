@@ -10,17 +10,14 @@
 //! classified as a whole: if one image fails, the request fails with that image's status
 //! and index, because a tensor cannot have holes.
 //!
-//! Each module has one job: [`model`] is the model as every protocol sees it, [`shape`] the
-//! caps on its tensors that every protocol checks, [`parse`] and
-//! [`binary`] read requests under limits, `body` streams a request body into them off the
+//! Each module has one job: [`model`] is the model as every protocol sees it; the caps on
+//! its tensors (`glimpse_wire::shape`) and the parsers that read requests under limits
+//! (`glimpse_wire::parse`, `glimpse_wire::binary`) come from the wire-format crate; `body` streams a request body into them off the
 //! async runtime, `infer` answers inference, and this file assembles the routes.
 
 mod body;
 mod infer;
 pub mod model;
-
-// The wire forms every protocol and client shares live in the wire-format crate.
-pub use glimpse_wire::{binary, parse, shape};
 
 use std::sync::Arc;
 

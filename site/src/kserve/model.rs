@@ -9,7 +9,6 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use warp::http::StatusCode;
 
-use crate::budget::Held;
 use crate::caller::Caller;
 use crate::error::ApiError;
 use crate::inference::{DEFAULT_TOP_K, MAX_TOP_K, TopLabel};
@@ -17,8 +16,9 @@ use crate::job::{JobStatus, display_name};
 use crate::site::Site;
 use crate::stats::StatsSnapshot;
 use crate::upload::Upload;
+use glimpse_wire::budget::Held;
 
-use super::parse::ParseError;
+use glimpse_wire::parse::ParseError;
 
 pub use glimpse_wire::names::{
     CONFIG_INPUT_DIMS, CONFIG_OUTPUT_DIMS, EXTENSIONS, INPUT_CONFIG_TYPE, INPUT_DATATYPE,
@@ -131,8 +131,10 @@ impl Values {
     /// The raw form: binary tensor data extension and gRPC `raw_output_contents`.
     pub fn to_raw(&self) -> Vec<u8> {
         match self {
-            Values::Bytes(v) => super::binary::encode_bytes_tensor(v.iter().map(String::as_bytes)),
-            Values::Fp32(v) => super::binary::encode_fp32_tensor(v.iter().copied()),
+            Values::Bytes(v) => {
+                glimpse_wire::binary::encode_bytes_tensor(v.iter().map(String::as_bytes))
+            }
+            Values::Fp32(v) => glimpse_wire::binary::encode_fp32_tensor(v.iter().copied()),
         }
     }
 
@@ -221,9 +223,9 @@ pub fn classes_wanted(top_k: Option<u32>, outputs: &[OutputSpec]) -> Result<u32,
 }
 
 /// Checks a batch's declared shape against its image count and the site's per-request
-/// image limit (see [`super::shape::check_batch`]); refusals are counted like a parser's.
+/// image limit (see [`glimpse_wire::shape::check_batch`]); refusals are counted like a parser's.
 pub fn check_batch(shape: Option<&[i64]>, images: usize, site: &Site) -> Result<(), ApiError> {
-    super::shape::check_batch(shape, images, site.limits.max_files)
+    glimpse_wire::shape::check_batch(shape, images, site.limits.max_files)
         .map_err(|e| refuse_parse(site, e.into()))
 }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use glimpse_site::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use glimpse_wire::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::tls_connector_for;
