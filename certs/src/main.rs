@@ -1,6 +1,7 @@
 //! `glimpse-certs`: create and extend a Glimpse cluster's certificates on disk.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -13,6 +14,11 @@ use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, wr
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// When the program stops on an error, also print the error's details and the stack trace
+    /// where it was made (for bug reports). Without it the error is one line whatever
+    /// RUST_BACKTRACE says. Default: off.
+    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
+    verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,7 +111,29 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = cli.verbose;
+    if verbose && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: the process has one thread yet; nothing else reads the environment.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
+    }
+    // The error once, on one line, for people (as glimpse_ops::exit::Reporter prints it; this
+    // crate does not depend on glimpse-ops). Returning anyhow::Result from main would print
+    // its Debug form, a stack trace whenever RUST_BACKTRACE=1 is set.
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("glimpse-certs: error: {e:#}");
+            if verbose {
+                eprintln!("\nDetails (--verbose):\n{e:?}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -113,7 +141,6 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let written = match cli.command {
         Command::K8s {
             namespace,
