@@ -155,13 +155,6 @@ pub struct BoundSite {
     grpc: Option<tokio::net::TcpListener>,
 }
 
-impl BoundSite {
-    /// The bound HTTPS address (useful with port 0).
-    pub fn addr(&self) -> Result<SocketAddr, ServerError> {
-        Ok(self.https.local_addr()?)
-    }
-}
-
 /// Checks the limits, loads the API key file and binds every TCP listener `config` asks for
 /// (HTTPS, redirect, admin, gRPC). A listener that cannot bind is a [`ServerError::Bind`]
 /// naming the flag that sets its address.
@@ -195,6 +188,11 @@ pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
 }
 
 impl BoundSite {
+    /// The bound HTTPS address (useful with port 0).
+    pub fn addr(&self) -> Result<SocketAddr, ServerError> {
+        Ok(self.https.local_addr()?)
+    }
+
     /// Start serving `inference` on the bound listeners.
     pub async fn serve(
         self,

@@ -92,14 +92,14 @@ impl Limits {
 }
 
 /// A size as people read it, in the units and rounding the upload page uses: `20.0 MiB`,
-/// `512 KiB`, `900 bytes`.
+/// `19.5 KiB`, `900 bytes`.
 pub fn human_bytes(n: u64) -> String {
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * 1024;
     if n >= MIB {
         format!("{:.1} MiB", n as f64 / MIB as f64)
     } else if n >= KIB {
-        format!("{} KiB", (n as f64 / KIB as f64).round())
+        format!("{:.1} KiB", n as f64 / KIB as f64)
     } else {
         format!("{n} bytes")
     }
@@ -140,7 +140,8 @@ mod tests {
     fn sizes_read_as_the_page_shows_them() {
         assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
         assert_eq!(human_bytes(30_000_000), "28.6 MiB");
-        assert_eq!(human_bytes(1536), "2 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20_000), "19.5 KiB");
         assert_eq!(human_bytes(5), "5 bytes");
         assert_eq!(
             file_too_large("\"big.jpg\"", Some(30 * 1024 * 1024), 20 * 1024 * 1024),
