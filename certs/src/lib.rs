@@ -9,6 +9,8 @@
 //! Everything works in memory (tests, `glimpse --local-workers`) and on disk via
 //! [`write_cluster`] / [`issue_node_files`] (the `glimpse-certs` binary).
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -18,6 +20,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub mod k8s;
@@ -289,7 +292,7 @@ pub fn validate_dns_name(name: &str) -> Result<(), CertError> {
 
 /// Parse every certificate in a PEM string.
 pub fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::Pem {
             what: what.to_string(),
@@ -306,15 +309,13 @@ pub fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>
 
 /// Parse the first private key (PKCS#8, PKCS#1 or SEC1) in a PEM string.
 pub fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, CertError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| CertError::Pem {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })?
-        .ok_or_else(|| CertError::Pem {
-            what: what.to_string(),
-            reason: "no PRIVATE KEY block found".into(),
-        })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| CertError::Pem {
+        what: what.to_string(),
+        reason: match e {
+            pem::Error::NoItemsFound => "no PRIVATE KEY block found".into(),
+            e => e.to_string(),
+        },
+    })
 }
 
 /// Read a PEM certificate file (e.g. `ca.pem`, `node-a.pem`) into DER certificates.

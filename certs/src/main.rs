@@ -1,5 +1,7 @@
 //! `glimpse-certs`: create and extend a Glimpse cluster's certificates on disk.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,9 +16,9 @@ use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, wr
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// When the program stops on an error, also print the error's details and the stack trace
-    /// where it was made (for bug reports). Without it the error is one line whatever
-    /// RUST_BACKTRACE says. Default: off.
+    /// When the program stops on an error, also print the error's details, and with
+    /// RUST_BACKTRACE=1 the stack trace where it was made (for bug reports). Without it the error
+    /// is one line whatever RUST_BACKTRACE says. Default: off.
     #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
     verbose: bool,
 }
@@ -114,10 +116,6 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
-    if verbose && std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        // SAFETY: the process has one thread yet; nothing else reads the environment.
-        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "1") };
-    }
     // The error once, on one line, for people (as glimpse_ops::exit::Reporter prints it; this
     // crate does not depend on glimpse-ops). Returning anyhow::Result from main would print
     // its Debug form, a stack trace whenever RUST_BACKTRACE=1 is set.

@@ -1,5 +1,5 @@
 //! Fuzz target `grpc_infer`: what the gRPC listener does with a `ModelInfer` message before
-//! the method sees it. [`glimpse_site::grpc::scan::check_infer_request`] reads the encoded
+//! the method sees it. [`glimpse_wire::scan::check_infer_request`] reads the encoded
 //! message's cost (tensor counts, shape dimensions, parameters, string lengths, fields at
 //! every level); only what it lets through is decoded by prost, with the images as slices
 //! of the message (`Bytes`), exactly as the listener's codec does.
@@ -7,13 +7,13 @@
 //! Input: the encoded message. Beyond "no panic": whatever passes the check and decodes is
 //! within every cap the check promises, so decoding it cost about its own size.
 //!
-//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
+//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `wire/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
 use bytes::Bytes;
-use glimpse_site::grpc::proto::ModelInferRequest;
-use glimpse_site::grpc::scan::{MAX_ELEMENTS, check_infer_request};
-use glimpse_site::kserve::shape::{MAX_DIMS, MAX_PARAMETERS, MAX_SHORT_STRING, MAX_TENSORS};
+use glimpse_wire::proto::ModelInferRequest;
+use glimpse_wire::scan::{MAX_ELEMENTS, check_infer_request};
+use glimpse_wire::shape::{MAX_DIMS, MAX_PARAMETERS, MAX_SHORT_STRING, MAX_TENSORS};
 use prost::Message;
 
 /// Runs one input; `true` when the message passed the check and decoded.

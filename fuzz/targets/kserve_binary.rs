@@ -1,6 +1,6 @@
 //! Fuzz target `kserve_binary`: what `POST /v2/models/googlenet/infer` does with a body in the
 //! binary tensor data extension's framing (what Triton's HTTP client sends by default),
-//! [`glimpse_site::kserve::binary::parse_binary_request`]: a JSON header of
+//! [`glimpse_wire::binary::parse_binary_request`]: a JSON header of
 //! `Inference-Header-Content-Length` bytes through the same guarded parser as JSON bodies,
 //! then raw BYTES tensors whose 4-byte length prefixes are attacker-controlled.
 //!
@@ -8,13 +8,13 @@
 //! length, then the body. Beyond "no panic": what is accepted is within the limits, every
 //! image is paid for, and the budget is whole again once the request is dropped.
 //!
-//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
+//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `wire/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
 use super::trickle::Trickle;
-use glimpse_site::budget::ByteBudget;
-use glimpse_site::kserve::binary::parse_binary_request;
-use glimpse_site::kserve::parse::ParseLimits;
+use glimpse_wire::binary::parse_binary_request;
+use glimpse_wire::budget::ByteBudget;
+use glimpse_wire::parse::ParseLimits;
 
 /// Runs one input; `true` when the request parsed.
 pub(crate) fn run(data: &[u8]) -> bool {

@@ -1,5 +1,5 @@
 //! Fuzz target `kserve_request`: what `POST /v2/models/googlenet/infer` does with its JSON
-//! body, [`glimpse_site::kserve::parse::parse_infer_request`] (the string and depth guard, the
+//! body, [`glimpse_wire::parse::parse_infer_request`] (the string and depth guard, the
 //! typed streaming parse, base64 decoding, the image, tensor and dimension caps, the byte
 //! budget), reading the body in chunks of a size the input chooses.
 //!
@@ -7,12 +7,12 @@
 //! is within the limits, every decoded image is paid for, and the budget is whole again once
 //! the request is dropped.
 //!
-//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `site/tests/fuzz_corpus.rs`
+//! Included with `#[path]` by `glimpse-fuzz` (under AFL++) and by `wire/tests/fuzz_corpus.rs`
 //! (corpus replay): both run exactly this function.
 
 use super::trickle::Trickle;
-use glimpse_site::budget::ByteBudget;
-use glimpse_site::kserve::parse::{MAX_DIMS, MAX_TENSORS, ParseLimits, parse_infer_request};
+use glimpse_wire::budget::ByteBudget;
+use glimpse_wire::parse::{MAX_DIMS, MAX_TENSORS, ParseLimits, parse_infer_request};
 
 /// Runs one input; `true` when the request parsed.
 pub(crate) fn run(data: &[u8]) -> bool {

@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::net::UdpSocket;
@@ -28,7 +29,6 @@ use tokio::task::JoinHandle;
 use crate::impair::{DirectionConfig, SpecError};
 use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, ScheduleTx, enqueue, release};
-use glimpse_transport::sync::lock;
 
 /// Largest datagram the relay forwards (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
@@ -129,10 +129,10 @@ struct HandleInner {
 
 impl Drop for HandleInner {
     fn drop(&mut self) {
-        for t in lock(&self.tasks).drain(..) {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
-        for (_, s) in lock(&self.shared.sessions).drain() {
+        for (_, s) in self.shared.sessions.lock().drain() {
             s.task.abort();
         }
     }
@@ -225,7 +225,7 @@ impl RelayHandle {
         LinkStats {
             up,
             down,
-            sessions: lock(&s.sessions).len(),
+            sessions: s.sessions.lock().len(),
         }
     }
 
@@ -236,10 +236,10 @@ impl RelayHandle {
 
     /// Stops all tasks now (packets still scheduled are discarded).
     pub fn shutdown(&self) {
-        for t in lock(&self.inner.tasks).drain(..) {
+        for t in self.inner.tasks.lock().drain(..) {
             t.abort();
         }
-        for (_, s) in lock(&self.inner.shared.sessions).drain() {
+        for (_, s) in self.inner.shared.sessions.lock().drain() {
             s.task.abort();
         }
     }
@@ -287,7 +287,7 @@ fn session_socket(
     now: Instant,
     down_tx: &ScheduleTx<Outgoing>,
 ) -> Result<Arc<UdpSocket>, RelayError> {
-    let mut sessions = lock(&shared.sessions);
+    let mut sessions = shared.sessions.lock();
     if let Some(s) = sessions.get_mut(&client) {
         s.last_seen = now;
         return Ok(s.socket.clone());

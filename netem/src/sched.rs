@@ -9,11 +9,11 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use glimpse_transport::sync::lock;
 use tokio::sync::mpsc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::impair::{Counters, DirectionConfig, Impairment, Verdict};
 use crate::link::Direction;
@@ -124,8 +124,8 @@ impl Engines {
     /// The engine of one direction (`Both` means `Up`).
     pub(crate) fn dir(&self, d: Direction) -> MutexGuard<'_, Impairment> {
         match d {
-            Direction::Down => lock(&self.down),
-            _ => lock(&self.up),
+            Direction::Down => self.down.lock(),
+            _ => self.up.lock(),
         }
     }
 
@@ -135,22 +135,22 @@ impl Engines {
 
     pub(crate) fn set_config(&self, d: Direction, config: DirectionConfig) {
         match d {
-            Direction::Up => lock(&self.up).set_config(config),
-            Direction::Down => lock(&self.down).set_config(config),
+            Direction::Up => self.up.lock().set_config(config),
+            Direction::Down => self.down.lock().set_config(config),
             Direction::Both => {
-                lock(&self.up).set_config(config.clone());
-                lock(&self.down).set_config(config);
+                self.up.lock().set_config(config.clone());
+                self.down.lock().set_config(config);
             }
         }
     }
 
     /// Counters of (up, down).
     pub(crate) fn counters(&self) -> (Counters, Counters) {
-        (lock(&self.up).counters(), lock(&self.down).counters())
+        (self.up.lock().counters(), self.down.lock().counters())
     }
 
     pub(crate) fn reset_counters(&self) {
-        lock(&self.up).reset_counters();
-        lock(&self.down).reset_counters();
+        self.up.lock().reset_counters();
+        self.down.lock().reset_counters();
     }
 }

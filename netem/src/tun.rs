@@ -37,11 +37,12 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -50,7 +51,6 @@ use tokio::task::JoinHandle;
 use crate::impair::DirectionConfig;
 use crate::link::{Direction, LinkControl, LinkStats};
 use crate::sched::{Engines, enqueue, release};
-use glimpse_transport::sync::lock;
 
 /// Largest packet read from a device; above any MTU the link is configured with.
 const MAX_PACKET: usize = 65_536;
@@ -372,7 +372,7 @@ impl TunLink {
     /// namespace. Processes still running inside keep an anonymous namespace alive, without
     /// devices, until they exit.
     pub async fn close(&self) {
-        let tasks: Vec<JoinHandle<()>> = lock(&self.tasks).drain(..).collect();
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().drain(..).collect();
         for t in &tasks {
             t.abort();
         }
@@ -523,7 +523,7 @@ impl LinkControl for TunLink {
     /// (they close as soon as the runtime drops the cancelled tasks); prefer
     /// [`TunLink::close`] where one can `.await`.
     fn shutdown(&self) {
-        for t in lock(&self.tasks).drain(..) {
+        for t in self.tasks.lock().drain(..) {
             t.abort();
         }
         self.namespace.delete();

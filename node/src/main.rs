@@ -1,5 +1,7 @@
 //! `glimpse-node`: the Glimpse worker daemon (`serve`) and a local classifier (`classify`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -125,19 +125,7 @@ pub(crate) fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
-/// Cut `s` to at most `max` bytes on a character boundary, marking the cut with "…".
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.truncate(end);
-    s.push('…');
-    s
-}
+pub(crate) use glimpse_wire::text::truncate;
 
 /// Turn every rejection, ours or warp's, into the same JSON error. Statuses that hyper or
 /// warp would otherwise answer with an empty body (400, 405, 413, 414, 431) get a message too.
@@ -175,8 +163,6 @@ mod tests {
         let e = ApiError::bad_request(long);
         assert!(e.message().len() <= MAX_MESSAGE_BYTES);
         assert!(e.message().ends_with('…'));
-        assert_eq!(truncate("short".into(), 10), "short");
-        assert_eq!(truncate("abcdef".into(), 4), "a…");
     }
 
     #[test]

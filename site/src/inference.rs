@@ -209,21 +209,4 @@ pub(crate) fn is_ready(inference: &dyn Inference) -> bool {
     inference.nodes().iter().any(NodeView::can_serve)
 }
 
-/// Default number of labels per image.
-pub(crate) const DEFAULT_TOP_K: u32 = 5;
-/// Largest `top_k` a client may ask for (all ImageNet classes).
-pub(crate) const MAX_TOP_K: u32 = 1000;
-
-/// Parse `top_k` from a query or parameter value; `None` means the default.
-pub(crate) fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
-    match raw {
-        None => Ok(DEFAULT_TOP_K),
-        Some(s) => match s.trim().parse::<u32>() {
-            Ok(k) if (1..=MAX_TOP_K).contains(&k) => Ok(k),
-            _ => Err(format!(
-                "top_k must be an integer from 1 to {MAX_TOP_K}, got {:?}",
-                crate::error::truncate(s.to_string(), 40)
-            )),
-        },
-    }
-}
+pub(crate) use glimpse_wire::shape::{DEFAULT_TOP_K, MAX_TOP_K, parse_top_k};

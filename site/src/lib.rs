@@ -12,7 +12,7 @@
 
 mod api;
 pub mod auth;
-pub mod budget;
+pub use glimpse_wire::budget;
 mod caller;
 pub mod cli;
 pub mod cluster;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::pace::PaceLimits;
 use crate::throttle::RateSpec;
 
+pub use glimpse_wire::text::{file_too_large, human_bytes};
+
 /// Limits on what one client can make the site do. Defaults are generous (users complain
 /// about surprise 413s) but bounded so one request cannot exhaust memory.
 #[derive(Debug, Clone)]
@@ -91,36 +93,9 @@ impl Limits {
     }
 }
 
-/// A size as people read it, in the units and rounding the upload page uses: `20.0 MiB`,
-/// `19.5 KiB`, `900 bytes`.
-pub fn human_bytes(n: u64) -> String {
-    const KIB: u64 = 1024;
-    const MIB: u64 = 1024 * 1024;
-    if n >= MIB {
-        format!("{:.1} MiB", n as f64 / MIB as f64)
-    } else if n >= KIB {
-        format!("{:.1} KiB", n as f64 / KIB as f64)
-    } else {
-        format!("{n} bytes")
-    }
-}
-
-/// The refusal of one file over the per-file limit, naming the file (its name, quoted, or a
-/// description such as `image[2]`): `"big.jpg" is 30.0 MiB; the limit is 20.0 MiB per file`,
-/// or `... is larger than the limit of 20.0 MiB per file` when its size is not known (a
-/// streamed upload is not read past the limit).
-pub fn file_too_large(file: &str, size: Option<u64>, limit: usize) -> String {
-    let limit = human_bytes(limit as u64);
-    match size {
-        Some(size) => format!(
-            "{file} is {}; the limit is {limit} per file",
-            human_bytes(size)
-        ),
-        None => format!("{file} is larger than the limit of {limit} per file"),
-    }
-}
-
-/// The refusal of a request body over `--max-request-bytes`, like [`file_too_large`].
+/// The refusal of a request body over `--max-request-bytes`, like [`file_too_large`] (which,
+/// with [`human_bytes`], lives with the wire format: the KServe parsers report the per-image
+/// limit the same way).
 pub fn request_too_large(size: Option<u64>, limit: usize) -> String {
     let limit = human_bytes(limit as u64);
     match size {
@@ -137,23 +112,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_read_as_the_page_shows_them() {
-        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
-        assert_eq!(human_bytes(30_000_000), "28.6 MiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(20_000), "19.5 KiB");
-        assert_eq!(human_bytes(5), "5 bytes");
-        assert_eq!(
-            file_too_large("\"big.jpg\"", Some(30 * 1024 * 1024), 20 * 1024 * 1024),
-            "\"big.jpg\" is 30.0 MiB; the limit is 20.0 MiB per file"
-        );
-        assert_eq!(
-            file_too_large("image[1]", None, 20 * 1024 * 1024),
-            "image[1] is larger than the limit of 20.0 MiB per file"
-        );
+    fn a_request_over_its_limit_reads_as_the_page_shows_it() {
         assert_eq!(
             request_too_large(Some(200 << 20), 100 << 20),
             "the request is 200.0 MiB; the limit is 100.0 MiB per request"
+        );
+        assert_eq!(
+            request_too_large(None, 100 << 20),
+            "the request is larger than the limit of 100.0 MiB per request"
         );
     }
 }

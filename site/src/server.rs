@@ -29,20 +29,9 @@ use crate::conn::{Answer, ConnState, Listener, Metered, Registry, Ticket, Tracke
 /// Errors of the serving layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("reading {path}: {source}")]
-    /// A certificate or key file could not be read.
-    Read {
-        /// The file.
-        path: String,
-        /// What the file system said.
-        source: std::io::Error,
-    },
-    #[error("no certificate found in {0}")]
-    /// The certificate file holds no PEM certificate.
-    NoCertificate(String),
-    #[error("no private key found in {0}")]
-    /// The key file holds no PEM private key.
-    NoKey(String),
+    #[error("HTTPS certificate: {0}")]
+    /// The certificate or key file is missing, unreadable or holds no usable PEM.
+    Certificate(#[from] glimpse_certs::CertError),
     #[error("TLS configuration: {0}")]
     /// rustls refused the certificate and key.
     Tls(#[from] rustls::Error),
@@ -86,8 +75,8 @@ pub struct TlsIdentity {
 pub fn tls_identity(cert: Option<&Path>, key: Option<&Path>) -> Result<TlsIdentity, ServerError> {
     let (chain, key, self_signed) = match (cert, key) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert)?;
-            let key = read_key(key)?;
+            let chain = glimpse_certs::load_certs_file(cert)?;
+            let key = glimpse_certs::load_key_file(key)?;
             (chain, key, false)
         }
         _ => {
@@ -134,37 +123,6 @@ pub fn fingerprint(der: &[u8]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>, ServerError> {
-    std::fs::read(path).map_err(|source| ServerError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let pem = read_file(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ServerError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(ServerError::NoCertificate(path.display().to_string()));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ServerError> {
-    let pem = read_file(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| ServerError::Read {
-            path: path.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| ServerError::NoKey(path.display().to_string()))
 }
 
 /// How long open connections get to finish after shutdown starts.

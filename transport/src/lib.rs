@@ -10,6 +10,8 @@
 //!   choices, retries on another node, optionally hedges.
 //! - [`client`]: one request on one stream (used by the dispatcher, tests and benchmarks).
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 pub mod codec;
 pub mod config;

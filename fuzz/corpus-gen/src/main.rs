@@ -164,7 +164,7 @@ fn kserve_binary_seeds() -> Seeds {
 }
 
 // ---------------------------------------------------------------------------------------
-// grpc_infer: an encoded ModelInferRequest (field numbers from site/proto/grpc_service.proto)
+// grpc_infer: an encoded ModelInferRequest (field numbers from wire/proto/grpc_service.proto)
 
 /// A protobuf varint.
 fn varint(mut v: u64, out: &mut Vec<u8>) {

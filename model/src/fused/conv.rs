@@ -82,6 +82,8 @@ pub(crate) struct Destination {
 // SAFETY: a `Destination` is only used by `conv_bias_relu`, whose work items write disjoint
 // element sets, and the borrow it was made from outlives the call.
 unsafe impl Send for Destination {}
+// SAFETY: shared between the work items of one call for the same reason: each writes only
+// its own rectangle, and nothing reads through it.
 unsafe impl Sync for Destination {}
 
 impl Destination {
@@ -218,7 +220,7 @@ fn tile(
 ) {
     let k = geometry.patch_len();
     let m = rows.len();
-    // SAFETY (pointer arithmetic): `conv_bias_relu` checked that every row of the output
+    // SAFETY: (pointer arithmetic) `conv_bias_relu` checked that every row of the output
     // and input lies inside its buffer; this item touches only its own rows × columns.
     let dst_base = unsafe { dst.ptr.add(dst.offset + rows.start * dst.row_stride) };
     let run = |lhs: *const f32, lhs_stride: usize| {

@@ -4,6 +4,8 @@
 //! where there is no root). See `glimpse_netem::impair::DirectionConfig::apply_spec` for the
 //! impairment syntax and `glimpse_netem::control` for the control protocol.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,6 +25,39 @@ use glimpse_netem::relay::{RelayConfig, RelayHandle};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object per
+    /// line), as on every Glimpse binary. GLIMPSE_LOG or RUST_LOG sets the filter. Default: text.
+    #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written; the same choice and the same variables as `glimpse_ops::logging`
+/// on the other Glimpse binaries. Written out here because the emulator depends on no Glimpse
+/// crate (it impairs any traffic, and the lab builds on it, not the other way round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human text, coloured on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the log subscriber on stderr, filtered by GLIMPSE_LOG, else RUST_LOG, else `info`.
+fn init_logging(format: LogFormat) {
+    let filter = std::env::var("GLIMPSE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -159,14 +194,9 @@ struct TunArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
         Command::Ctl { control, words } => {
             let reply = control::send_command(control, &words.join(" "))
                 .await

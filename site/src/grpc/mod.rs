@@ -11,10 +11,10 @@
 //! - `status`: the site's errors ([`crate::error::ApiError`]) as gRPC statuses.
 
 mod body;
-pub mod codec;
+// The generated messages and stubs, and the codec that checks a message before decoding it,
+// live in the wire-format crate (the load generator and the fuzz targets speak them too).
+pub use glimpse_wire::{codec, proto, scan};
 mod infer;
-pub mod proto;
-pub mod scan;
 mod server;
 mod service;
 mod status;

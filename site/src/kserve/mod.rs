@@ -15,12 +15,12 @@
 //! [`binary`] read requests under limits, `body` streams a request body into them off the
 //! async runtime, `infer` answers inference, and this file assembles the routes.
 
-pub mod binary;
 mod body;
 mod infer;
 pub mod model;
-pub mod parse;
-pub mod shape;
+
+// The wire forms every protocol and client shares live in the wire-format crate.
+pub use glimpse_wire::{binary, parse, shape};
 
 use std::sync::Arc;
 

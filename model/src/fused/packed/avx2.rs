@@ -34,7 +34,7 @@ pub(super) unsafe fn tile(t: &Tile) {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows<const M: usize>(t: &Tile) {
-    // SAFETY (whole body): the caller guarantees AVX2+FMA and that `a` has `M` rows of `k`
+    // SAFETY: (whole body) the caller guarantees AVX2+FMA and that `a` has `M` rows of `k`
     // floats, `panel` `k × PANEL` floats, `c` `M` rows of `cols` floats and `bias` `cols`
     // floats when read. Full-width loads and stores only touch `PANEL` floats of the panel;
     // a partial tile goes through a stack buffer.

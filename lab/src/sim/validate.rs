@@ -1,7 +1,7 @@
 //! Validation: the lab's measured sweeps, simulated, point by point.
 //!
-//! Measured values are the Glimpse rows of `netem/results/workers/workers.csv` (EXPERIMENTS.md
-//! §1) and `netem/results/failure/failure-seed.csv` (§4a): 5 runs of 48 images, 8 closed-loop
+//! Measured values are the Glimpse rows of `lab/results/workers/workers.csv` (EXPERIMENTS.md
+//! §1) and `lab/results/failure/failure-seed.csv` (§4a): 5 runs of 48 images, 8 closed-loop
 //! clients, nodes of capacity 1 with a 50 ms synthetic service time, loopback links.
 //!
 //! **Calibration uses the 1-worker point only.** With one worker of capacity 1, the worker's

@@ -18,7 +18,7 @@ use super::procs::{
     Bins, Certs, NodeSpec, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
 };
 use super::testbed::Testbed;
-use crate::impair::DirectionConfig;
+use glimpse_netem::impair::DirectionConfig;
 
 /// Port of a Glimpse node inside its namespace (`--net netns`; the namespace is fresh, so a
 /// fixed port cannot collide).

@@ -52,7 +52,7 @@ impl Bins {
             Ok(())
         } else {
             Err(LabError::Setup(format!(
-                "missing binaries in {}: {} (build them with `cargo build -p glimpse-node -p glimpse-site -p glimpse-certs -p glimpse-netem`, or pass --bin-dir)",
+                "missing binaries in {}: {} (build them with `cargo build -p glimpse-node -p glimpse-site -p glimpse-certs -p glimpse-lab`, or pass --bin-dir)",
                 self.dir.display(),
                 missing.join(", ")
             )))

@@ -33,8 +33,8 @@ use tokio::task::JoinHandle;
 use super::LabError;
 use super::net::NsLink;
 use super::procs::Proc;
-use crate::link::{Direction, LinkControl};
-use crate::relay::{RelayConfig, RelayHandle};
+use glimpse_netem::link::{Direction, LinkControl};
+use glimpse_netem::relay::{RelayConfig, RelayHandle};
 use glimpse_transport::sync::lock;
 
 /// How a worker is started, kept so that the crash cycles can start it again.

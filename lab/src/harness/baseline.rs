@@ -277,7 +277,7 @@ async fn exchange(
 }
 
 /// A TCP proxy adding a fixed one-way delay in each direction, so the baseline's TCP links see
-/// the same round-trip time as Glimpse's UDP links behind [`crate::relay`]. Byte order is kept;
+/// the same round-trip time as Glimpse's UDP links behind [`glimpse_netem::relay`]. Byte order is kept;
 /// there is no loss (TCP packet loss needs the kernel: see `netem/scripts/impair.sh`).
 pub async fn start_tcp_delay_proxy(
     upstream: SocketAddr,

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -63,7 +64,7 @@ fn read_roots(path: &Path) -> Result<rustls::RootCertStore, LoadError> {
     let pem = std::fs::read(path)
         .map_err(|e| LoadError::Tls(format!("reading --ca {}: {e}", path.display())))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert =
             cert.map_err(|e| LoadError::Tls(format!("parsing --ca {}: {e}", path.display())))?;
         roots

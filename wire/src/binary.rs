@@ -14,9 +14,9 @@ use std::io::Read;
 
 use bytes::Bytes;
 
-use super::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
-use super::shape::ShapeError;
 use crate::budget::Held;
+use crate::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
+use crate::shape::ShapeError;
 
 /// Reads the BYTES elements of one tensor of `size` bytes from `reader`. `first` is the
 /// index of its first element among the request's images (for messages and the image
@@ -129,7 +129,7 @@ fn bytes_tensor(
             return Err(ParseError::Invalid(format!("image[{index}] is empty")));
         }
         if len > limits.max_image_bytes as u64 {
-            return Err(ParseError::TooLarge(crate::limits::file_too_large(
+            return Err(ParseError::TooLarge(crate::text::file_too_large(
                 &format!("image[{index}]"),
                 Some(len),
                 limits.max_image_bytes,

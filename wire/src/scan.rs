@@ -4,7 +4,7 @@
 //! ~300-byte struct once decoded, so 1 MB of empty entries became 308 MB and one 100 MiB
 //! message could ask for tens of GB. This walks the encoded message once, without
 //! allocating, and refuses it at the first field past a cap: the counts of inputs, outputs,
-//! raw contents, shape dimensions, parameters and BYTES elements ([`crate::kserve::shape`],
+//! raw contents, shape dimensions, parameters and BYTES elements ([`crate::shape`],
 //! the caps every protocol checks), the length of every short string, and the number of
 //! fields at all levels together (so even unknown fields cannot make decoding take time in
 //! proportion to a large message). Typed (numeric) contents are refused here too, before
@@ -14,7 +14,7 @@
 //! `Bytes` that share the received buffer (see `build.rs`), strings are short and few, and
 //! every struct is counted. So decoding is cheap enough to stay on the async runtime.
 
-use crate::kserve::shape::{
+use crate::shape::{
     MAX_BATCH, MAX_DIMS, MAX_PARAMETERS, MAX_SHORT_STRING, MAX_TENSORS, ShapeError,
 };
 
@@ -289,8 +289,8 @@ fn parameter<'a>(fields: &mut Fields<'a, '_>, entry: &Field<'a>) -> Result<(), W
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-    use crate::grpc::proto::{InferParameter, InferTensorContents, ModelInferRequest};
+    use crate::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use crate::proto::{InferParameter, InferTensorContents, ModelInferRequest};
     use prost::Message;
 
     fn image_input(elements: usize, dims: Vec<i64>) -> InferInputTensor {
@@ -327,7 +327,7 @@ mod tests {
                 "classification".to_string(),
                 InferParameter {
                     parameter_choice: Some(
-                        crate::grpc::proto::infer_parameter::ParameterChoice::Int64Param(3),
+                        crate::proto::infer_parameter::ParameterChoice::Int64Param(3),
                     ),
                 },
             )]

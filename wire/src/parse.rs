@@ -21,8 +21,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use crate::budget::{ByteBudget, Held};
 
-use super::shape::ShapeError;
-pub use super::shape::{MAX_DIMS, MAX_SHORT_STRING, MAX_TENSORS};
+use crate::shape::ShapeError;
+pub use crate::shape::{MAX_DIMS, MAX_SHORT_STRING, MAX_TENSORS};
 
 /// Deepest nesting of JSON arrays and objects.
 pub const MAX_DEPTH: usize = 32;
@@ -121,7 +121,7 @@ impl From<ShapeError> for ParseError {
 
 /// Parse an inference request from `reader`. Blocking: run it on a blocking thread.
 /// `body_error` is consulted when the reader fails, to report why (see
-/// [`super::stream::ChannelReader`]).
+/// the front-end's channel reader).
 pub fn parse_infer_request<R: Read>(
     reader: R,
     limits: &ParseLimits,
@@ -162,7 +162,7 @@ fn from_json_error(e: serde_json::Error) -> ParseError {
             None => ParseError::Body(io.to_string()),
         };
     }
-    ParseError::Invalid(crate::error::truncate(e.to_string(), 300))
+    ParseError::Invalid(crate::text::truncate(e.to_string(), 300))
 }
 
 /// Errors the [`JsonGuard`] raises, inside the reader's `io::Error`.
@@ -544,7 +544,7 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_, '_> {
             return Err(ctx.fail(ParseError::Invalid(format!("image[{index}] is empty"))));
         }
         if text.len() / 4 * 3 > limits.max_image_bytes + 2 {
-            return Err(ctx.fail(ParseError::TooLarge(crate::limits::file_too_large(
+            return Err(ctx.fail(ParseError::TooLarge(crate::text::file_too_large(
                 &format!("image[{index}]"),
                 None,
                 limits.max_image_bytes,
@@ -559,7 +559,7 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_, '_> {
                 )))
             })?;
         if bytes.len() > limits.max_image_bytes {
-            return Err(ctx.fail(ParseError::TooLarge(crate::limits::file_too_large(
+            return Err(ctx.fail(ParseError::TooLarge(crate::text::file_too_large(
                 &format!("image[{index}]"),
                 Some(bytes.len() as u64),
                 limits.max_image_bytes,
@@ -709,7 +709,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_, '_> {
             match key.0.as_str() {
                 name @ ("top_k" | "classification") => {
                     let raw = map.next_value_seed(Scalar { ctx })?;
-                    let k = crate::inference::parse_top_k(Some(&raw))
+                    let k = crate::shape::parse_top_k(Some(&raw))
                         .map_err(|e| ctx.fail(ParseError::Invalid(e)))?;
                     if name == "top_k" {
                         p.top_k = Some(k);

@@ -3,7 +3,7 @@
 //!
 //! tonic hands a decoder the whole received message; prost then allocates whatever the
 //! message describes. [`WireBounds`] says what each message type may cost: a
-//! `ModelInferRequest` goes through [`super::scan`] (the tensor caps every protocol applies,
+//! `ModelInferRequest` goes through [`crate::scan`] (the tensor caps every protocol applies,
 //! and a cap on fields), every other request is a few short strings and may be at most
 //! [`SMALL_MESSAGE`] bytes. Responses are what this server sends, so a client (the tests,
 //! the load tool) decodes them unchecked.
@@ -15,9 +15,9 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-use super::proto;
-use super::scan::{WireError, check_infer_request};
-use crate::kserve::parse::ParseError;
+use crate::parse::ParseError;
+use crate::proto;
+use crate::scan::{WireError, check_infer_request};
 
 /// Largest request of any method but `ModelInfer`: they carry a model name and version.
 pub const SMALL_MESSAGE: usize = 64 * 1024;
@@ -42,11 +42,12 @@ fn refusal(e: WireError) -> Status {
         WireError::Elements | WireError::Fields => ParseError::TooLarge(e.to_string()),
         WireError::Malformed(_) => ParseError::Invalid(e.to_string()),
     };
-    let status = match parse {
-        ParseError::TooLarge(_) => warp::http::StatusCode::PAYLOAD_TOO_LARGE,
-        _ => warp::http::StatusCode::BAD_REQUEST,
-    };
-    Status::from(crate::error::ApiError::new(status, parse.to_string()))
+    // The codes the front-end gives the same faults on every protocol: 413 (more than this
+    // server allows of a well-formed request) is RESOURCE_EXHAUSTED, 400 is INVALID_ARGUMENT.
+    match parse {
+        ParseError::TooLarge(_) => Status::resource_exhausted(parse.to_string()),
+        _ => Status::invalid_argument(parse.to_string()),
+    }
 }
 
 macro_rules! small_requests {

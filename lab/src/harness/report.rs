@@ -10,7 +10,7 @@ use super::sweep::{Experiment, Sample, System};
 use crate::stats::{MeanCi, mean_ci};
 
 /// DejaVu Sans, bundled so that PNG plots render the same on a bare CI machine with no fonts
-/// installed (license: netem/assets/DejaVuSans-LICENSE.txt).
+/// installed (license: lab/assets/DejaVuSans-LICENSE.txt).
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// Aggregate of the runs of one system at one point.
@@ -342,8 +342,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::driver::RunResult;
-    use crate::lab::sweep::{ClusterSpec, Point};
+    use crate::harness::driver::RunResult;
+    use crate::harness::sweep::{ClusterSpec, Point};
 
     fn run(answered: usize, p50: f64) -> RunResult {
         RunResult {

@@ -14,10 +14,10 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use glimpse_site::grpc::proto;
-use glimpse_site::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use glimpse_site::kserve::binary::encode_bytes_tensor;
-use glimpse_site::kserve::model::{INPUT_NAME, MODEL_NAME};
+use glimpse_wire::binary::encode_bytes_tensor;
+use glimpse_wire::names::{INPUT_NAME, MODEL_NAME};
+use glimpse_wire::proto;
+use glimpse_wire::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use glimpse_netem::lab::procs::{Proc, free_tcp_port, wait_site_ready};
+use glimpse_lab::harness::procs::{Proc, free_tcp_port, wait_site_ready};
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 /// Milliseconds per image of the front-end's synthetic worker.

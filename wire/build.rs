@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // The images of a request as `Bytes`: decoded as slices of the received buffer, not
-    // copies, so a decoded request costs about its wire size (see src/grpc/scan.rs).
+    // copies, so a decoded request costs about its wire size (see src/scan.rs).
     config.bytes([
         ".inference.ModelInferRequest.raw_input_contents",
         ".inference.InferTensorContents.bytes_contents",
@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         // prost's codec with every message's cost checked before it is decoded.
-        .codec_path("crate::grpc::codec::BoundedCodec")
+        .codec_path("crate::codec::BoundedCodec")
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The clients: how images are offered, and what a client does with a failed request.
 //!
-//! The lab (`netem/src/lab/driver.rs`) offers load *closed loop*: `concurrency` clients each
+//! The lab (`lab/src/harness/driver.rs`) offers load *closed loop*: `concurrency` clients each
 //! take the next image as soon as their previous one is answered, and resubmit an image whose
 //! request failed, up to `client_attempts` submissions, after which it counts as lost. The
 //! validation reproduces exactly that. The projections offer load *open loop* (Poisson

@@ -4,11 +4,11 @@
 //!
 //! The caps are far above what the model needs (one input, two outputs, a 1- or
 //! 2-dimensional shape) and far below what would cost memory: the gRPC listener checks them
-//! on the wire before a message is decoded (see [`crate::grpc::scan`]), where each empty
+//! on the wire before a message is decoded (see [`crate::scan`]), where each empty
 //! repeated entry would otherwise become a decoded struct 100 times its wire size.
 
 /// The model's one input: encoded image files, one per BYTES element (re-exported by
-/// [`super::model`], which describes the model; defined here so the caps need nothing else).
+/// [`crate::names`], with the model's other names; defined here so the caps need nothing else).
 pub const INPUT_NAME: &str = "image";
 
 /// Most inputs, outputs (and gRPC `raw_input_contents` entries) a request may name; the model
@@ -99,6 +99,25 @@ pub fn check_batch(
         return Err(ShapeError::Images(max_images));
     }
     Ok(())
+}
+
+/// Classes per image when a request does not say.
+pub const DEFAULT_TOP_K: u32 = 5;
+/// Most classes per image a request may ask for (ImageNet has 1,000).
+pub const MAX_TOP_K: u32 = 1000;
+
+/// Parse `top_k` from a query or parameter value; `None` means the default.
+pub fn parse_top_k(raw: Option<&str>) -> Result<u32, String> {
+    match raw {
+        None => Ok(DEFAULT_TOP_K),
+        Some(s) => match s.trim().parse::<u32>() {
+            Ok(k) if (1..=MAX_TOP_K).contains(&k) => Ok(k),
+            _ => Err(format!(
+                "top_k must be an integer from 1 to {MAX_TOP_K}, got {:?}",
+                crate::text::truncate(s.to_string(), 40)
+            )),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -2,21 +2,24 @@
 //! and on a baseline of the seed's design, in the same run; also the baseline's worker process,
 //! and `load`, a load generator for a running deployment.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use glimpse_netem::lab::baseline::{WorkerBehaviour, run_worker};
-use glimpse_netem::lab::net::NetMode;
-use glimpse_netem::lab::procs::Bins;
-use glimpse_netem::lab::sweep::{LabOptions, System};
-use glimpse_netem::lab::{images, run_sweep};
-use glimpse_netem::load::protocol::{Protocol, TargetOptions};
-use glimpse_netem::load::tls::Trust;
-use glimpse_netem::load::{LoadOptions, LoadPlan, run_load};
-use glimpse_netem::sim::ProjectOptions;
-use glimpse_netem::sim::SimulateOptions;
+use glimpse_lab::harness::baseline::{WorkerBehaviour, run_worker};
+use glimpse_lab::harness::net::NetMode;
+use glimpse_lab::harness::procs::Bins;
+use glimpse_lab::harness::sweep::{LabOptions, System};
+use glimpse_lab::harness::{images, run_sweep};
+use glimpse_lab::load::protocol::{Protocol, TargetOptions};
+use glimpse_lab::load::tls::Trust;
+use glimpse_lab::load::{LoadOptions, LoadPlan, run_load};
+use glimpse_lab::sim::ProjectOptions;
+use glimpse_lab::sim::SimulateOptions;
+use glimpse_ops::LogFormat;
 use glimpse_transport::dispatcher::Placement;
 
 #[derive(Parser, Debug)]
@@ -28,6 +31,11 @@ use glimpse_transport::dispatcher::Placement;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object per
+    /// line). GLIMPSE_LOG or RUST_LOG sets the filter (default `warn`: the lab's own output is
+    /// its progress bars and reports). Default: text.
+    #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -156,7 +164,7 @@ struct SimulateArgs {
     /// point (well under a minute). Default: off.
     #[arg(long, env = "GLIMPSE_LAB_QUICK")]
     quick: bool,
-    /// Output directory. Default: netem/results/simulate, or target/simulate-quick with
+    /// Output directory. Default: lab/results/simulate, or target/simulate-quick with
     /// --quick (so the CI size never overwrites the committed results).
     #[arg(long, env = "GLIMPSE_SIM_OUT")]
     out: Option<PathBuf>,
@@ -200,7 +208,7 @@ struct SweepArgs {
     /// 3 minutes on 2 cores. Default: off.
     #[arg(long, env = "GLIMPSE_LAB_QUICK")]
     quick: bool,
-    /// Output directory. Default: netem/results/<sweep>.
+    /// Output directory. Default: lab/results/<sweep>.
     #[arg(long, env = "GLIMPSE_LAB_OUT")]
     out: Option<PathBuf>,
     /// Model the nodes run. Default: synthetic (fixed --service-ms), since GoogLeNet on a
@@ -307,14 +315,9 @@ struct WorkerArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    glimpse_ops::logging::init(cli.log_format, "warn");
+    match cli.command {
         Command::BaselineWorker(a) => {
             for (name, p) in [("--fail-rate", a.fail_rate), ("--drop-rate", a.drop_rate)] {
                 anyhow::ensure!((0.0..=1.0).contains(&p), "{name} must be within 0..=1");
@@ -431,7 +434,7 @@ async fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     let options = LabOptions {
         out: a
             .out
-            .unwrap_or_else(|| PathBuf::from("netem/results").join(name)),
+            .unwrap_or_else(|| PathBuf::from("lab/results").join(name)),
         quick: a.quick,
         model: a.model,
         runs: a.runs.unwrap_or(if a.quick { 2 } else { 5 }).max(1),
@@ -494,7 +497,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
             PathBuf::from(if a.quick {
                 "target/simulate-quick"
             } else {
-                "netem/results/simulate"
+                "lab/results/simulate"
             })
         }),
         validation_runs: a.validation_runs.unwrap_or(if a.quick { 2 } else { 5 }),
@@ -510,7 +513,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<()> {
         },
     };
     let started = std::time::Instant::now();
-    let outcome = glimpse_netem::sim::simulate(&options, |p| {
+    let outcome = glimpse_lab::sim::simulate(&options, |p| {
         eprintln!(
             "{:>13} {:>5} nodes: {:>8} images, {:>8.0} images/s, p99 {:>6.0} ms, core {:.2} µs/image ({:.1} s)",
             p.scenario,

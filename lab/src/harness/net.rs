@@ -1,10 +1,10 @@
 //! How the lab builds the links between the front-end and its workers (`--net`).
 //!
-//! * `relay` — a userspace UDP relay per link ([`crate::relay`]). Unprivileged and portable,
+//! * `relay` — a userspace UDP relay per link ([`glimpse_netem::relay`]). Unprivileged and portable,
 //!   but UDP only: the baseline's TCP links get no packet loss, and their delay comes from a
 //!   TCP proxy that terminates connections on loopback.
 //! * `netns` — each worker runs in its own network namespace behind a [`TunLink`]
-//!   (`crate::tun`, Linux, root): the impairment applies to IP packets, so Glimpse's QUIC and
+//!   (`glimpse_netem::tun`, Linux, root): the impairment applies to IP packets, so Glimpse's QUIC and
 //!   the baseline's TCP cross exactly the same impaired path.
 
 use std::net::IpAddr;
@@ -14,9 +14,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::LabError;
-use crate::link::LinkControl;
+use glimpse_netem::link::LinkControl;
 #[cfg(target_os = "linux")]
-use crate::tun::{TunConfig, TunLink};
+use glimpse_netem::tun::{TunConfig, TunLink};
 
 /// Which kind of link the lab puts between the front-end and each worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,7 +56,7 @@ impl NetMode {
         match self {
             NetMode::Relay => Ok(()),
             #[cfg(target_os = "linux")]
-            NetMode::Netns => crate::tun::check_available()
+            NetMode::Netns => glimpse_netem::tun::check_available()
                 .map_err(|e| LabError::Setup(format!("--net netns: {e}"))),
             #[cfg(not(target_os = "linux"))]
             NetMode::Netns => Err(LabError::Setup(
@@ -82,7 +82,7 @@ impl NsLink {
     pub async fn create(index: usize, seed: u64) -> Result<NsLink, LabError> {
         let index = u8::try_from(index)
             .ok()
-            .filter(|i| (1..=crate::tun::MAX_INDEX).contains(i))
+            .filter(|i| (1..=glimpse_netem::tun::MAX_INDEX).contains(i))
             .ok_or_else(|| LabError::Setup(format!("no TUN link index for worker {index}")))?;
         let mut config = TunConfig::new(index);
         config.seed = seed;

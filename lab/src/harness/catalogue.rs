@@ -318,8 +318,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::lab::procs::Bins;
-    use crate::lab::sweep::System;
+    use crate::harness::procs::Bins;
+    use crate::harness::sweep::System;
 
     /// The options `glimpse-lab sweep` builds by default (48 images, 24 with `--quick`).
     fn options(quick: bool, net: NetMode) -> LabOptions {

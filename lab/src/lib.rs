@@ -1,0 +1,19 @@
+//! Glimpse's experiment lab, behind the `glimpse-lab` binary. Three tools that drive Glimpse
+//! from outside or drive its dispatcher core in simulation; none links the front-end.
+//!
+//! * [`harness`] — `glimpse-lab sweep`: the seed's four experiments (workers, loss, delay,
+//!   failure) run against real Glimpse processes and against a baseline of the seed's TCP
+//!   design in the same invocation, with the impairment emulator (`glimpse-netem`) on every
+//!   link, confidence intervals and plots.
+//! * [`load`] — `glimpse-lab load`: closed- and open-loop load against a running deployment
+//!   over the JSON API, KServe v2 HTTP (binary tensors) or KServe v2 gRPC, with latency
+//!   percentiles of every request.
+//! * [`sim`] — `glimpse-lab simulate`: the dispatcher's real core driven by simulated nodes
+//!   on a virtual clock, validated against the sweeps and projected to 1,000 nodes.
+//! * [`stats`] — mean, Student-t 95% confidence intervals, percentiles (all three report
+//!   with them).
+
+pub mod harness;
+pub mod load;
+pub mod sim;
+pub mod stats;
