@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,11 @@ struct Cli {
     /// per line). GLIMPSE_LOG or RUST_LOG sets the filter. Default: text.
     #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// When the program stops on an error, also print the error's details, and with
+    /// RUST_BACKTRACE=1 the stack trace where it was made (for bug reports). Without it the error
+    /// is one line whatever RUST_BACKTRACE says. Default: off.
+    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
+    verbose: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,9 +118,15 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The error once, on one line, for people; details and a stack trace with --verbose.
+    let reporter = glimpse_ops::exit::Reporter::new("glimpse-certs", cli.verbose);
     glimpse_ops::logging::init(cli.log_format, "info");
+    reporter.finish(run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let written = match cli.command {
         Command::K8s {
             namespace,

@@ -25,6 +25,17 @@ pub enum NodeError {
     /// The `--admin-listen` address could not be bound.
     #[error("could not listen on the admin address: {0}")]
     Admin(#[source] std::io::Error),
+    /// A listener's address (`--listen`, `--admin-listen`) could not be bound; the message
+    /// names the flag that moves it. Checked before the model loads.
+    #[error("{}", listen_failure(flag, *addr, error))]
+    Listen {
+        /// The flag that chose the address.
+        flag: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said (in the message, so not a `source`).
+        error: std::io::Error,
+    },
     /// The OS refused to spawn an inference lane or its threads.
     #[error("could not start the inference lanes: {0}")]
     Thread(#[source] std::io::Error),
@@ -36,4 +47,18 @@ pub enum NodeError {
     /// cancelled.
     #[error("node task failed: {0}")]
     Task(String),
+}
+
+/// `--listen 0.0.0.0:4433: address in use; pick another with --listen`, and the like.
+fn listen_failure(flag: &str, addr: std::net::SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let why = match error.kind() {
+        ErrorKind::AddrInUse => "address in use".to_string(),
+        ErrorKind::AddrNotAvailable => "no interface of this machine has that address".to_string(),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        _ => error.to_string(),
+    };
+    format!("{flag} {addr}: {why}; pick another with {flag}")
 }

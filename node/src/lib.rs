@@ -106,8 +106,9 @@ impl RunningNode {
     }
 }
 
-/// Loads the model, binds the node's UDP socket and starts serving on the current tokio
-/// runtime. Returns once the node is listening. When `shutdown` completes the node announces
+/// Binds the admin listener, checks that the node's UDP address is free, loads the model,
+/// binds the node's UDP socket and starts serving on the current tokio runtime (a busy
+/// address fails before the model loads). Returns once the node is listening. When `shutdown` completes the node announces
 /// draining, refuses new streams, finishes in-flight work (within `config.drain_timeout`) and
 /// stops; [`RunningNode::wait`] then returns.
 pub async fn start_node(
@@ -120,13 +121,21 @@ pub async fn start_node(
     // large model loads.
     let admin = match config.admin_listen {
         Some(addr) => {
-            let listener = admin::bind(addr).await.map_err(NodeError::Admin)?;
+            let listener = admin::bind(addr).await.map_err(|error| NodeError::Listen {
+                flag: "--admin-listen",
+                addr,
+                error,
+            })?;
             let bound = listener.local_addr().map_err(NodeError::Admin)?;
             tracing::info!(addr = %bound, "admin listener: /healthz /readyz /metrics");
             Some((AbortOnDrop(admin::serve(listener, observed.clone())), bound))
         }
         None => None,
     };
+    // Hold the QUIC port while the model loads, so a busy `--listen` fails at once, not
+    // after the weights are read. The transport binds its own socket, and it needs what the
+    // model announces first; the reservation is given up just before that bind.
+    let reserved = reserve_udp(config.listen)?;
     let (runner, info) = load_model(&config).await?;
     let decode = runner.needs_decoding();
     let engine = Engine::start_observed(
@@ -162,6 +171,7 @@ pub async fn start_node(
     server_config.max_image_bytes = config.max_image_bytes;
     server_config.drain_timeout = config.drain_timeout;
     server_config.tuning.stateless_reset_key = Some(stateless_reset_key(&config.tls));
+    drop(reserved);
     let server = NodeServer::bind(server_config)?;
     let addr = server.local_addr();
     tracing::info!(
@@ -224,6 +234,21 @@ pub async fn start_node(
         admin_addr,
         task,
     })
+}
+
+/// Binds `addr` (UDP) to learn early whether the node can listen there; `None` for port 0,
+/// where any free port will do.
+fn reserve_udp(addr: SocketAddr) -> Result<Option<std::net::UdpSocket>, NodeError> {
+    if addr.port() == 0 {
+        return Ok(None);
+    }
+    std::net::UdpSocket::bind(addr)
+        .map(Some)
+        .map_err(|error| NodeError::Listen {
+            flag: "--listen",
+            addr,
+            error,
+        })
 }
 
 /// Aborts a task when dropped: the admin listener stops with the node, however it ends.

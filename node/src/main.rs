@@ -38,17 +38,13 @@ fn main() -> ExitCode {
         Command::Classify(_) => "warn",
         Command::Serve(_) => "info",
     };
+    // An error ends the program as one line for people; --verbose adds the backtrace.
+    let reporter = glimpse_ops::exit::Reporter::new("glimpse-node", cli.ops.verbose);
     glimpse_ops::logging::init(cli.ops.log_format, default_level);
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),
-        Command::Serve(args) => match serve(*args, cli.ops.otlp_endpoint.as_deref()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("glimpse-node: error: {}", one_line_report(&e));
-                ExitCode::FAILURE
-            }
-        },
+        Command::Serve(args) => reporter.finish(serve(*args, cli.ops.otlp_endpoint.as_deref())),
     }
 }
 
@@ -87,21 +83,4 @@ fn serve(args: ServeArgs, otlp_endpoint: Option<&str>) -> anyhow::Result<()> {
         tracing::info!("drained; exiting");
         Ok(())
     })
-}
-
-/// The error and its causes on one line, skipping causes whose text an outer message already
-/// includes (error types that embed their source would otherwise print it twice).
-fn one_line_report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -6,9 +6,12 @@
 //! - [`traces`]: `--otlp-endpoint`, OpenTelemetry trace export;
 //! - [`process`] and [`exposition`]: the Prometheus pieces both `/metrics` pages share (build
 //!   info, `process_*` metrics, the text format and its content type);
+//! - [`exit`]: how a binary reports the error it stops on (once, without a backtrace unless
+//!   `--verbose`);
 //! - [`OpsArgs`]: the flags for the above, flattened into both command lines.
 
 pub mod config_file;
+pub mod exit;
 pub mod exposition;
 pub mod logging;
 pub mod process;
@@ -45,4 +48,9 @@ pub struct OpsArgs {
     /// down only costs dropped spans and a warning in the log. Default: none, no export.
     #[arg(long, env = "GLIMPSE_OTLP_ENDPOINT", value_name = "URL", global = true)]
     pub otlp_endpoint: Option<String>,
+    /// When the program stops on an error, also print the error's details and the stack
+    /// trace where it was made (for bug reports). Without it the error is one line whatever
+    /// RUST_BACKTRACE says; GLIMPSE_LOG=debug turns this on too. Default: off.
+    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
+    pub verbose: bool,
 }

@@ -4,15 +4,18 @@
 //   GLIMPSE_BIN      path to the binary (default: ../../target/debug/glimpse)
 //   GLIMPSE_ARGS     worker flags (default: "--local-workers 2 --model synthetic --service-ms 30")
 //   CHROMIUM         browser executable (default: /usr/bin/chromium)
-//   UPDATE_SCREENSHOT=1  also copy the desktop screenshot to docs/screenshot.png (the README's)
 //
-// Two servers: one without keys (uploads, live cards, the nodes panel, a non-image, phone
-// width), then one with --api-keys (the page asks for a key once). Exits non-zero on any
-// failure. Writes out/page.png (desktop), out/phone.png (phone width), out/error.png and
-// out/keys.png; a test run leaves tracked files alone.
+// The README's screenshot is made by scripts/screenshot (screenshot.mjs), not by this test.
+//
+// Two servers: one without keys (uploads, cards in the order chosen, one banner for
+// synthetic answers, the nodes panel, a file over --max-file-bytes refused before upload, a
+// non-image, phone width), then one with --api-keys (a clear "needs an API key" state, images
+// chosen meanwhile wait for the key; the page asks for a key once). Exits non-zero on any
+// failure. Writes out/page.png (desktop), out/phone.png (phone width), out/error.png,
+// out/key-needed.png and out/keys.png; a test run leaves tracked files alone.
 
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, copyFileSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, writeFileSync, existsSync } from "node:fs";
 import https from "node:https";
 import net from "node:net";
 import path from "node:path";
@@ -26,6 +29,8 @@ const bin = process.env.GLIMPSE_BIN || path.join(root, "target", "debug", "glimp
 const workerArgs = (process.env.GLIMPSE_ARGS || "--local-workers 2 --model synthetic --service-ms 30").split(/\s+/).filter(Boolean);
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const TIMEOUT = 60_000;
+// The main server's per-file limit: small, so a file over it is quick to make.
+const MAX_FILE_BYTES = 1 << 20;
 
 function log(...a) { console.log("[browser-test]", ...a); }
 
@@ -140,6 +145,25 @@ async function keysScenario(browser) {
     watchConsole(page, consoleErrors);
     await page.goto(server.url);
     await page.waitForSelector("#key-form:not([hidden])");
+    // A clear state: the panel says the server needs a key, the pill and the nodes panel say
+    // what they wait for (not "Waiting for the cluster…").
+    const needed = await page.textContent("#key-needed");
+    if (!(await page.isVisible("#key-needed")) || !needed.includes("This server needs an API key")) {
+      throw new Error(`no "needs an API key" panel: ${needed}`);
+    }
+    const pill = await page.textContent("#ready");
+    if (pill !== "API key needed") throw new Error(`the status pill says ${pill}`);
+    const waiting = await page.textContent("#nodes");
+    if (!/API key/.test(waiting)) throw new Error(`the nodes panel says ${waiting}`);
+    // An image chosen before the key waits for it instead of failing with 401.
+    const early = await makeImages(page);
+    await page.setInputFiles("#files", [early[1]]);
+    await page.waitForFunction(() => {
+      const b = document.querySelector(".card .badge");
+      return b && b.textContent === "waiting for an API key";
+    });
+    await page.screenshot({ path: path.join(out, "key-needed.png"), fullPage: true });
+    log("keys: the page says it needs a key, the nodes panel and the chosen image wait for it");
     await page.fill("#key", "glk_not-a-key");
     await page.click("#key-form button");
     await page.waitForFunction(() => document.getElementById("key-error").textContent.includes("not accepted"));
@@ -147,11 +171,13 @@ async function keysScenario(browser) {
     await page.click("#key-form button");
     await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
     if (await page.isVisible("#key-form")) throw new Error("the key form stayed after a good key");
+    if (await page.isVisible("#key-needed")) throw new Error("the key panel stayed after a good key");
     const files = await makeImages(page);
     await page.setInputFiles("#files", [files[0]]);
+    // The image chosen before the key went up once the key was accepted, then this one.
     await page.waitForFunction(() => {
       const cards = [...document.querySelectorAll(".card")];
-      return cards.length === 1 && cards[0].dataset.status === "ok";
+      return cards.length === 2 && cards.every((c) => c.dataset.status === "ok");
     });
     const panel = await page.textContent("#nodes");
     if (!/\d+ of \d+ nodes? ready/.test(panel)) throw new Error(`a user key should see only a summary: ${panel}`);
@@ -174,7 +200,7 @@ async function keysScenario(browser) {
 async function main() {
   mkdirSync(out, { recursive: true });
   if (!existsSync(bin)) throw new Error(`glimpse binary not found at ${bin} (build it: cargo build -p glimpse-site)`);
-  const server = await startServer(workerArgs);
+  const server = await startServer([...workerArgs, "--max-file-bytes", String(MAX_FILE_BYTES)]);
   const url = server.url;
 
   let browser;
@@ -189,6 +215,8 @@ async function main() {
     const page = await context.newPage();
     const consoleErrors = [];
     watchConsole(page, consoleErrors);
+    const uploads = [];
+    page.on("request", (r) => { if (r.method() === "POST" && r.url().includes("/api/v1/classify")) uploads.push(r.url()); });
 
     await page.goto(url);
     await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
@@ -202,9 +230,24 @@ async function main() {
       return cards.length === 3 && cards.every((c) => c.dataset.status === "ok" && c.querySelectorAll(".labels .label").length === 5);
     });
     const names = await page.$$eval(".card .name", (els) => els.map((e) => e.textContent));
-    for (const f of files) {
-      if (!names.includes(path.basename(f))) throw new Error(`no card for ${path.basename(f)}: ${names}`);
+    // The cards read in the order the files were chosen, the first one first.
+    const chosen = files.map((f) => path.basename(f));
+    if (names.join("|") !== chosen.join("|")) throw new Error(`cards out of order: ${names} (chosen: ${chosen})`);
+    log("cards in the order chosen:", names.join(", "));
+    // Synthetic answers: ONE banner says they are not real predictions, not one per card.
+    const banners = await page.evaluate(() => {
+      const text = document.body.innerText;
+      return {
+        visible: !document.getElementById("warning").hidden,
+        madeUp: text.split("labels are made up").length - 1,
+        notReal: text.split("not real predictions").length - 1,
+        cardWarnings: document.querySelectorAll(".card .node-warn, .card .result-warn").length,
+      };
+    });
+    if (!banners.visible || banners.madeUp !== 1 || banners.notReal !== 1 || banners.cardWarnings !== 0) {
+      throw new Error(`expected one banner for the synthetic model: ${JSON.stringify(banners)}`);
     }
+    log("one banner for synthetic answers, none on the cards");
     const meta = await page.$$eval(".card .meta", (els) => els.map((e) => e.textContent));
     if (!meta.every((m) => /local-\d/.test(m) && /ms|s/.test(m))) throw new Error(`cards lack node/latency: ${meta}`);
     log("3 cards with 5 labels each:", names.join(", "));
@@ -218,14 +261,32 @@ async function main() {
     });
     await page.screenshot({ path: path.join(out, "page.png"), fullPage: true });
 
+    // A file over the server's per-file limit is refused in the browser, by name, in MiB,
+    // without an upload request.
+    const big = path.join(out, "images", "big photo.jpg");
+    writeFileSync(big, Buffer.alloc(Math.floor(MAX_FILE_BYTES * 1.5), 0xff));
+    const before = uploads.length;
+    await page.setInputFiles("#files", [big]);
+    await page.waitForFunction(() => [...document.querySelectorAll(".card.error .name")].some((n) => n.textContent === "big photo.jpg"));
+    const refusal = await page.evaluate(() => {
+      const card = [...document.querySelectorAll(".card.error")].find((c) => c.querySelector(".name").textContent === "big photo.jpg");
+      return card.querySelector(".error-text").textContent;
+    });
+    const expected = `"big photo.jpg" is 1.5 MiB; the limit is 1.0 MiB per file`;
+    if (refusal !== expected) throw new Error(`refusal text: ${refusal} (expected ${expected})`);
+    await page.waitForTimeout(500);
+    if (uploads.length !== before) throw new Error(`the file over the limit was uploaded: ${uploads.slice(before)}`);
+    log("a file over the limit is refused before upload:", refusal);
+
     // A file that is not an image gets an error card, and the good cards stay.
     const bogus = path.join(out, "images", "notes<b>.txt");
     writeFileSync(bogus, "this is not an image\n");
     await page.setInputFiles("#files", [bogus]);
-    await page.waitForSelector(".card.error");
-    const errorText = await page.$eval(".card.error .error-text", (e) => e.textContent);
+    await page.waitForFunction(() => document.querySelectorAll(".card.error").length === 2);
+    // The newest card is the last one.
+    const errorText = await page.$eval(".card.error:last-child .error-text", (e) => e.textContent);
     if (!/not a supported image/.test(errorText)) throw new Error(`unexpected error text: ${errorText}`);
-    const errorName = await page.$eval(".card.error .name", (e) => e.textContent);
+    const errorName = await page.$eval(".card.error:last-child .name", (e) => e.textContent);
     if (errorName !== "notes<b>.txt") throw new Error(`file name not shown verbatim: ${errorName}`);
     if ((await page.$$(".card b")).length !== 0) throw new Error("a file name was interpreted as HTML");
     log("non-image file shows an error card:", errorText);
@@ -239,11 +300,6 @@ async function main() {
 
     if (consoleErrors.length) throw new Error(`console errors: ${consoleErrors.join(" | ")}`);
 
-    if (process.env.UPDATE_SCREENSHOT === "1") {
-      const docs = path.join(root, "docs");
-      mkdirSync(docs, { recursive: true });
-      copyFileSync(path.join(out, "page.png"), path.join(docs, "screenshot.png"));
-    }
     await stopServer(server);
     await keysScenario(browser);
     log("PASS — screenshots in", out);

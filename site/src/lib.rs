@@ -132,130 +132,190 @@ impl RunningSite {
 /// How often per-caller rate-limit state of idle callers is dropped.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Bind and start serving `inference` as `config` says.
+/// Bind and start serving `inference` as `config` says ([`bind_site`], then
+/// [`BoundSite::serve`]).
 pub async fn start_site(
     config: SiteConfig,
     tls: &TlsIdentity,
     inference: Arc<dyn Inference>,
 ) -> Result<RunningSite, ServerError> {
+    bind_site(config).await?.serve(tls, inference).await
+}
+
+/// The front-end's listeners, bound but not serving yet, and its checked configuration. The
+/// binary binds before it loads any model, so a busy port or a bad key file is reported at
+/// once instead of after the workers' weights have loaded.
+pub struct BoundSite {
+    config: SiteConfig,
+    keys: Option<Arc<KeyFile>>,
+    https: tokio::net::TcpListener,
+    redirect: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+    grpc: Option<tokio::net::TcpListener>,
+}
+
+/// Checks the limits, loads the API key file and binds every TCP listener `config` asks for
+/// (HTTPS, redirect, admin, gRPC). A listener that cannot bind is a [`ServerError::Bind`]
+/// naming the flag that sets its address.
+pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
     config.limits.validate().map_err(ServerError::Config)?;
     let keys = match &config.api_keys {
         Some(path) => Some(Arc::new(KeyFile::load(path)?)),
         None => None,
     };
-    let admin = match (config.admin_listen, &keys) {
-        (Some(_), _) => AdminAccess::Elsewhere,
-        (None, Some(_)) => AdminAccess::AdminKey,
-        (None, None) => AdminAccess::Open,
+    let https = server::bind_flag(config.listen, "--listen").await?;
+    let redirect = match config.http_redirect {
+        Some(at) => Some(server::bind_flag(at, "--http-redirect").await?),
+        None => None,
     };
-    let identify = Identify {
-        keys: keys.clone(),
-        tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
+    let admin = match config.admin_listen {
+        Some(at) => Some(server::bind_flag(at, "--admin-listen").await?),
+        None => None,
     };
-    let id = match config.ownership.id.clone() {
-        Some(id) => id,
-        None => FrontendId::from_host_name().map_err(|e| ServerError::Config(e.to_string()))?,
+    let grpc = match config.grpc_listen {
+        Some(at) => Some(server::bind_flag(at, "--grpc-listen").await?),
+        None => None,
     };
-    let frontend = Frontend::new(id, config.ownership.peers.clone());
-    let (tx, rx) = shutdown_channel();
-    // One registry for every TCP listener (HTTPS, gRPC, redirect, admin): one budget of
-    // descriptors below the process's limit, split as `conn::Shares` says.
-    let connections = Registry::new(config.conn);
-    let site = Site::new(
-        inference,
-        config.limits.clone(),
-        identify,
-        connections.clone(),
-        rx.clone(),
-        frontend,
-    );
-    let access = Access {
+    Ok(BoundSite {
+        config,
+        keys,
+        https,
+        redirect,
         admin,
-        allowed_origins: Arc::new(
-            config
-                .allowed_origins
-                .iter()
-                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-                .collect(),
-        ),
-        hsts_max_age_s: config.hsts_max_age_s,
-    };
-    let listener = server::bind(config.listen).await?;
-    let addr = listener.local_addr()?;
-    let mut tasks = Vec::new();
-    let mut redirect_addr = None;
-    if let Some(redirect) = config.http_redirect {
-        let plain = server::bind(redirect).await?;
-        redirect_addr = Some(plain.local_addr()?);
-        tasks.push(tokio::spawn(server::serve_redirect(
-            plain,
-            addr.port(),
+        grpc,
+    })
+}
+
+impl BoundSite {
+    /// The bound HTTPS address (useful with port 0).
+    pub fn addr(&self) -> Result<SocketAddr, ServerError> {
+        Ok(self.https.local_addr()?)
+    }
+
+    /// Start serving `inference` on the bound listeners.
+    pub async fn serve(
+        self,
+        tls: &TlsIdentity,
+        inference: Arc<dyn Inference>,
+    ) -> Result<RunningSite, ServerError> {
+        let BoundSite {
+            config,
+            keys,
+            https: listener,
+            redirect,
+            admin: admin_listener,
+            grpc,
+        } = self;
+        let admin = match (&admin_listener, &keys) {
+            (Some(_), _) => AdminAccess::Elsewhere,
+            (None, Some(_)) => AdminAccess::AdminKey,
+            (None, None) => AdminAccess::Open,
+        };
+        let identify = Identify {
+            keys: keys.clone(),
+            tokens: ClientTokens::new().map_err(|e| ServerError::Config(e.to_string()))?,
+        };
+        let id = match config.ownership.id.clone() {
+            Some(id) => id,
+            None => FrontendId::from_host_name().map_err(|e| ServerError::Config(e.to_string()))?,
+        };
+        let frontend = Frontend::new(id, config.ownership.peers.clone());
+        let (tx, rx) = shutdown_channel();
+        // One registry for every TCP listener (HTTPS, gRPC, redirect, admin): one budget of
+        // descriptors below the process's limit, split as `conn::Shares` says.
+        let connections = Registry::new(config.conn);
+        let site = Site::new(
+            inference,
+            config.limits.clone(),
+            identify,
             connections.clone(),
-            rx.clone().wait(),
-        )));
-    }
-    let mut admin_addr = None;
-    if let Some(admin) = config.admin_listen {
-        let plain = server::bind(admin).await?;
-        admin_addr = Some(plain.local_addr()?);
-        tasks.push(tokio::spawn(server::serve(
-            plain,
-            None,
-            connections.clone(),
-            Listener::Admin,
-            api::admin_routes(site.clone()),
-            0,
-            rx.clone().wait(),
-        )));
-    }
-    let mut grpc_addr = None;
-    if let Some(at) = config.grpc_listen {
-        let listener = server::bind(at).await?;
-        grpc_addr = Some(listener.local_addr()?);
-        tasks.push(tokio::spawn(grpc::serve(
-            listener,
-            tls.config.clone(),
-            connections.clone(),
-            site.clone(),
-            rx.clone().wait(),
-        )));
-    }
-    if let Some(keys) = keys {
-        tasks.push(tokio::spawn(keys.watch(rx.clone().wait())));
-    }
-    {
-        let site = site.clone();
-        let stop = rx.clone().wait();
-        tasks.push(tokio::spawn(async move {
-            let mut stop = std::pin::pin!(stop);
-            loop {
-                tokio::select! {
-                    () = &mut stop => return,
-                    () = tokio::time::sleep(PRUNE_INTERVAL) => {
-                        site.rate.prune();
-                        site.auth_failures.prune(std::time::Instant::now());
+            rx.clone(),
+            frontend,
+        );
+        let access = Access {
+            admin,
+            allowed_origins: Arc::new(
+                config
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .collect(),
+            ),
+            hsts_max_age_s: config.hsts_max_age_s,
+        };
+        let addr = listener.local_addr()?;
+        let mut tasks = Vec::new();
+        let mut redirect_addr = None;
+        if let Some(plain) = redirect {
+            redirect_addr = Some(plain.local_addr()?);
+            tasks.push(tokio::spawn(server::serve_redirect(
+                plain,
+                addr.port(),
+                connections.clone(),
+                rx.clone().wait(),
+            )));
+        }
+        let mut admin_addr = None;
+        if let Some(plain) = admin_listener {
+            admin_addr = Some(plain.local_addr()?);
+            tasks.push(tokio::spawn(server::serve(
+                plain,
+                None,
+                connections.clone(),
+                Listener::Admin,
+                api::admin_routes(site.clone()),
+                0,
+                rx.clone().wait(),
+            )));
+        }
+        let mut grpc_addr = None;
+        if let Some(listener) = grpc {
+            grpc_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(grpc::serve(
+                listener,
+                tls.config.clone(),
+                connections.clone(),
+                site.clone(),
+                rx.clone().wait(),
+            )));
+        }
+        if let Some(keys) = keys {
+            tasks.push(tokio::spawn(keys.watch(rx.clone().wait())));
+        }
+        {
+            let site = site.clone();
+            let stop = rx.clone().wait();
+            tasks.push(tokio::spawn(async move {
+                let mut stop = std::pin::pin!(stop);
+                loop {
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(PRUNE_INTERVAL) => {
+                            site.rate.prune();
+                            site.auth_failures.prune(std::time::Instant::now());
+                        }
                     }
                 }
-            }
-        }));
+            }));
+        }
+        tasks.push(tokio::spawn(server::serve(
+            listener,
+            Some(tls.config.clone()),
+            connections.clone(),
+            Listener::Https,
+            routes::https(site.clone(), &access),
+            config.hsts_max_age_s,
+            rx.wait(),
+        )));
+        Ok(RunningSite {
+            addr,
+            redirect_addr,
+            admin_addr,
+            grpc_addr,
+            site,
+            connections,
+            shutdown: tx,
+            tasks,
+        })
     }
-    tasks.push(tokio::spawn(server::serve(
-        listener,
-        Some(tls.config.clone()),
-        connections.clone(),
-        Listener::Https,
-        routes::https(site.clone(), &access),
-        config.hsts_max_age_s,
-        rx.wait(),
-    )));
-    Ok(RunningSite {
-        addr,
-        redirect_addr,
-        admin_addr,
-        grpc_addr,
-        site,
-        connections,
-        shutdown: tx,
-        tasks,
-    })
 }

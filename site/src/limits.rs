@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::pace::PaceLimits;
 use crate::throttle::RateSpec;
 
+pub use glimpse_wire::text::{file_too_large, human_bytes};
+
 /// Limits on what one client can make the site do. Defaults are generous (users complain
 /// about surprise 413s) but bounded so one request cannot exhaust memory.
 #[derive(Debug, Clone)]
@@ -88,5 +90,36 @@ impl Limits {
             min_rate: self.body_min_rate,
             deadline: self.body_deadline,
         }
+    }
+}
+
+/// The refusal of a request body over `--max-request-bytes`, like [`file_too_large`] (which,
+/// with [`human_bytes`], lives with the wire format: the KServe parsers report the per-image
+/// limit the same way).
+pub fn request_too_large(size: Option<u64>, limit: usize) -> String {
+    let limit = human_bytes(limit as u64);
+    match size {
+        Some(size) => format!(
+            "the request is {}; the limit is {limit} per request",
+            human_bytes(size)
+        ),
+        None => format!("the request is larger than the limit of {limit} per request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_over_its_limit_reads_as_the_page_shows_it() {
+        assert_eq!(
+            request_too_large(Some(200 << 20), 100 << 20),
+            "the request is 200.0 MiB; the limit is 100.0 MiB per request"
+        );
+        assert_eq!(
+            request_too_large(None, 100 << 20),
+            "the request is larger than the limit of 100.0 MiB per request"
+        );
     }
 }

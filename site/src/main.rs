@@ -1,21 +1,33 @@
 //! `glimpse`: the HTTPS front-end binary. See `glimpse --help`.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use glimpse_site::cli::{Cli, Command, KeysCommand};
-use glimpse_site::{auth, cluster, conn, server, start_site};
+use glimpse_site::{auth, bind_site, cluster, conn, server};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     // Flags over environment over the --config file over defaults.
     let cli: Cli = glimpse_ops::config_file::parse();
+    // An error ends the program as one line for people; --verbose adds the backtrace.
+    let reporter = glimpse_ops::exit::Reporter::new("glimpse", cli.ops.verbose);
     // GLIMPSE_LOG (or RUST_LOG) sets the filter; default: info.
     glimpse_ops::logging::init(cli.ops.log_format, "info");
     if let Some(Command::Keys { action }) = &cli.command {
-        return keys(action);
+        return reporter.finish(keys(action));
     }
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(serve(cli)));
+    reporter.finish(served)
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
     // or weights load must drain and exit 0, not kill the process with the default action.
     let mut signals = Signals::install().context("listening for SIGTERM and SIGINT")?;
@@ -31,18 +43,14 @@ async fn main() -> anyhow::Result<()> {
         .context("checking the limits")?;
     let tls = server::tls_identity(cli.tls_cert.as_deref(), cli.tls_key.as_deref())
         .context("setting up HTTPS")?;
+    // Every listener is bound before any model loads: a busy port (the error names the flag
+    // that moves it) or a broken key file fails in milliseconds, not after the weights load.
+    let bound = bind_site(config.clone()).await?;
     let cluster = cluster::build(&cli).await.context("starting the cluster")?;
-    let site = start_site(config.clone(), &tls, cluster.inference.clone())
+    let site = bound
+        .serve(&tls, cluster.inference.clone())
         .await
-        .with_context(|| match config.grpc_listen {
-            // gRPC may be on by default (local workers): say which address it wanted and
-            // how to move it.
-            Some(grpc) => format!(
-                "listening on {} (HTTPS) and {grpc} (gRPC; --grpc-listen moves it, `off` turns it off)",
-                cli.listen
-            ),
-            None => format!("listening on {}", cli.listen),
-        })?;
+        .context("starting the front-end")?;
 
     tracing::info!(frontend = %site.site.frontend.id(), "front-end id (the prefix of its job ids)");
     let host = display_host(site.addr.ip());

@@ -47,6 +47,17 @@ pub enum ServerError {
     #[error("{0}")]
     /// An inconsistent configuration.
     Config(String),
+    /// A listener's address could not be bound; the message names the flag that sets it
+    /// (`--listen 127.0.0.1:8443: address in use; pick another with --listen`).
+    #[error("{}", bind_failure(flag, *addr, error))]
+    Bind {
+        /// The flag that chose the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said (already in the message, so not a `source`).
+        error: std::io::Error,
+    },
 }
 
 /// The server's TLS identity and how a user can check it.
@@ -386,6 +397,33 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     Ok(TcpListener::bind(addr).await?)
 }
 
+/// Bind the listener that `flag` (`--listen`, `--grpc-listen`, ...) puts at `addr`; a failure
+/// is a [`ServerError::Bind`] that names the flag.
+pub async fn bind_flag(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind { flag, addr, error })
+}
+
+/// Why an address could not be bound, in words, with the way out for the common cases.
+pub(crate) fn bind_failure(flag: &str, addr: SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let why = match error.kind() {
+        ErrorKind::AddrInUse => "address in use".to_string(),
+        ErrorKind::AddrNotAvailable => "no interface of this machine has that address".to_string(),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        _ => error.to_string(),
+    };
+    let off = if flag == "--grpc-listen" {
+        ", or turn gRPC off with `--grpc-listen off`"
+    } else {
+        ""
+    };
+    format!("{flag} {addr}: {why}; pick another with {flag}{off}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +434,19 @@ mod tests {
         assert!(id.self_signed);
         assert_eq!(id.fingerprint.len(), 32 * 3 - 1);
         assert_eq!(id.config.alpn_protocols[0], b"h2".to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_busy_address_names_the_flag_that_moves_it() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let err = bind_flag(addr, "--listen").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("--listen {addr}: address in use; pick another with --listen")
+        );
+        let err = bind_flag(addr, "--grpc-listen").await.unwrap_err();
+        assert!(err.to_string().ends_with("`--grpc-listen off`"), "{err}");
     }
 
     #[test]

@@ -277,7 +277,8 @@ pub(crate) fn read_error(e: std::io::Error, intake: &Intake) -> UploadError {
     }
 }
 
-/// Read a whole body, stopping with [`UploadError::TooLarge`] at the first byte past `limit`.
+/// Read a whole body, stopping with [`UploadError::TooLarge`] at the first byte past `limit`
+/// (the per-file limit: the refusal names `what`, the file, and says its size in MiB).
 /// Returns the bytes and what they hold of the byte budget.
 pub async fn read_limited<S>(
     body: S,
@@ -292,8 +293,10 @@ where
     if let Some(len) = content_length
         && len > limit as u64
     {
-        return Err(UploadError::TooLarge(format!(
-            "{what} is {len} bytes; the limit is {limit} bytes"
+        return Err(UploadError::TooLarge(crate::limits::file_too_large(
+            what,
+            Some(len),
+            limit,
         )));
     }
     let (mut body, held) = Metered::new(body, intake);
@@ -301,8 +304,8 @@ where
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| read_error(e, intake))?;
         if chunks.len + chunk.len() > limit {
-            return Err(UploadError::TooLarge(format!(
-                "{what} exceeds the limit of {limit} bytes"
+            return Err(UploadError::TooLarge(crate::limits::file_too_large(
+                what, None, limit,
             )));
         }
         chunks.push(chunk);
@@ -372,7 +375,12 @@ where
         read_multipart(body, boundary, content_length, limits, intake).await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
         let limit = limits.max_file_bytes.min(limits.max_request_bytes);
-        let (bytes, held) = read_limited(body, content_length, limit, "the image", intake).await?;
+        // The refusal names the file: `?name=` when the caller gave one.
+        let what = match &raw_name {
+            Some(name) => format!("{:?}", display_name(name)),
+            None => "the image".to_string(),
+        };
+        let (bytes, held) = read_limited(body, content_length, limit, &what, intake).await?;
         if bytes.is_empty() {
             return Err(UploadError::Empty);
         }
@@ -403,9 +411,9 @@ where
     if let Some(len) = content_length
         && len > limits.max_request_bytes as u64
     {
-        return Err(UploadError::TooLarge(format!(
-            "the request is {len} bytes; the limit is {} bytes",
-            limits.max_request_bytes
+        return Err(UploadError::TooLarge(crate::limits::request_too_large(
+            Some(len),
+            limits.max_request_bytes,
         )));
     }
     let constraints = multer::Constraints::new().size_limit(
@@ -445,7 +453,13 @@ where
             .map(display_name)
             .unwrap_or_else(|| format!("file-{}", files.len() + 1));
         let content_type = field.content_type().map(|m| m.essence_str().to_string());
-        let bytes = field_bytes(field).await.map_err(fail)?;
+        // A part over the per-file limit is refused by its file name, not its form field's.
+        let bytes = field_bytes(field).await.map_err(|e| match e {
+            multer::Error::FieldSizeExceeded { .. } => UploadError::TooLarge(
+                crate::limits::file_too_large(&format!("{name:?}"), None, limits.max_file_bytes),
+            ),
+            e => fail(e),
+        })?;
         files.push((name, content_type, bytes));
     }
     if files.is_empty() {
@@ -710,15 +724,13 @@ fn multer_error(e: multer::Error, limits: &Limits, intake: &Intake) -> UploadErr
         return fault.to_upload_error(intake);
     }
     match e {
-        multer::Error::FieldSizeExceeded { field_name, .. } => UploadError::TooLarge(format!(
-            "file {:?} exceeds the limit of {} bytes per file",
-            display_name(&field_name.unwrap_or_default()),
-            limits.max_file_bytes
-        )),
-        multer::Error::StreamSizeExceeded { .. } => UploadError::TooLarge(format!(
-            "the request exceeds the limit of {} bytes",
-            limits.max_request_bytes
-        )),
+        // Only a part read without its file name known gets here (the loop above names it).
+        multer::Error::FieldSizeExceeded { .. } => UploadError::TooLarge(
+            crate::limits::file_too_large("a file", None, limits.max_file_bytes),
+        ),
+        multer::Error::StreamSizeExceeded { .. } => UploadError::TooLarge(
+            crate::limits::request_too_large(None, limits.max_request_bytes),
+        ),
         other => UploadError::Malformed(crate::error::truncate(other.to_string(), 300)),
     }
 }
@@ -800,6 +812,50 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.status(), 413, "{err}");
+        // The refusal names the file, not the form field, and counts in MiB like the page.
+        assert_eq!(
+            err.to_string(),
+            "\"b.jpg\" is larger than the limit of 5 bytes per file",
+            "{err}"
+        );
+        let big = Limits {
+            max_file_bytes: 3 << 20,
+            ..Limits::default()
+        };
+        let mut huge =
+            b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n\r\n"
+                .to_vec();
+        huge.extend(std::iter::repeat_n(b'A', 4 << 20));
+        huge.extend(b"\r\n--XX--\r\n");
+        let err = read_uploads(
+            body(vec![Box::leak(huge.into_boxed_slice())]),
+            Some("multipart/form-data; boundary=XX"),
+            None,
+            None,
+            &big,
+            &intake(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"big.jpg\" is larger than the limit of 3.0 MiB per file"
+        );
+        // A raw image with a Content-Length over the limit: its name (?name=) and its size.
+        let err = read_uploads(
+            body(vec![]),
+            Some("image/jpeg"),
+            Some(30 << 20),
+            Some("big.jpg".into()),
+            &Limits::default(),
+            &intake(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"big.jpg\" is 30.0 MiB; the limit is 20.0 MiB per file"
+        );
 
         let one = Limits {
             max_files: 1,

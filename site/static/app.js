@@ -18,9 +18,12 @@ let polling = false;            // a status poll loop is running
 
 const cardsByJob = new Map();   // job id -> card state
 const early = new Map();        // job id -> latest event seen before the POST answered
-let pending = [];               // cards waiting to be uploaded
+let pending = [];               // cards waiting to be uploaded, in the order chosen
 let uploading = 0;
 let total = 0;
+let maxFileBytes = 0;           // the server's per-file limit, once /api/v1/status said it
+const statusWarnings = new Set();  // "synthetic" / "untrained", as the status says now
+const seenWarnings = new Set();    // the same, from the results shown on this page
 
 const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -40,13 +43,22 @@ async function api(path, opts = {}) {
   return resp;
 }
 
+// The server answered 401: say so where the user looks (a panel above the drop zone, the
+// status pill, the nodes panel), and hold uploads until a key is accepted.
 function askForKey(message) {
   session = null;
   try { localStorage.removeItem(KEY_STORAGE); } catch { /* private mode */ }
   $("key-error").textContent = message || "";
-  $("key-form").hidden = false;
+  showKeyPrompt(true);
   $("key").focus();
   setReady(null, "API key needed");
+  $("nodes").replaceChildren(el("p", "muted", "Waiting for an API key (paste one above)."));
+  for (const card of pending) setStatus(card, "waiting", "waiting for an API key");
+}
+
+function showKeyPrompt(show) {
+  $("key-needed").hidden = !show;
+  $("key-form").hidden = !show;
 }
 
 // Learn who we are (and get our cookie) before anything else, so the event stream and the
@@ -57,9 +69,13 @@ async function start() {
   if (resp.status === 401) return;  // askForKey has shown the form
   if (!resp.ok) { setReady(null); setTimeout(start, 2000); return; }
   session = await resp.json();
-  $("key-form").hidden = true;
+  showKeyPrompt(false);
   $("forget-key").hidden = session.auth !== "key";
   listen();
+  // The limits first, so files over them are refused here instead of uploaded; then the
+  // images chosen while we waited (for a key, say).
+  await pollOnce();
+  pump();
   pollStatus();
 }
 
@@ -77,8 +93,8 @@ function fmtMs(ms) {
 
 function fmtBytes(n) {
   if (n >= 1048576) return `${(n / 1048576).toFixed(1)} MiB`;
-  if (n >= 1024) return `${Math.round(n / 1024)} KiB`;
-  return `${n} B`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} bytes`;
 }
 
 // ---------- cards ----------
@@ -98,7 +114,8 @@ function newCard(file) {
     node.classList.add("no-thumb");
   }
   setStatus(card, "waiting", "waiting to upload");
-  $("cards").prepend(node);
+  // In the order the files were chosen: the first one first.
+  $("cards").append(node);
   total += 1;
   updateSummary();
   return card;
@@ -111,10 +128,10 @@ function setStatus(card, kind, text) {
   card.node.dataset.status = kind;
 }
 
-function showError(card, message, code) {
+function showError(card, message, code, badge) {
   card.final = true;
   card.node.classList.add("error");
-  setStatus(card, "error", code ? `failed · ${code}` : "failed");
+  setStatus(card, "error", badge || (code ? `failed · ${code}` : "failed"));
   card.node.querySelector(".error-text").textContent = message;
   updateSummary();
 }
@@ -155,8 +172,13 @@ function applyJob(card, job) {
         el("span", "meta-node", job.node || "?"),
         el("span", null, ` · ${fmtMs(job.latency_ms)} · ${attempts} · ${fmtBytes(job.bytes)}`),
       );
-      // Labels from random weights or the synthetic model are never shown unmarked.
-      if (job.warning) meta.append(el("span", "node-warn result-warn", job.warning));
+      // Labels from random weights or the synthetic model are never shown unmarked: the one
+      // banner above says so (not a copy on every card), and the card is drawn as not real.
+      if (job.warning) {
+        card.node.classList.add("unreal");
+        seenWarnings.add(/synthetic/i.test(job.warning) ? "synthetic" : "untrained");
+        renderWarning();
+      }
       updateSummary();
       break;
     }
@@ -191,13 +213,30 @@ function updateSummary() {
 // ---------- uploads ----------
 
 function addFiles(files) {
-  for (const f of files) pending.push(newCard(f));
+  for (const f of files) {
+    const card = newCard(f);
+    if (!refuseTooLarge(card)) pending.push(card);
+  }
+  if (!session && !$("key-needed").hidden) {
+    for (const card of pending) setStatus(card, "waiting", "waiting for an API key");
+  }
   pump();
 }
 
+// A file over the server's per-file limit is refused here, by name, without sending a byte
+// (the server would read it all to the limit and then refuse it anyway).
+function refuseTooLarge(card) {
+  const f = card.file;
+  if (!maxFileBytes || f.size <= maxFileBytes) return false;
+  showError(card, `"${f.name || "upload"}" is ${fmtBytes(f.size)}; the limit is ${fmtBytes(maxFileBytes)} per file`, null, "too large");
+  return true;
+}
+
 function pump() {
-  while (uploading < UPLOAD_CONCURRENCY && pending.length > 0) {
+  // Without a session (no key yet, or the server unreachable) cards wait; start() pumps.
+  while (session && uploading < UPLOAD_CONCURRENCY && pending.length > 0) {
     const card = pending.shift();
+    if (refuseTooLarge(card)) continue;
     uploading += 1;
     upload(card, 0).finally(() => { uploading -= 1; pump(); });
   }
@@ -213,6 +252,12 @@ async function upload(card, retries) {
     body = await resp.json().catch(() => ({}));
   } catch (e) {
     showError(card, `upload failed: ${e.message || e}`);
+    return;
+  }
+  // The key was refused (or revoked): the card waits for the next one.
+  if (resp.status === 401) {
+    pending.unshift(card);
+    setStatus(card, "waiting", "waiting for an API key");
     return;
   }
   // 503: the server is full; 429: we are over our own share. Both say when to come back.
@@ -316,20 +361,33 @@ function setReady(ready, text) {
 function renderStatus(st) {
   setReady(st.ready);
   const lim = st.limits;
-  if (lim) $("limits").textContent = `JPEG, PNG, GIF, WebP or BMP — up to ${fmtBytes(lim.max_file_bytes)} each`;
-  const warnings = [];
-  if (st.synthetic) warnings.push("A node runs a synthetic model: labels are made up (for load tests only).");
-  if (st.untrained) warnings.push("A node runs untrained (random) weights: labels are meaningless.");
-  const w = $("warning");
-  if (warnings.length) {
-    w.replaceChildren(el("strong", null, "⚠ These are not real predictions. "), el("span", null, warnings.join(" ")));
-    w.hidden = false;
-  } else {
-    w.hidden = true;
+  if (lim) {
+    maxFileBytes = Number(lim.max_file_bytes) || 0;
+    $("limits").textContent = `JPEG, PNG, GIF, WebP or BMP — up to ${fmtBytes(lim.max_file_bytes)} each`;
   }
+  statusWarnings.clear();
+  if (st.synthetic) statusWarnings.add("synthetic");
+  if (st.untrained) statusWarnings.add("untrained");
+  renderWarning();
   if (!session || !session.nodes) {
     const list = $("nodes");
     list.replaceChildren(el("p", "muted", `${st.nodes_ready} of ${st.nodes} node${st.nodes === 1 ? "" : "s"} ready`));
+  }
+}
+
+// The one banner for answers that are not real predictions: what the nodes run now, and what
+// answered the cards on this page.
+function renderWarning() {
+  const kinds = new Set([...statusWarnings, ...seenWarnings]);
+  const text = [];
+  if (kinds.has("synthetic")) text.push("A node runs a synthetic model: labels are made up (for load tests only).");
+  if (kinds.has("untrained")) text.push("A node runs untrained (random) weights: labels are meaningless.");
+  const w = $("warning");
+  if (text.length) {
+    w.replaceChildren(el("strong", null, "⚠ These are not real predictions. "), el("span", null, text.join(" ")));
+    w.hidden = false;
+  } else {
+    w.hidden = true;
   }
 }
 
@@ -360,21 +418,23 @@ function renderNodes(data) {
     } else {
       box.append(el("p", "node-model", "model not reported yet"));
     }
+    // A short tag; the banner above the page says what it means.
     if (n.synthetic) {
-      box.append(el("p", "node-warn", "SYNTHETIC MODEL — answers are fake"));
+      box.append(el("p", "node-tag", "synthetic model"));
     } else if (n.trained === false) {
-      box.append(el("p", "node-warn", "UNTRAINED WEIGHTS — labels are meaningless"));
+      box.append(el("p", "node-tag", "untrained weights"));
     }
     list.append(box);
   }
 }
 
+// start() has just polled once; from then on every 2 s.
 async function pollStatus() {
   if (polling) return;
   polling = true;
   while (session) {
-    await pollOnce();
     await sleep(2000);
+    if (session) await pollOnce();
   }
   polling = false;
 }

@@ -129,9 +129,10 @@ fn bytes_tensor(
             return Err(ParseError::Invalid(format!("image[{index}] is empty")));
         }
         if len > limits.max_image_bytes as u64 {
-            return Err(ParseError::TooLarge(format!(
-                "image[{index}] is {len} bytes; the limit is {}",
-                limits.max_image_bytes
+            return Err(ParseError::TooLarge(crate::text::file_too_large(
+                &format!("image[{index}]"),
+                Some(len),
+                limits.max_image_bytes,
             )));
         }
         // Bounded by the per-image limit above.

@@ -544,9 +544,10 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_, '_> {
             return Err(ctx.fail(ParseError::Invalid(format!("image[{index}] is empty"))));
         }
         if text.len() / 4 * 3 > limits.max_image_bytes + 2 {
-            return Err(ctx.fail(ParseError::TooLarge(format!(
-                "image[{index}] is larger than the limit of {} bytes",
-                limits.max_image_bytes
+            return Err(ctx.fail(ParseError::TooLarge(crate::text::file_too_large(
+                &format!("image[{index}]"),
+                None,
+                limits.max_image_bytes,
             ))));
         }
         let bytes = base64::engine::general_purpose::STANDARD
@@ -558,10 +559,10 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_, '_> {
                 )))
             })?;
         if bytes.len() > limits.max_image_bytes {
-            return Err(ctx.fail(ParseError::TooLarge(format!(
-                "image[{index}] is {} bytes; the limit is {}",
-                bytes.len(),
-                limits.max_image_bytes
+            return Err(ctx.fail(ParseError::TooLarge(crate::text::file_too_large(
+                &format!("image[{index}]"),
+                Some(bytes.len() as u64),
+                limits.max_image_bytes,
             ))));
         }
         let mut held = Held::none();

@@ -215,10 +215,10 @@ fn from_elements(
                 return Err(ParseError::Invalid(format!("image[{i}] is empty")));
             }
             if e.len() > limits.max_image_bytes {
-                return Err(ParseError::TooLarge(format!(
-                    "image[{i}] is {} bytes; the limit is {}",
-                    e.len(),
-                    limits.max_image_bytes
+                return Err(ParseError::TooLarge(crate::limits::file_too_large(
+                    &format!("image[{i}]"),
+                    Some(e.len() as u64),
+                    limits.max_image_bytes,
                 )));
             }
             let held = limits.budget.claim(paid, e.len()).ok_or(ParseError::Busy)?;
