@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,6 +37,10 @@ struct Cli {
     /// its progress bars and reports). Default: text.
     #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// When the lab stops on an error, also print the error's details and, with
+    /// RUST_BACKTRACE=1, where it was made (for bug reports). Default: off.
+    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
+    verbose: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -313,10 +318,20 @@ struct WorkerArgs {
     seed: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The error once, on one line, for people; details and a stack trace with --verbose.
+    let reporter = glimpse_ops::exit::Reporter::new("glimpse-lab", cli.verbose);
     glimpse_ops::logging::init(cli.log_format, "warn");
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    reporter.finish(result)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::BaselineWorker(a) => {
             for (name, p) in [("--fail-rate", a.fail_rate), ("--drop-rate", a.drop_rate)] {

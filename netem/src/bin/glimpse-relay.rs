@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -192,10 +193,27 @@ struct TunArgs {
     stats_interval_s: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // Once, on one line, whatever RUST_BACKTRACE says (as the other Glimpse binaries
+        // report; GLIMPSE_LOG=debug logs the details).
+        Err(e) => {
+            eprintln!("glimpse-relay: error: {e:#}");
+            tracing::debug!("{e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ctl { control, words } => {
             let reply = control::send_command(control, &words.join(" "))
