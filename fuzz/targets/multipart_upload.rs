@@ -1,5 +1,5 @@
 //! Fuzz target `multipart_upload`: what `POST /api/v1/classify` does with a multipart body,
-//! [`glimpse_site::upload::read_uploads`] (the part-header scanner, multer, the per-file,
+//! [`glimpse_site::api::upload::read_uploads`] (the part-header scanner, multer, the per-file,
 //! per-request and file-count limits, the byte budget, file-name cleaning), with the body cut
 //! into chunks of a size the input chooses, since where chunks end is what breaks parsers.
 //!
@@ -11,8 +11,8 @@
 //! (corpus replay): both run exactly this function.
 
 use glimpse_site::Limits;
-use glimpse_site::job::MAX_NAME_BYTES;
-use glimpse_site::upload::{Intake, read_uploads};
+use glimpse_site::api::job::MAX_NAME_BYTES;
+use glimpse_site::api::upload::{Intake, read_uploads};
 use glimpse_wire::budget::ByteBudget;
 
 /// Small limits, so inputs reach them: 4 KiB per file, 16 KiB per request, 4 files.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::SiteConfig;
-use crate::conn::{ConnLimits, max_connections_for, max_per_ip_for};
-use crate::limits::Limits;
-use crate::throttle::RateFlag;
+use crate::access::limits::Limits;
+use crate::access::throttle::RateFlag;
+use crate::http::conn::{ConnLimits, max_connections_for, max_per_ip_for};
 
 /// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +142,7 @@ pub struct Cli {
     pub key: Option<PathBuf>,
     /// Live node discovery: --node-dns, --dns-server, --nodes-file, --discovery-interval-s.
     #[command(flatten)]
-    pub discovery: crate::discovery::args::DiscoveryArgs,
+    pub discovery: crate::fleet::discovery::args::DiscoveryArgs,
 
     /// Start N nodes in this process on loopback QUIC with throwaway certificates (same
     /// dispatch path as remote nodes). Default: 0.
@@ -399,7 +399,7 @@ pub struct Cli {
 
     /// Several front-ends on the same nodes: this one's id, its peers, its shutdown grace.
     #[command(flatten)]
-    pub frontend: crate::frontend::FrontendArgs,
+    pub frontend: crate::fleet::frontend::FrontendArgs,
 }
 
 /// Commands besides serving.
@@ -466,7 +466,7 @@ impl Cli {
     }
 
     /// The connection limits, with the default cap taken from the file-descriptor limit
-    /// `nofile` (see [`crate::conn::raise_fd_limit`]).
+    /// `nofile` (see [`crate::http::conn::raise_fd_limit`]).
     pub fn conn_limits(&self, nofile: u64) -> ConnLimits {
         let max_total = self
             .max_connections

@@ -1,49 +1,31 @@
 //! glimpse-site: the HTTPS front-end of Glimpse.
 //!
-//! A request flows: TCP accept and a connection slot ([`server`], [`conn`]) → TLS → warp
-//! routes, assembled in [`routes`] ([`page`], [`api`], [`kserve`]) → who is calling and
-//! whether it may ([`filters`], [`caller`], [`auth`], [`throttle`]) → body read under size,
-//! time and byte-budget limits ([`upload`], `glimpse_wire::budget`) → admission and one job per image
-//! ([`site`], [`jobs`]) → the cluster behind the [`inference::Inference`] seam (the QUIC
-//! `Dispatcher`, see [`cluster`]) → the result back into the job store, which feeds the
-//! `?wait=true` answer, `GET /api/v1/jobs/{id}` and the caller's own SSE stream
-//! ([`events`]). Every refusal is an [`error::ApiError`]. KServe v2 over gRPC ([`grpc`])
-//! has a listener of its own and joins the same path at admission.
+//! A request flows: TCP accept and a connection slot ([`http::server`], [`http::conn`]) →
+//! TLS → warp routes, assembled in [`http::routes`] ([`api::page`], [`api::v1`], [`kserve`])
+//! → who is calling and whether it may ([`http::filters`], [`access`]) → body read under
+//! size, time and byte-budget limits ([`api::upload`], `glimpse_wire::budget`) → admission
+//! and one job per image ([`site`], [`api::jobs`]) → the cluster behind the
+//! [`fleet::inference::Inference`] seam (the QUIC `Dispatcher`, see [`fleet::cluster`]) →
+//! the result back into the job store, which feeds the `?wait=true` answer,
+//! `GET /api/v1/jobs/{id}` and the caller's own SSE stream ([`api::events`]). Every refusal
+//! is an [`http::error::ApiError`]. KServe v2 over gRPC ([`grpc`]) has a listener of its
+//! own and joins the same path at admission.
+//!
+//! The folders, each a concern: [`http`] (listeners, connections, filters, guards, errors),
+//! [`api`] (the page, the JSON API, uploads, jobs, events), [`access`] (keys, callers,
+//! throttles, limits), [`fleet`] (the cluster, local workers, discovery, front-ends),
+//! [`kserve`] and [`grpc`] (KServe v2 over HTTP and gRPC), `observe` (metrics, statistics,
+//! trace spans).
 
-mod api;
-pub mod auth;
-mod caller;
+pub mod access;
+pub mod api;
 pub mod cli;
-pub mod cluster;
-mod cluster_error;
-pub mod conn;
-pub mod discovery;
-mod error;
-mod events;
-mod filters;
-pub mod frontend;
+pub mod fleet;
 pub mod grpc;
-mod guards;
-mod health;
-mod image_span;
-mod inference;
-pub mod job;
-mod jobs;
+pub mod http;
 pub mod kserve;
-pub mod limits;
-mod local;
-mod metrics;
-pub mod openapi;
-pub mod pace;
-mod page;
-mod reply;
-mod routes;
-pub mod server;
+pub(crate) mod observe;
 mod site;
-mod sniff;
-mod stats;
-mod throttle;
-pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,17 +35,17 @@ use std::time::Duration;
 use glimpse_transport::{ShutdownTrigger, shutdown_channel};
 use tokio::task::JoinHandle;
 
-pub use inference::Inference;
-pub use limits::Limits;
-pub use server::{ServerError, TlsIdentity};
+pub use access::limits::Limits;
+pub use fleet::inference::Inference;
+pub use http::server::{ServerError, TlsIdentity};
 pub use site::{PARSE_SLOT_WAIT, PARSES_PER_ADDRESS, PARSES_PER_CALLER, PARSES_TOTAL, Site};
 
-use api::AdminAccess;
-use auth::KeyFile;
-use caller::{ClientTokens, Identify};
-use conn::{ConnLimits, Listener, Registry};
-use frontend::{Frontend, FrontendId};
-use routes::Access;
+use access::auth::KeyFile;
+use access::caller::{ClientTokens, Identify};
+use api::v1::AdminAccess;
+use fleet::frontend::{Frontend, FrontendId};
+use http::conn::{ConnLimits, Listener, Registry};
+use http::routes::Access;
 
 /// Everything about how the front-end listens and what it lets callers do.
 #[derive(Debug, Clone)]
@@ -87,7 +69,7 @@ pub struct SiteConfig {
     /// Connection caps and timeouts.
     pub conn: ConnLimits,
     /// This front-end's id and where the others are (several front-ends on the same nodes).
-    pub ownership: frontend::Ownership,
+    pub ownership: fleet::frontend::Ownership,
 }
 
 /// A running HTTPS front-end (and its optional plain-HTTP redirect and admin listener).
@@ -163,17 +145,17 @@ pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
         Some(path) => Some(Arc::new(KeyFile::load(path)?)),
         None => None,
     };
-    let https = server::bind_flag(config.listen, "--listen").await?;
+    let https = http::server::bind_flag(config.listen, "--listen").await?;
     let redirect = match config.http_redirect {
-        Some(at) => Some(server::bind_flag(at, "--http-redirect").await?),
+        Some(at) => Some(http::server::bind_flag(at, "--http-redirect").await?),
         None => None,
     };
     let admin = match config.admin_listen {
-        Some(at) => Some(server::bind_flag(at, "--admin-listen").await?),
+        Some(at) => Some(http::server::bind_flag(at, "--admin-listen").await?),
         None => None,
     };
     let grpc = match config.grpc_listen {
-        Some(at) => Some(server::bind_flag(at, "--grpc-listen").await?),
+        Some(at) => Some(http::server::bind_flag(at, "--grpc-listen").await?),
         None => None,
     };
     Ok(BoundSite {
@@ -248,7 +230,7 @@ impl BoundSite {
         let mut redirect_addr = None;
         if let Some(plain) = redirect {
             redirect_addr = Some(plain.local_addr()?);
-            tasks.push(tokio::spawn(server::serve_redirect(
+            tasks.push(tokio::spawn(http::server::serve_redirect(
                 plain,
                 addr.port(),
                 connections.clone(),
@@ -258,12 +240,12 @@ impl BoundSite {
         let mut admin_addr = None;
         if let Some(plain) = admin_listener {
             admin_addr = Some(plain.local_addr()?);
-            tasks.push(tokio::spawn(server::serve(
+            tasks.push(tokio::spawn(http::server::serve(
                 plain,
                 None,
                 connections.clone(),
                 Listener::Admin,
-                api::admin_routes(site.clone()),
+                api::v1::admin_routes(site.clone()),
                 0,
                 rx.clone().wait(),
             )));
@@ -298,12 +280,12 @@ impl BoundSite {
                 }
             }));
         }
-        tasks.push(tokio::spawn(server::serve(
+        tasks.push(tokio::spawn(http::server::serve(
             listener,
             Some(tls.config.clone()),
             connections.clone(),
             Listener::Https,
-            routes::https(site.clone(), &access),
+            http::routes::https(site.clone(), &access),
             config.hsts_max_age_s,
             rx.wait(),
         )));

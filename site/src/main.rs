@@ -3,8 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use glimpse_site::access::auth;
+use glimpse_site::bind_site;
 use glimpse_site::cli::{Cli, Command, KeysCommand};
-use glimpse_site::{auth, bind_site, cluster, conn, server};
+use glimpse_site::fleet::cluster;
+use glimpse_site::http::{conn, server};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

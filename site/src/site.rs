@@ -16,19 +16,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use warp::http::HeaderMap;
 
-use crate::caller::{Caller, Identify};
-use crate::error::ApiError;
-use crate::frontend::Frontend;
-use crate::image_span::ImageSpan;
-use crate::inference::{Failure, Inference, Progress, ProgressFn};
-use crate::job::{JobStatus, JobView};
-use crate::jobs::{JobStore, Retention};
-use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::sniff::check_image;
-use crate::stats::{ModelStats, StageTimes};
-use crate::throttle::{FailureThrottle, KeyedCounter, RateLimit, Share, ShareRefused};
-use crate::upload::{Intake, Upload, UploadError};
+use crate::access::caller::{Caller, Identify};
+use crate::access::limits::Limits;
+use crate::access::throttle::{FailureThrottle, KeyedCounter, RateLimit, Share, ShareRefused};
+use crate::api::job::{JobStatus, JobView};
+use crate::api::jobs::{JobStore, Retention};
+use crate::api::sniff::check_image;
+use crate::api::upload::{Intake, Upload, UploadError};
+use crate::fleet::frontend::Frontend;
+use crate::fleet::inference::{Failure, Inference, Progress, ProgressFn};
+use crate::http::error::ApiError;
+use crate::observe::image_span::ImageSpan;
+use crate::observe::metrics::Metrics;
+use crate::observe::stats::{ModelStats, StageTimes};
 use glimpse_wire::budget::{ByteBudget, Held};
 
 impl Limits {
@@ -61,7 +61,7 @@ impl Limits {
 /// that waits on the network while the body streams in, so a slow sender holds a thread:
 /// these caps keep the blocking pool (which node decoding shares with local workers) for
 /// everyone. Beyond them: 429, or 503 when every caller together holds [`PARSES_TOTAL`].
-/// A slot is held only while the body keeps its pace (see [`crate::pace`]).
+/// A slot is held only while the body keeps its pace (see [`crate::http::pace`]).
 pub const PARSES_PER_CALLER: usize = 8;
 /// KServe requests one client address may have in parsing at once, whatever keys it uses:
 /// with [`PARSES_TOTAL`], it takes 32 addresses to hold every slot, and each must keep
@@ -85,7 +85,7 @@ pub struct Submitted {
 /// image's bytes in the byte budget. All go back when the job ends, however it ends.
 struct Slots {
     _queue: OwnedSemaphorePermit,
-    _caller: crate::throttle::Share,
+    _caller: crate::access::throttle::Share,
     _bytes: Held,
 }
 
@@ -117,7 +117,7 @@ pub struct Site {
     /// Failed API key checks per client address (see [`FailureThrottle`]).
     pub auth_failures: FailureThrottle,
     /// The HTTPS listener's connections (for `/metrics`).
-    pub connections: Arc<crate::conn::Registry>,
+    pub connections: Arc<crate::http::conn::Registry>,
     /// Counts and stage times of answered images (the statistics extension).
     pub stats: ModelStats,
     /// This front-end among several: its id (the prefix of its job ids) and whether it has
@@ -214,7 +214,7 @@ impl Site {
         inference: Arc<dyn Inference>,
         limits: Limits,
         identify: Identify,
-        connections: Arc<crate::conn::Registry>,
+        connections: Arc<crate::http::conn::Registry>,
         shutdown: glimpse_transport::Shutdown,
         frontend: Frontend,
     ) -> Arc<Site> {

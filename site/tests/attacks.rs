@@ -63,7 +63,7 @@ async fn trickle(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_trickling_connections_do_not_lock_out_a_client() {
-    let own = glimpse_site::conn::raise_fd_limit().expect("fd limit");
+    let own = glimpse_site::http::conn::raise_fd_limit().expect("fd limit");
     assert!(
         own >= 4096,
         "the test needs ~1,100 sockets of its own; the hard limit is {own}"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Spawned, metric, tls_connector_for};
-use glimpse_site::conn::{EVICTION_GRACE, Shares, max_connections_for};
+use glimpse_site::http::conn::{EVICTION_GRACE, Shares, max_connections_for};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +30,7 @@ const ANSWERED_WITHIN: Duration = Duration::from_secs(2);
 
 /// Raises this test process's own descriptor limit: each test opens up to ~1,800 sockets.
 fn enough_descriptors() {
-    let own = glimpse_site::conn::raise_fd_limit().expect("fd limit");
+    let own = glimpse_site::http::conn::raise_fd_limit().expect("fd limit");
     assert!(
         own >= 4096,
         "the test needs ~1,800 sockets of its own; the hard limit is {own}"

@@ -464,7 +464,7 @@ fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
 async fn api_keys_and_rate_limits_apply_to_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys");
-    let key = glimpse_site::auth::add_new_key(&path, "alice", false).unwrap();
+    let key = glimpse_site::access::auth::add_new_key(&path, "alice", false).unwrap();
     let path = path.to_string_lossy().into_owned();
     let h = Harness::ready(1, 1, &["--api-keys", &path, "--rate-limit", "1:4"]).await;
     let mut c = connect(h.grpc_addr()).await;

@@ -18,7 +18,7 @@ struct Spec {
 
 impl Spec {
     fn load() -> Spec {
-        let doc: Value = serde_json::from_str(glimpse_site::openapi::OPENAPI_JSON).unwrap();
+        let doc: Value = serde_json::from_str(glimpse_site::api::openapi::OPENAPI_JSON).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         Spec {
             doc,
@@ -142,7 +142,7 @@ async fn every_documented_route_answers_as_documented() {
     assert_eq!(served.status(), 200);
     assert_eq!(
         served.text().await.unwrap(),
-        glimpse_site::openapi::OPENAPI_JSON
+        glimpse_site::api::openapi::OPENAPI_JSON
     );
 
     let gets = [

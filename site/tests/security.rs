@@ -23,9 +23,9 @@ struct Keys {
 fn keys() -> Keys {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys");
-    let admin = glimpse_site::auth::add_new_key(&path, "ops", true).unwrap();
-    let alice = glimpse_site::auth::add_new_key(&path, "alice", false).unwrap();
-    let bob = glimpse_site::auth::add_new_key(&path, "bob", false).unwrap();
+    let admin = glimpse_site::access::auth::add_new_key(&path, "ops", true).unwrap();
+    let alice = glimpse_site::access::auth::add_new_key(&path, "alice", false).unwrap();
+    let bob = glimpse_site::access::auth::add_new_key(&path, "bob", false).unwrap();
     Keys {
         path: path.to_string_lossy().into_owned(),
         _dir: dir,
@@ -186,7 +186,8 @@ async fn keys_are_required_checked_reloaded_and_revoked() {
 
     // A key added to the file works within the reload interval; a removed one stops.
     let carol =
-        glimpse_site::auth::add_new_key(std::path::Path::new(&k.path), "carol", false).unwrap();
+        glimpse_site::access::auth::add_new_key(std::path::Path::new(&k.path), "carol", false)
+            .unwrap();
     let text = std::fs::read_to_string(&k.path).unwrap();
     let without_bob: String = text
         .lines()

@@ -29,9 +29,9 @@ use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tonic::Status;
 
-use crate::pace::Pace;
+use crate::api::upload::UploadError;
+use crate::http::pace::Pace;
 use crate::site::Site;
-use crate::upload::UploadError;
 use glimpse_wire::budget::Held;
 use glimpse_wire::codec::SMALL_MESSAGE;
 

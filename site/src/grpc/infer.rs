@@ -12,14 +12,14 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::error::ApiError;
-use crate::inference::MAX_TOP_K;
+use crate::api::upload::Upload;
+use crate::fleet::inference::MAX_TOP_K;
+use crate::http::error::ApiError;
 use crate::kserve::model::{
     self, BatchAnswer, INPUT_DATATYPE, INPUT_NAME, MODEL_NAME, MODEL_VERSION, OutputName,
     OutputSpec, classification_string,
 };
 use crate::site::Site;
-use crate::upload::Upload;
 use glimpse_wire::binary::{encode_bytes_tensor, encode_fp32_tensor, split_bytes_tensor};
 use glimpse_wire::budget::Held;
 use glimpse_wire::parse::{ParseError, ParseLimits};
@@ -140,13 +140,13 @@ fn images(
     if input.name != INPUT_NAME {
         return Err(bad(format!(
             "unknown input {:?}; the model's input is {INPUT_NAME:?}",
-            crate::job::display_name(&input.name)
+            crate::api::job::display_name(&input.name)
         )));
     }
     if input.datatype != INPUT_DATATYPE {
         return Err(bad(format!(
             "input {INPUT_NAME:?} must be {INPUT_DATATYPE}, got {:?}",
-            crate::job::display_name(&input.datatype)
+            crate::api::job::display_name(&input.datatype)
         )));
     }
     let elements = bytes_contents(input.contents)?;
@@ -215,7 +215,7 @@ fn from_elements(
                 return Err(ParseError::Invalid(format!("image[{i}] is empty")));
             }
             if e.len() > limits.max_image_bytes {
-                return Err(ParseError::TooLarge(crate::limits::file_too_large(
+                return Err(ParseError::TooLarge(crate::access::limits::file_too_large(
                     &format!("image[{i}]"),
                     Some(e.len() as u64),
                     limits.max_image_bytes,
@@ -283,7 +283,7 @@ fn dim(n: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::TopLabel;
+    use crate::fleet::inference::TopLabel;
 
     fn answer() -> BatchAnswer {
         BatchAnswer {

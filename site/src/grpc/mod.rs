@@ -8,7 +8,7 @@
 //!   admission of the caller and a metered request body (`body`).
 //! - `service`: the methods, answered from [`crate::kserve::model`] like the HTTP
 //!   endpoints; `infer` translates `ModelInfer`'s messages.
-//! - `status`: the site's errors ([`crate::error::ApiError`]) as gRPC statuses.
+//! - `status`: the site's errors ([`crate::http::error::ApiError`]) as gRPC statuses.
 
 mod body;
 mod infer;

@@ -1,6 +1,6 @@
 //! The gRPC listener: our own TCP accept loop, a rustls handshake (the HTTPS certificate,
 //! ALPN `h2` only) and hyper's HTTP/2 server running tonic's generated service as a tower
-//! service, as [`crate::server`] runs warp's routes. tonic's own transport is not used: it
+//! service, as [`crate::http::server`] runs warp's routes. tonic's own transport is not used: it
 //! would bring a second server stack, and this way gRPC connections take slots in the same
 //! [`Registry`] as every other listener (one budget below the file-descriptor limit, the
 //! handshake, first-request and idle timeouts, reclaiming the longest-idle or the slowest
@@ -30,9 +30,9 @@ use tonic::Status;
 
 use super::body::{Paid, limit_for, message_limit};
 use super::service::Inference;
-use crate::caller::PeerAddr;
-use crate::conn::{Answer, ConnState, Listener, Metered, Registry, TrackedBody};
-use crate::server::{GRACE, handshake, next_connection, run_until_closed};
+use crate::access::caller::PeerAddr;
+use crate::http::conn::{Answer, ConnState, Listener, Metered, Registry, TrackedBody};
+use crate::http::server::{GRACE, handshake, next_connection, run_until_closed};
 use crate::site::Site;
 use glimpse_wire::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -117,7 +117,7 @@ pub(crate) async fn serve(
 /// (the connection's idle timer waits meanwhile), admits the caller from the call's
 /// metadata and the peer address before its message is read (a caller without a valid key,
 /// or over its rate, is refused without the server buffering what it sends), and meters the
-/// body (see [`Paid`]). The [`Caller`](crate::caller::Caller) and the peer address go to
+/// body (see [`Paid`]). The [`Caller`](crate::access::caller::Caller) and the peer address go to
 /// the method in the request's extensions.
 #[derive(Clone)]
 pub(crate) struct Admitted {

@@ -10,15 +10,15 @@ use tonic::{Request, Response, Status};
 
 use super::body::PaidBytes;
 use super::infer;
-use crate::caller::Caller;
-use crate::health::is_serving;
+use crate::access::caller::Caller;
+use crate::http::health::is_serving;
 use crate::kserve::model::{
     self, CONFIG_INPUT_DIMS, CONFIG_OUTPUT_DIMS, EXTENSIONS, INPUT_CONFIG_TYPE, INPUT_DATATYPE,
     INPUT_NAME, INPUT_SHAPE, MODEL_NAME, MODEL_VERSION, OUTPUT_SHAPE, OutputName, PLATFORM,
     SERVER_NAME,
 };
+use crate::observe::stats::StageTotal;
 use crate::site::Site;
-use crate::stats::StageTotal;
 use glimpse_wire::budget::Held;
 use glimpse_wire::proto::grpc_inference_service_server::GrpcInferenceService;
 use glimpse_wire::proto::model_metadata_response::TensorMetadata;

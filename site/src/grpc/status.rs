@@ -18,7 +18,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use warp::http::StatusCode;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The metadata key that carries [`ApiError::retry_after_s`].
 pub(crate) const RETRY_AFTER: &str = "retry-after";

@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
 
-use crate::error::ApiError;
+use crate::api::upload::{Metered, UploadError, read_error};
+use crate::http::error::ApiError;
 use crate::site::Site;
-use crate::upload::{Metered, UploadError, read_error};
 use glimpse_wire::binary::parse_binary_request;
 use glimpse_wire::parse::{InferRequest, ParseError, ParseLimits, parse_infer_request};
 

@@ -12,11 +12,11 @@ use warp::reply::Response;
 
 use super::body::{Framing, read_request};
 use super::model::{self, OutputName, OutputSpec};
-use crate::caller::Caller;
-use crate::error::ApiError;
-use crate::reply::ok_json;
+use crate::access::caller::Caller;
+use crate::api::upload::Upload;
+use crate::http::error::ApiError;
+use crate::http::reply::ok_json;
 use crate::site::Site;
-use crate::upload::Upload;
 use glimpse_wire::parse::InferRequest;
 
 /// The header that says how long the JSON part of a binary request or answer is.

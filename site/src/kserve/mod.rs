@@ -26,13 +26,13 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::caller::Caller;
-use crate::error::respond;
-use crate::filters::{caller, same_origin, with_site};
-use crate::health::{readiness, readiness_with};
-use crate::reply::ok_json;
+use crate::access::caller::Caller;
+use crate::api::upload::byte_stream;
+use crate::http::error::respond;
+use crate::http::filters::{caller, same_origin, with_site};
+use crate::http::health::{readiness, readiness_with};
+use crate::http::reply::ok_json;
 use crate::site::Site;
-use crate::upload::byte_stream;
 
 pub use model::{MODEL_NAME, MODEL_VERSION};
 

@@ -9,13 +9,13 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use warp::http::StatusCode;
 
-use crate::caller::Caller;
-use crate::error::ApiError;
-use crate::inference::{DEFAULT_TOP_K, MAX_TOP_K, TopLabel};
-use crate::job::{JobStatus, display_name};
+use crate::access::caller::Caller;
+use crate::api::job::{JobStatus, display_name};
+use crate::api::upload::Upload;
+use crate::fleet::inference::{DEFAULT_TOP_K, MAX_TOP_K, TopLabel};
+use crate::http::error::ApiError;
+use crate::observe::stats::StatsSnapshot;
 use crate::site::Site;
-use crate::stats::StatsSnapshot;
-use crate::upload::Upload;
 use glimpse_wire::budget::Held;
 
 use glimpse_wire::parse::ParseError;

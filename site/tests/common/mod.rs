@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use glimpse_site::cli::Cli;
-use glimpse_site::cluster::{self, Cluster};
-use glimpse_site::{RunningSite, conn, server, start_site};
+use glimpse_site::fleet::cluster::{self, Cluster};
+use glimpse_site::http::{conn, server};
+use glimpse_site::{RunningSite, start_site};
 
 /// Generous: the CI machine has 2 cores and runs other builds.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
