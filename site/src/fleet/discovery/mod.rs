@@ -14,7 +14,7 @@ pub mod file;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use glimpse_transport::{Dispatcher, NodeEndpoint};
+use glimpse_transport::{Dispatcher, NodeChanges, NodeEndpoint};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -121,6 +121,19 @@ fn names_len(m: &Membership) -> usize {
     m.dns.len()
 }
 
+/// Where the discovery loop hands each new membership: the front-end's dispatcher, or a
+/// test's recorder (so the loop's timing runs on tokio's paused clock, without sockets).
+pub trait Members: Send + 'static {
+    /// Makes `nodes` the membership; says who joined and who left.
+    fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges;
+}
+
+impl Members for Dispatcher {
+    fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges {
+        Dispatcher::set_nodes(self, nodes)
+    }
+}
+
 /// The discovery loop's state: the membership and the sources it asks.
 pub struct Discovery {
     membership: Membership,
@@ -207,8 +220,9 @@ impl Discovery {
     }
 
     /// Follows the sources for good, handing every change of the membership to
-    /// `dispatcher`. Abort the task to stop it.
-    pub fn spawn(mut self, dispatcher: Dispatcher) -> JoinHandle<()> {
+    /// `dispatcher`. Abort the task to stop it. Rounds follow the runtime's clock (a tokio
+    /// interval), so they run on paused time in tests.
+    pub fn spawn(mut self, dispatcher: impl Members) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut current = self.endpoints();
             let mut tick = tokio::time::interval(self.interval);
@@ -289,5 +303,115 @@ mod tests {
         assert_eq!(m.endpoints().len(), 2);
         m.on_file(FileRead::Nodes(vec![])).unwrap();
         assert_eq!(m.endpoints(), vec![ep("fixed", "10.0.0.9:1")]);
+    }
+
+    /// A test's [`Members`]: every membership the loop hands over, in order.
+    #[derive(Clone, Default)]
+    struct Recorder(std::sync::Arc<parking_lot::Mutex<Vec<Vec<NodeEndpoint>>>>);
+
+    impl Members for Recorder {
+        fn set_nodes(&self, nodes: &[NodeEndpoint]) -> NodeChanges {
+            self.0.lock().push(nodes.to_vec());
+            NodeChanges::default()
+        }
+    }
+
+    impl Recorder {
+        fn seen(&self) -> Vec<Vec<NodeEndpoint>> {
+            self.0.lock().clone()
+        }
+    }
+
+    /// Replaces the file at once (as a ConfigMap mount or `mv` does).
+    fn write_atomically(path: &std::path::Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    fn file_args(path: &std::path::Path, interval_s: f64) -> DiscoveryArgs {
+        DiscoveryArgs {
+            node_dns: Vec::new(),
+            dns_server: None,
+            nodes_file: Some(path.to_path_buf()),
+            discovery_interval_s: interval_s,
+        }
+    }
+
+    /// Lets the loop's task run until it waits on its clock again. A millisecond of paused
+    /// time passes only once nothing else can run, and the file is read on a blocking
+    /// thread, which holds the paused clock still until it is done.
+    async fn settle() {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_file_applies_at_the_next_round_and_a_bad_edit_keeps_the_last_good_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes");
+        write_atomically(&path, "a=127.0.0.2:4433\n");
+        let discovery = Discovery::start(&file_args(&path, 5.0), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(discovery.endpoints(), vec![ep("a", "127.0.0.2:4433")]);
+        let members = Recorder::default();
+        let task = discovery.spawn(members.clone());
+        settle().await;
+
+        // Unchanged: rounds come and go, nothing is handed over.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        settle().await;
+        assert!(members.seen().is_empty(), "{:?}", members.seen());
+
+        // Changed: applied at the next round, not before it.
+        write_atomically(&path, "b=127.0.0.3:4433\n");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle().await;
+        assert!(members.seen().is_empty(), "applied before its round");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(members.seen(), vec![vec![ep("b", "127.0.0.3:4433")]]);
+
+        // A bad edit is never applied, round after round: the last good list stands.
+        write_atomically(&path, "this is not a node\n");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        settle().await;
+        assert_eq!(members.seen().len(), 1, "{:?}", members.seen());
+
+        // Mended: the next round applies it.
+        write_atomically(&path, "a=127.0.0.2:4433\nb=127.0.0.3:4433\n");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(
+            members.seen().last(),
+            Some(&vec![ep("a", "127.0.0.2:4433"), ep("b", "127.0.0.3:4433")])
+        );
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_round_runs_before_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nodes");
+        write_atomically(&path, "a=127.0.0.2:4433\n");
+        let day = 86_400.0;
+        let discovery = Discovery::start(&file_args(&path, day), Vec::new())
+            .await
+            .unwrap();
+        let members = Recorder::default();
+        let task = discovery.spawn(members.clone());
+        settle().await;
+        write_atomically(&path, "b=127.0.0.3:4433\n");
+        // An hour passes: the change waits for its round (or a SIGHUP).
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        settle().await;
+        assert!(members.seen().is_empty(), "{:?}", members.seen());
+        // The day is up: the round applies it.
+        tokio::time::sleep(Duration::from_secs(86_400 - 3600 + 1)).await;
+        settle().await;
+        assert_eq!(members.seen(), vec![vec![ep("b", "127.0.0.3:4433")]]);
+        task.abort();
     }
 }
