@@ -17,12 +17,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -31,8 +30,8 @@ use tonic::Status;
 use super::body::{Paid, limit_for, message_limit};
 use super::service::Inference;
 use crate::access::caller::PeerAddr;
-use crate::http::conn::{Answer, ConnState, Listener, Metered, Registry, TrackedBody};
-use crate::http::server::{GRACE, handshake, next_connection, run_until_closed};
+use crate::http::conn::{Answer, ConnState, Listener, Registry, TrackedBody};
+use crate::http::server::{Accepted, h2_settings, serve_listener};
 use crate::site::Site;
 use glimpse_wire::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -62,55 +61,31 @@ pub(crate) async fn serve(
     let refusal = Answer::Grpc {
         tls: acceptor.clone(),
     };
-    let kind = Listener::Grpc;
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        // Pings find peers that vanished in the middle of a call.
-        .keep_alive_interval(Some(Duration::from_secs(20)))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .max_header_list_size(64 * 1024)
-        .max_concurrent_streams(128);
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+    h2_settings(builder.http2());
     let grpc = GrpcInferenceServiceServer::new(Inference::new(site.clone()))
         .max_decoding_message_size(message_limit(&site));
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let Some((tcp, peer, ticket)) =
-            next_connection(&listener, &registry, kind, &refusal, shutdown.as_mut()).await
-        else {
-            break;
-        };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let registry = registry.clone();
+    let serve_connection = move |c: Accepted| {
         let service = Admitted {
             inner: grpc.clone(),
             site: site.clone(),
-            peer,
-            state: ticket.state().clone(),
+            peer: c.peer,
+            state: c.state,
         };
-        tokio::spawn(async move {
-            let state = ticket.state().clone();
-            let tcp = Metered::new(tcp, state.clone());
-            let Some(tls) = handshake(&acceptor, tcp, &state, &registry, peer, kind).await else {
-                return;
-            };
-            let conn = watcher.watch(
-                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service)),
-            );
-            run_until_closed(conn, &state, &registry, peer, kind).await;
-            drop(ticket);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("gRPC connections still open after {GRACE:?}; closing them");
-    }
+        builder
+            .serve_connection(c.io, TowerToHyperService::new(service))
+            .into_owned()
+    };
+    serve_listener(
+        listener,
+        Some(acceptor),
+        registry,
+        Listener::Grpc,
+        refusal,
+        shutdown,
+        serve_connection,
+    )
+    .await;
 }
 
 /// The service of one gRPC connection: marks each call in flight until its response ends

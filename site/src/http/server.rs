@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -154,14 +154,72 @@ pub async fn serve(
     builder
         .http1()
         .max_headers(crate::http::conn::HYPER_MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        // Pings find peers that vanished while an event stream was open.
+    h2_settings(builder.http2());
+    let linger_bytes = registry.limits().linger_bytes;
+    let serve_connection = move |c: Accepted| {
+        let svc = Tracked::new(
+            warp::service(routes.clone()),
+            c.state,
+            c.peer,
+            hsts_max_age_s,
+            linger_bytes,
+        );
+        builder
+            .serve_connection(c.io, TowerToHyperService::new(svc))
+            .into_owned()
+    };
+    serve_listener(
+        listener,
+        acceptor,
+        registry,
+        kind,
+        refusal,
+        shutdown,
+        serve_connection,
+    )
+    .await;
+}
+
+/// The HTTP/2 settings of every listener that speaks it (HTTPS, admin, gRPC).
+pub(crate) fn h2_settings<E>(mut h2: auto::Http2Builder<'_, E>) {
+    h2.timer(TokioTimer::new())
+        // Pings find peers that vanished while an event stream or a call was open.
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(64 * 1024)
         .max_concurrent_streams(128);
+}
+
+/// An admitted connection, ready to be served: its byte stream (after the TLS handshake,
+/// where the listener has TLS), its peer, and its slot's state.
+pub(crate) struct Accepted {
+    /// TLS or plain TCP, metered.
+    pub io: TokioIo<Box<dyn Io>>,
+    /// Who connected.
+    pub peer: SocketAddr,
+    /// The connection's slot in the registry.
+    pub state: Arc<ConnState>,
+}
+
+/// The one serve loop of every HTTP listener (HTTPS, admin, gRPC, redirect): accept, a slot
+/// in `registry` as `kind` (refused connections answered as `refusal` says), bytes metered,
+/// the TLS handshake when there is an `acceptor`, the connection served as
+/// `serve_connection` makes it and driven until it ends or should close (see
+/// [`run_until_closed`]). On shutdown: stop accepting, let open connections finish within
+/// [`GRACE`], then close them.
+pub(crate) async fn serve_listener<S, C>(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    registry: Arc<Registry>,
+    kind: Listener,
+    refusal: Answer,
+    shutdown: impl Future<Output = ()> + Send,
+    serve_connection: S,
+) where
+    S: Fn(Accepted) -> C + Clone + Send + 'static,
+    C: GracefulConnection + Send + 'static,
+    C::Error: std::fmt::Display,
+{
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -171,35 +229,26 @@ pub async fn serve(
             break;
         };
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let serve_connection = serve_connection.clone();
         let watcher = graceful.watcher();
-        let routes = routes.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
             let state = ticket.state().clone();
-            let limits = *registry.limits();
-            let service = |io| {
-                let svc = Tracked::new(
-                    warp::service(routes),
-                    state.clone(),
-                    peer,
-                    hsts_max_age_s,
-                    limits.linger_bytes,
-                );
-                watcher.watch(
-                    builder
-                        .serve_connection(io, TowerToHyperService::new(svc))
-                        .into_owned(),
-                )
-            };
             let tcp = Metered::new(tcp, state.clone());
-            let served = match acceptor {
-                Some(acceptor) => handshake(&acceptor, tcp, &state, &registry, peer, kind)
-                    .await
-                    .map(|tls| service(TokioIo::new(Box::new(tls) as Box<dyn Io>))),
-                None => Some(service(TokioIo::new(Box::new(tcp) as Box<dyn Io>))),
+            let io: Box<dyn Io> = match acceptor {
+                Some(acceptor) => {
+                    match handshake(&acceptor, tcp, &state, &registry, peer, kind).await {
+                        Some(tls) => Box::new(tls),
+                        None => return,
+                    }
+                }
+                None => Box::new(tcp),
             };
-            let Some(conn) = served else { return };
+            let conn = watcher.watch(serve_connection(Accepted {
+                io: TokioIo::new(io),
+                peer,
+                state: state.clone(),
+            }));
             run_until_closed(conn, &state, &registry, peer, kind).await;
             drop(ticket);
         });
@@ -209,7 +258,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after {GRACE:?}; closing them");
+        tracing::warn!(
+            "{} connections still open after {GRACE:?}; closing them",
+            kind.name()
+        );
     }
 }
 
@@ -270,8 +322,9 @@ pub(crate) async fn run_until_closed<E: std::fmt::Display>(
     }
 }
 
-/// A connection's byte stream: TLS on the public listener, plain TCP on the admin one.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+/// A connection's byte stream: TLS on the public and gRPC listeners, plain TCP on the admin
+/// and redirect ones.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// The next accepted connection that gets a slot in `registry` as `kind` (with Nagle off),
@@ -321,34 +374,22 @@ pub async fn serve_redirect(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(false);
-    let mut shutdown = std::pin::pin!(shutdown);
-    let kind = Listener::Redirect;
-    loop {
-        let Some((tcp, peer, ticket)) = next_connection(
-            &listener,
-            &registry,
-            kind,
-            &Answer::Plain,
-            shutdown.as_mut(),
-        )
-        .await
-        else {
-            break;
-        };
-        let builder = builder.clone();
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let state = ticket.state().clone();
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(redirect(&req, https_port))
-                });
-            let tcp = Metered::new(tcp, state.clone());
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
-            run_until_closed(conn, &state, &registry, peer, kind).await;
-            drop(ticket);
+    let serve_connection = move |c: Accepted| {
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(redirect(&req, https_port))
         });
-    }
+        builder.serve_connection(c.io, service)
+    };
+    serve_listener(
+        listener,
+        None,
+        registry,
+        Listener::Redirect,
+        Answer::Plain,
+        shutdown,
+        serve_connection,
+    )
+    .await;
 }
 
 fn redirect(
