@@ -458,6 +458,7 @@ impl Impairment {
     }
 
     /// Decides the fate of one `len`-byte packet arriving at `now`.
+    // Over 80 lines on purpose: one packet through the impairment stages in order (blackhole, loss, duplication, rate, delay, reordering), each reading the last stage's verdict.
     pub fn process(&mut self, now: Instant, len: usize) -> Verdict {
         self.counters.received += 1;
         self.counters.bytes_received += len as u64;

@@ -226,6 +226,7 @@ pub enum LaneError {
 ///
 /// This thread decodes; each lane thread runs whole batches on its own pool. At most one
 /// batch per lane waits for a free lane, which bounds memory with many files.
+// Over 80 lines on purpose: the classify command's pipeline (decode on a pool, batches through the lanes, results in input order) shares its channels and progress.
 pub fn classify_files(
     classifier: &Classifier,
     args: &ClassifyArgs,

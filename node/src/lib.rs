@@ -111,6 +111,7 @@ impl RunningNode {
 /// address fails before the model loads). Returns once the node is listening. When `shutdown` completes the node announces
 /// draining, refuses new streams, finishes in-flight work (within `config.drain_timeout`) and
 /// stops; [`RunningNode::wait`] then returns.
+// Over 80 lines on purpose: the node's start-up in order (listeners bound, model loaded, server, admin, drain); one place, so the order is read, not reconstructed.
 pub async fn start_node(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,

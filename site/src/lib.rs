@@ -175,6 +175,7 @@ impl BoundSite {
     }
 
     /// Start serving `inference` on the bound listeners.
+    // Over 80 lines on purpose: the front-end's start-up in order (listeners, registry, cluster, each task); one place, so the order is read, not reconstructed.
     pub async fn serve(
         self,
         tls: &TlsIdentity,

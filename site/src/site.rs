@@ -278,6 +278,7 @@ impl Site {
     /// that are not images get a failed job at once (415) and take no queue slot; the others
     /// are admitted together or not at all: 429 when they would take the caller past its
     /// share of the queue, 503 when the queue itself is full.
+    // Over 80 lines on purpose: admission is all-or-nothing over every check (queue, caller share, budget), in one place so none can be skipped.
     pub fn submit(
         self: &Arc<Self>,
         caller: &Caller,
@@ -402,6 +403,7 @@ impl Site {
         results
     }
 
+    // Over 80 lines on purpose: one job's life in order (wait for a dispatch slot, dispatch with progress, record the answer), each step reading the last.
     async fn run_job(
         self: Arc<Self>,
         id: String,

@@ -95,6 +95,7 @@ pub struct RunResult {
 /// would otherwise hold a sweep for hours. Images not answered by then are `unfinished`, and
 /// throughput is what was answered over the elapsed time. `on_done` is called after each
 /// image (for the progress bar).
+// Over 80 lines on purpose: one run's closed loop: the clients, their resubmissions and the run limit share one set of counters.
 pub async fn drive<S: Submit>(
     system: Arc<S>,
     images: Arc<Vec<Bytes>>,

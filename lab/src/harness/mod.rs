@@ -39,21 +39,6 @@ pub struct SweepOutcome {
     pub markdown: String,
 }
 
-/// The kernel TCP settings the baseline runs with (they differ between machines and decide
-/// much of its behaviour under loss and delay), as read from /proc.
-fn kernel_tcp() -> String {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into())
-    };
-    format!(
-        "`tcp_congestion_control = {}`, `tcp_slow_start_after_idle = {}`",
-        read("tcp_congestion_control"),
-        read("tcp_slow_start_after_idle")
-    )
-}
-
 /// Runs every experiment of `sweep`, writes `OUT/<experiment>.{csv,md,png,svg}`, `OUT/raw.csv`
 /// and `OUT/<sweep>.md`, and returns the samples.
 pub async fn run_sweep(
@@ -64,47 +49,15 @@ pub async fn run_sweep(
     let experiments = catalogue::experiments(sweep_name, o)?;
     o.net.check()?;
     std::fs::create_dir_all(&o.out)?;
-    let needs_glimpse = o.systems.contains(&System::Glimpse);
-    let certs = if needs_glimpse {
-        o.bins
-            .require(&["glimpse-certs", "glimpse-node", "glimpse"])?;
-        let names: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
-        Some(procs::make_certs(&o.bins, &o.out.join("certs"), &names).await?)
-    } else {
-        None
-    };
+    let certs = sweep_certs(o).await?;
     let total: u64 = experiments
         .iter()
         .map(|e| (e.points.len() * o.systems.len() * o.runs * e.images) as u64)
         .sum();
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} images  {msg}")
-            .map_err(|e| LabError::Report(e.to_string()))?
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(total)?;
     let mut samples = Vec::new();
     let mut failed_runs = 0;
-    let mut md = format!(
-        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}. Network: `--net {}`. Baseline TCP: {}.\n\n",
-        o.model,
-        if o.model == "synthetic" {
-            "a fixed service time stands in for GoogLeNet on this 2-core machine; rerun with --model googlenet on real hosts"
-        } else {
-            "GoogLeNet on the nodes; the baseline keeps the synthetic service time"
-        },
-        o.runs,
-        o.concurrency,
-        o.service_ms,
-        o.capacity,
-        if o.quick {
-            ", --quick (reduced points)"
-        } else {
-            ""
-        },
-        o.net,
-        kernel_tcp()
-    );
+    let mut md = report::sweep_header(sweep_name, o);
     for exp in &experiments {
         let imgs: Arc<Vec<Bytes>> =
             Arc::new(images.iter().cycle().take(exp.images).cloned().collect());
@@ -133,39 +86,8 @@ pub async fn run_sweep(
                         move || b.inc(1),
                     )
                     .await;
-                    let mut unsupported = false;
-                    let (result, note) = match res {
-                        Ok(r) => {
-                            if r.unfinished > 0 {
-                                bar.println(format!(
-                                    "run limit: {} of {} image(s) unanswered after {:.0} s in {} {} {} run {}",
-                                    r.unfinished, r.images, r.elapsed_s, exp.id, p.label, sys, run
-                                ));
-                            }
-                            if r.lost > 0 {
-                                bar.println(format!(
-                                    "LOST {} image(s) in {} {} {} run {}: {:?}",
-                                    r.lost, exp.id, p.label, sys, run, r.errors
-                                ));
-                            }
-                            (Some(r), None)
-                        }
-                        Err(LabError::Unsupported(why)) => {
-                            // Same answer for every run: record it once, skip the rest.
-                            unsupported = true;
-                            bar.inc((exp.images * (o.runs - run)) as u64);
-                            (None, Some(why))
-                        }
-                        Err(e) => {
-                            failed_runs += 1;
-                            bar.println(format!(
-                                "run failed: {} {} {} run {}: {e}",
-                                exp.id, p.label, sys, run
-                            ));
-                            bar.inc(exp.images as u64);
-                            (None, Some(e.to_string()))
-                        }
-                    };
+                    let (result, note, unsupported) =
+                        run_outcome(res, &bar, exp, p, sys, run, o.runs, &mut failed_runs);
                     samples.push(Sample {
                         experiment: exp.id.clone(),
                         x: p.x,
@@ -181,27 +103,7 @@ pub async fn run_sweep(
                 }
             }
         }
-        let rows = report::summarize(exp, &samples, &o.systems);
-        report::write_summary_csv(&o.out.join(format!("{}.csv", exp.id)), exp, &rows)?;
-        let (png, svg) = report::plot(&o.out, exp, &rows)?;
-        let table = report::markdown(
-            exp,
-            &rows,
-            &format!(
-                "Network `--net {}`. Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs (lost: no final answer after {} client submission(s); unfinished: still unanswered when a run hit its {} s limit).",
-                o.net,
-                o.client_attempts,
-                o.run_limit.as_secs()
-            ),
-        );
-        std::fs::write(o.out.join(format!("{}.md", exp.id)), &table)?;
-        md.push_str(&table);
-        md.push_str(&format!(
-            "\n![{}]({})  ([SVG]({}))\n\n",
-            exp.title,
-            png.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
-            svg.file_name().and_then(|n| n.to_str()).unwrap_or_default()
-        ));
+        md.push_str(&report::write_experiment(exp, &samples, o)?);
     }
     bar.finish_and_clear();
     report::write_raw_csv(&o.out.join("raw.csv"), &samples)?;
@@ -217,4 +119,75 @@ pub async fn run_sweep(
         failed_runs,
         markdown: md,
     })
+}
+
+/// What one run's result means for the sweep: the result or why there is none, and whether
+/// the point's remaining runs can be skipped (a point the setup cannot run gives the same
+/// answer every time). Problems are printed above the progress bar as they happen.
+#[allow(clippy::too_many_arguments)]
+fn run_outcome(
+    res: Result<driver::RunResult, LabError>,
+    bar: &ProgressBar,
+    exp: &sweep::Experiment,
+    p: &sweep::Point,
+    sys: System,
+    run: usize,
+    runs: usize,
+    failed_runs: &mut usize,
+) -> (Option<driver::RunResult>, Option<String>, bool) {
+    match res {
+        Ok(r) => {
+            if r.unfinished > 0 {
+                bar.println(format!(
+                    "run limit: {} of {} image(s) unanswered after {:.0} s in {} {} {} run {}",
+                    r.unfinished, r.images, r.elapsed_s, exp.id, p.label, sys, run
+                ));
+            }
+            if r.lost > 0 {
+                bar.println(format!(
+                    "LOST {} image(s) in {} {} {} run {}: {:?}",
+                    r.lost, exp.id, p.label, sys, run, r.errors
+                ));
+            }
+            (Some(r), None, false)
+        }
+        Err(LabError::Unsupported(why)) => {
+            bar.inc((exp.images * (runs - run)) as u64);
+            (None, Some(why), true)
+        }
+        Err(e) => {
+            *failed_runs += 1;
+            bar.println(format!(
+                "run failed: {} {} {} run {}: {e}",
+                exp.id, p.label, sys, run
+            ));
+            bar.inc(exp.images as u64);
+            (None, Some(e.to_string()), false)
+        }
+    }
+}
+
+/// The cluster's certificates for the sweep's Glimpse runs (none when it runs only the
+/// baseline), after checking that the binaries the runs start are there.
+async fn sweep_certs(o: &LabOptions) -> Result<Option<procs::Certs>, LabError> {
+    if !o.systems.contains(&System::Glimpse) {
+        return Ok(None);
+    }
+    o.bins
+        .require(&["glimpse-certs", "glimpse-node", "glimpse"])?;
+    let names: Vec<String> = (1..=8).map(|i| format!("n{i}")).collect();
+    Ok(Some(
+        procs::make_certs(&o.bins, &o.out.join("certs"), &names).await?,
+    ))
+}
+
+/// The sweep's progress bar, counting images.
+fn progress_bar(total: u64) -> Result<ProgressBar, LabError> {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} images  {msg}")
+            .map_err(|e| LabError::Report(e.to_string()))?
+            .progress_chars("=> "),
+    );
+    Ok(bar)
 }

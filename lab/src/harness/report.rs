@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 
 use super::LabError;
-use super::sweep::{Experiment, Sample, System};
+use super::sweep::{Experiment, LabOptions, Sample, System};
 use crate::stats::{MeanCi, mean_ci};
 
 /// DejaVu Sans, bundled so that PNG plots render the same on a bare CI machine with no fonts
@@ -253,6 +253,7 @@ pub fn plot(
     Ok((png, svg))
 }
 
+// Over 80 lines on purpose: one plotters chart: axes, one series per system and the legend.
 fn draw<DB: DrawingBackend>(
     area: DrawingArea<DB, plotters::coord::Shift>,
     exp: &Experiment,
@@ -337,6 +338,81 @@ where
         .map_err(|x| e(&x))?;
     area.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// The kernel TCP settings the baseline runs with (they differ between machines and decide
+/// much of its behaviour under loss and delay), as read from /proc.
+fn kernel_tcp() -> String {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    format!(
+        "`tcp_congestion_control = {}`, `tcp_slow_start_after_idle = {}`",
+        read("tcp_congestion_control"),
+        read("tcp_slow_start_after_idle")
+    )
+}
+
+/// The head of a sweep's report: how it was run (model, runs, concurrency, network, the
+/// baseline's TCP settings).
+pub fn sweep_header(sweep_name: &str, o: &LabOptions) -> String {
+    format!(
+        "## Sweep `{sweep_name}`\n\nModel: {} ({}), {} run(s) per point, concurrency {}, {} ms service time, worker capacity {}{}. Network: `--net {}`. Baseline TCP: {}.\n\n",
+        o.model,
+        if o.model == "synthetic" {
+            "a fixed service time stands in for GoogLeNet on this 2-core machine; rerun with --model googlenet on real hosts"
+        } else {
+            "GoogLeNet on the nodes; the baseline keeps the synthetic service time"
+        },
+        o.runs,
+        o.concurrency,
+        o.service_ms,
+        o.capacity,
+        if o.quick {
+            ", --quick (reduced points)"
+        } else {
+            ""
+        },
+        o.net,
+        kernel_tcp()
+    )
+}
+
+/// Writes one experiment's `OUT/<id>.{csv,md,png,svg}` from the sweep's samples, and returns
+/// its section of the sweep's report (the table and the plot).
+pub fn write_experiment(
+    exp: &Experiment,
+    samples: &[Sample],
+    o: &LabOptions,
+) -> Result<String, LabError> {
+    let rows = summarize(exp, samples, &o.systems);
+    write_summary_csv(&o.out.join(format!("{}.csv", exp.id)), exp, &rows)?;
+    let (png, svg) = plot(&o.out, exp, &rows)?;
+    let table = markdown(
+        exp,
+        &rows,
+        &format!(
+            "Network `--net {}`. Mean ± 95% CI (Student t) over the runs; retries/failures/lost are totals over the runs (lost: no final answer after {} client submission(s); unfinished: still unanswered when a run hit its {} s limit).",
+            o.net,
+            o.client_attempts,
+            o.run_limit.as_secs()
+        ),
+    );
+    std::fs::write(o.out.join(format!("{}.md", exp.id)), &table)?;
+    let file = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(format!(
+        "{table}\n![{}]({})  ([SVG]({}))\n\n",
+        exp.title,
+        file(&png),
+        file(&svg)
+    ))
 }
 
 #[cfg(test)]

@@ -270,6 +270,7 @@ fn block_tiles(tiles: usize, cin: usize, coutp: usize, threads: usize, mr: usize
 
 /// `dst = relu(conv3×3(input, filter) + bias)`, stride 1, padding 1, with `filter` from
 /// [`pack_filter`].
+// Over 80 lines on purpose: the three Winograd phases share their tiles, buffers and loop bounds; split apart they would pass a dozen arguments per call.
 pub(crate) fn conv3x3(
     input: Activations<'_>,
     out_channels: usize,

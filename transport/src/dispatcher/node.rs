@@ -224,6 +224,7 @@ async fn next_control_frame(
 /// the node is marked silent and running requests are told, so they reopen its images
 /// elsewhere; the next frame clears it. A leaving node is followed the same way, so its
 /// attempts still move on if it dies while draining.
+// Over 80 lines on purpose: the control stream's read loop: one match over every frame a node sends.
 async fn follow_control(
     shared: &Arc<Shared>,
     idx: usize,
