@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use glimpse_certs::k8s::{K8sLayout, k8s_secrets};
 use glimpse_certs::{ClusterCa, NodeSpec, issue_node_files, load_or_create_ca, write_cluster};
-use glimpse_ops::LogFormat;
 
 /// Create a cluster CA and the certificates nodes, the front-end and the HTTPS site need.
 #[derive(Debug, Parser)]
@@ -17,15 +16,8 @@ use glimpse_ops::LogFormat;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object
-    /// per line). GLIMPSE_LOG or RUST_LOG sets the filter. Default: text.
-    #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    /// When the program stops on an error, also print the error's details, and with
-    /// RUST_BACKTRACE=1 the stack trace where it was made (for bug reports). Without it the error
-    /// is one line whatever RUST_BACKTRACE says. Default: off.
-    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
-    verbose: bool,
+    #[command(flatten)]
+    log: glimpse_ops::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +113,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The error once, on one line, for people; details and a stack trace with --verbose.
-    let reporter = glimpse_ops::exit::Reporter::new("glimpse-certs", cli.verbose);
-    glimpse_ops::logging::init(cli.log_format, "info");
+    let reporter = cli.log.init("glimpse-certs", "info");
     reporter.finish(run(cli))
 }
 

@@ -20,7 +20,6 @@ use glimpse_lab::load::tls::Trust;
 use glimpse_lab::load::{LoadOptions, LoadPlan, run_load};
 use glimpse_lab::sim::ProjectOptions;
 use glimpse_lab::sim::SimulateOptions;
-use glimpse_ops::LogFormat;
 use glimpse_transport::dispatcher::Placement;
 
 #[derive(Parser, Debug)]
@@ -32,15 +31,8 @@ use glimpse_transport::dispatcher::Placement;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object per
-    /// line). GLIMPSE_LOG or RUST_LOG sets the filter (default `warn`: the lab's own output is
-    /// its progress bars and reports). Default: text.
-    #[arg(long, env = "GLIMPSE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-    /// When the lab stops on an error, also print the error's details and, with
-    /// RUST_BACKTRACE=1, where it was made (for bug reports). Default: off.
-    #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
-    verbose: bool,
+    #[command(flatten)]
+    log: glimpse_ops::LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -321,8 +313,8 @@ struct WorkerArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The error once, on one line, for people; details and a stack trace with --verbose.
-    let reporter = glimpse_ops::exit::Reporter::new("glimpse-lab", cli.verbose);
-    glimpse_ops::logging::init(cli.log_format, "warn");
+    // The log filter defaults to warn: the lab's own output is its progress and reports.
+    let reporter = cli.log.init("glimpse-lab", "warn");
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

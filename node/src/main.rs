@@ -39,8 +39,7 @@ fn main() -> ExitCode {
         Command::Serve(_) => "info",
     };
     // An error ends the program as one line for people; --verbose adds the backtrace.
-    let reporter = glimpse_ops::exit::Reporter::new("glimpse-node", cli.ops.verbose);
-    glimpse_ops::logging::init(cli.ops.log_format, default_level);
+    let reporter = cli.ops.log.init("glimpse-node", default_level);
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),

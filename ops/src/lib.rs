@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use logging::LogFormat;
 
-/// `--config` and `--log-format`, the same on every Glimpse binary (flatten them into the
+/// `--config`, `--log-format`, `--otlp-endpoint` and `--verbose`, the same on every Glimpse binary (flatten them into the
 /// top-level command: they are global, so they may follow a subcommand too).
 #[derive(Debug, Clone, clap::Args)]
 pub struct OpsArgs {
@@ -31,6 +31,22 @@ pub struct OpsArgs {
     /// error. Default: none.
     #[arg(long, env = "GLIMPSE_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
+    /// `--log-format` and `--verbose`.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Export traces (one span per image on the front-end, one per attempt on the node,
+    /// joined by the W3C trace context) as OTLP protobuf over HTTP to this collector, e.g.
+    /// `http://otel-collector:4318` (spans go to `/v1/traces` under it). A collector that is
+    /// down only costs dropped spans and a warning in the log. Default: none, no export.
+    #[arg(long, env = "GLIMPSE_OTLP_ENDPOINT", value_name = "URL", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// How a binary reports, the same on every Glimpse binary (the front-end and the node take it
+/// inside [`OpsArgs`]; the certificate and lab tools alone): its log lines, and its final
+/// error.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
     /// Log lines on stderr: `text` for people, `json` for log collectors (one JSON object
     /// per line, with timestamp, level, target and the event's fields). GLIMPSE_LOG or
     /// RUST_LOG sets the filter. Default: text.
@@ -42,15 +58,20 @@ pub struct OpsArgs {
         global = true
     )]
     pub log_format: LogFormat,
-    /// Export traces (one span per image on the front-end, one per attempt on the node,
-    /// joined by the W3C trace context) as OTLP protobuf over HTTP to this collector, e.g.
-    /// `http://otel-collector:4318` (spans go to `/v1/traces` under it). A collector that is
-    /// down only costs dropped spans and a warning in the log. Default: none, no export.
-    #[arg(long, env = "GLIMPSE_OTLP_ENDPOINT", value_name = "URL", global = true)]
-    pub otlp_endpoint: Option<String>,
     /// When the program stops on an error, also print the error's details and the stack
     /// trace where it was made (for bug reports). Without it the error is one line whatever
     /// RUST_BACKTRACE says; GLIMPSE_LOG=debug turns this on too. Default: off.
     #[arg(long, short = 'v', env = "GLIMPSE_VERBOSE", global = true)]
     pub verbose: bool,
+}
+
+impl LogArgs {
+    /// Sets the process up to report: the final error's [`exit::Reporter`] first (it may turn
+    /// backtrace capture on, which must happen while the process has one thread), then the
+    /// log subscriber with `default_filter` unless GLIMPSE_LOG or RUST_LOG says otherwise.
+    pub fn init(&self, program: &str, default_filter: &str) -> exit::Reporter {
+        let reporter = exit::Reporter::new(program, self.verbose);
+        logging::init(self.log_format, default_filter);
+        reporter
+    }
 }

@@ -15,10 +15,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Flags over environment over the --config file over defaults.
     let cli: Cli = glimpse_ops::config_file::parse();
-    // An error ends the program as one line for people; --verbose adds the backtrace.
-    let reporter = glimpse_ops::exit::Reporter::new("glimpse", cli.ops.verbose);
-    // GLIMPSE_LOG (or RUST_LOG) sets the filter; default: info.
-    glimpse_ops::logging::init(cli.ops.log_format, "info");
+    // An error ends the program as one line for people (--verbose adds the backtrace);
+    // GLIMPSE_LOG (or RUST_LOG) sets the log filter, default info.
+    let reporter = cli.ops.log.init("glimpse", "info");
     if let Some(Command::Keys { action }) = &cli.command {
         return reporter.finish(keys(action));
     }
