@@ -9,8 +9,7 @@
 
 import { spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
-import https from "node:https";
-import net from "node:net";
+import { freePort, get, waitFor as waitForWithin } from "./server.mjs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -25,30 +24,8 @@ const TIMEOUT = 120_000;
 
 function log(...a) { console.log("[screenshot]", ...a); }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => { const { port } = s.address(); s.close(() => resolve(port)); });
-  });
-}
-
-function get(url) {
-  return new Promise((resolve) => {
-    const req = https.get(url, { rejectUnauthorized: false, timeout: 5000 }, (res) => { res.resume(); resolve(res.statusCode); });
-    req.on("error", () => resolve(0));
-    req.on("timeout", () => { req.destroy(); resolve(0); });
-  });
-}
-
-async function waitFor(what, fn, ms = TIMEOUT) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+// Waits up to TIMEOUT unless told otherwise.
+const waitFor = (what, fn, ms = TIMEOUT) => waitForWithin(what, fn, ms);
 
 async function main() {
   if (!existsSync(bin)) throw new Error(`glimpse binary not found at ${bin}`);
