@@ -402,10 +402,15 @@ function renderNodes(data) {
     head.append(el("span", `dot dot-${n.state}`), el("span", "node-name", n.name), el("span", "node-state", n.state));
     const stats = el("dl", "node-stats");
     const share = n.placement_share == null ? "–" : `${(n.placement_share * 100).toFixed(1)}%`;
-    for (const [k, v] of [["in flight", n.in_flight], ["served", n.served], ["failed", n.failed], ["p50", fmtMs(n.p50_ms)],
-                          ["per image", fmtMs(n.service_ms)], ["next done in", fmtMs(n.expected_ms)], ["share", share]]) {
+    // Short labels (a quarter of the panel each), spelled out in their tooltips.
+    for (const [k, v, title] of [["in flight", n.in_flight], ["served", n.served], ["failed", n.failed], ["p50", fmtMs(n.p50_ms)],
+                                 ["per image", fmtMs(n.service_ms), "measured service time per image"],
+                                 ["next in", fmtMs(n.expected_ms), "when an image sent there now would be done"],
+                                 ["share", share, "share of the placements"]]) {
       const d = el("div");
-      d.append(el("dt", null, k), el("dd", null, String(v)));
+      const dt = el("dt", null, k);
+      if (title) dt.title = title;
+      d.append(dt, el("dd", null, String(v)));
       stats.append(d);
     }
     box.append(head, stats);
