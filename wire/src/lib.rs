@@ -5,6 +5,7 @@
 //! - [`names`]: the model's name, version, input and outputs as metadata gives them.
 //! - [`shape`]: the caps on a request's tensors that every protocol checks, and their errors.
 //! - [`budget`]: the byte budget every decoded image is paid from before it is kept.
+//! - [`answer`]: the typed v2 response (the outputs asked for, output tensors' values).
 //! - [`parse`]: the typed v2 request ([`parse::InferRequest`]) read from JSON under those
 //!   limits, without ever building a JSON tree.
 //! - [`binary`]: the binary tensor data extension (a JSON header, then raw tensors), both ways.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod binary;
 pub mod budget;
 pub mod codec;

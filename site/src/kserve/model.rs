@@ -25,67 +25,12 @@ pub use glimpse_wire::names::{
     INPUT_NAME, INPUT_SHAPE, MODEL_NAME, MODEL_VERSION, OUTPUT_SHAPE, PLATFORM, SERVER_NAME,
 };
 
-/// The model's outputs. Each is `[batch, k]`: the top-k classes of each image, best first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputName {
-    /// BYTES: class names.
-    Labels,
-    /// FP32: softmax probabilities.
-    Probabilities,
-}
+pub use glimpse_wire::answer::{OutputName, OutputSpec, OutputTensor, Values};
 
-impl OutputName {
-    /// Both outputs, in metadata order.
-    pub const ALL: [OutputName; 2] = [OutputName::Labels, OutputName::Probabilities];
-
-    /// The output's name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputName::Labels => "labels",
-            OutputName::Probabilities => "probabilities",
-        }
+impl From<glimpse_wire::answer::UnknownOutput> for ApiError {
+    fn from(e: glimpse_wire::answer::UnknownOutput) -> ApiError {
+        ApiError::bad_request(e.to_string())
     }
-
-    /// Its datatype, unless the classification extension turns it into strings.
-    pub fn datatype(self) -> &'static str {
-        match self {
-            OutputName::Labels => "BYTES",
-            OutputName::Probabilities => "FP32",
-        }
-    }
-
-    /// Its data type in the model configuration (Triton's `TYPE_*` names).
-    pub fn config_type(self) -> &'static str {
-        match self {
-            OutputName::Labels => "TYPE_STRING",
-            OutputName::Probabilities => "TYPE_FP32",
-        }
-    }
-
-    /// The output called `name`, or a 400 naming the ones there are.
-    pub fn parse(name: &str) -> Result<OutputName, ApiError> {
-        OutputName::ALL
-            .into_iter()
-            .find(|o| o.as_str() == name)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown output {:?}; outputs are \"labels\" and \"probabilities\"",
-                    display_name(name)
-                ))
-            })
-    }
-}
-
-/// One output a request asks for, and in which form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutputSpec {
-    /// Which output.
-    pub name: OutputName,
-    /// Triton's classification extension (`class_count`): the output comes back as BYTES
-    /// `"score:index:label"` strings, its `k` classes per image.
-    pub class_count: Option<u32>,
-    /// Send the output as raw binary after the JSON header (HTTP binary tensor extension).
-    pub binary: bool,
 }
 
 /// The result of a batch: each image's top classes, best first, all the same length.
@@ -108,54 +53,6 @@ impl BatchAnswer {
         let k = k.min(self.k);
         self.rows.iter().flat_map(move |r| r.iter().take(k))
     }
-}
-
-/// The values of one output tensor, flattened row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Values {
-    /// BYTES elements (class names, or classification strings).
-    Bytes(Vec<String>),
-    /// FP32 values.
-    Fp32(Vec<f32>),
-}
-
-impl Values {
-    /// The KServe v2 datatype.
-    pub fn datatype(&self) -> &'static str {
-        match self {
-            Values::Bytes(_) => "BYTES",
-            Values::Fp32(_) => "FP32",
-        }
-    }
-
-    /// The raw form: binary tensor data extension and gRPC `raw_output_contents`.
-    pub fn to_raw(&self) -> Vec<u8> {
-        match self {
-            Values::Bytes(v) => {
-                glimpse_wire::binary::encode_bytes_tensor(v.iter().map(String::as_bytes))
-            }
-            Values::Fp32(v) => glimpse_wire::binary::encode_fp32_tensor(v.iter().copied()),
-        }
-    }
-
-    /// The JSON `data` array.
-    pub fn to_json(&self) -> Value {
-        match self {
-            Values::Bytes(v) => json!(v),
-            Values::Fp32(v) => json!(v),
-        }
-    }
-}
-
-/// One output tensor of an answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputTensor {
-    /// The output's name.
-    pub name: OutputName,
-    /// `[batch, k]`.
-    pub shape: [usize; 2],
-    /// Its values.
-    pub values: Values,
 }
 
 impl BatchAnswer {
