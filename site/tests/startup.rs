@@ -96,6 +96,23 @@ fn held_tcp() -> (TcpListener, String) {
     (held, addr)
 }
 
+/// `program` stopped with one error line naming `flag` and the busy address, before its
+/// model loaded.
+fn assert_refused_before_loading(program: &str, exit: Exit, flag: &str, busy: &str) {
+    assert_one_error_line(program, &exit);
+    let expected = format!("{flag} {busy}: address in use; pick another with {flag}");
+    assert!(
+        exit.stderr.contains(&expected),
+        "{expected:?} in:\n{}",
+        exit.stderr
+    );
+    assert!(
+        !exit.stderr.contains(MODEL_LOADED),
+        "the model loaded before {flag} was bound:\n{}",
+        exit.stderr
+    );
+}
+
 #[test]
 fn a_busy_front_end_port_fails_before_the_model_loads_and_names_its_flag() {
     for flag in ["--listen", "--grpc-listen", "--admin-listen"] {
@@ -106,19 +123,7 @@ fn a_busy_front_end_port_fails_before_the_model_loads_and_names_its_flag() {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         cmd.args([flag, busy.as_str()]);
-        let exit = run(cmd);
-        assert_one_error_line("glimpse", &exit);
-        let expected = format!("{flag} {busy}: address in use; pick another with {flag}");
-        assert!(
-            exit.stderr.contains(&expected),
-            "{expected:?} in:\n{}",
-            exit.stderr
-        );
-        assert!(
-            !exit.stderr.contains(MODEL_LOADED),
-            "the model loaded before {flag} was bound:\n{}",
-            exit.stderr
-        );
+        assert_refused_before_loading("glimpse", run(cmd), flag, &busy);
     }
 }
 
@@ -140,20 +145,7 @@ fn a_busy_node_port_fails_before_the_model_loads_and_names_its_flag() {
         if let Some(admin) = admin {
             cmd.args(["--admin-listen", admin]);
         }
-        let exit = run(cmd);
-        assert_one_error_line("glimpse-node", &exit);
-        let busy = admin.unwrap_or(listen);
-        let expected = format!("{flag} {busy}: address in use; pick another with {flag}");
-        assert!(
-            exit.stderr.contains(&expected),
-            "{expected:?} in:\n{}",
-            exit.stderr
-        );
-        assert!(
-            !exit.stderr.contains(MODEL_LOADED),
-            "the model loaded before {flag} was bound:\n{}",
-            exit.stderr
-        );
+        assert_refused_before_loading("glimpse-node", run(cmd), flag, admin.unwrap_or(listen));
     }
 }
 
