@@ -133,10 +133,9 @@ pub async fn start_node(
         }
         None => None,
     };
-    // Hold the QUIC port while the model loads, so a busy `--listen` fails at once, not
-    // after the weights are read. The transport binds its own socket, and it needs what the
-    // model announces first; the reservation is given up just before that bind.
-    let reserved = reserve_udp(config.listen)?;
+    // Bind the QUIC port before the model loads, so a busy `--listen` fails at once, not
+    // after the weights are read; the server then runs on this very socket.
+    let socket = bind_udp(config.listen)?;
     let (runner, info) = load_model(&config).await?;
     let decode = runner.needs_decoding();
     let engine = Engine::start_observed(
@@ -172,8 +171,7 @@ pub async fn start_node(
     server_config.max_image_bytes = config.max_image_bytes;
     server_config.drain_timeout = config.drain_timeout;
     server_config.tuning.stateless_reset_key = Some(stateless_reset_key(&config.tls));
-    drop(reserved);
-    let server = NodeServer::bind(server_config)?;
+    let server = NodeServer::on_socket(server_config, socket)?;
     let addr = server.local_addr();
     tracing::info!(
         node_id = %info.node_id,
@@ -237,19 +235,13 @@ pub async fn start_node(
     })
 }
 
-/// Binds `addr` (UDP) to learn early whether the node can listen there; `None` for port 0,
-/// where any free port will do.
-fn reserve_udp(addr: SocketAddr) -> Result<Option<std::net::UdpSocket>, NodeError> {
-    if addr.port() == 0 {
-        return Ok(None);
-    }
-    std::net::UdpSocket::bind(addr)
-        .map(Some)
-        .map_err(|error| NodeError::Listen {
-            flag: "--listen",
-            addr,
-            error,
-        })
+/// The node's UDP socket at `addr`, bound now; a failure names `--listen`.
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, NodeError> {
+    std::net::UdpSocket::bind(addr).map_err(|error| NodeError::Listen {
+        flag: "--listen",
+        addr,
+        error,
+    })
 }
 
 /// Aborts a task when dropped: the admin listener stops with the node, however it ends.

@@ -270,13 +270,27 @@ pub fn bind_endpoint(
     server: Option<quinn::ServerConfig>,
     tuning: &TransportTuning,
 ) -> Result<quinn::Endpoint, TransportError> {
+    let socket =
+        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    endpoint_on(socket, server, tuning)
+}
+
+/// A QUIC endpoint on a UDP socket the caller bound already (a node holds its port from
+/// start-up, before its model loads, so no other process can take it meanwhile).
+pub fn endpoint_on(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    tuning: &TransportTuning,
+) -> Result<quinn::Endpoint, TransportError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TransportError::Config(
             "must be called inside a tokio runtime".into(),
         ));
     }
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|source| TransportError::Bind { addr, source })?;
+    let addr = socket.local_addr().map_err(|source| TransportError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
     quinn::Endpoint::new(
         tuning.endpoint_config(),
         server,

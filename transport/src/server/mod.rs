@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
 use crate::codec::CLOSE_DRAINED;
-use crate::config::{TransportTuning, bind_endpoint, node_quinn_config, node_tls_config};
+use crate::config::{TransportTuning, endpoint_on, node_quinn_config, node_tls_config};
 use crate::error::TransportError;
 use crate::shutdown::shutdown_channel;
 use crate::types::{Handler, NodeInfo};
@@ -118,7 +118,22 @@ pub struct NodeServer {
 impl NodeServer {
     /// Build the TLS/QUIC configuration and bind the UDP socket now (so the caller learns the
     /// port before serving). Must be called inside a tokio runtime.
-    pub fn bind(mut config: NodeServerConfig) -> Result<NodeServer, TransportError> {
+    pub fn bind(config: NodeServerConfig) -> Result<NodeServer, TransportError> {
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        NodeServer::on_socket(config, socket)
+    }
+
+    /// As [`NodeServer::bind`], on a socket the caller bound already (`config.listen` is then
+    /// only a label): a node binds its port before loading its model, so a busy port fails
+    /// at once and no other process can take the port while the model loads.
+    pub fn on_socket(
+        mut config: NodeServerConfig,
+        socket: std::net::UdpSocket,
+    ) -> Result<NodeServer, TransportError> {
         if config.capacity == 0 {
             return Err(TransportError::Config("capacity must be at least 1".into()));
         }
@@ -139,7 +154,7 @@ impl NodeServer {
             &config.client_ca,
         )?;
         let server = node_quinn_config(tls, &config.tuning, config.capacity)?;
-        let endpoint = bind_endpoint(config.listen, Some(server), &config.tuning)?;
+        let endpoint = endpoint_on(socket, Some(server), &config.tuning)?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|source| TransportError::Bind {
