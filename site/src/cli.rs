@@ -2,48 +2,22 @@
 //! variable, for containers and systemd units.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use glimpse_transport::dispatcher::Policy;
 
 use crate::SiteConfig;
 use crate::access::limits::Limits;
 use crate::access::throttle::RateFlag;
+use crate::fleet::cluster_error::ClusterError;
+use crate::fleet::config::{
+    ClusterConfig, Fleet, LocalModel, LocalWorkers, NodeAddress, RemoteFleet,
+};
 use crate::http::conn::{ConnLimits, max_connections_for, max_per_ip_for};
-
-/// `NAME=HOST:PORT`: a remote node, the name being what its certificate says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeArg {
-    /// The node's name: the DNS name its certificate must carry.
-    pub name: String,
-    /// `HOST:PORT`, resolved at start.
-    pub target: String,
-}
-
-impl FromStr for NodeArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<NodeArg, String> {
-        let (name, target) = s
-            .split_once('=')
-            .ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))?;
-        let (name, target) = (name.trim(), target.trim());
-        if name.is_empty() {
-            return Err(format!("empty node name in {s:?}"));
-        }
-        if !target
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        {
-            return Err(format!("expected HOST:PORT after '=', got {target:?}"));
-        }
-        Ok(NodeArg {
-            name: name.to_string(),
-            target: target.to_string(),
-        })
-    }
-}
 
 /// `--grpc-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,7 +102,7 @@ pub struct Cli {
         value_delimiter = ',',
         conflicts_with = "local_workers"
     )]
-    pub nodes: Vec<NodeArg>,
+    pub nodes: Vec<NodeAddress>,
     /// Cluster CA certificate (PEM) that signed the nodes. Required with --node, --node-dns
     /// and --nodes-file.
     #[arg(long, env = "GLIMPSE_CA")]
@@ -504,6 +478,82 @@ impl Cli {
         }
     }
 
+    /// The cluster the flags describe: local workers or remote nodes, with their model or
+    /// certificates, and the dispatch policy. The one place flags become the cluster's
+    /// configuration; a combination that cannot work is refused here, before anything starts.
+    pub fn cluster_config(&self) -> Result<ClusterConfig, ClusterError> {
+        let fleet = if let Some(count) = NonZeroU32::new(self.local_workers) {
+            Fleet::Local(LocalWorkers {
+                count,
+                model: self.local_model()?,
+                capacity: self.worker_capacity,
+            })
+        } else if !self.nodes.is_empty() || self.discovery.any() {
+            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+                return Err(ClusterError::Config(
+                    "--node, --node-dns and --nodes-file need --ca, --cert and --key".to_string(),
+                ));
+            };
+            Fleet::Remote(RemoteFleet {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+                nodes: self.nodes.clone(),
+                discovery: self.discovery.config(),
+            })
+        } else {
+            return Err(ClusterError::Config(
+                "no nodes: pass --local-workers N, or --node NAME=HOST:PORT, --node-dns NAME:PORT or --nodes-file PATH with --ca, --cert and --key".to_string(),
+            ));
+        };
+        Ok(ClusterConfig {
+            fleet,
+            policy: Policy {
+                max_attempts: self.max_attempts.max(1),
+                request_deadline: self.request_timeout(),
+                hedge: self.hedge,
+                placement: self.placement,
+                silence_floor: Duration::from_millis(self.silence_ms),
+                ..Policy::default()
+            },
+            congestion: self.congestion,
+        })
+    }
+
+    /// `--model` with its parameters, checked.
+    fn local_model(&self) -> Result<LocalModel, ClusterError> {
+        match self.model {
+            ModelChoice::Synthetic => {
+                if !self.service_ms.is_finite() || self.service_ms < 0.0 {
+                    return Err(ClusterError::Config(format!(
+                        "--service-ms must be a non-negative number, got {}",
+                        self.service_ms
+                    )));
+                }
+                Ok(LocalModel::Synthetic {
+                    service: Duration::from_secs_f64(self.service_ms / 1000.0),
+                })
+            }
+            #[cfg(feature = "local-workers")]
+            ModelChoice::Googlenet => Ok(LocalModel::Googlenet {
+                weights: self
+                    .weights
+                    .parse()
+                    .map_err(|e| ClusterError::Config(format!("--weights: {e}")))?,
+                backend: match &self.backend {
+                    Some(b) => b
+                        .parse()
+                        .map_err(|e| ClusterError::Config(format!("--backend: {e}")))?,
+                    None => glimpse_model::Backend::default(),
+                },
+            }),
+            #[cfg(not(feature = "local-workers"))]
+            ModelChoice::Googlenet => Err(ClusterError::Config(
+                "this glimpse was built without local workers (the `local-workers` feature); use --node".into(),
+            )),
+        }
+    }
+
     /// The front-end's whole configuration (`nofile` as for [`Cli::conn_limits`]).
     pub fn site_config(&self, nofile: u64) -> SiteConfig {
         SiteConfig {
@@ -532,17 +582,9 @@ fn secs(s: f64) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use glimpse_transport::CongestionControl;
 
-    #[test]
-    fn node_args_parse() {
-        let n: NodeArg = "gpu-1=10.0.0.5:4433".parse().unwrap();
-        assert_eq!(n.name, "gpu-1");
-        assert_eq!(n.target, "10.0.0.5:4433");
-        assert!("gpu-1".parse::<NodeArg>().is_err());
-        assert!("=h:1".parse::<NodeArg>().is_err());
-        assert!("a=host".parse::<NodeArg>().is_err());
-    }
+    use super::*;
 
     #[test]
     fn defaults_are_documented_values() {
@@ -628,5 +670,132 @@ mod tests {
         );
         let off = Cli::try_parse_from(["glimpse", "--rate-limit", "off"]).unwrap();
         assert!(off.limits().rate.is_none());
+    }
+
+    fn cluster(args: &[&str]) -> Result<ClusterConfig, ClusterError> {
+        let mut argv = vec!["glimpse"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .cluster_config()
+    }
+
+    #[test]
+    fn discovery_needs_the_cluster_certificates_and_no_local_workers() {
+        for flags in [
+            &["--node-dns", "nodes.test:4433"][..],
+            &["--nodes-file", "/nonexistent"][..],
+            &["--node", "a=127.0.0.1:1"][..],
+        ] {
+            let Err(e) = cluster(flags) else {
+                panic!("{flags:?} accepted without certificates")
+            };
+            assert!(e.to_string().contains("need --ca, --cert and --key"), "{e}");
+        }
+        let Err(e) = cluster(&[]) else {
+            panic!("no nodes accepted")
+        };
+        assert!(e.to_string().starts_with("no nodes"), "{e}");
+        assert!(
+            Cli::try_parse_from(["glimpse", "--local-workers", "1", "--node-dns", "n.test:1"])
+                .is_err()
+        );
+        let remote = cluster(&[
+            "--node-dns",
+            "a.test:1,b.test:2",
+            "--dns-server",
+            "127.0.0.1:5353",
+            "--discovery-interval-s",
+            "0.5",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "fe.pem",
+            "--key",
+            "fe.key",
+        ])
+        .expect("a remote fleet");
+        let Fleet::Remote(remote) = remote.fleet else {
+            panic!("not remote")
+        };
+        let sources = remote.discovery.expect("discovery sources");
+        assert_eq!(sources.node_dns.len(), 2);
+        assert_eq!(sources.interval, Duration::from_millis(500));
+        assert_eq!(remote.key, PathBuf::from("fe.key"));
+        assert!(Cli::try_parse_from(["glimpse", "--discovery-interval-s", "0"]).is_err());
+    }
+
+    #[test]
+    fn dispatch_flags_become_the_policy() {
+        let c = cluster(&["--local-workers", "2", "--model", "synthetic"]).unwrap();
+        assert_eq!(c.congestion, CongestionControl::Cubic);
+        assert_eq!(c.policy.silence_floor, Duration::from_millis(500));
+        assert_eq!(c.policy.max_attempts, 3);
+        let c = cluster(&[
+            "--local-workers",
+            "2",
+            "--model",
+            "synthetic",
+            "--congestion",
+            "bbr",
+            "--silence-ms",
+            "750",
+            "--max-attempts",
+            "0",
+            "--hedge",
+            "--request-timeout-s",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(c.congestion, CongestionControl::Bbr);
+        assert_eq!(c.policy.silence_floor, Duration::from_millis(750));
+        assert_eq!(c.policy.max_attempts, 1, "at least one attempt");
+        assert_eq!(c.policy.request_deadline, Duration::from_secs(7));
+        assert!(c.policy.hedge);
+        assert!(Cli::try_parse_from(["glimpse", "--congestion", "reno"]).is_err());
+    }
+
+    #[test]
+    fn local_workers_take_a_checked_model() {
+        let c = cluster(&[
+            "--local-workers",
+            "3",
+            "--model",
+            "synthetic",
+            "--service-ms",
+            "20",
+        ]);
+        let Ok(ClusterConfig {
+            fleet: Fleet::Local(local),
+            ..
+        }) = c
+        else {
+            panic!("not local: {c:?}")
+        };
+        assert_eq!(local.count.get(), 3);
+        assert!(
+            matches!(local.model, LocalModel::Synthetic { service } if service == Duration::from_millis(20))
+        );
+        let Err(e) = cluster(&[
+            "--local-workers",
+            "1",
+            "--model",
+            "synthetic",
+            "--service-ms=-1",
+        ]) else {
+            panic!("a negative service time accepted")
+        };
+        assert!(e.to_string().contains("--service-ms"), "{e}");
+        #[cfg(feature = "local-workers")]
+        {
+            let Err(e) = cluster(&["--local-workers", "1", "--weights", "random:x"]) else {
+                panic!("a bad seed accepted")
+            };
+            assert!(e.to_string().starts_with("--weights"), "{e}");
+            let Err(e) = cluster(&["--local-workers", "1", "--backend", "tpu"]) else {
+                panic!("an unknown backend accepted")
+            };
+            assert!(e.to_string().starts_with("--backend"), "{e}");
+        }
     }
 }

@@ -44,12 +44,15 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("checking the limits")?;
+    let cluster_config = cli.cluster_config()?;
     let tls = server::tls_identity(cli.tls_cert.as_deref(), cli.tls_key.as_deref())
         .context("setting up HTTPS")?;
     // Every listener is bound before any model loads: a busy port (the error names the flag
     // that moves it) or a broken key file fails in milliseconds, not after the weights load.
     let bound = bind_site(config.clone()).await?;
-    let cluster = cluster::build(&cli).await.context("starting the cluster")?;
+    let cluster = cluster::build(&cluster_config)
+        .await
+        .context("starting the cluster")?;
     let site = bound
         .serve(&tls, cluster.inference.clone())
         .await

@@ -5,7 +5,6 @@
 //! runs: mutual TLS, QUIC streams, retries and failover.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use glimpse_transport::{
@@ -13,8 +12,8 @@ use glimpse_transport::{
     NodeStatus,
 };
 
-use crate::cli::Cli;
 use crate::fleet::cluster_error::ClusterError;
+use crate::fleet::config::{ClusterConfig, Fleet, RemoteFleet};
 use crate::fleet::inference::{
     ClassifyFuture, Failure, Inference, NodeView, Outcome, Progress, ProgressFn, TopLabel,
 };
@@ -232,55 +231,44 @@ impl Cluster {
     }
 }
 
-fn dispatcher_config(cli: &Cli, mut config: DispatcherConfig) -> DispatcherConfig {
-    config.policy.max_attempts = cli.max_attempts.max(1);
-    config.policy.request_deadline = cli.request_timeout();
-    config.policy.hedge = cli.hedge;
-    config.policy.placement = cli.placement;
-    config.policy.silence_floor = Duration::from_millis(cli.silence_ms);
-    config.tuning.congestion = cli.congestion;
-    config
+/// The dispatcher's configuration: where the nodes are and the credentials to reach them,
+/// with the policy and congestion controller `config` says.
+fn dispatcher_config(config: &ClusterConfig, mut dispatcher: DispatcherConfig) -> DispatcherConfig {
+    dispatcher.policy = config.policy;
+    dispatcher.tuning.congestion = config.congestion;
+    dispatcher
 }
 
-/// Build the cluster the flags describe.
-pub async fn build(cli: &Cli) -> Result<Cluster, ClusterError> {
-    if cli.local_workers > 0 {
-        let local = crate::fleet::local::start(cli).await?;
-        let config = dispatcher_config(
-            cli,
-            DispatcherConfig::new(
-                local.endpoints,
-                local.ca,
-                local.client_chain,
-                local.client_key,
-            ),
-        );
-        let dispatcher = Dispatcher::start(config)?;
-        Ok(Cluster {
-            inference: Arc::new(DispatchInference::new(dispatcher)),
-            workers: local.workers,
-            discovery: None,
-        })
-    } else if !cli.nodes.is_empty() || cli.discovery.any() {
-        remote(cli).await
-    } else {
-        Err(ClusterError::Config(
-            "no nodes: pass --local-workers N, or --node NAME=HOST:PORT, --node-dns NAME:PORT or --nodes-file PATH with --ca, --cert and --key".to_string(),
-        ))
+/// Build the cluster `config` describes.
+pub async fn build(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+    match &config.fleet {
+        Fleet::Local(workers) => {
+            let local = crate::fleet::local::start(workers).await?;
+            let dispatcher = Dispatcher::start(dispatcher_config(
+                config,
+                DispatcherConfig::new(
+                    local.endpoints,
+                    local.ca,
+                    local.client_chain,
+                    local.client_key,
+                ),
+            ))?;
+            Ok(Cluster {
+                inference: Arc::new(DispatchInference::new(dispatcher)),
+                workers: local.workers,
+                discovery: None,
+            })
+        }
+        Fleet::Remote(remote_fleet) => remote(config, remote_fleet).await,
     }
 }
 
-async fn remote(cli: &Cli) -> Result<Cluster, ClusterError> {
-    let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
-        return Err(ClusterError::Config(
-            "--node, --node-dns and --nodes-file need --ca, --cert and --key".to_string(),
-        ));
-    };
-    let ca = glimpse_certs::load_certs_file(ca)?;
-    let chain = glimpse_certs::load_certs_file(cert)?;
-    let key = glimpse_certs::load_key_file(key)?;
-    let mut endpoints = Vec::with_capacity(cli.nodes.len());
-    for node in &cli.nodes {
+async fn remote(config: &ClusterConfig, fleet: &RemoteFleet) -> Result<Cluster, ClusterError> {
+    let ca = glimpse_certs::load_certs_file(&fleet.ca)?;
+    let chain = glimpse_certs::load_certs_file(&fleet.cert)?;
+    let key = glimpse_certs::load_key_file(&fleet.key)?;
+    let mut endpoints = Vec::with_capacity(fleet.nodes.len());
+    for node in &fleet.nodes {
         let addr = tokio::net::lookup_host(node.target.as_str())
             .await
             .map_err(|source| ClusterError::Resolve {
@@ -297,16 +285,19 @@ async fn remote(cli: &Cli) -> Result<Cluster, ClusterError> {
             addr,
         });
     }
-    let (endpoints, discovery) = if cli.discovery.any() {
-        let d = crate::fleet::discovery::Discovery::start(&cli.discovery, endpoints)
-            .await
-            .map_err(ClusterError::Discovery)?;
-        (d.endpoints(), Some(d))
-    } else {
-        (endpoints, None)
+    let (endpoints, discovery) = match &fleet.discovery {
+        Some(sources) => {
+            let d = crate::fleet::discovery::Discovery::start(sources, endpoints)
+                .await
+                .map_err(ClusterError::Discovery)?;
+            (d.endpoints(), Some(d))
+        }
+        None => (endpoints, None),
     };
-    let config = dispatcher_config(cli, DispatcherConfig::new(endpoints, ca, chain, key));
-    let dispatcher = Dispatcher::start(config)?;
+    let dispatcher = Dispatcher::start(dispatcher_config(
+        config,
+        DispatcherConfig::new(endpoints, ca, chain, key),
+    ))?;
     Ok(Cluster {
         discovery: discovery.map(|d| d.spawn(dispatcher.clone())),
         inference: Arc::new(DispatchInference::new(dispatcher)),
@@ -337,68 +328,38 @@ fn untrained_warning(dispatcher: &Dispatcher, c: &glimpse_transport::Classified)
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-    use glimpse_transport::{CongestionControl, DispatcherConfig, PrivateKeyDer};
+    use std::time::Duration;
+
+    use glimpse_transport::{CongestionControl, PrivateKeyDer, dispatcher::Policy};
     use rustls::pki_types::PrivatePkcs8KeyDer;
 
     use super::*;
-
-    fn config_from(args: &[&str]) -> DispatcherConfig {
-        let cli = Cli::try_parse_from(args).expect("flags parse");
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(vec![0u8; 4]));
-        dispatcher_config(&cli, DispatcherConfig::new(vec![], vec![], vec![], key))
-    }
-
-    #[tokio::test]
-    async fn discovery_needs_the_cluster_certificates_and_no_local_workers() {
-        for flags in [
-            &["glimpse", "--node-dns", "nodes.test:4433"][..],
-            &["glimpse", "--nodes-file", "/nonexistent"][..],
-        ] {
-            let cli = Cli::try_parse_from(flags).expect("flags parse");
-            let Err(e) = build(&cli).await else {
-                panic!("{flags:?} started without certificates")
-            };
-            assert!(e.to_string().contains("need --ca, --cert and --key"), "{e}");
-        }
-        assert!(
-            Cli::try_parse_from(["glimpse", "--local-workers", "1", "--node-dns", "n.test:1"])
-                .is_err()
-        );
-        let cli = Cli::try_parse_from([
-            "glimpse",
-            "--node-dns",
-            "a.test:1,b.test:2",
-            "--dns-server",
-            "127.0.0.1:5353",
-            "--discovery-interval-s",
-            "0.5",
-        ])
-        .expect("flags parse");
-        assert_eq!(cli.discovery.node_dns.len(), 2);
-        assert_eq!(cli.discovery.interval(), Duration::from_millis(500));
-        assert!(Cli::try_parse_from(["glimpse", "--discovery-interval-s", "0"]).is_err());
-    }
+    use crate::fleet::config::{LocalModel, LocalWorkers};
 
     #[test]
-    fn dispatch_flags_reach_the_dispatcher() {
-        let c = config_from(&["glimpse"]);
-        assert_eq!(c.tuning.congestion, CongestionControl::Cubic);
-        assert_eq!(c.policy.silence_floor, Duration::from_millis(500));
-        let c = config_from(&[
-            "glimpse",
-            "--congestion",
-            "bbr",
-            "--silence-ms",
-            "750",
-            "--max-attempts",
-            "5",
-            "--hedge",
-        ]);
+    fn the_policy_and_congestion_controller_reach_the_dispatcher() {
+        let policy = Policy {
+            max_attempts: 5,
+            hedge: true,
+            silence_floor: Duration::from_millis(750),
+            ..Policy::default()
+        };
+        let config = ClusterConfig {
+            fleet: Fleet::Local(LocalWorkers {
+                count: std::num::NonZeroU32::MIN,
+                model: LocalModel::Synthetic {
+                    service: Duration::ZERO,
+                },
+                capacity: None,
+            }),
+            policy,
+            congestion: CongestionControl::Bbr,
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(vec![0u8; 4]));
+        let c = dispatcher_config(&config, DispatcherConfig::new(vec![], vec![], vec![], key));
         assert_eq!(c.tuning.congestion, CongestionControl::Bbr);
-        assert_eq!(c.policy.silence_floor, Duration::from_millis(750));
+        assert_eq!(c.policy.silence_floor, policy.silence_floor);
         assert_eq!(c.policy.max_attempts, 5);
         assert!(c.policy.hedge);
-        assert!(Cli::try_parse_from(["glimpse", "--congestion", "reno"]).is_err());
     }
 }

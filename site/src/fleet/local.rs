@@ -30,7 +30,6 @@ pub(crate) use none::{Workers, start};
 mod imp {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::sync::Arc;
-    use std::time::Duration;
 
     use glimpse_certs::ClusterCa;
     use glimpse_node::{ModelSpec, NodeConfig, NodeTls, RunningNode, start_node};
@@ -38,8 +37,8 @@ mod imp {
     use glimpse_transport::{ShutdownTrigger, shutdown_channel};
 
     use super::Started;
-    use crate::cli::{Cli, ModelChoice};
     use crate::fleet::cluster_error::ClusterError;
+    use crate::fleet::config::{LocalModel, LocalWorkers};
 
     /// The running local workers.
     pub(crate) struct Workers {
@@ -69,35 +68,17 @@ mod imp {
         }
     }
 
-    /// Start `--local-workers` nodes as the flags say.
-    pub(crate) async fn start(cli: &Cli) -> Result<Started, ClusterError> {
+    /// Start the local workers `local` describes.
+    pub(crate) async fn start(local: &LocalWorkers) -> Result<Started, ClusterError> {
         let (stop, rx) = shutdown_channel();
-        let model = match cli.model {
-            ModelChoice::Synthetic => {
-                if !cli.service_ms.is_finite() || cli.service_ms < 0.0 {
-                    return Err(ClusterError::Config(format!(
-                        "--service-ms must be a non-negative number, got {}",
-                        cli.service_ms
-                    )));
-                }
-                ModelSpec::Synthetic {
-                    service: Duration::from_secs_f64(cli.service_ms / 1000.0),
-                }
-            }
-            ModelChoice::Googlenet => {
-                let weights: glimpse_model::WeightsSource = cli
-                    .weights
-                    .parse()
-                    .map_err(|e| ClusterError::Config(format!("--weights: {e}")))?;
-                let backend: glimpse_model::Backend = match &cli.backend {
-                    Some(b) => b
-                        .parse()
-                        .map_err(|e| ClusterError::Config(format!("--backend: {e}")))?,
-                    None => glimpse_model::Backend::default(),
-                };
+        let count = local.count.get();
+        let model = match &local.model {
+            LocalModel::Synthetic { service } => ModelSpec::Synthetic { service: *service },
+            LocalModel::Googlenet { weights, backend } => {
                 // Load once and share: N workers in one process need one copy of the weights,
                 // readied for the N forward passes they may run at once (one lane each).
-                let lanes = usize::try_from(cli.local_workers).unwrap_or(1).max(1);
+                let lanes = usize::try_from(count).unwrap_or(1).max(1);
+                let (weights, backend) = (weights.clone(), *backend);
                 let classifier = tokio::task::spawn_blocking(move || {
                     glimpse_model::Classifier::load(&weights, backend)
                         .map(|c| glimpse_node::prepare_classifier(c, lanes))
@@ -112,7 +93,7 @@ mod imp {
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let mut workers = Vec::new();
         let mut endpoints = Vec::new();
-        for i in 1..=cli.local_workers {
+        for i in 1..=count {
             let name = format!("local-{i}");
             let issued = ca.issue_node(&name, &[loopback])?;
             let tls = NodeTls {
@@ -124,8 +105,8 @@ mod imp {
             config.model = model.clone();
             // The workers share this process's cores: one lane each, on an equal share of the
             // threads, so N workers never run N times the cores' worth of threads.
-            config.parallelism = super::worker_parallelism(cli.local_workers)?;
-            if let Some(c) = cli.worker_capacity {
+            config.parallelism = super::worker_parallelism(count)?;
+            if let Some(c) = local.capacity {
                 config.capacity = c;
             }
             let node = start_node(config, rx.clone().wait()).await?;
@@ -163,8 +144,8 @@ fn worker_parallelism(
 #[cfg(not(feature = "local-workers"))]
 mod none {
     use super::Started;
-    use crate::cli::Cli;
     use crate::fleet::cluster_error::ClusterError;
+    use crate::fleet::config::LocalWorkers;
 
     /// No local workers: this build has none.
     pub(crate) struct Workers;
@@ -178,7 +159,7 @@ mod none {
     }
 
     /// Refuses: this build has no node or model in it.
-    pub(crate) async fn start(_cli: &Cli) -> Result<Started, ClusterError> {
+    pub(crate) async fn start(_local: &LocalWorkers) -> Result<Started, ClusterError> {
         Err(ClusterError::Config(
             "this glimpse was built without local workers (the `local-workers` feature); use --node".into(),
         ))

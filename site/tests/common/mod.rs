@@ -42,7 +42,9 @@ impl Harness {
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).expect("valid test flags");
         let tls = server::tls_identity(None, None).expect("self-signed certificate");
-        let cluster = cluster::build(&cli).await.expect("cluster starts");
+        let cluster = cluster::build(&cli.cluster_config().expect("a cluster"))
+            .await
+            .expect("cluster starts");
         let nofile = conn::raise_fd_limit().expect("file-descriptor limit");
         let site = start_site(cli.site_config(nofile), &tls, cluster.inference.clone())
             .await

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::config::DiscoveryConfig;
 use super::dns::{DnsName, DnsServer};
 
 const HEADING: &str = "Node discovery";
@@ -71,6 +72,16 @@ impl DiscoveryArgs {
     /// The time between rounds.
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.discovery_interval_s)
+    }
+
+    /// The sources as the library takes them; `None` when no source is set.
+    pub fn config(&self) -> Option<DiscoveryConfig> {
+        self.any().then(|| DiscoveryConfig {
+            node_dns: self.node_dns.clone(),
+            dns_server: self.dns_server,
+            nodes_file: self.nodes_file.clone(),
+            interval: self.interval(),
+        })
     }
 }
 

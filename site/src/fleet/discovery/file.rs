@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use glimpse_transport::NodeEndpoint;
 
-use crate::cli::NodeArg;
+use crate::fleet::config::NodeAddress;
 
 /// Parses a nodes file: its nodes, or the first bad line with its number.
-pub fn parse(text: &str) -> Result<Vec<NodeArg>, String> {
+pub fn parse(text: &str) -> Result<Vec<NodeAddress>, String> {
     let mut nodes = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -18,7 +18,7 @@ pub fn parse(text: &str) -> Result<Vec<NodeArg>, String> {
             continue;
         }
         let node = line
-            .parse::<NodeArg>()
+            .parse::<NodeAddress>()
             .map_err(|e| format!("line {}: {e}", i + 1))?;
         nodes.push(node);
     }
@@ -26,7 +26,7 @@ pub fn parse(text: &str) -> Result<Vec<NodeArg>, String> {
 }
 
 /// Resolves `NAME=HOST:PORT` to an endpoint (the first address `HOST` has, as `--node`).
-pub async fn resolve(node: &NodeArg) -> Result<NodeEndpoint, String> {
+pub async fn resolve(node: &NodeAddress) -> Result<NodeEndpoint, String> {
     let addr = tokio::net::lookup_host(node.target.as_str())
         .await
         .map_err(|e| format!("resolving {}: {e}", node.target))?

@@ -8,6 +8,7 @@
 //! and what a failed lookup or a bad file changes (nothing: the last good answer stands).
 
 pub mod args;
+pub mod config;
 pub mod dns;
 pub mod file;
 
@@ -18,7 +19,7 @@ use glimpse_transport::{Dispatcher, NodeChanges, NodeEndpoint};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use args::DiscoveryArgs;
+use config::DiscoveryConfig;
 use dns::{DnsAnswer, DnsName, DnsResolver};
 use file::{FileRead, NodesFile};
 
@@ -152,30 +153,26 @@ impl Discovery {
     /// fine (its nodes may come later); a nodes file that cannot be read or parsed now is
     /// an error, since there is no last good list to keep.
     pub async fn start(
-        args: &DiscoveryArgs,
+        sources: &DiscoveryConfig,
         fixed: Vec<NodeEndpoint>,
     ) -> Result<Discovery, String> {
-        let resolver = if args.node_dns.is_empty() {
+        let resolver = if sources.node_dns.is_empty() {
             None
         } else {
-            Some(DnsResolver::new(args.dns_server)?)
+            Some(DnsResolver::new(sources.dns_server)?)
         };
+        // Registered now, so a SIGHUP during start-up is not the default (fatal) action.
         #[cfg(unix)]
-        let hangup = if args.any() {
-            // Registered now, so a SIGHUP during start-up is not the default (fatal) action.
-            Some(
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                    .map_err(|e| format!("listening for SIGHUP: {e}"))?,
-            )
-        } else {
-            None
-        };
+        let hangup = Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("listening for SIGHUP: {e}"))?,
+        );
         let mut d = Discovery {
-            membership: Membership::new(fixed, &args.node_dns),
+            membership: Membership::new(fixed, &sources.node_dns),
             resolver,
-            file: args.nodes_file.clone().map(NodesFile::new),
-            interval: args.interval(),
-            failures: vec![None; args.node_dns.len() + 1],
+            file: sources.nodes_file.clone().map(NodesFile::new),
+            interval: sources.interval,
+            failures: vec![None; sources.node_dns.len() + 1],
             #[cfg(unix)]
             hangup,
         };
@@ -329,12 +326,12 @@ mod tests {
         std::fs::rename(&tmp, path).unwrap();
     }
 
-    fn file_args(path: &std::path::Path, interval_s: f64) -> DiscoveryArgs {
-        DiscoveryArgs {
+    fn file_args(path: &std::path::Path, interval_s: f64) -> DiscoveryConfig {
+        DiscoveryConfig {
             node_dns: Vec::new(),
             dns_server: None,
             nodes_file: Some(path.to_path_buf()),
-            discovery_interval_s: interval_s,
+            interval: Duration::from_secs_f64(interval_s),
         }
     }
 
