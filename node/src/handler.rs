@@ -28,7 +28,7 @@ use glimpse_transport::{
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::engine::{Engine, Job, Prepared, SubmitError};
+use crate::engine::{Engine, Job, JobOutcome, Prepared, SubmitError};
 use crate::faults::{FaultDecision, Faults, die_abruptly};
 
 /// Weight of the newest sample in the latency average reported to front-ends: 0.2 follows a
@@ -285,25 +285,7 @@ impl NodeHandler {
             Prepared::Raw(req.image)
         };
 
-        let (reply, answer) = oneshot::channel();
-        let submitted = self.engine.submit(Job {
-            input,
-            top_k,
-            enqueued: Instant::now(),
-            reply,
-        });
-        match submitted {
-            Ok(()) => {}
-            Err(SubmitError::Full) => {
-                self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-                return Err(InferenceError::Overloaded);
-            }
-            Err(SubmitError::Stopped) => return Err(InferenceError::Draining),
-        }
-        let outcome = answer
-            .await
-            .map_err(|_| InferenceError::Internal("inference lanes stopped".into()))?
-            .map_err(InferenceError::Internal)?;
+        let outcome = self.infer(input, top_k).await?;
 
         let delay = self.faults.extra_delay();
         if !delay.is_zero() {
@@ -322,9 +304,35 @@ impl NodeHandler {
         })
     }
 
+    /// Queues the prepared image for the inference lanes and waits for its labels (the
+    /// queue and the forward pass, in one span).
+    #[tracing::instrument(name = "node.infer", skip_all)]
+    async fn infer(&self, input: Prepared, top_k: usize) -> Result<JobOutcome, InferenceError> {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.engine.submit(Job {
+            input,
+            top_k,
+            enqueued: Instant::now(),
+            reply,
+        });
+        match submitted {
+            Ok(()) => {}
+            Err(SubmitError::Full) => {
+                self.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+                return Err(InferenceError::Overloaded);
+            }
+            Err(SubmitError::Stopped) => return Err(InferenceError::Draining),
+        }
+        answer
+            .await
+            .map_err(|_| InferenceError::Internal("inference lanes stopped".into()))?
+            .map_err(InferenceError::Internal)
+    }
+
     /// Probe, reserve the decode budget and a core, say Started, then decode and preprocess
     /// on the blocking pool. Returns the tensor, the decode and preprocess times, and how
     /// long the request waited for the budget and a core.
+    #[tracing::instrument(name = "node.decode", skip_all, fields(glimpse.image_bytes = image.len() as i64))]
     async fn decode(
         &self,
         image: bytes::Bytes,

@@ -39,15 +39,16 @@ fn main() -> ExitCode {
         Command::Serve(_) => "info",
     };
     // An error ends the program as one line for people; --verbose adds the backtrace.
-    let reporter = cli.ops.log.init("glimpse-node", default_level);
+    // With --otlp-endpoint, the spans are exported too.
+    let (reporter, traces) = cli.ops.init("glimpse-node", default_level);
 
     match cli.command {
         Command::Classify(args) => ExitCode::from(classify::run(&args)),
-        Command::Serve(args) => reporter.finish(serve(*args, cli.ops.otlp_endpoint.as_deref())),
+        Command::Serve(args) => reporter.finish(serve(*args, traces)),
     }
 }
 
-fn serve(args: ServeArgs, otlp_endpoint: Option<&str>) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, traces: glimpse_ops::Traces) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,7 +60,6 @@ fn serve(args: ServeArgs, otlp_endpoint: Option<&str>) -> anyhow::Result<()> {
         // after the "listening" line is a drain, not a kill.
         let mut signals =
             TerminationSignals::install().context("cannot install signal handlers")?;
-        let traces = glimpse_ops::traces::Traces::init(otlp_endpoint, "glimpse-node")?;
         let (trigger, shutdown) = shutdown_channel();
         let node = start_node(config, shutdown.wait()).await?;
         if let Some(admin) = node.admin_addr() {

@@ -1,14 +1,15 @@
-//! The node's span for each attempt (with `--otlp-endpoint`): a child of the front-end's span
-//! for the image, whose W3C trace context came in the request header, so a trace shows where
-//! an image's time went on both sides. Without a collector the tracer is a no-op.
+//! The node's span for each attempt (`node.classify`): a child of the front-end's span for the
+//! image, whose W3C trace context came in the request header, so a trace shows where an
+//! image's time went on both sides. Exported with `--otlp-endpoint`; otherwise a plain
+//! `tracing` span, which the node's log lines inside it name.
 
 use std::sync::Arc;
 
-use glimpse_ops::traces::opentelemetry::trace::{SpanKind, Status, TraceContextExt};
-use glimpse_ops::traces::opentelemetry::{Context, KeyValue};
 use glimpse_transport::{
     Handler, InferenceAnswer, InferenceError, InferenceRequest, LoadReport, WorkStarted,
 };
+use tracing::Span;
+use tracing::field::Empty;
 
 /// The node's handler with a span around every request it handles.
 pub(crate) struct Traced<H> {
@@ -23,25 +24,32 @@ impl<H: Handler> Traced<H> {
 }
 
 impl<H: Handler> Handler for Traced<H> {
+    #[tracing::instrument(
+        name = "node.classify",
+        skip_all,
+        fields(
+            otel.kind = "server",
+            glimpse.request_id = req.request_id as i64,
+            glimpse.attempt = i64::from(req.attempt),
+            glimpse.node = %self.node_id,
+            glimpse.image_bytes = req.image.len() as i64,
+            glimpse.outcome = Empty,
+            glimpse.queue_ms = Empty,
+            glimpse.decode_preprocess_ms = Empty,
+            glimpse.infer_ms = Empty,
+            glimpse.batch_size = Empty,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+        )
+    )]
     async fn handle(
         &self,
         req: InferenceRequest,
         started: WorkStarted,
     ) -> Result<InferenceAnswer, InferenceError> {
-        let cx = glimpse_ops::traces::start_span(
-            "glimpse-node",
-            "node.classify",
-            SpanKind::Server,
-            req.traceparent.as_deref(),
-            vec![
-                KeyValue::new("glimpse.request_id", req.request_id as i64),
-                KeyValue::new("glimpse.attempt", i64::from(req.attempt)),
-                KeyValue::new("glimpse.node", self.node_id.clone()),
-                KeyValue::new("glimpse.image_bytes", req.image.len() as i64),
-            ],
-        );
+        glimpse_ops::traces::continue_trace(&Span::current(), req.traceparent.as_deref());
         let result = self.inner.handle(req, started).await;
-        record(&cx, &result);
+        record(&Span::current(), &result);
         result
     }
 
@@ -50,27 +58,27 @@ impl<H: Handler> Handler for Traced<H> {
     }
 }
 
-/// The attempt's outcome and where its time went, then the end of its span.
-fn record(cx: &Context, result: &Result<InferenceAnswer, InferenceError>) {
-    let span = cx.span();
+/// The attempt's outcome and where its time went.
+fn record(span: &Span, result: &Result<InferenceAnswer, InferenceError>) {
     match result {
         Ok(answer) => {
             let t = &answer.timings;
-            span.set_attribute(KeyValue::new("glimpse.outcome", "ok"));
-            span.set_attribute(KeyValue::new("glimpse.queue_ms", f64::from(t.queue_ms)));
-            span.set_attribute(KeyValue::new(
+            span.record("glimpse.outcome", "ok");
+            span.record("glimpse.queue_ms", f64::from(t.queue_ms));
+            span.record(
                 "glimpse.decode_preprocess_ms",
                 f64::from(t.decode_ms + t.preprocess_ms),
-            ));
-            span.set_attribute(KeyValue::new("glimpse.infer_ms", f64::from(t.infer_ms)));
+            );
+            span.record("glimpse.infer_ms", f64::from(t.infer_ms));
             if let Some(n) = t.batch_size {
-                span.set_attribute(KeyValue::new("glimpse.batch_size", i64::from(n)));
+                span.record("glimpse.batch_size", i64::from(n));
             }
         }
         Err(e) => {
-            span.set_attribute(KeyValue::new("glimpse.outcome", e.to_string()));
-            span.set_status(Status::error(e.to_string()));
+            let e = e.to_string();
+            span.record("glimpse.outcome", e.as_str());
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", e.as_str());
         }
     }
-    span.end();
 }

@@ -20,6 +20,7 @@ pub mod traces;
 use std::path::PathBuf;
 
 pub use logging::LogFormat;
+pub use traces::{OtlpEndpoint, Traces};
 
 /// `--config`, `--log-format`, `--otlp-endpoint` and `--verbose`, the same on every Glimpse binary (flatten them into the
 /// top-level command: they are global, so they may follow a subcommand too).
@@ -39,7 +40,28 @@ pub struct OpsArgs {
     /// `http://otel-collector:4318` (spans go to `/v1/traces` under it). A collector that is
     /// down only costs dropped spans and a warning in the log. Default: none, no export.
     #[arg(long, env = "GLIMPSE_OTLP_ENDPOINT", value_name = "URL", global = true)]
-    pub otlp_endpoint: Option<String>,
+    pub otlp_endpoint: Option<OtlpEndpoint>,
+}
+
+impl OpsArgs {
+    /// Sets a serving process up to report: as [`LogArgs::init`], plus the trace exporter
+    /// for `--otlp-endpoint` as service `program`, whose layer goes in beside the log lines.
+    /// An exporter that cannot be set up costs the traces and a warning, never the start.
+    pub fn init(&self, program: &'static str, default_filter: &str) -> (exit::Reporter, Traces) {
+        let reporter = exit::Reporter::new(program, self.log.verbose);
+        let traces = Traces::start(self.otlp_endpoint.as_ref(), program);
+        let (traces, failed) = match traces {
+            Ok(t) => (t, None),
+            Err(e) => (Traces::off(), Some(e)),
+        };
+        logging::init(self.log.log_format, default_filter, &traces);
+        if let Some(e) = failed {
+            tracing::warn!("traces are not exported: {}", exit::one_line(&e));
+        } else if let Some(endpoint) = &self.otlp_endpoint {
+            tracing::info!(%endpoint, "exporting traces (OTLP over HTTP)");
+        }
+        (reporter, traces)
+    }
 }
 
 /// How a binary reports, the same on every Glimpse binary (the front-end and the node take it
@@ -71,7 +93,7 @@ impl LogArgs {
     /// log subscriber with `default_filter` unless GLIMPSE_LOG or RUST_LOG says otherwise.
     pub fn init(&self, program: &str, default_filter: &str) -> exit::Reporter {
         let reporter = exit::Reporter::new(program, self.verbose);
-        logging::init(self.log_format, default_filter);
+        logging::init(self.log_format, default_filter, &traces::Traces::off());
         reporter
     }
 }

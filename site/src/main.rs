@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     let cli: Cli = glimpse_ops::config_file::parse();
     // An error ends the program as one line for people (--verbose adds the backtrace);
     // GLIMPSE_LOG (or RUST_LOG) sets the log filter, default info.
-    let reporter = cli.ops.log.init("glimpse", "info");
+    // With --otlp-endpoint, the spans are exported too.
+    let (reporter, traces) = cli.ops.init("glimpse", "info");
     if let Some(Command::Keys { action }) = &cli.command {
         return reporter.finish(keys(action));
     }
@@ -25,16 +26,15 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .context("starting the async runtime")
-        .and_then(|runtime| runtime.block_on(serve(cli)));
+        .and_then(|runtime| runtime.block_on(serve(cli, traces)));
     reporter.finish(served)
 }
 
 // Over 80 lines on purpose: the binary's start-up in order (bind, keys, cluster, serve, shutdown); splitting it would hide the order.
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+async fn serve(cli: Cli, traces: glimpse_ops::Traces) -> anyhow::Result<()> {
     // Register for SIGTERM/SIGINT before anything else: a signal that arrives while nodes start
     // or weights load must drain and exit 0, not kill the process with the default action.
     let mut signals = Signals::install().context("listening for SIGTERM and SIGINT")?;
-    let traces = glimpse_ops::traces::Traces::init(cli.ops.otlp_endpoint.as_deref(), "glimpse")?;
 
     tokio::spawn(return_memory());
     let nofile = conn::raise_fd_limit().context("raising the file-descriptor limit")?;

@@ -26,7 +26,7 @@ use crate::api::upload::{Intake, Upload, UploadError};
 use crate::fleet::frontend::Frontend;
 use crate::fleet::inference::{Failure, Inference, Progress, ProgressFn};
 use crate::http::error::ApiError;
-use crate::observe::image_span::ImageSpan;
+use crate::observe::image_span;
 use crate::observe::metrics::Metrics;
 use crate::observe::stats::{ModelStats, StageTimes};
 use glimpse_wire::budget::{ByteBudget, Held};
@@ -350,13 +350,13 @@ impl Site {
                 _caller: share,
                 _bytes: upload.held,
             };
-            let image = upload.bytes;
-            let span = ImageSpan::admitted(&id, image.len(), caller.traceparent.as_deref());
-            let task = tokio::spawn(async move {
-                let view = site.run_job(job_id, image, top_k, slots, &span).await;
-                span.answered(&view);
-                view
-            });
+            let task = tokio::spawn(site.answer(
+                job_id,
+                upload.bytes,
+                top_k,
+                slots,
+                caller.traceparent.clone(),
+            ));
             out.push(Submitted {
                 id,
                 task: Some(task),
@@ -403,6 +403,41 @@ impl Site {
         results
     }
 
+    /// One admitted image from admission to its final answer, in its own span (a child of the
+    /// caller's when `traceparent` names one).
+    #[tracing::instrument(
+        name = "image",
+        skip_all,
+        fields(
+            otel.kind = "server",
+            glimpse.job_id = %id,
+            glimpse.image_bytes = image.len() as i64,
+            glimpse.node = tracing::field::Empty,
+            glimpse.attempts = tracing::field::Empty,
+            glimpse.outcome = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        )
+    )]
+    async fn answer(
+        self: Arc<Self>,
+        id: String,
+        image: Bytes,
+        top_k: u32,
+        slots: Slots,
+        traceparent: Option<String>,
+    ) -> JobView {
+        let span = tracing::Span::current();
+        glimpse_ops::traces::continue_trace(&span, traceparent.as_deref());
+        // The nodes' spans are this span's children; when spans are not exported, the
+        // caller's context still reaches them.
+        let to_nodes = glimpse_ops::traces::traceparent(&span).or(traceparent);
+        let view = self.run_job(id, image, top_k, slots, to_nodes).await;
+        image_span::answered(&span, &view);
+        view
+    }
+
     // Over 80 lines on purpose: one job's life in order (wait for a dispatch slot, dispatch with progress, record the answer), each step reading the last.
     async fn run_job(
         self: Arc<Self>,
@@ -410,7 +445,7 @@ impl Site {
         image: Bytes,
         top_k: u32,
         slots: Slots,
-        span: &ImageSpan,
+        traceparent: Option<String>,
     ) -> JobView {
         let started = Instant::now();
         let _slots = slots;
@@ -426,7 +461,7 @@ impl Site {
         let result = tokio::time::timeout(
             self.limits.job_timeout,
             self.inference
-                .classify_traced(image, top_k, span.traceparent(), progress),
+                .classify_traced(image, top_k, traceparent, progress),
         )
         .await;
         let result = match result {

@@ -2,7 +2,8 @@
 //! export to a small OTLP/HTTP receiver started here, one image is classified over HTTPS with
 //! a W3C `traceparent` header, and after both processes drain (which flushes their batch
 //! exporters) the receiver holds the front-end's image span, a child of the header's span,
-//! and the node's span, a child of the front-end's, all in the header's trace.
+//! the node's span, a child of the front-end's, and the node's step inside it, all in the
+//! header's trace.
 //! And a collector that is down costs nothing but dropped spans.
 
 mod common;
@@ -323,6 +324,19 @@ async fn one_trace_spans_the_caller_the_front_end_and_the_node() {
     assert!(on_node.int("glimpse.batch_size").is_some_and(|n| n >= 1));
     assert!(on_node.attr("glimpse.infer_ms").is_some());
     assert!(on_node.attr("glimpse.decode_preprocess_ms").is_some());
+
+    // The steps inside the attempt are `#[instrument]`ed functions, children of its span.
+    let infer: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span.name == "node.infer")
+        .collect();
+    assert_eq!(
+        infer.len(),
+        1,
+        "one queue-and-forward-pass span: {spans:#?}"
+    );
+    assert_eq!(infer[0].span.parent_span_id, on_node.span.span_id);
+    assert_eq!(hex(&infer[0].span.trace_id), TRACE_ID);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
