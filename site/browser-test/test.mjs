@@ -10,12 +10,14 @@
 // Two servers: one without keys (uploads, cards in the order chosen, one banner for
 // synthetic answers, the nodes panel, a file over --max-file-bytes refused before upload, a
 // non-image, phone width), then one with --api-keys (a clear "needs an API key" state, images
-// chosen meanwhile wait for the key; the page asks for a key once). Exits non-zero on any
+// chosen meanwhile wait for the key; the page asks for a key once), then one over HTTP/3
+// only (chromium forced onto QUIC: the page and the uploads use h3). Exits non-zero on any
 // failure. Writes out/page.png (desktop), out/phone.png (phone width), out/error.png,
 // out/key-needed.png and out/keys.png; a test run leaves tracked files alone.
 
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync, existsSync } from "node:fs";
+import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync } from "node:fs";
+import { createHash, X509Certificate } from "node:crypto";
 import { freePort, get, waitFor as waitForWithin } from "./server.mjs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -102,6 +104,58 @@ function watchConsole(page, consoleErrors) {
   page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
   page.setDefaultTimeout(TIMEOUT);
+}
+
+// HTTP/3: chromium forced onto QUIC for the front-end's origin (trusting its certificate
+// by its public key, as Chromium requires for QUIC) loads the page, uploads three images and
+// gets their answers; every one of those requests went over h3 (the Resource Timing API's
+// nextHopProtocol). The certificate comes from glimpse-certs, beside the binary.
+async function h3Scenario() {
+  const dir = path.join(out, "h3-certs");
+  rmSync(dir, { recursive: true, force: true });
+  execFileSync(path.join(path.dirname(bin), "glimpse-certs"), ["init", "--dir", dir], { stdio: "ignore" });
+  const cert = path.join(dir, "https.pem");
+  const spki = createHash("sha256")
+    .update(new X509Certificate(readFileSync(cert)).publicKey.export({ type: "spki", format: "der" }))
+    .digest("base64");
+  const server = await startServer([...workerArgs, "--tls-cert", cert, "--tls-key", path.join(dir, "https.key")]);
+  const origin = new URL(server.url).host;
+  let browser;
+  try {
+    browser = await chromium.launch({
+      executablePath,
+      headless: true,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-quic",
+        `--origin-to-force-quic-on=${origin}`, `--ignore-certificate-errors-spki-list=${spki}`,
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    watchConsole(page, consoleErrors);
+    await page.goto(server.url);
+    await page.waitForFunction(() => document.getElementById("ready").textContent === "ready");
+    const files = await makeImages(page);
+    await page.setInputFiles("#files", files);
+    await page.waitForFunction(() => {
+      const cards = [...document.querySelectorAll(".card")];
+      return cards.length === 3 && cards.every((c) => c.dataset.status === "ok");
+    });
+    const used = await page.evaluate(() => [
+      ...performance.getEntriesByType("navigation"),
+      ...performance.getEntriesByType("resource"),
+    ].map((e) => ({ url: e.name, protocol: e.nextHopProtocol })));
+    const uploads = used.filter((e) => e.url.includes("/api/v1/classify"));
+    if (uploads.length < 1) throw new Error(`no upload in the resource timings: ${JSON.stringify(used)}`);
+    const notH3 = used.filter((e) => e.url.startsWith(server.url) && e.protocol !== "h3");
+    if (notH3.length) throw new Error(`requests not over HTTP/3: ${JSON.stringify(notH3)}`);
+    log(`HTTP/3: the page and ${uploads.length} upload request(s) went over h3;`, used.length, "requests in all");
+    if (consoleErrors.length) throw new Error(`console errors: ${consoleErrors.join(" | ")}`);
+    await context.close();
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    await stopServer(server);
+  }
 }
 
 // With --api-keys the page asks for a key once: a wrong one is refused with a message, the
@@ -279,6 +333,7 @@ async function main() {
 
     await stopServer(server);
     await keysScenario(browser);
+    await h3Scenario();
     log("PASS — screenshots in", out);
   } finally {
     if (browser) await browser.close().catch(() => {});

@@ -10,7 +10,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use glimpse_transport::dispatcher::Policy;
 
-use crate::SiteConfig;
 use crate::access::limits::Limits;
 use crate::access::throttle::RateFlag;
 use crate::fleet::cluster_error::ClusterError;
@@ -18,6 +17,7 @@ use crate::fleet::config::{
     ClusterConfig, Fleet, LocalModel, LocalWorkers, NodeAddress, RemoteFleet,
 };
 use crate::http::conn::{ConnLimits, max_connections_for, max_per_ip_for};
+use crate::{H3Listen, SiteConfig};
 
 /// `--grpc-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +93,20 @@ pub struct Cli {
     /// port when --listen's port is 0); otherwise off.
     #[arg(long, env = "GLIMPSE_GRPC_LISTEN", value_name = "HOST:PORT")]
     pub grpc_listen: Option<GrpcListen>,
+    /// HTTP/3 address (QUIC over UDP, the HTTPS certificate): the same page and APIs as
+    /// HTTPS, one QUIC stream per request, advertised in every HTTPS response's `Alt-Svc`
+    /// so browsers switch by themselves. A firewall must let UDP through to it. Default: the
+    /// --listen address and port, over UDP.
+    #[arg(
+        long,
+        env = "GLIMPSE_H3_LISTEN",
+        value_name = "HOST:PORT",
+        conflicts_with = "no_h3"
+    )]
+    pub h3_listen: Option<SocketAddr>,
+    /// Serve no HTTP/3: HTTPS over TCP only. Default: off (HTTP/3 is served).
+    #[arg(long, env = "GLIMPSE_NO_H3", default_value_t = false)]
+    pub no_h3: bool,
 
     /// A remote node as NAME=HOST:PORT (repeatable; NAME must match its certificate).
     /// Needs --ca, --cert and --key. Default: none.
@@ -561,6 +575,11 @@ impl Cli {
             http_redirect: self.http_redirect,
             admin_listen: self.admin_listen,
             grpc_listen: self.grpc_listen(),
+            h3_listen: match (self.no_h3, self.h3_listen) {
+                (true, _) => H3Listen::Off,
+                (false, Some(at)) => H3Listen::At(at),
+                (false, None) => H3Listen::BesideHttps,
+            },
             api_keys: self.api_keys.clone(),
             allowed_origins: self.allowed_origins.clone(),
             hsts_max_age_s: self.hsts_max_age_s,

@@ -58,6 +58,8 @@ pub struct SiteConfig {
     pub admin_listen: Option<SocketAddr>,
     /// KServe v2 gRPC address (TLS with the HTTPS certificate), if any.
     pub grpc_listen: Option<SocketAddr>,
+    /// Where HTTP/3 listens (UDP), if anywhere.
+    pub h3_listen: H3Listen,
     /// The API key file; without it, callers are told apart by signed client tokens.
     pub api_keys: Option<PathBuf>,
     /// Other origins whose pages may post here (`https://host[:port]`).
@@ -72,6 +74,18 @@ pub struct SiteConfig {
     pub ownership: fleet::frontend::Ownership,
 }
 
+/// Where the HTTP/3 listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H3Listen {
+    /// None: HTTPS over TCP only.
+    Off,
+    /// The HTTPS address and port, over UDP (when HTTPS took any free port and that number
+    /// is taken over UDP, any free UDP port: `Alt-Svc` names it).
+    BesideHttps,
+    /// This address.
+    At(SocketAddr),
+}
+
 /// A running HTTPS front-end (and its optional plain-HTTP redirect and admin listener).
 pub struct RunningSite {
     /// The bound HTTPS address (useful with port 0).
@@ -82,6 +96,8 @@ pub struct RunningSite {
     pub admin_addr: Option<SocketAddr>,
     /// The bound gRPC address, if any.
     pub grpc_addr: Option<SocketAddr>,
+    /// The bound HTTP/3 address (UDP), if any.
+    pub h3_addr: Option<SocketAddr>,
     /// Shared state: job store, metrics, the cluster.
     pub site: Arc<Site>,
     /// The connections of every TCP listener (one registry, one descriptor budget).
@@ -134,10 +150,11 @@ pub struct BoundSite {
     redirect: Option<tokio::net::TcpListener>,
     admin: Option<tokio::net::TcpListener>,
     grpc: Option<tokio::net::TcpListener>,
+    h3: Option<std::net::UdpSocket>,
 }
 
-/// Checks the limits, loads the API key file and binds every TCP listener `config` asks for
-/// (HTTPS, redirect, admin, gRPC). A listener that cannot bind is a [`ServerError::Bind`]
+/// Checks the limits, loads the API key file and binds every listener `config` asks for
+/// (HTTPS, redirect, admin, gRPC over TCP; HTTP/3 over UDP). A listener that cannot bind is a [`ServerError::Bind`]
 /// naming the flag that sets its address.
 pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
     config.limits.validate().map_err(ServerError::Config)?;
@@ -158,6 +175,15 @@ pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
         Some(at) => Some(http::server::bind_flag(at, "--grpc-listen").await?),
         None => None,
     };
+    let h3 = match config.h3_listen {
+        H3Listen::Off => None,
+        H3Listen::BesideHttps => {
+            let at = https.local_addr()?;
+            let any = (config.listen.port() == 0).then(|| SocketAddr::new(at.ip(), 0));
+            Some(http::h3::bind(at, any)?)
+        }
+        H3Listen::At(at) => Some(http::h3::bind(at, None)?),
+    };
     Ok(BoundSite {
         config,
         keys,
@@ -165,6 +191,7 @@ pub async fn bind_site(config: SiteConfig) -> Result<BoundSite, ServerError> {
         redirect,
         admin,
         grpc,
+        h3,
     })
 }
 
@@ -188,6 +215,7 @@ impl BoundSite {
             redirect,
             admin: admin_listener,
             grpc,
+            h3,
         } = self;
         let admin = match (&admin_listener, &keys) {
             (Some(_), _) => AdminAccess::Elsewhere,
@@ -281,12 +309,34 @@ impl BoundSite {
                 }
             }));
         }
+        // One routing table for HTTPS and HTTP/3; HTTPS advertises HTTP/3 in `Alt-Svc`.
+        let mut routes = http::routes::https(site.clone(), &access);
+        let mut h3_addr = None;
+        if let Some(socket) = h3 {
+            let at = socket.local_addr()?;
+            let quic = http::h3::server_config(&tls.config, &config.conn)?;
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(quic),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?;
+            tasks.push(tokio::spawn(http::h3::serve(
+                endpoint,
+                connections.clone(),
+                routes.clone(),
+                config.hsts_max_age_s,
+                rx.clone().wait(),
+            )));
+            routes = http::h3::advertised(routes, at.port());
+            h3_addr = Some(at);
+        }
         tasks.push(tokio::spawn(http::server::serve(
             listener,
             Some(tls.config.clone()),
             connections.clone(),
             Listener::Https,
-            http::routes::https(site.clone(), &access),
+            routes,
             config.hsts_max_age_s,
             rx.wait(),
         )));
@@ -295,6 +345,7 @@ impl BoundSite {
             redirect_addr,
             admin_addr,
             grpc_addr,
+            h3_addr,
             site,
             connections,
             shutdown: tx,

@@ -61,6 +61,13 @@ async fn serve(cli: Cli, traces: glimpse_ops::Traces) -> anyhow::Result<()> {
     tracing::info!(frontend = %site.site.frontend.id(), "front-end id (the prefix of its job ids)");
     let host = display_host(site.addr.ip());
     println!("Glimpse is serving at https://{host}:{}/", site.addr.port());
+    if let Some(h) = site.h3_addr {
+        println!(
+            "HTTP/3 on UDP {}:{} (browsers switch to it by themselves, from Alt-Svc)",
+            display_host(h.ip()),
+            h.port()
+        );
+    }
     if let Some(g) = site.grpc_addr {
         println!(
             "KServe v2 gRPC (Triton clients) at {}:{} (TLS, the same certificate)",

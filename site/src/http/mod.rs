@@ -8,6 +8,7 @@ pub mod conn;
 pub(crate) mod error;
 pub(crate) mod filters;
 pub(crate) mod guards;
+pub mod h3;
 pub(crate) mod health;
 pub mod pace;
 pub(crate) mod reply;

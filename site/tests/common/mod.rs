@@ -6,6 +6,7 @@
 
 pub(crate) mod cluster_files;
 pub(crate) mod grpc;
+pub(crate) mod h3;
 
 use std::io::Cursor;
 use std::sync::Arc;

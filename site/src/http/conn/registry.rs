@@ -39,6 +39,8 @@ pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 pub enum Listener {
     /// The public HTTPS listener.
     Https,
+    /// HTTP/3 on the public port (QUIC over UDP; a connection is a QUIC connection).
+    Http3,
     /// The KServe gRPC listener (public, TLS).
     Grpc,
     /// The plain-HTTP listener that redirects to HTTPS (public, bounded share).
@@ -52,7 +54,7 @@ impl Listener {
     fn pool(self) -> Pool {
         match self {
             Listener::Admin => Pool::Admin,
-            Listener::Https | Listener::Grpc | Listener::Redirect => Pool::Public,
+            Listener::Https | Listener::Http3 | Listener::Grpc | Listener::Redirect => Pool::Public,
         }
     }
 
@@ -64,6 +66,7 @@ impl Listener {
     pub fn name(self) -> &'static str {
         match self {
             Listener::Https => "HTTPS",
+            Listener::Http3 => "HTTP/3",
             Listener::Grpc => "gRPC",
             Listener::Redirect => "redirect",
             Listener::Admin => "admin",
@@ -81,7 +84,7 @@ enum Pool {
 /// How `max_total` slots are split between the listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shares {
-    /// Slots of HTTPS, gRPC and the redirect listener together.
+    /// Slots of HTTPS, HTTP/3, gRPC and the redirect listener together.
     pub public: usize,
     /// Slots only the admin listener uses: a sixty-fourth of the total, 4 to 64 (a few
     /// operators and a Prometheus scraper need a handful), so an attack on the public
@@ -171,13 +174,14 @@ pub struct Registry {
 struct Slots {
     open: HashMap<u64, Arc<ConnState>>,
     per_ip: HashMap<(Pool, IpAddr), usize>,
-    per_listener: [usize; 4],
+    per_listener: [usize; 5],
 }
 
 impl Slots {
     fn in_pool(&self, pool: Pool) -> usize {
         [
             Listener::Https,
+            Listener::Http3,
             Listener::Grpc,
             Listener::Redirect,
             Listener::Admin,

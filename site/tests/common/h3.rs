@@ -1,0 +1,179 @@
+//! An HTTP/3 client for the tests: `h3`'s client on quinn, trusting any certificate (the
+//! test site's is self-signed, as reqwest's `danger_accept_invalid_certs` does for HTTPS).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::client::SendRequest;
+use hyper::http;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// Accepts whatever certificate the server shows; checks its handshake signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One HTTP/3 connection to a test site.
+pub(crate) struct H3Client {
+    send: SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// Kept so the connection lives as long as the client.
+    _endpoint: quinn::Endpoint,
+    pub(crate) quic: quinn::Connection,
+}
+
+/// A response: status, headers and the whole body.
+pub(crate) struct H3Response {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl H3Response {
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+impl H3Client {
+    /// Connects to `addr` with ALPN `h3`.
+    pub(crate) async fn connect(addr: SocketAddr) -> H3Client {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC client config");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("UDP socket");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let quic = endpoint
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("QUIC handshake");
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+            .await
+            .expect("HTTP/3 connection");
+        tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        H3Client {
+            send,
+            _endpoint: endpoint,
+            quic,
+        }
+    }
+
+    /// Sends `request` with `body` and reads the whole response.
+    pub(crate) async fn send(&self, request: http::Request<()>, body: Bytes) -> H3Response {
+        let mut send = self.send.clone();
+        let mut stream = send.send_request(request).await.expect("request sent");
+        if !body.is_empty() {
+            stream.send_data(body).await.expect("body sent");
+        }
+        stream.finish().await.expect("request finished");
+        let response = stream.recv_response().await.expect("a response");
+        let mut body = BytesMut::new();
+        while let Some(mut chunk) = stream.recv_data().await.expect("response body") {
+            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        H3Response {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: body.freeze(),
+        }
+    }
+
+    /// `GET path`.
+    pub(crate) async fn get(&self, path: &str) -> H3Response {
+        let request = http::Request::get(format!("https://localhost{path}"))
+            .body(())
+            .expect("request");
+        self.send(request, Bytes::new()).await
+    }
+
+    /// `POST path` of a multipart form with one `file` part per image, with extra headers.
+    pub(crate) async fn upload(
+        &self,
+        path: &str,
+        images: &[Vec<u8>],
+        headers: &[(&str, &str)],
+    ) -> H3Response {
+        let boundary = "glimpse-h3-test-boundary";
+        let mut body = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; \
+                     filename=\"{i}.png\"\r\nContent-Type: image/png\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(image);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let mut request = http::Request::post(format!("https://localhost{path}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .header("content-length", body.len());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(()).expect("request"), Bytes::from(body))
+            .await
+    }
+}

@@ -1,0 +1,141 @@
+//! HTTP/3 on the front-end, with a real QUIC client (`h3` on quinn): the same routes as
+//! HTTPS, advertised in `Alt-Svc`, many uploads on one connection, API keys, and `--no-h3`.
+//! (Chromium's own HTTP/3 is checked by `site/browser-test`.)
+
+mod common;
+
+use common::h3::H3Client;
+use common::{Harness, png};
+
+fn h3_addr(h: &Harness) -> std::net::SocketAddr {
+    h.site
+        .as_ref()
+        .and_then(|s| s.h3_addr)
+        .expect("an HTTP/3 listener")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_advertises_http3_which_serves_the_page_and_the_json_api() {
+    let h = Harness::ready(1, 5, &[]).await;
+    let at = h3_addr(&h);
+    assert_eq!(at.ip(), std::net::Ipv4Addr::LOCALHOST, "beside HTTPS");
+
+    let page = h.client.get(h.url("/")).send().await.expect("GET /");
+    assert_eq!(
+        page.headers()["alt-svc"],
+        format!("h3=\":{}\"; ma=86400", at.port()).as_str()
+    );
+
+    let client = H3Client::connect(at).await;
+    let page = client.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        String::from_utf8_lossy(&page.body).contains("<html"),
+        "the upload page"
+    );
+    assert!(
+        page.headers.contains_key("strict-transport-security")
+            || page.headers.contains_key("content-security-policy"),
+        "hardened like HTTPS: {:?}",
+        page.headers
+    );
+
+    let answer = client
+        .upload("/api/v1/classify?wait=true", &[png(1), png(2)], &[])
+        .await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let json = answer.json();
+    let results = json["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+
+    let health = client.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    let missing = client.get("/no/such/route").await;
+    assert_eq!(missing.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_uploads_share_one_connection_each_on_its_own_stream() {
+    let h = Harness::ready(2, 5, &[]).await;
+    let client = std::sync::Arc::new(H3Client::connect(h3_addr(&h)).await);
+    let uploads: Vec<_> = (0..20u8)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .upload("/api/v1/classify?wait=true", &[png(i)], &[])
+                    .await
+            })
+        })
+        .collect();
+    for upload in uploads {
+        let answer = upload.await.expect("upload task");
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["results"][0]["status"], "ok");
+    }
+    assert_eq!(
+        client.quic.stats().path.lost_packets,
+        0,
+        "loopback loses nothing"
+    );
+    let open = h
+        .site
+        .as_ref()
+        .expect("site")
+        .connections
+        .open_on(glimpse_site::http::conn::Listener::Http3);
+    assert_eq!(open, 1, "one QUIC connection carried all twenty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_http3_as_they_guard_https() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let key = glimpse_site::access::auth::add_new_key(&keys, "ci", false).expect("a key");
+    let keys = keys.to_string_lossy().into_owned();
+    let h = Harness::ready(1, 5, &["--api-keys", &keys]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    let refused = client
+        .upload("/api/v1/classify?wait=true", &[png(3)], &[])
+        .await;
+    assert_eq!(
+        refused.status,
+        401,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let allowed = client
+        .upload(
+            "/api/v1/classify?wait=true",
+            &[png(3)],
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
+    assert_eq!(
+        allowed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&allowed.body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_h3_serves_https_alone_and_advertises_nothing() {
+    let h = Harness::ready(1, 5, &["--no-h3"]).await;
+    assert!(h.site.as_ref().and_then(|s| s.h3_addr).is_none());
+    let page = h.client.get(h.url("/")).send().await.expect("GET /");
+    assert!(page.headers().get("alt-svc").is_none());
+}
