@@ -228,7 +228,15 @@ async fn the_front_end_gives_memory_back_after_retention_and_burst_attacks() {
             });
         }
         while let Some(r) = tasks.join_next().await {
-            assert_eq!(r.unwrap().unwrap(), expect);
+            match r.expect("request task") {
+                Ok(status) => assert_eq!(status, expect),
+                // This has failed under a loaded machine (a TLS handshake closed by the server);
+                // the registry's counters say which of its decisions closed it.
+                Err(e) => panic!(
+                    "request failed: {e:?}\n{}",
+                    connection_counters(&server.get_text("/metrics").await)
+                ),
+            }
         }
     }
 
@@ -282,6 +290,16 @@ async fn the_front_end_gives_memory_back_after_retention_and_burst_attacks() {
     assert_eq!(metric(&text, "glimpse_buffered_bytes"), Some(0.0), "{text}");
     let kept = metric(&text, "glimpse_retained_job_bytes").unwrap_or(f64::MAX);
     assert!(kept <= (64u64 << 20) as f64, "{kept}");
+}
+
+/// The connection registry's lines of a `/metrics` page: open connections and what was
+/// refused, evicted or timed out.
+fn connection_counters(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("glimpse_connection"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A streamed KServe body of about `total` bytes: a JSON request whose `data` (or an ignored

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::h3::H3Client;
 use common::{Harness, png};
 
@@ -138,4 +140,45 @@ async fn no_h3_serves_https_alone_and_advertises_nothing() {
     assert!(h.site.as_ref().and_then(|s| s.h3_addr).is_none());
     let page = h.client.get(h.url("/")).send().await.expect("GET /");
     assert!(page.headers().get("alt-svc").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_as_many_request_streams_as_http2_and_no_more() {
+    let h = Harness::ready(1, 5, &[]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    // Streams opened and left hanging: the server grants 128 at once, like HTTP/2's
+    // max_concurrent_streams, and the next waits until one closes.
+    let limit = glimpse_site::http::h3::MAX_STREAMS as usize;
+    let mut open = Vec::new();
+    for _ in 0..limit {
+        let stream = tokio::time::timeout(Duration::from_secs(5), client.quic.open_bi())
+            .await
+            .expect("a stream within the limit opens at once")
+            .expect("stream");
+        open.push(stream);
+    }
+    let over = tokio::time::timeout(Duration::from_millis(300), client.quic.open_bi()).await;
+    assert!(
+        over.is_err(),
+        "stream {} opened beyond the limit",
+        limit + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_gets_its_share_of_connections_over_quic_too() {
+    let h = Harness::ready(1, 5, &["--max-connections-per-ip", "2"]).await;
+    let at = h3_addr(&h);
+    let _first = H3Client::connect(at).await;
+    let _second = H3Client::connect(at).await;
+    let third = H3Client::try_connect(at).await;
+    assert!(
+        third.is_err(),
+        "a third connection from one address was admitted"
+    );
+    let https = h.client.get(h.url("/healthz")).send().await;
+    assert!(
+        https.is_err() || https.is_ok_and(|r| r.status() == 429),
+        "the address's share is spent over TCP too"
+    );
 }

@@ -84,6 +84,13 @@ impl H3Response {
 impl H3Client {
     /// Connects to `addr` with ALPN `h3`.
     pub(crate) async fn connect(addr: SocketAddr) -> H3Client {
+        H3Client::try_connect(addr)
+            .await
+            .expect("an HTTP/3 connection")
+    }
+
+    /// Connects to `addr` with ALPN `h3`, or says why not.
+    pub(crate) async fn try_connect(addr: SocketAddr) -> Result<H3Client, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -99,20 +106,20 @@ impl H3Client {
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
         let quic = endpoint
             .connect(addr, "localhost")
-            .expect("connect")
+            .map_err(|e| e.to_string())?
             .await
-            .expect("QUIC handshake");
+            .map_err(|e| e.to_string())?;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
             .await
-            .expect("HTTP/3 connection");
+            .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
-        H3Client {
+        Ok(H3Client {
             send,
             _endpoint: endpoint,
             quic,
-        }
+        })
     }
 
     /// Sends `request` with `body` and reads the whole response.
