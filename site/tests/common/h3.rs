@@ -1,5 +1,5 @@
-//! An HTTP/3 client for the tests: `h3`'s client on quinn, trusting any certificate (the
-//! test site's is self-signed, as reqwest's `danger_accept_invalid_certs` does for HTTPS).
+//! An HTTP/3 client for the tests: `h3`'s client on quinn, trusting any certificate
+//! ([`AnyCert`]: the test site's is self-signed).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,58 +7,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::client::SendRequest;
 use hyper::http;
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-/// Accepts whatever certificate the server shows; checks its handshake signatures.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
+use super::AnyCert;
 
 /// One HTTP/3 connection to a test site.
 pub(crate) struct H3Client {
@@ -96,7 +46,7 @@ impl H3Client {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto =
