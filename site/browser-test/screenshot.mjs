@@ -9,10 +9,9 @@
 
 import { spawn } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
-import { freePort, get, waitFor as waitForWithin } from "./server.mjs";
+import { freePort, get, launchChromium, waitFor as waitForWithin } from "./server.mjs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..", "..");
@@ -42,12 +41,7 @@ async function main() {
   let browser;
   try {
     await waitFor("/readyz to be 200", async () => proc.exitCode === null && (await get(`${url}readyz`)) === 200);
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium(executablePath);
     const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     page.setDefaultTimeout(TIMEOUT);

@@ -2,6 +2,7 @@
 // front-end: a free port, an HTTPS GET that never throws, and a deadline-bounded wait.
 import https from "node:https";
 import net from "node:net";
+import { chromium } from "playwright-core";
 
 /** A TCP port free on 127.0.0.1 right now. */
 export function freePort() {
@@ -29,4 +30,21 @@ export async function waitFor(what, fn, ms) {
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/**
+ * Debian's headless chromium at `executablePath`, quiet (no background traffic, no updates).
+ * `protocol` "h2" keeps it on HTTPS over TCP (QUIC off, so Alt-Svc cannot move it);
+ * "h3" forces QUIC to `origin` and trusts the certificate whose SPKI hash is `spki`.
+ */
+export function launchChromium(executablePath, { protocol = "h2", origin, spki } = {}) {
+  const transport = protocol === "h3"
+    ? ["--enable-quic", `--origin-to-force-quic-on=${origin}`, `--ignore-certificate-errors-spki-list=${spki}`]
+    : ["--disable-quic"];
+  return chromium.launch({
+    executablePath,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", ...transport,
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
 }

@@ -18,10 +18,9 @@
 import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync, existsSync, readFileSync, rmSync } from "node:fs";
 import { createHash, X509Certificate } from "node:crypto";
-import { freePort, get, waitFor as waitForWithin } from "./server.mjs";
+import { freePort, get, launchChromium, waitFor as waitForWithin } from "./server.mjs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, "..", "..");
@@ -122,13 +121,7 @@ async function h3Scenario() {
   const origin = new URL(server.url).host;
   let browser;
   try {
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--enable-quic",
-        `--origin-to-force-quic-on=${origin}`, `--ignore-certificate-errors-spki-list=${spki}`,
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium(executablePath, { protocol: "h3", origin, spki });
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     const consoleErrors = [];
@@ -236,12 +229,7 @@ async function main() {
 
   let browser;
   try {
-    browser = await chromium.launch({
-      executablePath,
-      headless: true,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
+    browser = await launchChromium(executablePath);
     const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     const consoleErrors = [];

@@ -73,21 +73,20 @@ pub fn bind(
     addr: SocketAddr,
     fallback: Option<SocketAddr>,
 ) -> Result<std::net::UdpSocket, ServerError> {
-    match std::net::UdpSocket::bind(addr) {
-        Ok(socket) => Ok(socket),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && fallback.is_some() => {
-            let any = fallback.unwrap_or(addr);
-            std::net::UdpSocket::bind(any).map_err(|error| ServerError::Bind {
-                flag: "--h3-listen",
-                addr: any,
-                error,
-            })
-        }
-        Err(error) => Err(ServerError::Bind {
+    let bind = |at: SocketAddr| {
+        std::net::UdpSocket::bind(at).map_err(|error| ServerError::Bind {
             flag: "--h3-listen",
-            addr,
+            addr: at,
             error,
-        }),
+        })
+    };
+    match (bind(addr), fallback) {
+        (Err(ServerError::Bind { error, .. }), Some(any))
+            if error.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            bind(any)
+        }
+        (bound, _) => bound,
     }
 }
 
