@@ -182,3 +182,61 @@ async fn an_address_gets_its_share_of_connections_over_quic_too() {
         "the address's share is spent over TCP too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_asks_is_closed_by_the_header_timeout() {
+    let h = Harness::ready(1, 5, &["--header-timeout-s", "1"]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.quic.closed()).await;
+    assert!(closed.is_ok(), "a silent connection still open after 10 s");
+    let registry = &h.site.as_ref().expect("site").connections;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while registry.open_on(glimpse_site::http::conn::Listener::Http3) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "its slot was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_trickled_over_http3_is_cut_for_its_rate() {
+    use bytes::{Buf, Bytes};
+    let h = Harness::ready(1, 5, &["--body-rate-grace-s", "2"]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    let request = hyper::http::Request::post("https://localhost/api/v1/classify?wait=true")
+        .header("content-type", "multipart/form-data; boundary=b")
+        .header("content-length", "100000")
+        .body(())
+        .expect("request");
+    let stream = client.start(request).await;
+    let (mut send, mut recv) = stream.split();
+    // One byte every half second: far below any useful rate.
+    let trickle = tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let byte = if first { &b"-"[..] } else { &b"x"[..] };
+            first = false;
+            if send.send_data(Bytes::from_static(byte)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(20), recv.recv_response())
+        .await
+        .expect("an answer within 20 s")
+        .expect("a response");
+    let took = started.elapsed();
+    let mut body = Vec::new();
+    while let Ok(Some(mut chunk)) = recv.recv_data().await {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    trickle.abort();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(response.status(), 408, "{body}");
+    assert!(body.contains("bytes/s on average"), "{body}");
+    assert!(took < Duration::from_secs(10), "cut after {took:?}");
+}

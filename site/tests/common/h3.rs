@@ -72,6 +72,15 @@ impl H3Client {
         })
     }
 
+    /// Opens a request stream with `request`'s head, for a test that sends the body itself.
+    pub(crate) async fn start(
+        &self,
+        request: http::Request<()>,
+    ) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+        let mut send = self.send.clone();
+        send.send_request(request).await.expect("request sent")
+    }
+
     /// Sends `request` with `body` and reads the whole response.
     pub(crate) async fn send(&self, request: http::Request<()>, body: Bytes) -> H3Response {
         let mut send = self.send.clone();
