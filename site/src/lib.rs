@@ -100,7 +100,7 @@ pub struct RunningSite {
     pub h3_addr: Option<SocketAddr>,
     /// Shared state: job store, metrics, the cluster.
     pub site: Arc<Site>,
-    /// The connections of every TCP listener (one registry, one descriptor budget).
+    /// The connections of every listener (one registry, one budget of slots).
     pub connections: Arc<Registry>,
     shutdown: ShutdownTrigger,
     tasks: Vec<JoinHandle<()>>,
@@ -232,8 +232,8 @@ impl BoundSite {
         };
         let frontend = Frontend::new(id, config.ownership.peers.clone());
         let (tx, rx) = shutdown_channel();
-        // One registry for every TCP listener (HTTPS, gRPC, redirect, admin): one budget of
-        // descriptors below the process's limit, split as `conn::Shares` says.
+        // One registry for every listener (HTTPS, HTTP/3, gRPC, redirect, admin): one budget
+        // of slots below the process's descriptor limit, split as `conn::Shares` says.
         let connections = Registry::new(config.conn);
         let site = Site::new(
             inference,

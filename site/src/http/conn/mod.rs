@@ -1,5 +1,6 @@
-//! Connection admission and lifetimes, for every TCP listener of the process (HTTPS, gRPC,
-//! the plain-HTTP redirect and the admin listener).
+//! Connection admission and lifetimes, for every listener of the process (HTTPS, gRPC, the
+//! plain-HTTP redirect and the admin listener over TCP; HTTP/3's QUIC connections, which
+//! share one UDP socket but count as connections all the same).
 //!
 //! One [`Registry`] holds the connection slots of all of them, so together they stay below
 //! the file-descriptor limit and `accept` itself never starts failing: `max_total` is the

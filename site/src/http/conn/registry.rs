@@ -156,7 +156,7 @@ impl ConnCounters {
     }
 }
 
-/// All open connections of the process's TCP listeners.
+/// All open connections of the process's listeners (TCP, and HTTP/3's QUIC ones).
 #[derive(Debug)]
 pub struct Registry {
     limits: ConnLimits,
