@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::h3::H3Client;
-use common::{Harness, png};
+use common::{Harness, metric, png};
 
 fn h3_addr(h: &Harness) -> std::net::SocketAddr {
     h.site
@@ -62,6 +62,30 @@ async fn https_advertises_http3_which_serves_the_page_and_the_json_api() {
     assert_eq!(health.status, 200);
     let missing = client.get("/no/such/route").await;
     assert_eq!(missing.status, 404);
+
+    // Metrics tell the protocols apart: these came over h3, the page above over HTTPS.
+    let text = h.get_text("/metrics").await;
+    for (series, count) in [
+        (
+            "glimpse_http_request_duration_seconds_count{route=\"/api/v1/classify\",code=\"200\",protocol=\"h3\"}",
+            1.0,
+        ),
+        (
+            "glimpse_http_responses_total{code=\"404\",protocol=\"h3\"}",
+            1.0,
+        ),
+        (
+            "glimpse_http_request_duration_seconds_count{route=\"/\",code=\"200\",protocol=\"h3\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, series), Some(count), "{series} in {text}");
+    }
+    assert!(
+        text.contains("route=\"/\",code=\"200\",protocol=\"h2\"")
+            || text.contains("route=\"/\",code=\"200\",protocol=\"http/1.1\""),
+        "the HTTPS page request has its own protocol: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use crate::api::v1::{self, AdminAccess};
 use crate::api::{openapi, page};
 use crate::http::{error, reply};
 use crate::kserve;
+use crate::observe::metrics::protocol_of;
 use crate::site::Site;
 
 /// How the public listener treats operators' data and browsers.
@@ -45,10 +46,15 @@ pub(crate) fn https(site: Arc<Site>, access: &Access) -> BoxedFilter<(Response,)
         .recover(error::recover)
         .unify()
         .with(warp::log::custom(move |info| {
-            counting
-                .metrics
-                .response(info.path(), info.status().as_u16(), info.elapsed());
+            let protocol = protocol_of(info.version());
+            counting.metrics.response(
+                info.path(),
+                info.status().as_u16(),
+                protocol,
+                info.elapsed(),
+            );
             tracing::debug!(
+                protocol,
                 method = %info.method(),
                 path = info.path(),
                 status = info.status().as_u16(),

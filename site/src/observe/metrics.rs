@@ -63,14 +63,16 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CodeLabel {
+struct ResponseLabels {
     code: u16,
+    protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
     code: u16,
+    protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,7 +114,7 @@ pub struct Metrics {
     hedges: Counter,
     uploaded: Counter,
     rejected: Family<ReasonLabel, Counter>,
-    responses: Family<CodeLabel, Counter>,
+    responses: Family<ResponseLabels, Counter>,
     requests: HistogramFamily<RouteLabels>,
     grpc: HistogramFamily<GrpcLabels>,
     node_latency: HistogramFamily<NodeLabel>,
@@ -186,12 +188,12 @@ impl Default for Metrics {
         );
         registry.register(
             "glimpse_http_responses",
-            "HTTP responses, by status code",
+            "HTTP responses, by status code and protocol (http/1.1, h2, h3)",
             m.responses.clone(),
         );
         registry.register(
             "glimpse_http_request_duration_seconds",
-            "HTTP request latency, from its headers to its response headers, by route and status code",
+            "HTTP request latency, from its headers to its response headers, by route, status code and protocol (http/1.1, h2, h3)",
             m.requests.clone(),
         );
         registry.register(
@@ -314,13 +316,17 @@ impl Metrics {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    /// Count an HTTP response to `path` by status code, and its latency by route.
-    pub fn response(&self, path: &str, code: u16, elapsed: Duration) {
-        self.responses.get_or_create(&CodeLabel { code }).inc();
+    /// Count an HTTP response to `path` by status code, and its latency by route, each by
+    /// the protocol the request came over (see [`protocol_of`]).
+    pub fn response(&self, path: &str, code: u16, protocol: &'static str, elapsed: Duration) {
+        self.responses
+            .get_or_create(&ResponseLabels { code, protocol })
+            .inc();
         self.requests
             .get_or_create(&RouteLabels {
                 route: route_of(path),
                 code,
+                protocol,
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -468,6 +474,19 @@ pub(crate) fn register_events(
 
 /// The method of a gRPC path (`/inference.GRPCInferenceService/ModelInfer`), from the fixed
 /// list the service has; anything else is `other`.
+/// The `protocol` label (and log field) of a request of `version`: the ALPN names operators
+/// know from TLS and `Alt-Svc` — `http/1.1`, `h2` or `h3` — so a dashboard can tell how much of
+/// the traffic, and which latencies, came over QUIC.
+pub(crate) fn protocol_of(version: warp::http::Version) -> &'static str {
+    match version {
+        warp::http::Version::HTTP_2 => "h2",
+        warp::http::Version::HTTP_3 => "h3",
+        warp::http::Version::HTTP_10 => "http/1.0",
+        warp::http::Version::HTTP_11 => "http/1.1",
+        _ => "other",
+    }
+}
+
 fn grpc_method_of(path: &str) -> &'static str {
     const METHODS: [&str; 8] = [
         "ServerLive",
@@ -595,15 +614,37 @@ mod tests {
             assert_eq!(route_of(path), route, "{path}");
         }
         let m = Metrics::default();
-        m.response("/api/v1/jobs/x", 404, Duration::from_millis(3));
+        m.response(
+            "/api/v1/jobs/x",
+            404,
+            protocol_of(warp::http::Version::HTTP_3),
+            Duration::from_millis(3),
+        );
+        m.response(
+            "/",
+            200,
+            protocol_of(warp::http::Version::HTTP_2),
+            Duration::ZERO,
+        );
+        m.response(
+            "/",
+            200,
+            protocol_of(warp::http::Version::HTTP_11),
+            Duration::ZERO,
+        );
         let text = m.page(&Registry::default());
         assert!(
             text.contains(
-                "glimpse_http_request_duration_seconds_count{route=\"/api/v1/jobs/{id}\",code=\"404\"} 1"
+                "glimpse_http_request_duration_seconds_count{route=\"/api/v1/jobs/{id}\",code=\"404\",protocol=\"h3\"} 1"
             ),
             "{text}"
         );
-        assert!(text.contains("glimpse_http_responses_total{code=\"404\"} 1"));
+        for (code, protocol) in [(404, "h3"), (200, "h2"), (200, "http/1.1")] {
+            let line = format!(
+                "glimpse_http_responses_total{{code=\"{code}\",protocol=\"{protocol}\"}} 1"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
         m.grpc_call(
             "/inference.GRPCInferenceService/ModelInfer",
             0,
