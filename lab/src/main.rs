@@ -15,11 +15,13 @@ use glimpse_lab::harness::net::NetMode;
 use glimpse_lab::harness::procs::Bins;
 use glimpse_lab::harness::sweep::{LabOptions, System};
 use glimpse_lab::harness::{images, run_sweep};
-use glimpse_lab::load::protocol::{Protocol, TargetOptions};
+use glimpse_lab::load::protocol::{HttpVersion, Protocol, TargetOptions};
 use glimpse_lab::load::tls::Trust;
 use glimpse_lab::load::{LoadOptions, LoadPlan, run_load};
 use glimpse_lab::sim::ProjectOptions;
 use glimpse_lab::sim::SimulateOptions;
+use glimpse_lab::uplink::{UplinkOptions, run_uplink};
+use glimpse_transport::CongestionControl;
 use glimpse_transport::dispatcher::Placement;
 
 #[derive(Parser, Debug)]
@@ -77,6 +79,59 @@ enum Command {
     /// successful request, no sampling) and optionally writes it as JSON. Exits non-zero if
     /// no request at all succeeded.
     Load(LoadArgs),
+    /// One client uploads a burst of images at once across an impaired link, over HTTP/2
+    /// (one TCP connection) and over HTTP/3 (one QUIC connection), at each loss rate: the
+    /// time until the last answer and each image's latency. The front-end (synthetic
+    /// workers) runs in a network namespace behind a TUN link (Linux, root). Writes CSV,
+    /// Markdown and PNG/SVG plots to --out; exits non-zero if any image got no answer.
+    Uplink(UplinkArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct UplinkArgs {
+    /// Packet loss each way, in percent, one point per value (comma-separated).
+    /// Default: 0,1,5,10.
+    #[arg(
+        long,
+        env = "GLIMPSE_UPLINK_LOSS",
+        value_delimiter = ',',
+        default_value = "0,1,5,10"
+    )]
+    loss: Vec<f64>,
+    /// Round-trip time the link adds, in milliseconds (half each way). Default: 50.
+    #[arg(long, env = "GLIMPSE_UPLINK_RTT_MS", default_value_t = 50)]
+    rtt_ms: u64,
+    /// Runs per protocol and loss rate (the protocols alternate). Default: 5.
+    #[arg(long, env = "GLIMPSE_UPLINK_RUNS", default_value_t = 5)]
+    runs: usize,
+    /// Images uploaded at once on one connection. Default: 20.
+    #[arg(long, env = "GLIMPSE_UPLINK_BURST", default_value_t = 20)]
+    burst: usize,
+    /// Directory of .jpg/.png images. Default: 8 generated 480×360 JPEGs (about 100 KB each,
+    /// deterministic for --seed).
+    #[arg(long, env = "GLIMPSE_UPLINK_IMAGES")]
+    images: Option<PathBuf>,
+    /// The synthetic workers' time per image, ms. Default: 5.
+    #[arg(long, env = "GLIMPSE_UPLINK_SERVICE_MS", default_value_t = 5)]
+    service_ms: u64,
+    /// Longest wait for one answer, seconds, before the image counts as failed. Default: 120.
+    #[arg(long, env = "GLIMPSE_UPLINK_TIMEOUT", default_value_t = 120.0)]
+    timeout: f64,
+    /// The congestion controller of the HTTP/3 client's QUIC connection, cubic or bbr.
+    /// Default: the one the kernel's TCP uses for HTTP/2 (net.ipv4.tcp_congestion_control,
+    /// when it is cubic or bbr; else cubic), so that the two protocols differ in how they
+    /// multiplex, not in how they react to loss.
+    #[arg(long, env = "GLIMPSE_UPLINK_CONGESTION")]
+    congestion: Option<CongestionControl>,
+    /// Seed of the images and of the link's loss decisions. Default: 1.
+    #[arg(long, env = "GLIMPSE_UPLINK_SEED", default_value_t = 1)]
+    seed: u64,
+    /// Output directory. Default: lab/results/uplink.
+    #[arg(long, env = "GLIMPSE_UPLINK_OUT", default_value = "lab/results/uplink")]
+    out: PathBuf,
+    /// Directory with glimpse. Default: next to this executable.
+    #[arg(long, env = "GLIMPSE_LAB_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,6 +152,18 @@ struct LoadArgs {
         default_value = "json"
     )]
     protocol: Protocol,
+    /// Which HTTP carries json and v2: 1.1 (a pool, one TLS connection per request in
+    /// flight), 2 (one TLS connection, a stream per request) or 3 (one QUIC connection to the
+    /// URL's port over UDP, a stream per request: the front-end's HTTP/3 listener, which
+    /// shares the HTTPS port unless it was moved with --h3-listen). gRPC always rides
+    /// HTTP/2. Default: 1.1 for json and v2, 2 for grpc.
+    #[arg(long, env = "GLIMPSE_LOAD_HTTP", value_enum)]
+    http: Option<HttpVersion>,
+    /// With --http 3: the congestion controller of the client's QUIC connection, cubic or
+    /// bbr (HTTP/1.1 and HTTP/2 use the kernel TCP's, net.ipv4.tcp_congestion_control).
+    /// Default: cubic (quinn's default, and what browsers' QUIC uses).
+    #[arg(long, env = "GLIMPSE_LOAD_CONGESTION", default_value = "cubic")]
+    congestion: CongestionControl,
     /// Trust only the CA certificate(s) in this PEM file (e.g. glimpse-certs' ca.pem).
     /// Default: none, the public web roots are trusted (see also --insecure).
     #[arg(long, env = "GLIMPSE_LOAD_CA")]
@@ -348,7 +415,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(a) => sweep(a).await,
         Command::Simulate(a) => simulate(a),
         Command::Load(a) => load(a).await,
+        Command::Uplink(a) => uplink(a).await,
     }
+}
+
+/// The kernel TCP's congestion controller as a QUIC one: bbr if it is BBR, else cubic.
+fn kernel_congestion() -> CongestionControl {
+    match std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control") {
+        Ok(cc) if cc.trim() == "bbr" => CongestionControl::Bbr,
+        _ => CongestionControl::Cubic,
+    }
+}
+
+async fn uplink(a: UplinkArgs) -> anyhow::Result<()> {
+    let options = UplinkOptions {
+        bins: Bins::locate(a.bin_dir)?,
+        out: a.out,
+        losses: a.loss.iter().map(|l| l / 100.0).collect(),
+        rtt: Duration::from_millis(a.rtt_ms),
+        runs: a.runs,
+        burst: a.burst,
+        images: match &a.images {
+            Some(d) => images::from_dir(d)?,
+            None => images::synthetic(8, 480, 360, a.seed)?,
+        },
+        service_ms: a.service_ms,
+        timeout: seconds("--timeout", a.timeout)?,
+        congestion: a.congestion.unwrap_or_else(kernel_congestion),
+        seed: a.seed,
+    };
+    let runs = tokio::select! {
+        r = run_uplink(&options) => r?,
+        _ = interrupted() => anyhow::bail!("interrupted"),
+    };
+    let failed: usize = runs.iter().map(|r| r.failed).sum();
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} image(s) got no answer; see {}",
+            options.out.display()
+        );
+    }
+    eprintln!(
+        "glimpse-lab uplink: report in {}",
+        options.out.join("uplink.md").display()
+    );
+    Ok(())
 }
 
 /// Seconds from a command-line number, refusing negative, NaN and absurd values.
@@ -372,6 +483,11 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
         target: TargetOptions {
             url: a.url,
             protocol: a.protocol,
+            http: a.http.unwrap_or(match a.protocol {
+                Protocol::Grpc => HttpVersion::Http2,
+                Protocol::Json | Protocol::V2 => HttpVersion::Http1,
+            }),
+            congestion: a.congestion,
             trust: match (a.ca, a.insecure) {
                 (Some(ca), _) => Trust::Ca(ca),
                 (None, true) => Trust::Insecure,
@@ -390,9 +506,10 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     };
     let json_to_stdout = a.json.as_deref() == Some(std::path::Path::new("-"));
     eprintln!(
-        "glimpse-lab load: {} over {}, batch {}, {} s warm-up + {} s per step",
+        "glimpse-lab load: {} over {} ({}), batch {}, {} s warm-up + {} s per step",
         options.target.url,
         options.target.protocol,
+        options.target.http,
         options.batch,
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64()

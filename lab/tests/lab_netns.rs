@@ -1,7 +1,10 @@
-//! `glimpse-lab sweep loss --net netns` end to end: the real binaries (front-end, nodes,
-//! baseline workers) in per-worker namespaces behind TUN links, with packet loss on every
-//! link. The point of `--net netns` is that the baseline's TCP gets a number under packet
-//! loss too; this test fails if it does not, or if any image is lost.
+//! The lab's namespace testbeds end to end, with the real binaries behind TUN links:
+//! * `glimpse-lab sweep loss --net netns`: front-end, nodes and baseline workers in
+//!   per-worker namespaces, packet loss on every link. The point of `--net netns` is that the
+//!   baseline's TCP gets a number under packet loss too; the test fails if it does not, or
+//!   if any image is lost.
+//! * `glimpse-lab uplink`: a front-end in a namespace, bursts of uploads over HTTP/2 and
+//!   HTTP/3 across a lossy link; every image answered, the loss really applied.
 //!
 //! Needs root, /dev/net/tun and `ip`, plus the workspace binaries next to glimpse-lab
 //! (`cargo nextest run --workspace` builds them); otherwise it prints SKIPPED and returns.
@@ -91,4 +94,80 @@ fn loss_sweep_in_namespaces_measures_both_systems() {
         !leftover.lines().any(|l| l.starts_with(&own_prefix)),
         "the lab left namespaces {own_prefix}* behind: {leftover}"
     );
+}
+
+#[test]
+fn uplink_compares_http2_and_http3_across_a_lossy_link() {
+    if let Err(why) = glimpse_netem::tun::check_available() {
+        eprintln!("SKIPPED uplink test: {why} (needs root, /dev/net/tun and ip netns)");
+        return;
+    }
+    let bin_dir = Path::new(LAB).parent().expect("binary has a directory");
+    if !bin_dir.join("glimpse").is_file() {
+        eprintln!("SKIPPED uplink test: no glimpse in {}", bin_dir.display());
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(LAB)
+        .args(["uplink", "--loss", "0,5", "--runs", "1", "--burst", "6"])
+        .args(["--congestion", "bbr"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("glimpse-lab runs");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.status.success(),
+        "uplink failed (lost images?):\n{text}"
+    );
+
+    // uplink.csv: one row per (loss, protocol, run), every image answered, and the link
+    // really dropped packets at 5% (and none at 0%).
+    let csv = std::fs::read_to_string(out.path().join("uplink.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4, "2 loss rates × 2 protocols:\n{csv}");
+    let mut protocols: Vec<&str> = rows.iter().map(|r| r[col("http")]).collect();
+    protocols.sort_unstable();
+    assert_eq!(protocols, ["h2", "h2", "h3", "h3"], "{csv}");
+    for r in &rows {
+        assert_eq!(r[col("answered")], "6", "{r:?}");
+        assert_eq!(r[col("failed")], "0", "{r:?}");
+        let total: f64 = r[col("total_s")].parse().unwrap();
+        // 50 ms of round trip: no burst can finish sooner.
+        assert!(total >= 0.05, "{r:?}");
+        let dropped: u64 = r[col("dropped_up")].parse().unwrap();
+        let sent: u64 = r[col("packets_up")].parse().unwrap();
+        assert!(
+            sent >= 6 * 50,
+            "six ~80 KB images are hundreds of packets: {r:?}"
+        );
+        if r[col("loss")] == "0" {
+            assert_eq!(dropped, 0, "{r:?}");
+        }
+    }
+    let dropped_at_5: u64 = rows
+        .iter()
+        .filter(|r| r[col("loss")] == "0.05")
+        .map(|r| r[col("dropped_up")].parse::<u64>().unwrap())
+        .sum();
+    assert!(dropped_at_5 > 0, "5% loss dropped nothing:\n{csv}");
+    let md = std::fs::read_to_string(out.path().join("uplink.md")).unwrap();
+    assert!(md.contains("| 5% |"), "{md}");
+    for plot in ["uplink-total.png", "uplink-p99.svg"] {
+        assert!(out.path().join(plot).is_file(), "{plot}");
+    }
 }

@@ -1,7 +1,7 @@
 //! `glimpse-lab load` end to end: a real `glimpse` front-end (one in-process synthetic worker,
 //! its generated self-signed certificate) loaded through the `glimpse-lab` binary and its
 //! `--json` report: over the JSON API, closed loop and open loop; over KServe v2 HTTP with
-//! binary tensors; and over KServe v2 gRPC.
+//! binary tensors; over KServe v2 gRPC; and the JSON API and v2 over HTTP/2 and HTTP/3.
 //!
 //! Needs the `glimpse` binary next to glimpse-lab (`cargo build -p glimpse-site`, or
 //! `cargo nextest run --workspace`, which builds it) or in `GLIMPSE_LAB_BIN_DIR`; otherwise it
@@ -259,4 +259,80 @@ async fn load_measures_a_real_front_end_over_v2_binary_tensors() {
         num(&step["images_per_s"]),
         3.0 * num(&step["throughput_rps"])
     );
+}
+
+/// The front-end's count of answered `POST /api/v1/classify` requests that came over
+/// `protocol` (`h2`, `h3`), from its `/metrics`.
+async fn classify_requests_over(base: &str, protocol: &str) -> f64 {
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!(
+        "glimpse_http_request_duration_seconds_count{{route=\"/api/v1/classify\",code=\"200\",protocol=\"{protocol}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_measures_a_real_front_end_over_http2_and_http3() {
+    let Some(glimpse) = glimpse_binary() else {
+        return;
+    };
+    let site = start_glimpse(&glimpse, &[]).await;
+    let (base, dir) = (&site.base, site.dir.path());
+    for (http, label) in [("2", "h2"), ("3", "h3")] {
+        for (protocol, batch) in [("json", "2"), ("v2", "1")] {
+            let name = format!("{protocol}-http{http}");
+            let report = load(
+                base,
+                dir,
+                &name,
+                &[
+                    "--protocol",
+                    protocol,
+                    "--http",
+                    http,
+                    "--batch",
+                    batch,
+                    "--concurrency",
+                    "4",
+                    "--warmup",
+                    "0.2",
+                    "--duration",
+                    "1",
+                ],
+            )
+            .await;
+            assert_eq!(report["http"], label, "{name}");
+            assert_clean(&report["steps"][0]);
+        }
+        // The front-end saw the json requests arrive over that protocol (its own label), so
+        // the flag changed what went on the wire, not just the report.
+        let seen = classify_requests_over(base, label).await;
+        assert!(seen > 0.0, "no classify request over {label}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http3_is_refused_before_any_request() {
+    let out = tokio::process::Command::new(LAB)
+        .args(["load", "--url", "https://127.0.0.1:9", "--insecure"])
+        .args(["--protocol", "grpc", "--http", "3", "--duration", "1"])
+        .output()
+        .await
+        .expect("glimpse-lab runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rides HTTP/2"), "{stderr}");
 }

@@ -225,7 +225,8 @@ pub fn markdown(exp: &Experiment, rows: &[Summary], header_note: &str) -> String
     s
 }
 
-fn register_font() -> Result<(), LabError> {
+/// Registers the bundled font as `sans-serif` for plotters (every plot of the lab uses it).
+pub(crate) fn register_font() -> Result<(), LabError> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| LabError::Report("bundled font could not be parsed".into()))
 }

@@ -150,6 +150,18 @@ impl Testbed {
         Ok(())
     }
 
+    /// Every link's counters, in the order the links were added.
+    pub fn link_stats(&self) -> Vec<glimpse_netem::link::LinkStats> {
+        self.links.iter().map(|l| l.stats()).collect()
+    }
+
+    /// Sets every link's counters back to zero (between the runs of a point).
+    pub fn reset_link_counters(&self) {
+        for l in &self.links {
+            l.reset_counters();
+        }
+    }
+
     /// From now on, kills one worker (round robin) every `every` and restarts it `down_for`
     /// later.
     pub fn start_crash_cycles(&mut self, every: Duration, down_for: Duration) {

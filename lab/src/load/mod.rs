@@ -12,10 +12,12 @@
 //!   and checking their answers.
 //! * [`schedule`] — seeded Poisson arrival times.
 //! * [`report`] — per-step counts, errors by kind, throughput, percentiles; table and JSON.
+//! * `h3` — the HTTP/3 connection of `--http 3` (`h3` on quinn).
 //! * [`tls`] — one rustls configuration (`--ca`, `--insecure` or public roots) for HTTPS and
 //!   gRPC alike.
 
 mod error;
+mod h3;
 pub mod protocol;
 pub mod report;
 pub mod schedule;
@@ -144,6 +146,7 @@ pub async fn run_load(
     Ok(LoadReport {
         url: o.target.url.clone(),
         protocol: o.target.protocol,
+        http: o.target.http,
         batch: o.batch,
         warmup_s: o.warmup.as_secs_f64(),
         seed: o.seed,

@@ -9,11 +9,16 @@
 //!   bytes); the answer must be 200 with a JSON header that parses and has outputs.
 //! * `grpc` — KServe v2 gRPC `inference.GRPCInferenceService/ModelInfer`, the same BYTES
 //!   tensor in `raw_input_contents`; the answer must have outputs.
+//!
+//! `json` and `v2` go over the HTTP version of `--http`: HTTP/1.1 (a pool, one connection per
+//! request in flight), HTTP/2 (one TCP connection, a stream per request) or HTTP/3 (one QUIC
+//! connection, a stream per request; [`super::h3`]). gRPC always rides HTTP/2.
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+use glimpse_transport::CongestionControl;
 use glimpse_wire::binary::encode_bytes_tensor;
 use glimpse_wire::names::{INPUT_NAME, MODEL_NAME};
 use glimpse_wire::proto;
@@ -23,6 +28,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::LoadError;
+use super::h3::H3Connection;
 use super::tls::{GrpcConnector, Trust, client_config};
 
 /// Triton's header: how many bytes of a binary-extension body are its JSON header.
@@ -42,6 +48,33 @@ pub enum Protocol {
     /// KServe v2 gRPC: `inference.GRPCInferenceService/ModelInfer` (the front-end's gRPC
     /// listener).
     Grpc,
+}
+
+/// Which HTTP carries `json` and `v2` requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+pub enum HttpVersion {
+    /// HTTP/1.1 over TLS: a pool of connections, one per request in flight.
+    #[value(name = "1.1")]
+    #[serde(rename = "http/1.1")]
+    Http1,
+    /// HTTP/2 over TLS: every request a stream of one TCP connection.
+    #[value(name = "2")]
+    #[serde(rename = "h2")]
+    Http2,
+    /// HTTP/3: every request a stream of one QUIC connection, to the UDP port of the URL.
+    #[value(name = "3")]
+    #[serde(rename = "h3")]
+    Http3,
+}
+
+impl fmt::Display for HttpVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HttpVersion::Http1 => "HTTP/1.1",
+            HttpVersion::Http2 => "HTTP/2",
+            HttpVersion::Http3 => "HTTP/3",
+        })
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -111,6 +144,11 @@ pub struct TargetOptions {
     pub url: String,
     /// Which API.
     pub protocol: Protocol,
+    /// Which HTTP carries it (gRPC: only HTTP/2).
+    pub http: HttpVersion,
+    /// HTTP/3: the congestion controller of the client's QUIC connection (the TCP of HTTP/1.1
+    /// and HTTP/2 uses the kernel's).
+    pub congestion: CongestionControl,
     /// Whom to trust.
     pub trust: Trust,
     /// Sent as `Authorization: Bearer KEY` on every request, whatever the protocol.
@@ -122,21 +160,42 @@ pub struct TargetOptions {
 /// A connected client for one protocol; cheap to share between tasks.
 pub(crate) struct Target {
     protocol: Protocol,
-    http: reqwest::Client,
-    url: String,
+    http: Http,
+    /// The request path of `json` / `v2` (empty for gRPC).
+    path: String,
+    /// `Authorization`, when there is a key (every HTTP request carries these).
+    headers: HeaderMap,
     grpc: Option<GrpcInferenceServiceClient<Channel>>,
     bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     timeout: Duration,
 }
 
+/// The HTTP client of `json` and `v2` requests.
+enum Http {
+    /// HTTP/1.1 or HTTP/2 (reqwest over TCP), with the deployment's `https://HOST:PORT`.
+    Tcp(reqwest::Client, String),
+    /// HTTP/3 (one QUIC connection).
+    Quic(Box<H3Connection>),
+}
+
+/// An HTTP answer: status, headers and the whole body.
+type Answer = (u16, HeaderMap, Bytes);
+
 impl Target {
-    /// Builds the client (and, for gRPC, connects the channel, so that a wrong address or
-    /// certificate fails here with a clear message rather than as every request's error).
+    /// Builds the client and connects it (gRPC: the channel; HTTP/3: the QUIC connection), so
+    /// that a wrong address or certificate fails here with a clear message rather than as
+    /// every request's error. HTTP/1.1 and HTTP/2 connect on the first request.
     pub(crate) async fn connect(o: &TargetOptions) -> Result<Target, LoadError> {
         let base = o.url.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
             return Err(LoadError::Usage(format!(
                 "--url {base}: Glimpse serves HTTPS only; give https://HOST:PORT"
+            )));
+        }
+        if o.protocol == Protocol::Grpc && o.http != HttpVersion::Http2 {
+            return Err(LoadError::Usage(format!(
+                "--protocol grpc rides HTTP/2; --http {} applies to json and v2",
+                o.http
             )));
         }
         let mut headers = HeaderMap::new();
@@ -153,13 +212,12 @@ impl Target {
                     .map_err(|_| LoadError::Usage("--api-key is not printable ASCII".into()))?,
             );
         }
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(client_config(&o.trust, &[b"http/1.1"])?)
-            .default_headers(headers)
-            .timeout(o.timeout)
-            .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| LoadError::Client(format!("building the HTTPS client: {e}")))?;
+        let http = match o.http {
+            HttpVersion::Http3 if o.protocol != Protocol::Grpc => Http::Quic(Box::new(
+                H3Connection::connect(&base, &o.trust, o.congestion).await?,
+            )),
+            version => Http::Tcp(tcp_client(version, o)?, base.clone()),
+        };
         let grpc = if o.protocol == Protocol::Grpc {
             let endpoint = Endpoint::from_shared(base.clone())
                 .map_err(|e| LoadError::Usage(format!("--url {base}: {e}")))?
@@ -180,15 +238,16 @@ impl Target {
         } else {
             None
         };
-        let url = match o.protocol {
-            Protocol::Json => format!("{base}/api/v1/classify?wait=true"),
-            Protocol::V2 => format!("{base}/v2/models/{MODEL_NAME}/infer"),
-            Protocol::Grpc => base,
+        let path = match o.protocol {
+            Protocol::Json => "/api/v1/classify?wait=true".to_string(),
+            Protocol::V2 => format!("/v2/models/{MODEL_NAME}/infer"),
+            Protocol::Grpc => String::new(),
         };
         Ok(Target {
             protocol: o.protocol,
             http,
-            url,
+            path,
+            headers,
             grpc,
             bearer,
             timeout: o.timeout,
@@ -205,44 +264,74 @@ impl Target {
     }
 
     async fn send_json(&self, images: &[Bytes]) -> Result<(), Failure> {
-        let request = match images {
-            [one] => self
-                .http
-                .post(&self.url)
-                .header(CONTENT_TYPE, image_content_type(one))
-                .body(one.clone()),
+        let mut headers = self.headers.clone();
+        let body = match images {
+            [one] => {
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static(image_content_type(one)),
+                );
+                one.clone()
+            }
             _ => {
                 let boundary = boundary_for(images);
-                self.http
-                    .post(&self.url)
-                    .header(
-                        CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
-                    .body(multipart_body(images, &boundary))
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                        .map_err(|e| Failure::new(ErrorKind::BadReply, e.to_string()))?,
+                );
+                Bytes::from(multipart_body(images, &boundary))
             }
         };
-        let (status, body) = exchange(request).await?;
+        let (status, _, body) = self.post(headers, body).await?;
         check_json_answer(status, &body, images.len())
     }
 
     async fn send_v2(&self, images: &[Bytes]) -> Result<(), Failure> {
         let (body, header_len) = v2_request_body(images);
-        let request = self
-            .http
-            .post(&self.url)
-            .header(HEADER_LENGTH, header_len)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .body(body);
-        let resp = request.send().await.map_err(http_failure)?;
-        let status = resp.status().as_u16();
-        let header_len = resp
-            .headers()
+        let mut headers = self.headers.clone();
+        headers.insert(HEADER_LENGTH, HeaderValue::from(header_len));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let (status, answer_headers, body) = self.post(headers, Bytes::from(body)).await?;
+        let header_len = answer_headers
             .get(HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().parse::<usize>());
-        let body = resp.bytes().await.map_err(http_failure)?;
         check_v2_answer(status, header_len, &body)
+    }
+
+    /// `POST` of `body` to the protocol's path over the chosen HTTP, within the timeout.
+    async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<Answer, Failure> {
+        match &self.http {
+            Http::Tcp(client, base) => {
+                let resp = client
+                    .post(format!("{base}{}", self.path))
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(http_failure)?;
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let body = resp.bytes().await.map_err(http_failure)?;
+                Ok((status, headers, body))
+            }
+            Http::Quic(conn) => {
+                match tokio::time::timeout(self.timeout, conn.post(&self.path, &headers, body))
+                    .await
+                {
+                    Err(_) => Err(Failure::new(
+                        ErrorKind::Timeout,
+                        format!("no answer within {:?}", self.timeout),
+                    )),
+                    Ok(Err(e)) => Err(Failure::new(ErrorKind::Transport, e)),
+                    Ok(Ok(a)) => Ok((a.status, a.headers, a.body)),
+                }
+            }
+        }
     }
 
     async fn send_grpc(&self, images: &[Bytes]) -> Result<(), Failure> {
@@ -272,12 +361,21 @@ impl Target {
     }
 }
 
-/// Sends `request` and reads the whole answer.
-async fn exchange(request: reqwest::RequestBuilder) -> Result<(u16, Bytes), Failure> {
-    let resp = request.send().await.map_err(http_failure)?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(http_failure)?;
-    Ok((status, body))
+/// The reqwest client of HTTP/1.1 (ALPN `http/1.1`, a pool of up to 1024 connections) or
+/// HTTP/2 (ALPN `h2` only: every request a stream of one connection).
+fn tcp_client(version: HttpVersion, o: &TargetOptions) -> Result<reqwest::Client, LoadError> {
+    let builder = reqwest::Client::builder().timeout(o.timeout);
+    let builder = match version {
+        HttpVersion::Http2 => builder
+            .use_preconfigured_tls(client_config(&o.trust, &[b"h2"])?)
+            .http2_prior_knowledge(),
+        _ => builder
+            .use_preconfigured_tls(client_config(&o.trust, &[b"http/1.1"])?)
+            .pool_max_idle_per_host(1024),
+    };
+    builder
+        .build()
+        .map_err(|e| LoadError::Client(format!("building the HTTPS client: {e}")))
 }
 
 /// A request that got no (complete) answer.

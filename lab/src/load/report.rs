@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::protocol::{Failure, Protocol};
+use super::protocol::{Failure, HttpVersion, Protocol};
 use crate::stats::percentile;
 
 /// One request as the load generator saw it.
@@ -181,6 +181,8 @@ pub struct LoadReport {
     pub url: String,
     /// The API used.
     pub protocol: Protocol,
+    /// The HTTP it went over (gRPC: HTTP/2).
+    pub http: HttpVersion,
     /// Images per request.
     pub batch: usize,
     /// Warm-up before each step's window, seconds.
@@ -342,6 +344,7 @@ mod tests {
         let report = LoadReport {
             url: "https://x".into(),
             protocol: Protocol::V2,
+            http: HttpVersion::Http3,
             batch: 1,
             warmup_s: 0.0,
             seed: 1,
@@ -349,6 +352,7 @@ mod tests {
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["protocol"], "v2");
+        assert_eq!(json["http"], "h3");
         assert_eq!(json["steps"][0]["load"]["rate"], 5.0);
         assert_eq!(json["steps"][0]["skipped"], 7);
         assert!(
@@ -368,6 +372,7 @@ mod tests {
         let report = LoadReport {
             url: "https://x".into(),
             protocol: Protocol::Json,
+            http: HttpVersion::Http1,
             batch: 1,
             warmup_s: 0.0,
             seed: 1,
