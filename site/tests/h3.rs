@@ -264,3 +264,117 @@ async fn an_upload_trickled_over_http3_is_cut_for_its_rate() {
     assert!(body.contains("bytes/s on average"), "{body}");
     assert!(took < Duration::from_secs(10), "cut after {took:?}");
 }
+
+/// The destination connection ID of a QUIC long-header packet, which names its connection.
+fn long_header_dcid(packet: &[u8]) -> Option<&[u8]> {
+    let len = usize::from(*packet.get(5)?);
+    packet.get(6..6 + len)
+}
+
+/// `n` distinct client Initials (each a new connection), captured by aiming a real QUIC client
+/// at a socket that never answers.
+async fn captured_initials(n: usize) -> Vec<Vec<u8>> {
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("trap socket");
+    let at = trap.local_addr().expect("trap address");
+    let endpoint = common::h3::client_endpoint();
+    let mut pending = Vec::new();
+    let mut initials: Vec<Vec<u8>> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while initials.len() < n {
+        pending.push(endpoint.connect(at, "localhost").expect("connect"));
+        let len = tokio::time::timeout(Duration::from_secs(5), trap.recv(&mut buf))
+            .await
+            .expect("an Initial within 5 s")
+            .expect("recv");
+        let packet = buf[..len].to_vec();
+        // A retransmission of an earlier Initial would name the same connection.
+        if initials
+            .iter()
+            .all(|i| long_header_dcid(i) != long_header_dcid(&packet))
+        {
+            initials.push(packet);
+        }
+    }
+    initials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pile_of_handshakes_makes_new_clients_prove_their_address_first() {
+    use glimpse_site::http::conn::Listener;
+    use glimpse_site::http::h3::VALIDATE_ABOVE;
+    let h = Harness::ready(1, 5, &[]).await;
+    let at = h3_addr(&h);
+    let registry = &h.site.as_ref().expect("site").connections;
+    let events = |text: &str, event: &str| {
+        metric(
+            text,
+            &format!("glimpse_connection_events_total{{event=\"{event}\"}}"),
+        )
+    };
+
+    // VALIDATE_ABOVE handshakes that never finish: real Initials replayed from a socket that
+    // ignores the server's answers (as a flood from spoofed addresses would).
+    let initials = captured_initials(VALIDATE_ABOVE + 1).await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.2:0")
+        .await
+        .expect("silent socket");
+    for initial in &initials[..VALIDATE_ABOVE] {
+        silent.send_to(initial, at).await.expect("send");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while registry.open_on(Listener::Http3) < VALIDATE_ABOVE {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} half-open handshakes admitted",
+            registry.open_on(Listener::Http3)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        events(&h.get_text("/metrics").await, "retry_sent"),
+        Some(0.0)
+    );
+
+    // A real client now gets a Retry first, comes back with its token, and is served.
+    let client = H3Client::connect(at).await;
+    assert_eq!(client.get("/healthz").await.status, 200);
+    assert_eq!(
+        events(&h.get_text("/metrics").await, "retry_sent"),
+        Some(1.0)
+    );
+
+    // A spoofed source gets one Retry, smaller than the Initial it sent (no amplification),
+    // and the server keeps nothing for it.
+    let open_before = registry.open_on(Listener::Http3);
+    let spoofed = &initials[VALIDATE_ABOVE];
+    silent.send_to(spoofed, at).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let retry = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (len, _) = silent.recv_from(&mut buf).await.expect("recv");
+            // Long header (0x80), type Retry (0x30 in QUIC v1); the half-open handshakes'
+            // own Initial and Handshake packets arrive here too.
+            if len > 0 && buf[0] & 0xb0 == 0xb0 {
+                return len;
+            }
+        }
+    })
+    .await
+    .expect("a Retry for the spoofed Initial");
+    assert!(
+        retry < spoofed.len(),
+        "Retry of {retry} bytes for an Initial of {}",
+        spoofed.len()
+    );
+    assert_eq!(
+        events(&h.get_text("/metrics").await, "retry_sent"),
+        Some(2.0)
+    );
+    assert_eq!(
+        registry.open_on(Listener::Http3),
+        open_before,
+        "no slot for an address that did not prove itself"
+    );
+}

@@ -41,7 +41,7 @@ pub(crate) fn register_guards(site: &Site, live: &mut Registry) {
             ),
             (
                 "glimpse_connections",
-                "Connections open on all TCP listeners (HTTPS, gRPC, redirect, admin)",
+                "Connections open on all listeners (HTTPS, HTTP/3, gRPC, redirect, admin)",
                 site.connections.open(),
             ),
         ],

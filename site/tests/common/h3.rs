@@ -31,6 +31,24 @@ impl H3Response {
     }
 }
 
+/// A QUIC client endpoint on 127.0.0.1 that offers ALPN `h3` and trusts any certificate.
+pub(crate) fn client_endpoint() -> quinn::Endpoint {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC client config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("UDP socket");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}
+
 impl H3Client {
     /// Connects to `addr` with ALPN `h3`.
     pub(crate) async fn connect(addr: SocketAddr) -> H3Client {
@@ -41,19 +59,7 @@ impl H3Client {
 
     /// Connects to `addr` with ALPN `h3`, or says why not.
     pub(crate) async fn try_connect(addr: SocketAddr) -> Result<H3Client, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert::new(provider)))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("a QUIC client config");
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("UDP socket");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let endpoint = client_endpoint();
         let quic = endpoint
             .connect(addr, "localhost")
             .map_err(|e| e.to_string())?

@@ -137,11 +137,14 @@ pub struct ConnCounters {
     pub refusals_answered: AtomicU64,
     /// Refused connections closed at accept without an answer: the refusal budget was spent.
     pub refusals_dropped: AtomicU64,
+    /// HTTP/3 clients sent a Retry, to prove their address before the server keeps any
+    /// state for them, because handshakes piled up (a flood, perhaps from spoofed sources).
+    pub retries_sent: AtomicU64,
 }
 
 impl ConnCounters {
     /// Every counter with its `event` label, for `/metrics`.
-    pub fn events(&self) -> [(&'static str, u64); 8] {
+    pub fn events(&self) -> [(&'static str, u64); 9] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("accepted", get(&self.accepted)),
@@ -152,6 +155,7 @@ impl ConnCounters {
             ("timed_out", get(&self.timed_out)),
             ("refusal_answered", get(&self.refusals_answered)),
             ("refusal_dropped", get(&self.refusals_dropped)),
+            ("retry_sent", get(&self.retries_sent)),
         ]
     }
 }

@@ -173,8 +173,14 @@ pub async fn serve(
             && incoming.may_retry()
             && handshaking.load(Ordering::Relaxed) >= VALIDATE_ABOVE
         {
-            // Costs the server one stateless packet; the client comes back with a token.
-            let _ = incoming.retry();
+            // Costs the server one stateless packet, smaller than the client's Initial; the
+            // client comes back with a token.
+            if incoming.retry().is_ok() {
+                registry
+                    .counters
+                    .retries_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         }
         let ticket = match registry.admit(peer.ip(), Listener::Http3) {
