@@ -378,3 +378,78 @@ async fn a_pile_of_handshakes_makes_new_clients_prove_their_address_first() {
         "no slot for an address that did not prove itself"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_uploads_over_http3_pay_into_the_byte_budget_and_give_it_back() {
+    use bytes::Bytes;
+    const BUDGET: usize = 2 << 20;
+    let h = Harness::ready(
+        1,
+        5,
+        &[
+            "--max-file-bytes",
+            "1048576",
+            "--max-request-bytes",
+            "1048576",
+            "--max-buffered-bytes",
+            &BUDGET.to_string(),
+        ],
+    )
+    .await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    // Four uploads of 1 MB each, on one connection; each sends 700 KB and then waits. Two
+    // fit in the 2 MiB budget, the rest are refused as they cross it.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let request = hyper::http::Request::post("https://localhost/api/v1/classify?wait=true")
+            .header("content-type", "multipart/form-data; boundary=b")
+            .header("content-length", "1000000")
+            .body(())
+            .expect("request");
+        let mut stream = client.start(request).await;
+        let mut part = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
+        part.resize(700_000, b'x');
+        // A refused upload may see its stream stopped while it sends.
+        let _ = stream.send_data(Bytes::from(part)).await;
+        held.push(stream);
+    }
+    let mut refused = 0;
+    for stream in &mut held {
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(2), stream.recv_response()).await
+        {
+            assert_eq!(response.status(), 503, "an upload past the budget");
+            assert!(response.headers().contains_key("retry-after"));
+            refused += 1;
+        }
+    }
+    assert!(
+        (1..=2).contains(&refused),
+        "{refused} of 4 refused: 2.8 MB against 2 MiB"
+    );
+    let text = h.get_text("/metrics").await;
+    let in_use = metric(&text, "glimpse_buffered_bytes").expect("the gauge");
+    assert!(
+        in_use > 0.0 && in_use <= BUDGET as f64,
+        "{in_use} bytes held"
+    );
+    let (status, _) = h.get_json("/healthz").await;
+    assert_eq!(status, 200, "the front-end serves others meanwhile");
+
+    // The client goes away mid-upload: everything its uploads held comes back.
+    drop(held);
+    drop(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = h.get_text("/metrics").await;
+        let in_use = metric(&text, "glimpse_buffered_bytes").expect("the gauge");
+        if in_use == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{in_use} bytes still held after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
