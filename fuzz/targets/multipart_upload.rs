@@ -37,6 +37,7 @@ pub(crate) fn run(data: &[u8]) -> bool {
         budget: budget.clone(),
         pace: limits.pace(),
         retry_after_s: 1,
+        conn: None,
     };
     let chunks: Vec<bytes::Bytes> = body
         .chunks(chunk)

@@ -261,6 +261,7 @@ impl Site {
             budget: self.budget.clone(),
             pace: self.limits.pace(),
             retry_after_s: self.limits.retry_after_s,
+            conn: None,
         }
     }
 

@@ -621,3 +621,98 @@ async fn results_from_random_weights_are_marked_untrained() {
     assert_eq!(backends, ["flex"], "{nodes}");
     h.stop().await;
 }
+
+/// A PNG of noise, `side` pixels square: about 3 × side² bytes, since noise does not compress.
+fn noise_png(side: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let b = state.to_le_bytes();
+        image::Rgb([b[0], b[1], b[2]])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+/// The request side of an HTTP/2 connection whose request bodies are streams of chunks.
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::StreamBody<ChunkStream>>;
+type ChunkStream = futures_util::stream::BoxStream<
+    'static,
+    Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+>;
+
+/// Opens an HTTP/2 connection to the harness's HTTPS listener.
+async fn h2_connection(h: &Harness) -> H2Sender {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let addr = h.site.as_ref().expect("site").addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = common::tls_connector_for(b"h2")
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2");
+    tokio::spawn(conn);
+    send
+}
+
+/// `POST /api/v1/classify?wait=true` of a raw PNG whose body is `chunks`, each sent after its
+/// pause; the status of the answer.
+async fn paced_upload(mut send: H2Sender, chunks: Vec<(Duration, bytes::Bytes)>) -> u16 {
+    let len: usize = chunks.iter().map(|(_, c)| c.len()).sum();
+    let frames = futures_util::stream::iter(chunks)
+        .then(|(pause, chunk)| async move {
+            tokio::time::sleep(pause).await;
+            Ok(hyper::body::Frame::data(chunk))
+        })
+        .boxed();
+    let req = hyper::Request::post("https://localhost/api/v1/classify?wait=true")
+        .header("content-type", "image/png")
+        .header("content-length", len)
+        .body(http_body_util::StreamBody::new(frames))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("an answer");
+    resp.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_waiting_behind_its_siblings_on_one_connection_is_not_cut() {
+    // Quick limits: 2 s without a byte is a stall; after 2 s a body must average 1 KB/s.
+    let h = Harness::ready(1, 5, &["--body-timeout-s", "2", "--body-rate-grace-s", "2"]).await;
+    let big = bytes::Bytes::from(noise_png(300));
+    let small = bytes::Bytes::from(png(7));
+    let (head, rest) = (small.slice(..20), small.slice(20..));
+    // On one connection: a large upload at a steady 40 KB/s for ~6 s, and a small one that
+    // sends 20 bytes and then nothing for 5 s (as a stream queued behind others on a slow
+    // link), then the rest.
+    let conn = h2_connection(&h).await;
+    let steady: Vec<(Duration, bytes::Bytes)> = big
+        .chunks(4_000)
+        .map(|c| (Duration::from_millis(100), bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let waiting = vec![
+        (Duration::ZERO, head.clone()),
+        (Duration::from_secs(5), rest.clone()),
+    ];
+    // The same small upload alone on a connection of its own: nothing credits it.
+    let lonely = h2_connection(&h).await;
+    let alone = vec![(Duration::ZERO, head), (Duration::from_secs(5), rest)];
+    let (steady, waiting, alone) = tokio::join!(
+        paced_upload(conn.clone(), steady),
+        paced_upload(conn, waiting),
+        paced_upload(lonely, alone),
+    );
+    assert_eq!(steady, 200, "the steady upload");
+    assert_eq!(
+        waiting, 200,
+        "the upload waiting behind a busy sibling was cut"
+    );
+    assert_eq!(alone, 408, "the same upload alone is a stalled body");
+}

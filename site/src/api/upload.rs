@@ -28,7 +28,7 @@ use tokio::time::Sleep;
 
 use crate::access::limits::Limits;
 use crate::api::job::display_name;
-use crate::http::pace::{Pace, PaceLimits, TooSlow};
+use crate::http::pace::{ConnProgress, Pace, PaceLimits, TooSlow};
 use glimpse_wire::budget::{ByteBudget, Held};
 
 /// Longest multipart part header section (and preamble before the first boundary), in
@@ -121,6 +121,17 @@ pub struct Intake {
     pub pace: PaceLimits,
     /// `Retry-After` seconds when the budget is spent.
     pub retry_after_s: u64,
+    /// The connection the body arrives on, shared with its other requests: a body waiting
+    /// behind its siblings is paced by its share (see [`crate::http::pace`]).
+    pub conn: Option<Arc<dyn ConnProgress>>,
+}
+
+impl Intake {
+    /// The same intake for a body that arrives on `conn`.
+    pub fn on(mut self, conn: Option<Arc<dyn ConnProgress>>) -> Intake {
+        self.conn = conn;
+        self
+    }
 }
 
 /// Faults the body stream itself raises, carried inside `io::Error` through multer.
@@ -194,7 +205,7 @@ impl<S> Metered<S> {
     /// Meter `inner`; the bytes taken accumulate in the returned holding.
     pub fn new(inner: S, intake: &Intake) -> (Metered<S>, Arc<Mutex<Held>>) {
         let held = Arc::new(Mutex::new(Held::none()));
-        let pace = Pace::new(intake.pace, tokio::time::Instant::now());
+        let pace = Pace::new(intake.pace, tokio::time::Instant::now()).sharing(intake.conn.clone());
         (
             Metered {
                 inner,
@@ -762,6 +773,7 @@ mod tests {
                 deadline: Duration::from_secs(300),
             },
             retry_after_s: 2,
+            conn: None,
         }
     }
 

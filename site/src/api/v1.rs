@@ -20,10 +20,10 @@ use crate::access::caller::Caller;
 use crate::access::throttle::Share;
 use crate::api::events::{self, Subscription};
 use crate::api::job::{JobStatus, JobView};
-use crate::api::upload::{byte_stream, read_uploads};
+use crate::api::upload::{Intake, byte_stream, read_uploads};
 use crate::fleet::inference::{is_ready, parse_top_k};
 use crate::http::error::{ApiError, respond};
-use crate::http::filters::{caller, same_origin, with_site};
+use crate::http::filters::{caller, connection, same_origin, with_site};
 use crate::http::health::readiness;
 use crate::http::reply::{json_response, ok_json, with_retry_after};
 use crate::site::Site;
@@ -51,15 +51,19 @@ pub(crate) fn routes(
         .and(same_origin(origins))
         .and(caller(site.clone()))
         .and(with_site(site.clone()))
+        .and(connection())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .then(|caller: Caller, site, query, ct, cl, body| async move {
-            let resp =
-                respond(classify(site, &caller, query, ct, cl, Box::pin(byte_stream(body))).await);
-            caller.finish(resp)
-        })
+        .then(
+            |caller: Caller, site: Arc<Site>, conn, query, ct, cl, body| async move {
+                let intake = site.intake().on(conn);
+                let body = Box::pin(byte_stream(body));
+                let resp = respond(classify(site, &caller, &intake, query, ct, cl, body).await);
+                caller.finish(resp)
+            },
+        )
         .boxed();
 
     // Authentication comes before routing: a job another front-end owns gets its 421
@@ -267,6 +271,7 @@ fn metrics(site: &Site) -> Response {
 async fn classify<S>(
     site: Arc<Site>,
     caller: &Caller,
+    intake: &Intake,
     query: HashMap<String, String>,
     content_type: Option<String>,
     content_length: Option<u64>,
@@ -287,7 +292,7 @@ where
         content_length,
         query.get("name").cloned(),
         &site.limits,
-        &site.intake(),
+        intake,
     )
     .await
     .map_err(|e| site.refuse_upload(e))?;

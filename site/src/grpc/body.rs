@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 use tonic::Status;
 
 use crate::api::upload::UploadError;
-use crate::http::pace::Pace;
+use crate::http::pace::{ConnProgress, Pace};
 use crate::site::Site;
 use glimpse_wire::budget::Held;
 use glimpse_wire::codec::SMALL_MESSAGE;
@@ -98,9 +98,16 @@ pub(crate) struct Paid<B> {
 impl<B> Paid<B> {
     /// Wraps `inner`, a request body for `site` whose message may be `limit` bytes, and
     /// what it pays (for the request's extensions).
-    pub(crate) fn new(inner: B, site: Arc<Site>, limit: usize) -> (Paid<B>, PaidBytes) {
+    /// `conn` is the connection it arrives on: HTTP/2 carries many calls on one, and a body
+    /// waiting behind the others is paced by its share (see [`crate::http::pace`]).
+    pub(crate) fn new(
+        inner: B,
+        site: Arc<Site>,
+        limit: usize,
+        conn: Arc<dyn ConnProgress>,
+    ) -> (Paid<B>, PaidBytes) {
         let held = PaidBytes(Arc::new(Mutex::new(Held::none())));
-        let pace = Pace::new(site.limits.pace(), tokio::time::Instant::now());
+        let pace = Pace::new(site.limits.pace(), tokio::time::Instant::now()).sharing(Some(conn));
         let paid = Paid {
             inner,
             site,

@@ -133,7 +133,12 @@ impl tower_service::Service<Request<Incoming>> for Admitted {
         }
         parts.extensions.insert(PeerAddr(self.peer));
         let path = parts.uri.path().to_string();
-        let (body, paid) = Paid::new(body, self.site.clone(), limit_for(&path, &self.site));
+        let (body, paid) = Paid::new(
+            body,
+            self.site.clone(),
+            limit_for(&path, &self.site),
+            self.state.clone(),
+        );
         parts.extensions.insert(paid);
         let req = Request::from_parts(parts, body);
         let fut = tower_service::Service::call(&mut self.inner, req);

@@ -10,7 +10,9 @@ use warp::http::{HeaderMap, header};
 use warp::{Filter, Rejection};
 
 use crate::access::caller::{Caller, PeerAddr};
+use crate::http::conn::OnConnection;
 use crate::http::error::ApiError;
+use crate::http::pace::ConnProgress;
 use crate::site::Site;
 
 /// The shared state, for handlers.
@@ -23,6 +25,14 @@ pub(crate) fn with_site(
 /// The TCP peer, when the accept loop recorded it.
 pub(crate) fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
     warp::ext::optional::<PeerAddr>().map(|p: Option<PeerAddr>| p.map(|p| p.0))
+}
+
+/// The connection the request arrived on (see [`crate::http::pace`]), when the accept loop
+/// recorded it.
+pub(crate) fn connection()
+-> impl Filter<Extract = (Option<Arc<dyn ConnProgress>>,), Error = Infallible> + Clone {
+    warp::ext::optional::<OnConnection>()
+        .map(|c: Option<OnConnection>| c.map(|c| c.0 as Arc<dyn ConnProgress>))
 }
 
 /// The caller of an `/api` or `/v2` request: identified (401 without a valid key when keys

@@ -8,7 +8,19 @@
 //! comes. [`Pace`] is the arithmetic; the body readers ([`crate::api::upload::Metered`] and the
 //! gRPC body) keep one timer set to [`Pace::next_check`], the first moment a limit could
 //! be missed, so nothing is polled in between.
+//!
+//! HTTP/2 and HTTP/3 carry many bodies on one connection, and a body can wait behind its
+//! siblings: twenty uploads dropped at once on a lossy link share a connection that moves
+//! perhaps 100 KB/s, and HTTP/2 clients feed the streams largely in order, so the last ones
+//! see no bytes for many seconds. Judged alone they look like a slowloris; they are a person
+//! on a bad link (the uplink sweep in EXPERIMENTS.md lost a third of such uploads to 408 at
+//! 10% loss). So a body that rides a connection ([`Pace::sharing`]) is credited with its
+//! share of what the connection received since it began — the connection's bytes divided
+//! by the requests in flight on it — and a body whose connection is receiving is not
+//! stalled. The cost for a sender stays the same: to keep N bodies open on one connection it
+//! must send N times the minimum rate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -61,6 +73,24 @@ impl TooSlow {
     }
 }
 
+/// What a body can see of the connection it arrives on (implemented by the connection
+/// registry's [`crate::http::conn::ConnState`]).
+pub trait ConnProgress: Send + Sync + std::fmt::Debug {
+    /// Bytes received on the connection so far, every request's together.
+    fn bytes_received(&self) -> u64;
+    /// Requests in flight on it now (this body's included).
+    fn in_flight(&self) -> u32;
+}
+
+/// The connection a body shares, and what had arrived on it when the body began and when
+/// the body last looked.
+#[derive(Debug, Clone)]
+struct Shared {
+    conn: Arc<dyn ConnProgress>,
+    at_start: u64,
+    seen: u64,
+}
+
 /// One body's progress against its [`PaceLimits`].
 #[derive(Debug, Clone)]
 pub struct Pace {
@@ -68,6 +98,10 @@ pub struct Pace {
     started: Instant,
     last: Instant,
     bytes: u64,
+    /// Bytes credited from the connection's progress (see the module doc); the body is
+    /// judged by the larger of this and `bytes`.
+    credited: u64,
+    shared: Option<Shared>,
 }
 
 impl Pace {
@@ -78,7 +112,45 @@ impl Pace {
             started: now,
             last: now,
             bytes: 0,
+            credited: 0,
+            shared: None,
         }
+    }
+
+    /// The body rides `conn` with other requests: credit it with its share of the
+    /// connection's progress (see the module doc). `None` changes nothing.
+    pub fn sharing(mut self, conn: Option<Arc<dyn ConnProgress>>) -> Pace {
+        self.shared = conn.map(|conn| {
+            let now = conn.bytes_received();
+            Shared {
+                conn,
+                at_start: now,
+                seen: now,
+            }
+        });
+        self
+    }
+
+    /// Bytes the body is judged by: its own, or its share of its connection's if larger.
+    fn judged_bytes(&self) -> u64 {
+        self.bytes.max(self.credited)
+    }
+
+    /// Looks at the connection: if it received anything since the last look, the body is
+    /// waiting behind siblings, not stalled (its last activity becomes `now`), and its
+    /// credit grows to its share of what arrived since it began.
+    fn look_at_connection(&mut self, now: Instant) {
+        let Some(shared) = &mut self.shared else {
+            return;
+        };
+        let total = shared.conn.bytes_received();
+        if total > shared.seen {
+            shared.seen = total;
+            self.last = self.last.max(now);
+        }
+        let share =
+            total.saturating_sub(shared.at_start) / u64::from(shared.conn.in_flight().max(1));
+        self.credited = self.credited.max(share);
     }
 
     /// `n` more bytes arrived at `now`.
@@ -103,14 +175,16 @@ impl Pace {
     fn rate_deadline(&self) -> Option<Instant> {
         let min = self.limits.min_rate;
         (min > 0).then(|| {
-            let covered = Duration::from_secs_f64(self.bytes as f64 / min as f64);
+            let covered = Duration::from_secs_f64(self.judged_bytes() as f64 / min as f64);
             self.started + covered.max(self.limits.grace)
         })
     }
 
-    /// Whether the body is still within its limits at `now`. Fails exactly from the moment
-    /// [`Pace::next_check`] names, so a timer set to it never finds the body still fine.
-    pub fn check(&self, now: Instant) -> Result<(), TooSlow> {
+    /// Whether the body is still within its limits at `now`. Without a shared connection it
+    /// fails exactly from the moment [`Pace::next_check`] names; with one, the connection's
+    /// progress since then may have moved that moment later (call `next_check` again).
+    pub fn check(&mut self, now: Instant) -> Result<(), TooSlow> {
+        self.look_at_connection(now);
         let age = now.saturating_duration_since(self.started);
         if age >= self.limits.deadline {
             return Err(TooSlow::Deadline(self.limits.deadline));
@@ -122,7 +196,7 @@ impl Pace {
             && now >= at
         {
             return Err(TooSlow::Rate {
-                rate: (self.bytes as f64 / age.as_secs_f64().max(1e-3)) as u64,
+                rate: (self.judged_bytes() as f64 / age.as_secs_f64().max(1e-3)) as u64,
                 min: self.limits.min_rate,
                 after: age,
             });
@@ -189,10 +263,75 @@ mod tests {
         assert_eq!(p.check(t0 + s(300)), Err(TooSlow::Deadline(s(300))));
     }
 
+    /// A connection whose counters the test sets.
+    #[derive(Debug, Default)]
+    struct Conn {
+        bytes: std::sync::atomic::AtomicU64,
+        in_flight: std::sync::atomic::AtomicU32,
+    }
+
+    impl ConnProgress for Conn {
+        fn bytes_received(&self) -> u64 {
+            self.bytes.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn in_flight(&self) -> u32 {
+            self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn conn(bytes: u64, in_flight: u32) -> Arc<Conn> {
+        let c = Conn::default();
+        c.bytes.store(bytes, std::sync::atomic::Ordering::SeqCst);
+        c.in_flight
+            .store(in_flight, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(c)
+    }
+
+    #[test]
+    fn a_body_queued_behind_its_siblings_is_credited_with_its_share() {
+        let t0 = Instant::now();
+        let c = conn(5_000, 20);
+        let mut p = Pace::new(LIMITS, t0).sharing(Some(c.clone() as Arc<dyn ConnProgress>));
+        // Alone it would be cut when the grace ends; its connection received 240 KB for
+        // the 20 requests on it meanwhile: 12 KB of share, 12 s at 1 KB/s.
+        c.bytes.store(245_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.next_check(), t0 + s(10));
+        assert_eq!(p.check(t0 + s(10)), Ok(()));
+        assert_eq!(p.next_check(), t0 + s(12), "its credit covers 12 s");
+        c.bytes.store(405_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.check(t0 + s(12)), Ok(()));
+        assert_eq!(p.next_check(), t0 + s(20));
+        // 35 s without a byte of its own, but the connection kept receiving: not stalled.
+        c.bytes
+            .store(1_405_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.check(t0 + s(35)), Ok(()));
+        // The connection falls silent too: stalled 30 s after the last look that saw bytes.
+        assert_eq!(p.check(t0 + s(64)), Ok(()));
+        assert_eq!(p.check(t0 + s(65)), Err(TooSlow::Stalled(s(30))));
+    }
+
+    #[test]
+    fn a_share_below_the_rate_is_cut_as_a_trickle_is() {
+        let t0 = Instant::now();
+        let c = conn(0, 100);
+        let mut p = Pace::new(LIMITS, t0).sharing(Some(c.clone() as Arc<dyn ConnProgress>));
+        // 100 bodies on one connection that moves 50 KB/s: 500 bytes/s each.
+        c.bytes.store(500_000, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            p.check(t0 + s(10)),
+            Err(TooSlow::Rate { rate: 500, .. })
+        ));
+        // Without a connection to share, the same body is judged by its own bytes alone.
+        let mut alone = Pace::new(LIMITS, t0).sharing(None);
+        alone.received(20_000, t0 + s(1));
+        assert_eq!(alone.check(t0 + s(19)), Ok(()));
+        assert!(matches!(alone.check(t0 + s(20)), Err(TooSlow::Rate { .. })));
+    }
+
     #[test]
     fn no_minimum_rate_when_it_is_zero() {
         let t0 = Instant::now();
-        let p = Pace::new(
+        let mut p = Pace::new(
             PaceLimits {
                 min_rate: 0,
                 ..LIMITS

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
 
-use crate::api::upload::{Metered, UploadError, read_error};
+use crate::api::upload::{Intake, Metered, UploadError, read_error};
 use crate::http::error::ApiError;
 use crate::site::Site;
 use glimpse_wire::binary::parse_binary_request;
@@ -33,6 +33,7 @@ pub(crate) enum Framing {
 /// time; when the parser stops early (a limit, bad JSON) the rest of the body is not read.
 pub(crate) async fn read_request<S>(
     site: &Arc<Site>,
+    intake: &Intake,
     content_length: Option<u64>,
     framing: Framing,
     body: S,
@@ -65,7 +66,7 @@ where
             Framing::Binary { header_len } => parse_binary_request(reader, header_len, &limits),
         }
     });
-    let intake = site.intake();
+    let intake = intake.clone();
     let pump = async move {
         let mut body = Metered::timed(body, &intake);
         let mut total = 0usize;

@@ -13,7 +13,7 @@ use warp::reply::Response;
 use super::body::{Framing, read_request};
 use super::model::{self, OutputName, OutputSpec};
 use crate::access::caller::Caller;
-use crate::api::upload::Upload;
+use crate::api::upload::{Intake, Upload};
 use crate::http::error::ApiError;
 use crate::http::reply::ok_json;
 use crate::site::Site;
@@ -22,20 +22,33 @@ use glimpse_wire::parse::InferRequest;
 /// The header that says how long the JSON part of a binary request or answer is.
 pub(crate) const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// What a request's headers say about its body.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyHead {
+    /// `Content-Length`, when sent.
+    pub content_length: Option<u64>,
+    /// `Inference-Header-Content-Length`: the binary extension's JSON header length.
+    pub header_len: Option<u64>,
+}
+
 /// Answers one inference request.
 pub(crate) async fn infer<S>(
     name: String,
     version: Option<String>,
     site: Arc<Site>,
     caller: &Caller,
-    content_length: Option<u64>,
-    header_len: Option<u64>,
+    intake: &Intake,
+    head: BodyHead,
     body: S,
 ) -> Result<Response, ApiError>
 where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin + 'static,
 {
     model::check_model(&name, version.as_deref())?;
+    let BodyHead {
+        content_length,
+        header_len,
+    } = head;
     let framing = match header_len {
         None => Framing::Json,
         Some(h) => {
@@ -50,7 +63,7 @@ where
         }
     };
     let slot = site.parse_slot(caller).await?;
-    let req = read_request(&site, content_length, framing, body).await?;
+    let req = read_request(&site, intake, content_length, framing, body).await?;
     drop(slot);
     let plan = Plan::of(req, &site)?;
     let answer = model::classify_batch(&site, caller, plan.uploads, plan.k).await?;

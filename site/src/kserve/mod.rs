@@ -29,7 +29,7 @@ use warp::{Filter, Rejection};
 use crate::access::caller::Caller;
 use crate::api::upload::byte_stream;
 use crate::http::error::respond;
-use crate::http::filters::{caller, same_origin, with_site};
+use crate::http::filters::{caller, connection, same_origin, with_site};
 use crate::http::health::{readiness, readiness_with};
 use crate::http::reply::ok_json;
 use crate::site::Site;
@@ -123,6 +123,7 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
         .and(same_origin(origins))
         .and(caller(site.clone()))
         .and(with_site(site))
+        .and(connection())
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<u64>(infer::HEADER_LENGTH))
         .and(warp::body::stream())
@@ -131,22 +132,17 @@ pub fn routes(site: Arc<Site>, origins: Arc<Vec<String>>) -> BoxedFilter<(Respon
              version: Option<String>,
              caller: Caller,
              site: Arc<Site>,
+             conn,
              content_length: Option<u64>,
              header_len: Option<u64>,
              body| async move {
                 let body = Box::pin(byte_stream(body));
-                respond(
-                    infer::infer(
-                        name,
-                        version,
-                        site,
-                        &caller,
-                        content_length,
-                        header_len,
-                        body,
-                    )
-                    .await,
-                )
+                let intake = site.intake().on(conn);
+                let head = infer::BodyHead {
+                    content_length,
+                    header_len,
+                };
+                respond(infer::infer(name, version, site, &caller, &intake, head, body).await)
             },
         )
         .boxed();

@@ -197,6 +197,15 @@ impl Slots {
     }
 }
 
+impl crate::http::pace::ConnProgress for ConnState {
+    fn bytes_received(&self) -> u64 {
+        ConnState::bytes_received(self)
+    }
+    fn in_flight(&self) -> u32 {
+        ConnState::in_flight(self)
+    }
+}
+
 /// One connection's live state.
 #[derive(Debug)]
 pub struct ConnState {
@@ -236,6 +245,11 @@ impl ConnState {
     /// Bytes received on the socket so far.
     pub fn bytes_received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight on it now.
+    pub fn in_flight(&self) -> u32 {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Bytes received per second over its life, as of `now` (its age counted as at least a

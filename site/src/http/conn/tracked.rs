@@ -60,6 +60,11 @@ impl<S> Tracked<S> {
     }
 }
 
+/// The connection a request arrived on, in its extensions, so that its body can be paced
+/// among the other requests on it (see [`crate::http::pace`]).
+#[derive(Debug, Clone)]
+pub(crate) struct OnConnection(pub Arc<ConnState>);
+
 /// Names the body type of a response (warp's is not exported by name).
 pub trait ResponseBody {
     /// The body type.
@@ -106,6 +111,8 @@ where
             return Box::pin(std::future::ready(Ok(resp.map(track))));
         }
         req.extensions_mut().insert(PeerAddr(self.peer));
+        req.extensions_mut()
+            .insert(OnConnection(self.state.clone()));
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;

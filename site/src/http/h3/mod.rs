@@ -174,13 +174,13 @@ pub async fn serve(
             && handshaking.load(Ordering::Relaxed) >= VALIDATE_ABOVE
         {
             // Costs the server one stateless packet, smaller than the client's Initial; the
-            // client comes back with a token.
-            if incoming.retry().is_ok() {
-                registry
-                    .counters
-                    .retries_sent
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            // client comes back with a token. Counted before it leaves (`may_retry` said it
+            // can), so whoever sees the packet sees the count.
+            registry
+                .counters
+                .retries_sent
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = incoming.retry();
             continue;
         }
         let ticket = match registry.admit(peer.ip(), Listener::Http3) {
