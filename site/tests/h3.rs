@@ -453,3 +453,67 @@ async fn held_uploads_over_http3_pay_into_the_byte_budget_and_give_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_must_be_as_long_as_its_content_length_says() {
+    let h = Harness::ready(1, 5, &[]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    let image = png(3);
+    let post = |declared: String| {
+        hyper::http::Request::post("https://localhost/api/v1/classify?wait=true")
+            .header("content-type", "image/png")
+            .header("content-length", declared)
+            .body(())
+            .expect("request")
+    };
+    let exact = client
+        .send(post(image.len().to_string()), image.clone().into())
+        .await;
+    assert_eq!(
+        exact.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&exact.body)
+    );
+    for declared in [image.len() - 10, image.len() + 10] {
+        let wrong = client
+            .send(post(declared.to_string()), image.clone().into())
+            .await;
+        assert_eq!(
+            wrong.status,
+            400,
+            "{} bytes declared as {declared}: {}",
+            image.len(),
+            String::from_utf8_lossy(&wrong.body)
+        );
+        assert!(
+            String::from_utf8_lossy(&wrong.body).contains("Content-Length"),
+            "{}",
+            String::from_utf8_lossy(&wrong.body)
+        );
+    }
+    for garbage in ["12, 12", "-1", "ten", ""] {
+        let bad = client
+            .send(post(garbage.into()), image.clone().into())
+            .await;
+        assert_eq!(bad.status, 400, "Content-Length: {garbage:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_gets_a_head_and_no_content() {
+    let h = Harness::ready(1, 5, &[]).await;
+    let client = H3Client::connect(h3_addr(&h)).await;
+    let request = hyper::http::Request::head("https://localhost/healthz")
+        .body(())
+        .expect("request");
+    let head = client.send(request, bytes::Bytes::new()).await;
+    let https = h
+        .client
+        .head(h.url("/healthz"))
+        .send()
+        .await
+        .expect("HEAD over HTTPS");
+    assert_eq!(head.status, https.status().as_u16(), "as over HTTPS");
+    assert!(head.body.is_empty(), "{} bytes of content", head.body.len());
+}

@@ -38,10 +38,10 @@ use quinn::{IdleTimeout, VarInt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower_service::Service;
-use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, header};
 use warp::reply::Response;
+use warp::{Filter, Reply};
 
 use crate::http::conn::{
     ConnLimits, ConnState, Listener, MAX_HEADER_BYTES, Registry, Ticket, Tracked,
@@ -303,7 +303,13 @@ async fn requests(
                         routes.hsts_max_age_s,
                         routes.linger_bytes,
                     );
-                    open.spawn(request(resolver, service, state.clone(), header_timeout));
+                    open.spawn(request(
+                        resolver,
+                        service,
+                        state.clone(),
+                        header_timeout,
+                        routes.hsts_max_age_s,
+                    ));
                 }
                 None => break,
             },
@@ -326,6 +332,7 @@ async fn request<S>(
     mut service: Tracked<S>,
     state: Arc<ConnState>,
     header_timeout: std::time::Duration,
+    hsts_max_age_s: u64,
 ) where
     Tracked<S>: Service<
             warp::http::Request<H3Body>,
@@ -348,12 +355,19 @@ async fn request<S>(
             }
         };
     let (mut send, recv) = stream.split();
-    let request = request.map(|()| H3Body::new(recv, state));
-    let response = match service.call(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
+    let head_only = request.method() == warp::http::Method::HEAD;
+    let response = match body::declared_length(request.headers()) {
+        Ok(declared) => {
+            let request = request.map(|()| H3Body::new(recv, state, declared));
+            match service.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+        Err(bad) => crate::http::reply::harden(bad.into_response(), hsts_max_age_s)
+            .map(|body| crate::http::conn::TrackedBody::new(body, state.begin())),
     };
-    if let Err(e) = respond::send(&mut send, response).await {
+    if let Err(e) = respond::send(&mut send, response, head_only).await {
         tracing::debug!("HTTP/3 response not sent: {e}");
     }
 }

@@ -19,10 +19,13 @@ const CONNECTION_SPECIFIC: [HeaderName; 4] = [
 ];
 
 /// Sends `response` on `stream` and finishes it. A body that fails midway resets the stream
-/// (the client sees an incomplete response, never a truncated one that looks whole).
+/// (the client sees an incomplete response, never a truncated one that looks whole). The
+/// answer to a `HEAD` request (`head_only`) is its head alone: a HEAD response has no
+/// content (RFC 9110, 9.3.2), as hyper does over HTTP/1.1 and HTTP/2.
 pub(crate) async fn send<B>(
     stream: &mut RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
     response: Response<B>,
+    head_only: bool,
 ) -> Result<(), StreamError>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -35,6 +38,9 @@ where
     stream
         .send_response(Response::from_parts(parts, ()))
         .await?;
+    if head_only {
+        return stream.finish().await;
+    }
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
