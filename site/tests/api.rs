@@ -716,3 +716,25 @@ async fn an_upload_waiting_behind_its_siblings_on_one_connection_is_not_cut() {
     );
     assert_eq!(alone, 408, "the same upload alone is a stalled body");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_over_http2_gets_its_head_and_a_clean_end() {
+    use http_body_util::BodyExt;
+    let h = Harness::ready(1, 5, &[]).await;
+    let mut send = h2_connection(&h).await;
+    for path in ["/", "/healthz", "/api/v1/status"] {
+        let req = hyper::Request::head(format!("https://localhost{path}"))
+            .body(http_body_util::StreamBody::new(
+                futures_util::stream::empty().boxed(),
+            ))
+            .expect("request");
+        let resp = send.send_request(req).await.expect("an answer");
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {path} ({status}): the stream was reset: {e}"));
+        assert!(body.to_bytes().is_empty(), "HEAD {path} has content");
+    }
+}

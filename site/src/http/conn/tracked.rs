@@ -113,9 +113,18 @@ where
         req.extensions_mut().insert(PeerAddr(self.peer));
         req.extensions_mut()
             .insert(OnConnection(self.state.clone()));
+        // A HEAD response has no content (RFC 9110, 9.3.2); over HTTP/2 a body after it is a
+        // protocol error the client resets the stream for. The head (Content-Length
+        // included) stays.
+        let head_only = req.method() == warp::http::Method::HEAD;
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;
+            let resp = if head_only {
+                resp.map(|_| WarpBody::default())
+            } else {
+                resp
+            };
             Ok(resp.map(track))
         })
     }
