@@ -181,11 +181,12 @@ async fn measure(o: &UplinkOptions, bed: &mut Testbed) -> Result<Vec<Run>, LabEr
                     ..r
                 };
                 eprintln!(
-                    "loss {:>4.1}% {} run {}: all {} answered in {:.3} s{}",
+                    "loss {:>4.1}% {} run {}: {} of {} answered, the last after {:.3} s{}",
                     loss * 100.0,
                     http,
                     run + 1,
                     r.latencies_s.len(),
+                    o.burst,
                     r.total_s,
                     match r.failed {
                         0 => String::new(),
