@@ -517,3 +517,35 @@ async fn a_head_request_gets_a_head_and_no_content() {
     assert_eq!(head.status, https.status().as_u16(), "as over HTTPS");
     assert!(head.body.is_empty(), "{} bytes of content", head.body.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_http3_request_in_flight_finish_and_then_closes() {
+    // Each image takes 400 ms on the worker, so the upload is in flight when shutdown begins.
+    let h = Harness::ready(1, 400, &["--shutdown-grace-s", "0"]).await;
+    let client = std::sync::Arc::new(H3Client::connect(h3_addr(&h)).await);
+    let uploading = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .upload("/api/v1/classify?wait=true", &[png(9)], &[])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stopping = tokio::spawn(h.stop());
+    let answer = uploading.await.expect("upload task");
+    assert_eq!(
+        answer.status,
+        200,
+        "the request in flight at shutdown: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["results"][0]["status"], "ok");
+    tokio::time::timeout(Duration::from_secs(30), stopping)
+        .await
+        .expect("shutdown within 30 s")
+        .expect("shutdown task");
+    // GOAWAY, then the connection closes: nothing new is served.
+    let closed = tokio::time::timeout(Duration::from_secs(10), client.quic.closed()).await;
+    assert!(closed.is_ok(), "the QUIC connection outlived the server");
+}

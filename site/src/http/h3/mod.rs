@@ -63,6 +63,10 @@ const STREAM_WINDOW: u32 = 1 << 20;
 /// Receive window of a connection, over all its streams: what one client can make the
 /// server hold before it reads.
 const CONNECTION_WINDOW: u32 = 4 << 20;
+/// On shutdown, how long a connection whose requests are done waits for its last responses
+/// to be delivered before it closes: four round trips, within these bounds.
+const CLOSE_LINGER_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const CLOSE_LINGER_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// HTTP/3's "no error" code, for closing a connection that is done.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -287,6 +291,7 @@ async fn requests(
     header_timeout: std::time::Duration,
     stopping: &mut watch::Receiver<bool>,
 ) -> Result<(), h3::error::ConnectionError> {
+    let quic = conn.clone();
     let mut h3 = h3::server::builder()
         .max_field_section_size(MAX_HEADER_BYTES as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -323,6 +328,13 @@ async fn requests(
         }
     }
     while open.join_next().await.is_some() {}
+    if *stopping.borrow() {
+        // The last responses may still be on their way, and closing a QUIC connection (as
+        // dropping `h3` does) discards stream data the peer has not acknowledged. Give them a
+        // few round trips, or until the client, which saw GOAWAY, closes first.
+        let linger = (quic.rtt() * 4).clamp(CLOSE_LINGER_MIN, CLOSE_LINGER_MAX);
+        let _ = tokio::time::timeout(linger, quic.closed()).await;
+    }
     Ok(())
 }
 
