@@ -8,7 +8,7 @@ use plotters::prelude::*;
 
 use glimpse_transport::CongestionControl;
 
-use super::{PROTOCOLS, Run, UplinkOptions};
+use super::run::{PROTOCOLS, Run, UplinkOptions};
 use crate::harness::LabError;
 use crate::harness::report::register_font;
 use crate::load::protocol::HttpVersion;
@@ -323,7 +323,7 @@ mod tests {
             latencies_s: (1..=4).map(|i| total_s * f64::from(i) / 4.0).collect(),
             failed,
             first_error: None,
-            link: crate::uplink::LinkCount {
+            link: super::super::run::LinkCount {
                 packets_up: 100,
                 dropped_up: 5,
                 ..Default::default()
