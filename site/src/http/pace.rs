@@ -82,13 +82,11 @@ pub trait ConnProgress: Send + Sync + std::fmt::Debug {
     fn in_flight(&self) -> u32;
 }
 
-/// The connection a body shares, and what had arrived on it when the body began and when
-/// the body last looked.
+/// The connection a body shares, and what had arrived on it when the body began.
 #[derive(Debug, Clone)]
 struct Shared {
     conn: Arc<dyn ConnProgress>,
     at_start: u64,
-    seen: u64,
 }
 
 /// One body's progress against its [`PaceLimits`].
@@ -120,13 +118,9 @@ impl Pace {
     /// The body rides `conn` with other requests: credit it with its share of the
     /// connection's progress (see the module doc). `None` changes nothing.
     pub fn sharing(mut self, conn: Option<Arc<dyn ConnProgress>>) -> Pace {
-        self.shared = conn.map(|conn| {
-            let now = conn.bytes_received();
-            Shared {
-                conn,
-                at_start: now,
-                seen: now,
-            }
+        self.shared = conn.map(|conn| Shared {
+            at_start: conn.bytes_received(),
+            conn,
         });
         self
     }
@@ -136,21 +130,22 @@ impl Pace {
         self.bytes.max(self.credited)
     }
 
-    /// Looks at the connection: if it received anything since the last look, the body is
-    /// waiting behind siblings, not stalled (its last activity becomes `now`), and its
-    /// credit grows to its share of what arrived since it began.
+    /// Looks at the connection: the body's share of what it received since the body began
+    /// (its bytes over the requests in flight). A share that grew since the last look is
+    /// progress: the body is waiting behind siblings, not stalled (its last activity becomes
+    /// `now`), and it is judged by that share from now on. A connection that receives less
+    /// than a byte per request in flight shares nothing, so one trickle cannot keep many
+    /// bodies alive.
     fn look_at_connection(&mut self, now: Instant) {
-        let Some(shared) = &mut self.shared else {
+        let Some(shared) = &self.shared else {
             return;
         };
-        let total = shared.conn.bytes_received();
-        if total > shared.seen {
-            shared.seen = total;
+        let received = shared.conn.bytes_received().saturating_sub(shared.at_start);
+        let share = received / u64::from(shared.conn.in_flight().max(1));
+        if share > self.credited {
+            self.credited = share;
             self.last = self.last.max(now);
         }
-        let share =
-            total.saturating_sub(shared.at_start) / u64::from(shared.conn.in_flight().max(1));
-        self.credited = self.credited.max(share);
     }
 
     /// `n` more bytes arrived at `now`.
@@ -326,6 +321,22 @@ mod tests {
         alone.received(20_000, t0 + s(1));
         assert_eq!(alone.check(t0 + s(19)), Ok(()));
         assert!(matches!(alone.check(t0 + s(20)), Err(TooSlow::Rate { .. })));
+    }
+
+    #[test]
+    fn one_trickle_does_not_keep_its_siblings_alive() {
+        let t0 = Instant::now();
+        let c = conn(0, 100);
+        let silent = PaceLimits {
+            min_rate: 0,
+            ..LIMITS
+        };
+        let mut p = Pace::new(silent, t0).sharing(Some(c.clone() as Arc<dyn ConnProgress>));
+        // One of 100 requests sends a byte every 20 s: 2 bytes in 40 s, no share for this one.
+        c.bytes.store(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.check(t0 + s(20)), Ok(()));
+        c.bytes.store(2, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(p.check(t0 + s(30)), Err(TooSlow::Stalled(s(30))));
     }
 
     #[test]

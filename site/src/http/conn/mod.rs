@@ -41,10 +41,9 @@ pub use refusal::{Answer, REFUSAL_TIME, refuse};
 pub use registry::{
     ConnCounters, ConnState, EVICTION_GRACE, InFlight, Listener, Refused, Registry, Shares, Ticket,
 };
-pub(crate) use tracked::OnConnection;
 pub use tracked::{
-    HYPER_MAX_HEADERS, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES, ResponseBody, Tracked,
-    TrackedBody, WarpBody,
+    HYPER_MAX_HEADERS, MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES, OnConnection,
+    ResponseBody, Tracked, TrackedBody, WarpBody,
 };
 
 /// Limits on connections (see the module doc).

@@ -63,7 +63,7 @@ impl<S> Tracked<S> {
 /// The connection a request arrived on, in its extensions, so that its body can be paced
 /// among the other requests on it (see [`crate::http::pace`]).
 #[derive(Debug, Clone)]
-pub(crate) struct OnConnection(pub Arc<ConnState>);
+pub struct OnConnection(pub Arc<ConnState>);
 
 /// Names the body type of a response (warp's is not exported by name).
 pub trait ResponseBody {
