@@ -15,6 +15,20 @@ use std::process::Command;
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 
+/// A CSV report: a column's index by its header name, and the rows' fields.
+fn csv(text: &str) -> (impl Fn(&str) -> usize + '_, Vec<Vec<&str>>) {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header line").split(',').collect();
+    let rows = lines.map(|l| l.split(',').collect()).collect();
+    let col = move |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+    };
+    (col, rows)
+}
+
 #[test]
 fn loss_sweep_in_namespaces_measures_both_systems() {
     if let Err(why) = glimpse_netem::tun::check_available() {
@@ -58,16 +72,8 @@ fn loss_sweep_in_namespaces_measures_both_systems() {
 
     // raw.csv: one row per (point, system, run); the baseline at 5% must have a result.
     let raw = std::fs::read_to_string(out.path().join("raw.csv")).unwrap();
-    let mut lines = raw.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
-    };
+    let (col, rows) = csv(&raw);
     let (c_x, c_sys, c_lost, c_ips) = (col("x"), col("system"), col("lost"), col("images_per_s"));
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 4, "2 points × 2 systems:\n{raw}");
     for r in &rows {
         assert_eq!(r[c_lost], "0", "no image lost: {r:?}");
@@ -129,20 +135,12 @@ fn uplink_compares_http2_and_http3_across_a_lossy_link() {
 
     // uplink.csv: one row per (loss, protocol, run), every image answered, and the link
     // really dropped packets at 5% (and none at 0%).
-    let csv = std::fs::read_to_string(out.path().join("uplink.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
-    };
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    assert_eq!(rows.len(), 4, "2 loss rates × 2 protocols:\n{csv}");
+    let text = std::fs::read_to_string(out.path().join("uplink.csv")).unwrap();
+    let (col, rows) = csv(&text);
+    assert_eq!(rows.len(), 4, "2 loss rates × 2 protocols:\n{text}");
     let mut protocols: Vec<&str> = rows.iter().map(|r| r[col("http")]).collect();
     protocols.sort_unstable();
-    assert_eq!(protocols, ["h2", "h2", "h3", "h3"], "{csv}");
+    assert_eq!(protocols, ["h2", "h2", "h3", "h3"], "{text}");
     for r in &rows {
         assert_eq!(r[col("answered")], "6", "{r:?}");
         assert_eq!(r[col("failed")], "0", "{r:?}");
@@ -164,7 +162,7 @@ fn uplink_compares_http2_and_http3_across_a_lossy_link() {
         .filter(|r| r[col("loss")] == "0.05")
         .map(|r| r[col("dropped_up")].parse::<u64>().unwrap())
         .sum();
-    assert!(dropped_at_5 > 0, "5% loss dropped nothing:\n{csv}");
+    assert!(dropped_at_5 > 0, "5% loss dropped nothing:\n{text}");
     let md = std::fs::read_to_string(out.path().join("uplink.md")).unwrap();
     assert!(md.contains("| 5% |"), "{md}");
     for plot in ["uplink-total.png", "uplink-p99.svg"] {

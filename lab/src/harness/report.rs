@@ -317,28 +317,49 @@ where
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         chart
-            .draw_series(pts.iter().map(|r| {
-                ErrorBar::new_vertical(
-                    r.x,
-                    (r.mbit_per_s.mean - r.mbit_per_s.ci95).max(0.0),
-                    r.mbit_per_s.mean,
-                    r.mbit_per_s.mean + r.mbit_per_s.ci95,
-                    color.filled(),
-                    10,
-                )
-            }))
+            .draw_series(error_bars(
+                pts.iter()
+                    .map(|r| (r.x, r.mbit_per_s.mean, r.mbit_per_s.ci95)),
+                color,
+            ))
             .map_err(|x| e(&x))?;
     }
+    legend_and_present(&mut chart, &area, SeriesLabelPosition::UpperRight).map_err(|x| e(&x))
+}
+
+/// Vertical bars of ± `ci` around each `(x, mean, ci)`, never below 0: every lab plot's
+/// confidence intervals.
+pub(crate) fn error_bars(
+    points: impl Iterator<Item = (f64, f64, f64)>,
+    color: RGBColor,
+) -> impl Iterator<Item = ErrorBar<f64, f64, plotters::element::ErrorBarOrientV<f64, f64>>> {
+    points.map(move |(x, mean, ci)| {
+        ErrorBar::new_vertical(x, (mean - ci).max(0.0), mean, mean + ci, color.filled(), 10)
+    })
+}
+
+/// The legend at `position` and the rendering: how every lab plot ends.
+pub(crate) fn legend_and_present<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<
+        'a,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
-        .map_err(|x| e(&x))?;
-    area.present().map_err(|x| e(&x))?;
-    Ok(())
+        .map_err(|x| x.to_string())?;
+    area.present().map_err(|x| x.to_string())
 }
 
 /// The kernel TCP settings the baseline runs with (they differ between machines and decide

@@ -10,7 +10,7 @@ use glimpse_transport::CongestionControl;
 
 use super::run::{PROTOCOLS, Run, UplinkOptions};
 use crate::harness::LabError;
-use crate::harness::report::register_font;
+use crate::harness::report::{error_bars, legend_and_present, register_font};
 use crate::load::protocol::HttpVersion;
 use crate::stats::{MeanCi, mean_ci, percentile};
 
@@ -285,29 +285,16 @@ where
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
         chart
-            .draw_series(pts.iter().map(|r| {
-                let (v, ci) = value(r);
-                ErrorBar::new_vertical(
-                    r.loss * 100.0,
-                    (v - ci).max(0.0),
-                    v,
-                    v + ci,
-                    color.filled(),
-                    10,
-                )
-            }))
+            .draw_series(error_bars(
+                pts.iter().map(|r| {
+                    let (v, ci) = value(r);
+                    (r.loss * 100.0, v, ci)
+                }),
+                color,
+            ))
             .map_err(|x| e(&x))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|x| e(&x))?;
-    area.present().map_err(|x| e(&x))?;
-    Ok(())
+    legend_and_present(&mut chart, &area, SeriesLabelPosition::UpperLeft).map_err(|x| e(&x))
 }
 
 #[cfg(test)]
