@@ -237,6 +237,8 @@ pub struct NodeSpec {
     pub stall_rate: f64,
     /// Extra hold before each answer, in ms (`--extra-delay-ms`).
     pub extra_delay_ms: u64,
+    /// Further `glimpse-node serve` flags, after the lab's own (e.g. `--threads 1`).
+    pub extra: Vec<String>,
 }
 
 impl NodeSpec {
@@ -271,6 +273,7 @@ impl NodeSpec {
         if self.extra_delay_ms > 0 {
             a.extend(["--extra-delay-ms".into(), self.extra_delay_ms.to_string()]);
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 }

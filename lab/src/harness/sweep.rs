@@ -274,6 +274,7 @@ async fn run_glimpse(
             fail_rate: if i == 0 { c.fail_rate_one } else { 0.0 },
             stall_rate: 0.0,
             extra_delay_ms: c.extra_delay_ms,
+            extra: Vec::new(),
         };
         let (prog, args) = match &ns {
             Some(l) => l.wrap(&node_bin, &spec.args(certs)),

@@ -43,4 +43,5 @@ pub use metrics::RunReport;
 pub use node::NodeModel;
 pub use project::ProjectOptions;
 pub use simulate::{Outcome, SimulateOptions, simulate};
+pub use validate::{LAB_IMAGE_BYTES, calibrated_node};
 pub use workload::Workload;

@@ -64,10 +64,10 @@ pub(super) const LAB_CLIENTS: u32 = 8;
 /// Loopback round trip assumed for the lab's links.
 pub(super) const LAB_RTT_MS: f64 = 0.1;
 /// The lab's synthetic JPEGs (~80 KB).
-pub(super) const LAB_IMAGE_BYTES: usize = 80_000;
+pub const LAB_IMAGE_BYTES: usize = 80_000;
 
 /// The node model calibrated on the 1-worker point (see the module doc).
-pub(super) fn calibrated_node() -> NodeModel {
+pub fn calibrated_node() -> NodeModel {
     let one = WORKERS[0];
     let service_ms = 1000.0 / one.images_per_s - LAB_RTT_MS;
     // Latency of an image at one worker = a sum of LAB_CLIENTS services.
