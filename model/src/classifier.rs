@@ -5,12 +5,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::googlenet::NUM_CLASSES;
 use crate::network::Network;
-use crate::preprocess::{self, ImageTensor};
+use crate::preprocess::ImageTensor;
 use crate::{
     Backend, LoadOptions, ModelError, Prediction, WeightsIdentity, WeightsSource, load, native,
     top_k_softmax,
@@ -56,7 +56,7 @@ impl Classifier {
     ) -> Result<Classifier, ModelError> {
         let device = backend.device();
         let (model, identity) = load::load(source, options, &device)?;
-        let model = Network::new(model, backend.fused(), &device)?;
+        let model = Network::new(model, backend.fused())?;
         tracing::info!(weights = %identity.name, trained = identity.trained, %backend, "GoogLeNet loaded");
         Ok(Classifier {
             lanes: vec![Mutex::new(model)],
@@ -111,30 +111,36 @@ impl Classifier {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let n = images.len();
-        let mut input = Vec::with_capacity(n * ImageTensor::LEN);
-        for image in images {
-            input.extend_from_slice(image.as_slice());
-        }
-        let side = preprocess::CROP as usize;
-        let input =
-            Tensor::<4>::from_data(TensorData::new(input, [n, 3, side, side]), &self.device);
-        let (index, model) = self.take_lane();
+        let mut logits = vec![0.0; images.len() * NUM_CLASSES];
+        let (index, mut model) = self.take_lane();
         on_lane(index);
-        let output = model.forward(input);
+        model.logits_into(images, &mut logits, &self.device)?;
         drop(model);
-        let data = output
-            .into_data()
-            .try_to_vec::<f32>()
-            .map_err(|e| ModelError::Inference(format!("{e:?}")))?;
-        if data.len() != n * NUM_CLASSES {
+        Ok(logits.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Raw logits of `images` written into `logits` (`[N, 1000]`, row-major: image `i`'s
+    /// class `c` at `i * 1000 + c`), in one forward pass. On the default (fused) backend this
+    /// allocates nothing once the lane it runs on has served a batch this large: every
+    /// activation lives in the lane's reused buffers.
+    pub fn logits_into(
+        &self,
+        images: &[ImageTensor],
+        logits: &mut [f32],
+    ) -> Result<(), ModelError> {
+        if logits.len() != images.len() * NUM_CLASSES {
             return Err(ModelError::Inference(format!(
-                "expected {} outputs, got {}",
-                n * NUM_CLASSES,
-                data.len()
+                "{} logits for {} images: give {} (1000 per image)",
+                logits.len(),
+                images.len(),
+                images.len() * NUM_CLASSES
             )));
         }
-        Ok(data.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+        if images.is_empty() {
+            return Ok(());
+        }
+        let (_, mut model) = self.take_lane();
+        model.logits_into(images, logits, &self.device)
     }
 
     /// The first free lane, in order (so a lightly loaded classifier keeps using the same

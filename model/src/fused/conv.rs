@@ -145,8 +145,36 @@ fn tile_cols(out_channels: usize, row_tiles: usize, threads: usize) -> usize {
 }
 
 thread_local! {
-    /// Each thread's im2col tile, grown to the largest tile it has seen and then reused.
+    /// Each thread's im2col tile, grown to the largest tile it has seen (or was reserved, see
+    /// [`reserve_patches`]) and then reused.
     static PATCHES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most im2col scratch one work item of `geometry` can need on any batch, in floats
+/// (0 for a 1×1/1 convolution, which reads its input in place): [`tile_rows`]' cap times
+/// the patch length.
+pub(crate) fn patch_scratch(geometry: ConvGeometry) -> usize {
+    if geometry.is_pointwise() {
+        return 0;
+    }
+    let k = geometry.patch_len();
+    tile_rows(usize::MAX, k, 1) * k
+}
+
+/// Floats in the calling thread's im2col scratch.
+#[cfg(test)]
+pub(crate) fn patches_len() -> usize {
+    PATCHES.with_borrow(Vec::len)
+}
+
+/// Grows the calling thread's im2col scratch to `len` floats, so that no later tile of at
+/// most that size allocates.
+pub(crate) fn reserve_patches(len: usize) {
+    PATCHES.with_borrow_mut(|p| {
+        if p.len() < len {
+            p.resize(len, 0.0);
+        }
+    });
 }
 
 /// `dst = relu(conv(input, weight) + bias)`, with `weight` the panels of `[k, k, cin, cout]`

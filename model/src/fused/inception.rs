@@ -4,10 +4,8 @@
 //! (the GEMM's destination row stride is the block's width), so there is no concat copy. The
 //! two 1×1 "reduce" convolutions that read the block's input are merged into one GEMM (their
 //! packed weights side by side); the two 3×3 convolutions then read their halves of that
-//! result in place. The branch-4 max-pool and the reduce output live in per-thread scratch
-//! buffers that are reused from call to call.
-
-use std::cell::RefCell;
+//! result in place. The branch-4 max-pool and the reduce output live in the caller's
+//! [`InceptionScratch`], reused from block to block and call to call.
 
 use super::conv::{Activations, ConvGeometry, Destination, conv_bias_relu};
 use super::pool::{PoolGeometry, max_pool};
@@ -77,13 +75,30 @@ const BRANCH4_POOL: PoolGeometry = PoolGeometry {
     padding: 1,
 };
 
-thread_local! {
-    /// The calling thread's reduce and pool buffers, reused across blocks and calls.
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+/// A block's intermediate maps: the merged reductions' output and the branch-4 pool's. The
+/// caller keeps them from block to block and pass to pass; they grow to the largest block
+/// they have served and never shrink.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InceptionScratch {
+    reduced: Vec<f32>,
+    pooled: Vec<f32>,
+}
+
+/// `buffer[..len]`, growing `buffer` first if it is shorter.
+fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
 /// Runs the block on a dense NHWC `input` into `output` (`[pixels, out_channels]`).
-pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, output: &mut [f32]) {
+pub(crate) fn inception(
+    input: Activations<'_>,
+    convs: &InceptionConvs<'_>,
+    output: &mut [f32],
+    scratch: &mut InceptionScratch,
+) {
     let pixels = input.batch * input.height * input.width;
     let width = convs.out_channels();
     assert_eq!(output.len(), pixels * width, "output size");
@@ -91,12 +106,9 @@ pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, outp
         input.row_stride == input.channels && input.offset == 0,
         "dense input"
     );
-    // Taken out of the thread-local (and put back after), so a nested call on this thread
-    // could never find it borrowed: it would just allocate.
-    let (mut reduced, mut pooled) = SCRATCH.with_borrow_mut(std::mem::take);
     let red = convs.reduce.geometry.out_channels;
-    reduced.resize(pixels * red, 0.0);
-    pooled.resize(pixels * input.channels, 0.0);
+    let reduced = grown(&mut scratch.reduced, pixels * red);
+    let pooled = grown(&mut scratch.pooled, pixels * input.channels);
 
     let mut offset = 0;
     let mut run = |source: Activations<'_>, conv: &PackedConv<'_>, output: &mut [f32]| {
@@ -104,12 +116,11 @@ pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, outp
         offset += conv.geometry.out_channels;
     };
     run(input, &convs.branch1, output);
-    convs
-        .reduce
-        .run(input, Destination::new(&mut reduced, red, 0));
+    convs.reduce.run(input, Destination::new(reduced, red, 0));
     let c3r = convs.branch2.geometry.in_channels;
+    let reduced: &[f32] = reduced;
     let half = |channels, offset| Activations {
-        data: &reduced,
+        data: reduced,
         channels,
         row_stride: red,
         offset,
@@ -125,12 +136,11 @@ pub(crate) fn inception(input: Activations<'_>, convs: &InceptionConvs<'_>, outp
         &input.data[..pixels * input.channels],
         (input.batch, input.height, input.width, input.channels),
         BRANCH4_POOL,
-        &mut pooled,
+        pooled,
     );
     let pooled_input = Activations {
-        data: &pooled,
+        data: pooled,
         ..input
     };
     run(pooled_input, &convs.branch4, output);
-    SCRATCH.with_borrow_mut(|scratch| *scratch = (reduced, pooled));
 }

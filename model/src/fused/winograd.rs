@@ -259,6 +259,33 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// The most scratch one work item of a `cin → cout` layer can need on any batch, in floats:
+/// the transformed inputs and the products of [`block_tiles`]' cap of tiles.
+pub(crate) fn scratch(cin: usize, cout: usize) -> (usize, usize) {
+    let coutp = cout.next_multiple_of(PANEL);
+    let tiles = block_tiles(usize::MAX, cin, coutp, 1, Kernel::get().mr());
+    (POINTS * tiles * cin, POINTS * tiles * coutp)
+}
+
+/// Floats in the calling thread's `(inputs, products)` scratch.
+#[cfg(test)]
+pub(crate) fn scratch_len() -> (usize, usize) {
+    SCRATCH.with_borrow(|(v, m)| (v.len(), m.len()))
+}
+
+/// Grows the calling thread's scratch to `(inputs, products)` floats, so that no later work
+/// item of at most those sizes allocates.
+pub(crate) fn reserve(inputs: usize, products: usize) {
+    SCRATCH.with_borrow_mut(|(v, m)| {
+        if v.len() < inputs {
+            v.resize(inputs, 0.0);
+        }
+        if m.len() < products {
+            m.resize(products, 0.0);
+        }
+    });
+}
+
 /// Tiles per block: enough rows for the micro-kernel, few enough that the block's
 /// transformed input and products (36 points each) stay within about 2 MiB, and at least as
 /// many blocks as threads when the layer allows.
