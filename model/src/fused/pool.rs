@@ -72,10 +72,11 @@ fn pool_rows(
                     let line = &input[((b * height + y) * width) * channels..];
                     for x in x0..x1 {
                         let cell = &line[x * channels..(x + 1) * channels];
+                        // `max` compiles to vector max instructions where a compare and
+                        // branch did not; `o` is never NaN (it starts at −∞ and only takes
+                        // `max`), so a NaN input is skipped exactly as `v > o` skipped it.
                         for (o, v) in pixel.iter_mut().zip(cell) {
-                            if *v > *o {
-                                *o = *v;
-                            }
+                            *o = o.max(*v);
                         }
                     }
                 }
