@@ -43,7 +43,7 @@ impl PackedConv<'_> {
     }
 }
 
-/// The block's packed weights, as [`super::FusedOps::inception_nhwc`] receives them.
+/// The block's packed weights, borrowed from the network for one call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InceptionConvs<'a> {
     /// 1×1, `cin → ch1x1`.
