@@ -88,14 +88,25 @@ impl H3Client {
     }
 
     /// Sends `request` with `body` and reads the whole response.
+    ///
+    /// A server may answer before the body is all there (a body longer than its
+    /// Content-Length, say) and stop reading the request (RFC 9114 §4.1.2: STOP_SENDING),
+    /// so a refused body or finish is not a failure here: the response is what counts. If no
+    /// response comes either, the panic names both.
     pub(crate) async fn send(&self, request: http::Request<()>, body: Bytes) -> H3Response {
         let mut send = self.send.clone();
         let mut stream = send.send_request(request).await.expect("request sent");
+        let mut sending = Ok(());
         if !body.is_empty() {
-            stream.send_data(body).await.expect("body sent");
+            sending = stream.send_data(body).await;
         }
-        stream.finish().await.expect("request finished");
-        let response = stream.recv_response().await.expect("a response");
+        if sending.is_ok() {
+            sending = stream.finish().await;
+        }
+        let response = match stream.recv_response().await {
+            Ok(response) => response,
+            Err(e) => panic!("no response ({e}); sending the request: {sending:?}"),
+        };
         let mut body = BytesMut::new();
         while let Some(mut chunk) = stream.recv_data().await.expect("response body") {
             body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
