@@ -13,6 +13,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 
 /// A CSV report: a column's index by its header name, and the rows' fields.
@@ -35,19 +37,9 @@ fn loss_sweep_in_namespaces_measures_both_systems() {
         eprintln!("SKIPPED lab netns test: {why} (needs root, /dev/net/tun and ip netns)");
         return;
     }
-    let bin_dir = Path::new(LAB).parent().expect("binary has a directory");
-    let missing: Vec<&str> = ["glimpse", "glimpse-node", "glimpse-certs"]
-        .into_iter()
-        .filter(|b| !bin_dir.join(b).is_file())
-        .collect();
-    if !missing.is_empty() {
-        eprintln!(
-            "SKIPPED lab netns test: {} not built in {} (run `cargo build --workspace`)",
-            missing.join(", "),
-            bin_dir.display()
-        );
+    let Some(bin_dir) = common::workspace_bins(LAB, "lab netns test") else {
         return;
-    }
+    };
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(LAB)
         .args(["sweep", "loss", "--net", "netns", "--quick", "--runs", "1"])

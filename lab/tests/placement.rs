@@ -14,32 +14,17 @@
 //! them); otherwise it prints SKIPPED and returns, except under CI (`CI` set), where a
 //! missing binary fails.
 
-use std::path::Path;
 use std::process::Command;
+
+mod common;
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 
 #[test]
 fn a_slow_node_loses_its_share_under_expected_finish_but_not_least_outstanding() {
-    let bin_dir = Path::new(LAB).parent().expect("binary has a directory");
-    let missing: Vec<&str> = ["glimpse", "glimpse-node", "glimpse-certs"]
-        .into_iter()
-        .filter(|b| !bin_dir.join(b).is_file())
-        .collect();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} not built in {} under CI",
-            missing.join(", "),
-            bin_dir.display()
-        );
-        eprintln!(
-            "SKIPPED placement test: {} not built in {} (run `cargo build --workspace`)",
-            missing.join(", "),
-            bin_dir.display()
-        );
+    let Some(bin_dir) = common::workspace_bins(LAB, "placement test") else {
         return;
-    }
+    };
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(LAB)
         .args([

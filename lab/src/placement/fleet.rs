@@ -191,6 +191,20 @@ pub struct NodeSeen {
     pub service_ms: Option<f64>,
 }
 
+#[cfg(test)]
+impl NodeSeen {
+    /// A node `slowdown` times slower that served `served` images (the reports' tests).
+    pub(super) fn served(slowdown: f64, served: u64) -> NodeSeen {
+        NodeSeen {
+            name: String::new(),
+            slowdown,
+            served,
+            placement_share: 0.0,
+            service_ms: None,
+        }
+    }
+}
+
 /// One run's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
@@ -287,13 +301,7 @@ mod tests {
 
     #[test]
     fn the_slow_share_compares_images_per_node() {
-        let node = |slowdown, served| NodeSeen {
-            name: String::new(),
-            slowdown,
-            served,
-            placement_share: 0.0,
-            service_ms: None,
-        };
+        let node = NodeSeen::served;
         let run = Run {
             placement: Placement::ExpectedFinish,
             run: 0,

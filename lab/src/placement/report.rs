@@ -379,13 +379,7 @@ mod tests {
     use super::*;
 
     fn run(placement: Placement, p99_ms: f64, slow_served: u64) -> Run {
-        let node = |slowdown, served| NodeSeen {
-            name: String::new(),
-            slowdown,
-            served,
-            placement_share: 0.0,
-            service_ms: None,
-        };
+        let node = NodeSeen::served;
         Run {
             placement,
             run: 0,
