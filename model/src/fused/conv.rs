@@ -308,24 +308,55 @@ fn im2col(
     } = geometry;
     let (h, w) = (input.height as isize, input.width as isize);
     let plane = input.height * input.width;
+    // With densely packed input rows, the taps of one kernel row are one contiguous run of
+    // `kernel·cin` floats wherever the kernel does not hang over the left or right edge.
+    let dense = input.row_stride == cin;
+    let run = kernel * cin;
     for (pixel, patch) in rows.zip(patches.chunks_exact_mut(geometry.patch_len())) {
         let b = pixel / (oh * ow);
         let oy = (pixel / ow) % oh;
         let ox = pixel % ow;
         let image = &input.data[input.offset + b * plane * input.row_stride..];
-        for ky in 0..kernel {
+        let ix0 = (ox * stride) as isize - padding as isize;
+        let inside = ix0 >= 0 && ix0 + kernel as isize <= w;
+        for (ky, line) in patch.chunks_exact_mut(run).enumerate() {
             let iy = (oy * stride + ky) as isize - padding as isize;
-            for kx in 0..kernel {
-                let ix = (ox * stride + kx) as isize - padding as isize;
-                let tap = &mut patch[(ky * kernel + kx) * cin..][..cin];
-                if iy < 0 || iy >= h || ix < 0 || ix >= w {
+            if iy < 0 || iy >= h {
+                line.fill(0.0);
+                continue;
+            }
+            let row = iy as usize * input.width;
+            if dense && inside {
+                let at = (row + ix0 as usize) * cin;
+                copy_short(line, &image[at..at + run]);
+                continue;
+            }
+            for (kx, tap) in line.chunks_exact_mut(cin).enumerate() {
+                let ix = ix0 + kx as isize;
+                if ix < 0 || ix >= w {
                     tap.fill(0.0);
                 } else {
-                    let at = (iy * w + ix) as usize * input.row_stride;
-                    tap.copy_from_slice(&image[at..at + cin]);
+                    let at = (row + ix as usize) * input.row_stride;
+                    copy_short(tap, &image[at..at + cin]);
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs im2col copies (the stem's are 3 and 21
+/// floats), in fixed blocks the compiler keeps in registers instead of calling `memcpy`.
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    const BLOCK: usize = 8;
+    let mut d = dst.chunks_exact_mut(BLOCK);
+    let mut s = src.chunks_exact(BLOCK);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; BLOCK] = s.try_into().expect("a whole block");
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -487,14 +518,22 @@ mod tests {
 
     #[test]
     fn reads_a_channel_slice_of_a_wider_input() {
-        let g = geometry(4, 6, 1, 1);
-        let (n, side, wide) = (1, 3, 10);
+        // 1×1 reads the rows in place; a strided k×k copies its taps one by one (the rows
+        // are not dense, so a kernel row is not one run).
+        for (g, side) in [(geometry(4, 6, 1, 1), 3), (geometry(4, 6, 3, 2), 7)] {
+            reads_a_channel_slice(g, side);
+        }
+    }
+
+    fn reads_a_channel_slice(g: ConvGeometry, side: usize) {
+        let (n, wide) = (1, 10);
         let x = values(n * side * side * wide, 4);
         let narrow: Vec<f32> = x.chunks(wide).flat_map(|row| row[3..7].to_vec()).collect();
-        let w = values(4 * 6, 5);
+        let w = values(g.patch_len() * 6, 5);
         let bias = values(6, 6);
         let want = reference(&narrow, (n, side, side), g, &w, &bias);
-        let mut out = vec![0.0; n * side * side * 6];
+        let out_side = g.out_side(side);
+        let mut out = vec![0.0; n * out_side * out_side * 6];
         let input = Activations {
             data: &x,
             batch: n,
@@ -511,8 +550,9 @@ mod tests {
             &bias,
             Destination::new(&mut out, 6, 0),
         );
+        assert_eq!(out.len(), want.len());
         for (got, want) in out.iter().zip(&want) {
-            assert!((got - want).abs() < 1e-4);
+            assert!((got - want).abs() < 1e-4, "{g:?}: {got} vs {want}");
         }
     }
 
