@@ -69,6 +69,10 @@ fn check_logits_and_top1(backend: Backend) {
     let classifier = Classifier::load(&fixture_weights(), backend).expect("load fixture .pth");
     assert!(classifier.identity().trained);
     assert_eq!(classifier.backend(), backend);
+    if let Ok(asked) = std::env::var("GLIMPSE_KERNEL") {
+        // A kernel asked for by name runs, rather than a quiet fallback.
+        assert_eq!(glimpse_model::kernels::micro_kernel(), asked);
+    }
     let reader = reader();
 
     // Two input tensors, one forward pass.
@@ -123,16 +127,19 @@ fn logits_and_top1_match_torchvision_flex() {
     check_logits_and_top1(Backend::Flex);
 }
 
-/// The fused path with the portable micro-kernel and with Winograd everywhere and nowhere:
-/// the test binary runs its own flex test again with `GLIMPSE_KERNEL` / `GLIMPSE_WINOGRAD`
-/// set, since the kernel is chosen once per process.
+/// The fused path with every micro-kernel this CPU runs (the portable one everywhere; AVX2
+/// and AVX-512 where the CPU has them, NEON on AArch64) and with Winograd everywhere and
+/// nowhere: the test binary runs its own flex test again with `GLIMPSE_KERNEL` /
+/// `GLIMPSE_WINOGRAD` set, since the kernel is chosen once per process.
 #[test]
 fn logits_and_top1_match_torchvision_flex_every_kernel_variant() {
-    for (var, value) in [
-        ("GLIMPSE_KERNEL", "portable"),
-        ("GLIMPSE_WINOGRAD", "off"),
-        ("GLIMPSE_WINOGRAD", "all"),
-    ] {
+    let kernels = glimpse_model::kernels::micro_kernels_available();
+    assert!(kernels.contains(&"portable"), "{kernels:?}");
+    let variants = kernels
+        .into_iter()
+        .map(|k| ("GLIMPSE_KERNEL", k))
+        .chain([("GLIMPSE_WINOGRAD", "off"), ("GLIMPSE_WINOGRAD", "all")]);
+    for (var, value) in variants {
         let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
             .args([
                 "--exact",

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use super::{PANEL, Start, Tile};
 
 /// Rows of the register tile.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 
 /// Whether this CPU runs the kernel.
 pub(super) fn available() -> bool {

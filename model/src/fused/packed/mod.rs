@@ -7,22 +7,27 @@
 //! `MR × PANEL` tile of `c` in registers. `a` (activations or im2col patches) is read in
 //! place, row by row with any row stride: each of its values is broadcast once per panel.
 //!
-//! The micro-kernel is picked once per process ([`Kernel::get`]): AVX2+FMA where the CPU has
-//! it, a portable one (plain Rust the compiler vectorizes for the baseline target)
-//! elsewhere or when `GLIMPSE_KERNEL=portable` asks for it. Both read the same packed layout,
-//! so packing never depends on the CPU.
+//! The micro-kernel is picked once per process ([`Kernel::get`]): AVX-512 or AVX2+FMA on
+//! x86-64 by run-time detection, NEON on AArch64, and a portable one (plain Rust the
+//! compiler vectorizes for the baseline target) elsewhere. `GLIMPSE_KERNEL` can ask for
+//! any of them by name (`avx512`, `avx2`, `neon`, `portable`) that the CPU runs. They all
+//! read the same packed layout, so packing never depends on the CPU.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod portable;
 
 use std::sync::OnceLock;
 
-/// Columns per panel: two AVX2 registers of f32 (one AVX-512 register).
+/// Columns per panel: one AVX-512 register of f32, two AVX2 ones, four NEON ones.
 pub(crate) const PANEL: usize = 16;
 
-/// The environment variable that can force the portable micro-kernel (`portable`); any
-/// other value, or none, picks the best one the CPU runs.
+/// The environment variable that can ask for a micro-kernel by [`Kernel::name`]: one the
+/// CPU cannot run, or an unknown name, is ignored with a warning and the best one is used.
 pub(crate) const KERNEL_VAR: &str = "GLIMPSE_KERNEL";
 
 /// Packs a row-major `[k, n]` matrix into `n.div_ceil(PANEL)` panels of `k × PANEL`.
@@ -75,48 +80,100 @@ pub(crate) struct Tile {
 /// A micro-kernel implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
+    /// 12×16 tile in twelve 512-bit registers (x86-64 with AVX-512F, AVX2 and FMA).
+    Avx512,
     /// 6×16 tile in twelve 256-bit registers (x86-64 with AVX2 and FMA).
     Avx2Fma,
+    /// 6×16 tile in twenty-four 128-bit registers (AArch64).
+    Neon,
     /// 4×16 tile in plain Rust: any CPU.
     Portable,
 }
 
 impl Kernel {
-    /// The process's kernel, chosen on first use.
+    /// Every kernel, best first.
+    pub(crate) const ALL: [Kernel; 4] = [
+        Kernel::Avx512,
+        Kernel::Avx2Fma,
+        Kernel::Neon,
+        Kernel::Portable,
+    ];
+
+    /// The process's kernel, chosen on first use: the one `GLIMPSE_KERNEL` names if the
+    /// CPU runs it, else the best one it runs.
     pub(crate) fn get() -> Kernel {
         static KERNEL: OnceLock<Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let forced = std::env::var(KERNEL_VAR).is_ok_and(|v| v == "portable");
-            if forced {
-                Kernel::Portable
-            } else {
-                Kernel::detect()
+            let Ok(name) = std::env::var(KERNEL_VAR) else {
+                return Kernel::detect();
+            };
+            match Kernel::ALL.into_iter().find(|k| k.name() == name) {
+                Some(kernel) if kernel.available() => kernel,
+                found => {
+                    let best = Kernel::detect();
+                    tracing::warn!(
+                        "{KERNEL_VAR}={name}: {}; using {}",
+                        if found.is_some() {
+                            "this CPU cannot run that micro-kernel"
+                        } else {
+                            "no such micro-kernel (avx512, avx2, neon or portable)"
+                        },
+                        best.name()
+                    );
+                    best
+                }
             }
         })
     }
 
     /// The best kernel this CPU runs.
     pub(crate) fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if avx2::available() {
-            return Kernel::Avx2Fma;
-        }
-        Kernel::Portable
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Portable)
     }
 
-    /// A short name for reports.
+    /// Every kernel this CPU runs, best first.
+    pub(crate) fn available_here() -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.available())
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub(crate) fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::available(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => avx2::available(),
+            // NEON is part of the AArch64 baseline.
+            Kernel::Neon => cfg!(target_arch = "aarch64"),
+            Kernel::Portable => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512 | Kernel::Avx2Fma => false,
+        }
+    }
+
+    /// The kernel's name, as `GLIMPSE_KERNEL` takes it.
     pub(crate) const fn name(self) -> &'static str {
         match self {
-            Kernel::Avx2Fma => "avx2+fma 6x16",
-            Kernel::Portable => "portable 4x16",
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2",
+            Kernel::Neon => "neon",
+            Kernel::Portable => "portable",
         }
     }
 
     /// Rows of the register tile.
     pub(crate) const fn mr(self) -> usize {
         match self {
-            Kernel::Avx2Fma => 6,
-            Kernel::Portable => portable::MR,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::MR,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => avx2::MR,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::MR,
+            _ => portable::MR,
         }
     }
 
@@ -126,17 +183,25 @@ impl Kernel {
     /// Every pointer in `tile` must be valid for what it describes: `a` for `rows` rows of
     /// `k` floats `a_stride` apart, `panel` for `k × PANEL` floats, `c` for `rows` rows of
     /// `cols` floats `c_stride` apart (not aliasing `a` or `panel`), `bias` for `cols`
-    /// floats when `start` is [`Start::Bias`]; `rows ≤ self.mr()`, `cols ≤ PANEL`.
+    /// floats when `start` is [`Start::Bias`]; `rows ≤ self.mr()`, `cols ≤ PANEL`; and the
+    /// CPU must run the kernel ([`Kernel::available`]), which [`Kernel::get`] ensures.
     pub(crate) unsafe fn tile(self, tile: &Tile) {
+        debug_assert!(self.available(), "{self:?} on a CPU without it");
         match self {
-            // SAFETY: `Avx2Fma` is only ever chosen when the CPU has AVX2 and FMA; the
-            // pointers are the caller's contract.
+            // SAFETY: the caller's contract (the CPU has AVX-512F, AVX2 and FMA; the
+            // pointers are valid).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::tile(tile) },
+            // SAFETY: the caller's contract (the CPU has AVX2 and FMA; the pointers).
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => unsafe { avx2::tile(tile) },
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2Fma => unreachable!("AVX2 is never picked off x86-64"),
+            // SAFETY: the caller's contract (the pointers; NEON is baseline on AArch64).
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => unsafe { neon::tile(tile) },
             // SAFETY: the caller's contract.
             Kernel::Portable => unsafe { portable::tile(tile) },
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("{self:?} is never available on this architecture"),
         }
     }
 }
@@ -153,9 +218,14 @@ pub(crate) fn fma_peak_gflops(threads: usize, duration: std::time::Duration) -> 
                     let mut sink = 0.0f32;
                     while start.elapsed() < duration {
                         let (f, s) = match kernel {
+                            // SAFETY: `Avx512` is only picked when the CPU has AVX-512F.
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Avx512 => unsafe { avx512::fma_chains(1 << 20) },
                             // SAFETY: `Avx2Fma` is only picked when the CPU has AVX2 and FMA.
                             #[cfg(target_arch = "x86_64")]
                             Kernel::Avx2Fma => unsafe { avx2::fma_chains(1 << 20) },
+                            #[cfg(target_arch = "aarch64")]
+                            Kernel::Neon => neon::fma_chains(1 << 20),
                             _ => portable::fma_chains(1 << 18),
                         };
                         flops += f;
@@ -244,12 +314,9 @@ mod tests {
             .collect()
     }
 
+    /// Every kernel this CPU runs (the portable one everywhere).
     fn kernels() -> Vec<Kernel> {
-        let mut all = vec![Kernel::Portable];
-        if Kernel::detect() != Kernel::Portable {
-            all.push(Kernel::detect());
-        }
-        all
+        Kernel::available_here().collect()
     }
 
     /// Every kernel against direct loops, for sizes around the register tile.
