@@ -122,12 +122,28 @@ impl Destination {
     }
 }
 
-/// Rows per tile: enough for an efficient GEMM, few enough that a tile of patches stays in
-/// the L2 cache (about 256 KiB of them), and at least `threads` tiles when the layer is big.
-fn tile_rows(pixels: usize, patch_len: usize, threads: usize) -> usize {
-    let cache_rows = (64 * 1024 / patch_len.max(1)).clamp(16, 256);
-    let balanced = pixels.div_ceil(threads.max(1));
-    cache_rows.min(balanced).max(1)
+/// Rows per tile at most: enough for an efficient GEMM, few enough that a tile of patches
+/// stays in the L2 cache (about 256 KiB of them).
+fn cache_rows(patch_len: usize) -> usize {
+    (64 * 1024 / patch_len.max(1)).clamp(16, 256)
+}
+
+/// How many row tiles `pixels` rows are cut into: enough that none exceeds
+/// [`cache_rows`], at least one per thread, and a multiple of the threads, so that every
+/// thread gets the same share. (Tiles of [`cache_rows`] and a remainder would not: 784
+/// pixels of 256 rows are three full tiles and a sliver, which two threads share 2 : 1.)
+fn row_tiles(pixels: usize, patch_len: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    pixels
+        .div_ceil(cache_rows(patch_len))
+        .max(threads)
+        .next_multiple_of(threads)
+        .clamp(1, pixels.max(1))
+}
+
+/// Part `index` of `0..len` cut into `parts` near-equal ranges (sizes differ by at most 1).
+pub(crate) fn even_part(len: usize, parts: usize, index: usize) -> std::ops::Range<usize> {
+    index * len / parts..(index + 1) * len / parts
 }
 
 /// Columns per tile when there are too few row tiles to keep every thread busy (the 7×7 and
@@ -151,14 +167,14 @@ thread_local! {
 }
 
 /// The most im2col scratch one work item of `geometry` can need on any batch, in floats
-/// (0 for a 1×1/1 convolution, which reads its input in place): [`tile_rows`]' cap times
-/// the patch length.
+/// (0 for a 1×1/1 convolution, which reads its input in place): [`cache_rows`] times the
+/// patch length.
 pub(crate) fn patch_scratch(geometry: ConvGeometry) -> usize {
     if geometry.is_pointwise() {
         return 0;
     }
     let k = geometry.patch_len();
-    tile_rows(usize::MAX, k, 1) * k
+    cache_rows(k) * k
 }
 
 /// Floats in the calling thread's im2col scratch.
@@ -214,17 +230,15 @@ pub(crate) fn conv_bias_relu(
     assert!(last_in <= input.data.len(), "input too small");
 
     let threads = rayon::current_num_threads();
-    let rows = tile_rows(pixels, geometry.patch_len(), threads);
-    let row_tiles = pixels.div_ceil(rows);
+    let row_tiles = row_tiles(pixels, geometry.patch_len(), threads);
     let cols = tile_cols(cout, row_tiles, threads);
     let col_tiles = cout.div_ceil(cols);
     let item = |index: usize| {
         let (rt, ct) = (index / col_tiles, index % col_tiles);
-        let r0 = rt * rows;
-        let r1 = (r0 + rows).min(pixels);
         let c0 = ct * cols;
         let c1 = (c0 + cols).min(cout);
-        tile(input, geometry, (oh, ow), weight, bias, dst, r0..r1, c0..c1);
+        let rows = even_part(pixels, row_tiles, rt);
+        tile(input, geometry, (oh, ow), weight, bias, dst, rows, c0..c1);
     };
     let items = row_tiles * col_tiles;
     if items == 1 || threads <= 1 {
@@ -558,10 +572,24 @@ mod tests {
 
     #[test]
     fn tiles_cover_every_row_and_column() {
-        for (pixels, patch, threads) in [(49, 1728, 2), (12544, 147, 2), (1, 9, 4), (196, 832, 3)] {
-            let rows = tile_rows(pixels, patch, threads);
-            assert!((1..=pixels.max(1)).contains(&rows));
-            let cols = tile_cols(128, pixels.div_ceil(rows), threads);
+        for (pixels, patch, threads) in [
+            (49, 1728, 2),
+            (12544, 147, 2),
+            (1, 9, 4),
+            (196, 832, 3),
+            (784, 192, 2),
+        ] {
+            let tiles = row_tiles(pixels, patch, threads);
+            assert!((1..=pixels).contains(&tiles));
+            let parts: Vec<_> = (0..tiles).map(|i| even_part(pixels, tiles, i)).collect();
+            assert_eq!(parts[0].start, 0);
+            assert_eq!(parts[tiles - 1].end, pixels);
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(parts.iter().all(|p| p.len() <= cache_rows(patch)));
+            if pixels >= threads {
+                assert_eq!(tiles % threads, 0, "{pixels} rows, {threads} threads");
+            }
+            let cols = tile_cols(128, tiles, threads);
             assert!((1..=128).contains(&cols));
         }
     }

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::{Activations, Destination};
+use super::conv::{Activations, Destination, even_part};
 use super::packed::{self, Kernel, PANEL, Start};
 
 /// Output pixels per tile side (the "4" of F(4×4, 3×3)).
@@ -260,10 +260,10 @@ thread_local! {
 }
 
 /// The most scratch one work item of a `cin → cout` layer can need on any batch, in floats:
-/// the transformed inputs and the products of [`block_tiles`]' cap of tiles.
+/// the transformed inputs and the products of [`block_cap`] tiles.
 pub(crate) fn scratch(cin: usize, cout: usize) -> (usize, usize) {
     let coutp = cout.next_multiple_of(PANEL);
-    let tiles = block_tiles(usize::MAX, cin, coutp, 1, Kernel::get().mr());
+    let tiles = block_cap(cin, coutp, Kernel::get().mr());
     (POINTS * tiles * cin, POINTS * tiles * coutp)
 }
 
@@ -286,13 +286,29 @@ pub(crate) fn reserve(inputs: usize, products: usize) {
     });
 }
 
-/// Tiles per block: enough rows for the micro-kernel, few enough that the block's
-/// transformed input and products (36 points each) stay within about 2 MiB, and at least as
-/// many blocks as threads when the layer allows.
-fn block_tiles(tiles: usize, cin: usize, coutp: usize, threads: usize, mr: usize) -> usize {
-    let cache = (512 * 1024 / (POINTS * (cin + coutp))).clamp(mr, 96);
-    let balanced = tiles.div_ceil(threads.max(1));
-    cache.min(balanced).max(1)
+/// A block's transformed inputs and products together, at most (unless one register tile
+/// of rows needs more): 256 KiB, half of the smallest L2 cache of the x86 cores Glimpse
+/// runs on (Zen 2/3), so the input transform, the 36 GEMMs and the output transform pass
+/// the block to each other in L2. Measured against 2 MiB, which left it in L3, in
+/// BENCHMARKS.md.
+const BLOCK_FLOATS: usize = 64 * 1024;
+
+/// Tiles per block at most: enough rows for the micro-kernel, few enough that the block's
+/// transformed input and products (36 points each) stay within [`BLOCK_FLOATS`].
+fn block_cap(cin: usize, coutp: usize, mr: usize) -> usize {
+    (BLOCK_FLOATS / (POINTS * (cin + coutp))).clamp(mr, 96)
+}
+
+/// How many blocks `tiles` tiles are cut into: enough that none exceeds [`block_cap`], at
+/// least one per thread when there are tiles enough, and a multiple of the threads, so
+/// that every thread gets the same share (see `conv::row_tiles`).
+fn blocks(tiles: usize, cap: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    tiles
+        .div_ceil(cap)
+        .max(threads)
+        .next_multiple_of(threads)
+        .clamp(1, tiles.max(1))
 }
 
 /// `dst = relu(conv3×3(input, filter) + bias)`, stride 1, padding 1, with `filter` from
@@ -327,8 +343,7 @@ pub(crate) fn conv3x3(
     let tiles = input.batch * tiling.tiles_y * tiling.tiles_x;
     let kernel = Kernel::get();
     let threads = rayon::current_num_threads();
-    let per_block = block_tiles(tiles, cin, coutp, threads, kernel.mr());
-    let blocks = tiles.div_ceil(per_block);
+    let blocks = blocks(tiles, block_cap(cin, coutp, kernel.mr()), threads);
     // Too few blocks for the threads: split the output channels too, in whole panels.
     let groups = if blocks >= threads {
         1
@@ -341,8 +356,7 @@ pub(crate) fn conv3x3(
 
     let item = |index: usize| {
         let (block, group) = (index / groups, index % groups);
-        let t0 = block * per_block;
-        let t1 = (t0 + per_block).min(tiles);
+        let std::ops::Range { start: t0, end: t1 } = even_part(tiles, blocks, block);
         let count = t1 - t0;
         let c0 = group * group_cols;
         let c1 = (c0 + group_cols).min(cout);
@@ -408,8 +422,10 @@ impl Kernel {
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Avx2Fma` is only picked when the CPU has AVX2 and FMA.
-            Kernel::Avx2Fma => unsafe { avx2::input_transform(input, tiling, tiles, v) },
+            // SAFETY: `Avx2Fma` and `Avx512` are only picked when the CPU has AVX2 and FMA.
+            Kernel::Avx2Fma | Kernel::Avx512 => unsafe {
+                avx2::input_transform(input, tiling, tiles, v)
+            },
             _ => input_transform(input, tiling, tiles, v),
         }
     }
@@ -428,8 +444,8 @@ impl Kernel {
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Avx2Fma` is only picked when the CPU has AVX2 and FMA.
-            Kernel::Avx2Fma => unsafe {
+            // SAFETY: `Avx2Fma` and `Avx512` are only picked when the CPU has AVX2 and FMA.
+            Kernel::Avx2Fma | Kernel::Avx512 => unsafe {
                 avx2::output_transform(m, m_stride, tiling, tiles, cols, bias, dst)
             },
             _ => output_transform(m, m_stride, tiling, tiles, cols, bias, dst),
