@@ -585,7 +585,32 @@ mod tests {
     }
 
     /// Odd channel counts, maps that are not multiples of the tile (7×7, 14×14, 5×9), batch
-    /// 1 and 3, one and two threads, every kernel the CPU runs.
+    /// 1 and 3, one and two threads, on the process's micro-kernel (the packed GEMM's tests
+    /// run every kernel the CPU has, and the parity test the whole network on each).
+    /// Blocks cover every tile, none over the cap, and each thread gets the same number.
+    #[test]
+    fn blocks_are_even_and_within_the_cap() {
+        // 28×28 at batch 1 (49 tiles), 14×14 at batch 8 (128), 7×7 at batch 1 (4), 56×56.
+        for (tiles, cin, cout) in [
+            (49, 96, 128),
+            (128, 112, 224),
+            (4, 160, 320),
+            (196, 64, 192),
+        ] {
+            let cap = block_cap(cin, usize::next_multiple_of(cout, PANEL), 6);
+            for threads in [1, 2, 3] {
+                let n = blocks(tiles, cap, threads);
+                let parts: Vec<_> = (0..n).map(|b| even_part(tiles, n, b)).collect();
+                assert_eq!((parts[0].start, parts[n - 1].end), (0, tiles));
+                assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= cap));
+                if tiles >= threads {
+                    assert_eq!(n % threads, 0, "{tiles} tiles, {threads} threads");
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_the_direct_convolution_on_odd_shapes() {
         for (n, h, w, cin, cout) in [
