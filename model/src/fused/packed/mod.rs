@@ -13,6 +13,17 @@
 //! any of them by name (`avx512`, `avx2`, `neon`, `portable`) that the CPU runs. They all
 //! read the same packed layout, so packing never depends on the CPU.
 
+/// `$body::<M>($tile)` for `M = $tile.rows`: one monomorphized body per row count, so a
+/// kernel's accumulators stay in registers whatever the tile's height.
+macro_rules! by_rows {
+    ($tile:expr, $body:ident, [$($m:literal),+]) => {
+        match $tile.rows {
+            $($m => $body::<$m>($tile),)+
+            rows => unreachable!("{rows} rows: more than the register tile"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -18,17 +18,7 @@ const QUADS: usize = PANEL / 4;
 pub(super) unsafe fn tile(t: &Tile) {
     // SAFETY: the caller's contract, passed on; one monomorphized body per row count so
     // the accumulators stay in registers.
-    unsafe {
-        match t.rows {
-            6 => rows::<6>(t),
-            5 => rows::<5>(t),
-            4 => rows::<4>(t),
-            3 => rows::<3>(t),
-            2 => rows::<2>(t),
-            1 => rows::<1>(t),
-            _ => unreachable!("at most {MR} rows"),
-        }
-    }
+    unsafe { by_rows!(t, rows, [1, 2, 3, 4, 5, 6]) }
 }
 
 #[target_feature(enable = "neon")]
