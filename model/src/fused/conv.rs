@@ -358,10 +358,11 @@ fn im2col(
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short runs im2col copies (the stem's are 3 and 21
-/// floats), in fixed blocks the compiler keeps in registers instead of calling `memcpy`.
-#[inline]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+/// `dst.copy_from_slice(src)` for the short runs im2col and Winograd's transforms copy (the
+/// stem's are 3 and 21 floats, a transform's 8), in fixed blocks the compiler keeps in
+/// registers instead of calling `memcpy`.
+#[inline(always)]
+pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
     const BLOCK: usize = 8;
     let mut d = dst.chunks_exact_mut(BLOCK);
     let mut s = src.chunks_exact(BLOCK);

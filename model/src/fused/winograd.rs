@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::{Activations, Destination, even_part};
+use super::conv::{Activations, Destination, copy_short, even_part};
 use super::packed::{self, Kernel, PANEL, Start};
 
 /// Output pixels per tile side (the "4" of F(4×4, 3×3)).
@@ -127,8 +127,10 @@ impl Tiling {
     }
 }
 
-/// `V[ξ][i][c] = (Bᵀ d B)_ξ` for tiles `tiles` (`i` counts from the block's first), all
-/// input channels; `v` is `[POINTS, tiles.len(), cin]`.
+/// `V[i][ξ][c] = (Bᵀ d B)_ξ` for tiles `tiles` (`i` counts from the block's first), all
+/// input channels; `v` is `[tiles.len(), POINTS, cin]`: a tile's 36 points are written
+/// side by side (at a stride of a whole block per point, the 36 lines would fall into a
+/// few cache sets and evict each other).
 #[inline(always)]
 fn input_transform(
     input: &Activations<'_>,
@@ -137,7 +139,6 @@ fn input_transform(
     v: &mut [f32],
 ) {
     let cin = input.channels;
-    let count = tiles.len();
     let plane = input.height * input.width;
     for (i, t) in tiles.enumerate() {
         let (b, oy, ox) = tiling.origin(t);
@@ -156,7 +157,7 @@ fn input_transform(
                     }
                     let pixel = b * plane + iy as usize * tiling.width + ix as usize;
                     let at = input.offset + pixel * input.row_stride + c0;
-                    cell[..lanes].copy_from_slice(&input.data[at..at + lanes]);
+                    copy_short(&mut cell[..lanes], &input.data[at..at + lanes]);
                 }
             }
             // Bᵀ over the columns of each row, then over the rows.
@@ -170,8 +171,8 @@ fn input_transform(
             for (x, column) in t1.iter().enumerate() {
                 let r = input_1d(column);
                 for (y, lane) in r.iter().enumerate() {
-                    let at = ((y * IN + x) * count + i) * cin + c0;
-                    v[at..at + lanes].copy_from_slice(&lane[..lanes]);
+                    let at = ((i * IN + y) * IN + x) * cin + c0;
+                    copy_short(&mut v[at..at + lanes], &lane[..lanes]);
                 }
             }
         }
@@ -179,7 +180,7 @@ fn input_transform(
 }
 
 /// `relu(Aᵀ M A + bias)` for tiles `tiles`, output channels `cols`, written to the
-/// in-bounds pixels of each tile; `m` is `[POINTS, tiles.len(), m_stride]`.
+/// in-bounds pixels of each tile; `m` is `[tiles.len(), POINTS, m_stride]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_transform(
@@ -191,7 +192,6 @@ fn output_transform(
     bias: &[f32],
     dst: &mut DestinationRows,
 ) {
-    let count = tiles.len();
     for (i, t) in tiles.enumerate() {
         let (b, oy, ox) = tiling.origin(t);
         for c0 in cols.clone().step_by(LANES) {
@@ -199,8 +199,8 @@ fn output_transform(
             let mut p = [[[0.0f32; LANES]; IN]; IN];
             for (xi, row) in p.iter_mut().enumerate() {
                 for (s, cell) in row.iter_mut().enumerate() {
-                    let at = ((xi * IN + s) * count + i) * m_stride + c0;
-                    cell[..lanes].copy_from_slice(&m[at..at + lanes]);
+                    let at = ((i * IN + xi) * IN + s) * m_stride + c0;
+                    copy_short(&mut cell[..lanes], &m[at..at + lanes]);
                 }
             }
             // Aᵀ over each row's six points, then over the rows.
@@ -212,7 +212,7 @@ fn output_transform(
                 }
             }
             let mut lane_bias = [0.0f32; LANES];
-            lane_bias[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
+            copy_short(&mut lane_bias[..lanes], &bias[c0..c0 + lanes]);
             for (x, column) in t1.iter().enumerate() {
                 let y = output_1d(column);
                 if ox + x >= tiling.width {
@@ -260,10 +260,10 @@ thread_local! {
 }
 
 /// The most scratch one work item of a `cin → cout` layer can need on any batch, in floats:
-/// the transformed inputs and the products of [`block_cap`] tiles.
+/// the transformed inputs and the products of its largest block ([`max_block`] tiles).
 pub(crate) fn scratch(cin: usize, cout: usize) -> (usize, usize) {
     let coutp = cout.next_multiple_of(PANEL);
-    let tiles = block_cap(cin, coutp, Kernel::get().mr());
+    let tiles = max_block(block_cap(cin, coutp, Kernel::get().mr()));
     (POINTS * tiles * cin, POINTS * tiles * coutp)
 }
 
@@ -299,16 +299,43 @@ fn block_cap(cin: usize, coutp: usize, mr: usize) -> usize {
     (BLOCK_FLOATS / (POINTS * (cin + coutp))).clamp(mr, 96)
 }
 
-/// How many blocks `tiles` tiles are cut into: enough that none exceeds [`block_cap`], at
-/// least one per thread when there are tiles enough, and a multiple of the threads, so
-/// that every thread gets the same share (see `conv::row_tiles`).
-fn blocks(tiles: usize, cap: usize, threads: usize) -> usize {
+/// Tiles per block when a layer has too few tiles to give every thread [`FEW_TILES`]: it
+/// then runs as blocks of up to this many, each split over the threads by output
+/// channels. The block outgrows [`BLOCK_FLOATS`] (for the larger layers), but each weight
+/// panel is read by one thread and used for as many rows as there are tiles. Cut by
+/// tiles instead, every thread would stream all of the layer's weights, 4× the size of
+/// the direct filter, from memory, for blocks of 4 tiles or fewer, leaving the
+/// micro-kernel 4 of its 6 rows or fewer. Measured per layer in BENCHMARKS.md: 0.55–0.65×
+/// the time on the 7×7 maps at batch 1, 0.85–0.9× on the 14×14 ones.
+const FEW_TILES: usize = 16;
+
+/// The most tiles one block can hold for a layer whose [`block_cap`] is `cap`.
+fn max_block(cap: usize) -> usize {
+    cap.max(FEW_TILES)
+}
+
+/// How `tiles` tiles and `panels` panels of output channels are cut into work items:
+/// `(blocks, groups)`, each item one block of tiles × one group of panels.
+///
+/// - With at least [`FEW_TILES`] tiles per thread: blocks no larger than `cap`, at least
+///   one per thread, and a multiple of the threads, so that every thread gets the same
+///   share (see `conv::row_tiles`); one group.
+/// - With fewer: blocks of up to [`FEW_TILES`] tiles, and the output channels cut into
+///   enough groups (in whole panels) to give every thread an item.
+fn partition(tiles: usize, cap: usize, threads: usize, panels: usize) -> (usize, usize) {
     let threads = threads.max(1);
-    tiles
-        .div_ceil(cap)
-        .max(threads)
-        .next_multiple_of(threads)
-        .clamp(1, tiles.max(1))
+    let blocks = if tiles < FEW_TILES * threads {
+        tiles.div_ceil(FEW_TILES)
+    } else {
+        tiles.div_ceil(cap).max(threads).next_multiple_of(threads)
+    }
+    .clamp(1, tiles.max(1));
+    let groups = if blocks >= threads {
+        1
+    } else {
+        threads.div_ceil(blocks).min(panels.max(1))
+    };
+    (blocks, groups)
 }
 
 /// `dst = relu(conv3×3(input, filter) + bias)`, stride 1, padding 1, with `filter` from
@@ -343,13 +370,8 @@ pub(crate) fn conv3x3(
     let tiles = input.batch * tiling.tiles_y * tiling.tiles_x;
     let kernel = Kernel::get();
     let threads = rayon::current_num_threads();
-    let blocks = blocks(tiles, block_cap(cin, coutp, kernel.mr()), threads);
-    // Too few blocks for the threads: split the output channels too, in whole panels.
-    let groups = if blocks >= threads {
-        1
-    } else {
-        threads.div_ceil(blocks).min(coutp / PANEL)
-    };
+    let cap = block_cap(cin, coutp, kernel.mr());
+    let (blocks, groups) = partition(tiles, cap, threads, coutp / PANEL);
     let group_cols = (coutp / PANEL).div_ceil(groups) * PANEL;
     let groups = coutp.div_ceil(group_cols);
     let point_len = packed::packed_len(cin, cout);
@@ -369,19 +391,20 @@ pub(crate) fn conv3x3(
         }
         kernel.input_transform(&input, tiling, t0..t1, &mut v);
         for point in 0..POINTS {
-            let a = &v[point * count * cin..][..count * cin];
-            let c = &mut m[point * count * coutp..][..count * coutp];
-            // SAFETY: `a` is `count` rows of `cin`; `c` is `count` rows of `coutp ≥ c1`
-            // columns; the filter holds this point's packed `[cin, cout]` matrix.
+            let a = &v[point * cin..POINTS * count * cin];
+            let c = &mut m[point * coutp..POINTS * count * coutp];
+            // SAFETY: `a` holds `count` rows of `cin` floats, `POINTS · cin` apart; `c`
+            // holds `count` rows of `coutp ≥ c1` columns, `POINTS · coutp` apart; the filter
+            // holds this point's packed `[cin, cout]` matrix.
             unsafe {
                 packed::gemm(
                     kernel,
-                    (a.as_ptr(), cin),
+                    (a.as_ptr(), POINTS * cin),
                     count,
                     cin,
                     &filter[point * point_len..][..point_len],
                     c0..c1,
-                    (c.as_mut_ptr(), coutp),
+                    (c.as_mut_ptr(), POINTS * coutp),
                     &[],
                     (Start::Zero, false),
                 );
@@ -584,33 +607,51 @@ mod tests {
         out
     }
 
-    /// Odd channel counts, maps that are not multiples of the tile (7×7, 14×14, 5×9), batch
-    /// 1 and 3, one and two threads, on the process's micro-kernel (the packed GEMM's tests
-    /// run every kernel the CPU has, and the parity test the whole network on each).
-    /// Blocks cover every tile, none over the cap, and each thread gets the same number.
+    /// Blocks cover every tile, none over the scratch reserved for it; with tiles enough,
+    /// none over the cap and each thread gets the same number; with few, the channels are
+    /// cut so that every thread gets an item.
     #[test]
-    fn blocks_are_even_and_within_the_cap() {
-        // 28×28 at batch 1 (49 tiles), 14×14 at batch 8 (128), 7×7 at batch 1 (4), 56×56.
+    fn work_items_are_even_and_fit_the_scratch() {
+        // 28×28 at batch 1 (49 tiles), 14×14 at batch 8 (128) and 1 (16), 7×7 at batch 1 (4)
+        // and 8 (32), 56×56 (196); a layer with a single panel of outputs.
         for (tiles, cin, cout) in [
             (49, 96, 128),
             (128, 112, 224),
+            (16, 160, 320),
             (4, 160, 320),
+            (32, 192, 384),
             (196, 64, 192),
+            (4, 16, 16),
         ] {
-            let cap = block_cap(cin, usize::next_multiple_of(cout, PANEL), 6);
+            let coutp = usize::next_multiple_of(cout, PANEL);
+            let cap = block_cap(cin, coutp, 6);
             for threads in [1, 2, 3] {
-                let n = blocks(tiles, cap, threads);
+                let (n, groups) = partition(tiles, cap, threads, coutp / PANEL);
                 let parts: Vec<_> = (0..n).map(|b| even_part(tiles, n, b)).collect();
                 assert_eq!((parts[0].start, parts[n - 1].end), (0, tiles));
                 assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
-                assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= cap));
-                if tiles >= threads {
-                    assert_eq!(n % threads, 0, "{tiles} tiles, {threads} threads");
+                assert!(
+                    parts
+                        .iter()
+                        .all(|p| !p.is_empty() && p.len() <= max_block(cap))
+                );
+                assert!((1..=coutp / PANEL).contains(&groups));
+                if tiles >= FEW_TILES * threads {
+                    assert!(parts.iter().all(|p| p.len() <= cap));
+                    assert_eq!((n % threads, groups), (0, 1), "{tiles} tiles, {threads}");
+                } else {
+                    assert!(
+                        n * groups >= threads.min(coutp / PANEL),
+                        "{tiles} tiles, {threads} threads: {n} × {groups} items"
+                    );
                 }
             }
         }
     }
 
+    /// Odd channel counts, maps that are not multiples of the tile (7×7, 14×14, 5×9), batch
+    /// 1 and 3, one and two threads, on the process's micro-kernel (the packed GEMM's tests
+    /// run every kernel the CPU has, and the parity test the whole network on each).
     #[test]
     fn matches_the_direct_convolution_on_odd_shapes() {
         for (n, h, w, cin, cout) in [
