@@ -15,7 +15,8 @@
 //!   writes the tile's in-bounds pixels to the destination (which may be a channel slice of
 //!   a wider tensor, as for an Inception branch).
 //! - Work items are (block of tiles × group of output panels), so both cores have work even
-//!   at batch 1 on a 7×7 map.
+//!   at batch 1 on a 7×7 map; with few tiles the output panels, not the tiles, are split
+//!   over the threads ([`partition`]).
 
 use std::cell::RefCell;
 
@@ -305,8 +306,8 @@ fn block_cap(cin: usize, coutp: usize, mr: usize) -> usize {
 /// panel is read by one thread and used for as many rows as there are tiles. Cut by
 /// tiles instead, every thread would stream all of the layer's weights, 4× the size of
 /// the direct filter, from memory, for blocks of 4 tiles or fewer, leaving the
-/// micro-kernel 4 of its 6 rows or fewer. Measured per layer in BENCHMARKS.md: 0.55–0.65×
-/// the time on the 7×7 maps at batch 1, 0.85–0.9× on the 14×14 ones.
+/// micro-kernel 4 of its 6 rows or fewer. Measured per layer in BENCHMARKS.md: 0.54–0.75×
+/// the time on the 7×7 maps at batch 1, 0.84–0.97× on the 14×14 ones.
 const FEW_TILES: usize = 16;
 
 /// The most tiles one block can hold for a layer whose [`block_cap`] is `cap`.
