@@ -645,6 +645,9 @@ mod tests {
                         n * groups >= threads.min(coutp / PANEL),
                         "{tiles} tiles, {threads} threads: {n} × {groups} items"
                     );
+                    // As few blocks as FEW_TILES allows: the threads share a block's
+                    // weights by channels rather than each streaming them all.
+                    assert_eq!(n, tiles.div_ceil(FEW_TILES), "{tiles} tiles, {threads}");
                 }
             }
         }
