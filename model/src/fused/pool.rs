@@ -209,8 +209,10 @@ mod tests {
         let mut input: Vec<f32> = (0..b * h * w * c)
             .map(|i| ((i * 7919) % 97) as f32 - 40.0)
             .collect();
-        // A NaN never wins a window: the pool skips it, as the direct loop below does.
-        input[7] = f32::NAN;
+        // A NaN never wins a window: the pool skips it, as the direct loop below does. Pixel
+        // (1, 1) is the last cell of the 3×3/1 window at (0, 0), where a max that let NaN
+        // in would keep it.
+        input[(w + 1) * c + c.min(8) - 1] = f32::NAN;
         for geometry in [
             PoolGeometry {
                 kernel: 3,
