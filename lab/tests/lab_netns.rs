@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 

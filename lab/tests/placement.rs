@@ -16,7 +16,7 @@
 
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 

@@ -3,7 +3,7 @@
 //! retried elsewhere, and a decode keeps its budget until it really ends even when its
 //! request is cancelled mid-decode.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

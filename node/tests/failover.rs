@@ -1,7 +1,7 @@
 //! Issue 3's acceptance tests with real `glimpse-node` processes on 127.0.0.1 (UDP), the
 //! synthetic model, and glimpse-transport's `Dispatcher` as the front-end in this process.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

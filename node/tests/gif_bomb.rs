@@ -12,7 +12,7 @@
 //! the GIF is well-formed, 16000×4000 is exactly the 64-Mpx cap and within 16384 per side,
 //! and its decode (~262 MB) fits the budget.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The library API (`start_node`) as `glimpse --local-workers N` uses it: nodes inside this
 //! process, certificates from the in-memory CA, the dispatcher as front-end.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

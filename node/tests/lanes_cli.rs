@@ -3,7 +3,7 @@
 //! error, take them from the environment and a `--config` file, and a GoogLeNet node with two
 //! lanes answers real images over QUIC and reports its lanes on `/metrics`.
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! failing once SIGTERM starts the drain while an image is still in flight, and
 //! `--log-format json` writing one JSON object per log line.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! then answers every request stream with RESET_STREAM + STOP_SENDING. The other two nodes are
 //! real `glimpse-node` processes.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

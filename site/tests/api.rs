@@ -1,7 +1,7 @@
 //! End-to-end tests of the HTTPS API against an in-process site whose nodes are real
 //! glimpse-node workers (synthetic model) behind the real QUIC dispatcher.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! bodies built to amplify memory, and gRPC messages that describe far more than they weigh. These measure the process, so nextest runs them alone
 //! (see .config/nextest.toml).
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The real `glimpse` binary: prints its URL and fingerprint, serves HTTPS, redirects plain
 //! HTTP, and exits cleanly on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

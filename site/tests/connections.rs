@@ -5,7 +5,7 @@
 //! ports at once, and a hundred uploads from one address. These measure the process, so
 //! nextest runs them alone (see .config/nextest.toml).
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

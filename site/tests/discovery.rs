@@ -3,7 +3,7 @@
 //! certificate for the DNS name), and the real `glimpse` binary with `--node-dns`; and the
 //! `--nodes-file` equivalent, reloaded on change and on SIGHUP.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};

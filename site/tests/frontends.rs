@@ -6,7 +6,7 @@
 //! holds more than its capacity (the peak each node logs when it stops). Also: SIGTERM fails
 //! `/readyz` first and keeps serving for the grace period, and a second signal skips it.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;

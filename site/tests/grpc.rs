@@ -3,7 +3,7 @@
 //! of real images classified as the JSON API classifies them; Triton's classification
 //! strings; statistics; and refusals with the codes Triton's clients expect.
 
-mod common;
+use crate::common;
 
 use common::grpc::{Client, connect};
 use common::{Harness, jpeg, metric, part, png};

@@ -2,7 +2,7 @@
 //! HTTPS, advertised in `Alt-Svc`, many uploads on one connection, API keys, and `--no-h3`.
 //! (Chromium's own HTTP/3 is checked by `site/browser-test`.)
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! added to the document but never called here, or an answer the document does not
 //! describe, fails the test.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! isolation, cross-origin refusal, rate and share limits, JSON errors for malformed
 //! requests, the admin listener, and the headers every response carries.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! line without a stack trace whatever RUST_BACKTRACE says, unless `--verbose` or
 //! `GLIMPSE_LOG=debug` asks for the details.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! header's trace.
 //! And a collector that is down costs nothing but dropped spans.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

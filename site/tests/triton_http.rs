@@ -4,7 +4,7 @@
 //! behind the real QUIC dispatcher. Triton's own Python client is exercised on top of this
 //! by `scripts/tritonclient-check`.
 
-mod common;
+use crate::common;
 
 use common::{Harness, jpeg, png};
 use serde_json::{Value, json};

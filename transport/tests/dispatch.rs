@@ -1,6 +1,6 @@
 //! Dispatcher behaviour against real QUIC node servers on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

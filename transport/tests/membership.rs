@@ -3,7 +3,7 @@
 //! holds, and disappears from the list; it can come back; one that holds work too long is
 //! cut off after the drain timeout and its images move on.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Protocol-level behaviour over real QUIC on 127.0.0.1: mutual TLS, per-stream errors, no
 //! head-of-line blocking.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

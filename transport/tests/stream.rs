@@ -2,7 +2,7 @@
 //! whatever follows on the stream (more frames, raw image bytes) for the next reader, however
 //! the sender cut its writes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,0 +1,9 @@
+//! Every integration test of glimpse-netem: each file of this folder is a module of this one
+//! binary. The crate and its dependencies are linked once, not once per file, which saved
+//! CI most of the disk and the link time its test binaries took. nextest still runs each
+//! test in a process of its own; a file's tests are
+//! `-E 'package(glimpse-netem) and test(/^netns::/)'`.
+
+mod netns;
+mod relay;
+mod tun;
