@@ -18,5 +18,6 @@ mod openapi;
 mod readme;
 mod security;
 mod startup;
+mod test_binaries;
 mod traces;
 mod triton_http;
