@@ -11,9 +11,10 @@
 //! handing it over) and the nesting depth. Decoded image bytes are paid for from the byte
 //! budget before they are kept.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::Read;
+use std::rc::Rc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -126,14 +127,17 @@ pub fn parse_infer_request<R: Read>(
     reader: R,
     limits: &ParseLimits,
 ) -> Result<InferRequest, ParseError> {
+    let refused = Rc::new(Cell::new(false));
     let guarded = Guarded {
         inner: reader,
         guard: JsonGuard::new(limits.max_string(), MAX_DEPTH),
+        refused: refused.clone(),
     };
     let ctx = Ctx {
         limits,
         stash: RefCell::new(None),
         images: RefCell::new(0),
+        refused,
     };
     let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
         64 * 1024,
@@ -260,10 +264,19 @@ impl JsonGuard {
 struct Guarded<R> {
     inner: R,
     guard: JsonGuard,
+    /// Set once a visitor has refused the request: nothing more is read. serde_json, on its
+    /// way out of an error, still closes every open array and object, skipping whitespace
+    /// to find their ends; without this, a refused request followed by megabytes of spaces
+    /// would be read to its end, holding its parse slot all the while, instead of being
+    /// answered at once.
+    refused: Rc<Cell<bool>>,
 }
 
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.refused.get() {
+            return Err(std::io::Error::other("the request was already refused"));
+        }
         let n = self.inner.read(buf)?;
         self.guard.feed(&buf[..n]).map_err(std::io::Error::other)?;
         Ok(n)
@@ -276,12 +289,15 @@ struct Ctx<'a> {
     limits: &'a ParseLimits,
     stash: RefCell<Option<ParseError>>,
     images: RefCell<usize>,
+    /// Shared with [`Guarded`]: set by [`Ctx::fail`], it stops the reading.
+    refused: Rc<Cell<bool>>,
 }
 
 impl Ctx<'_> {
     fn fail<E: de::Error>(&self, e: ParseError) -> E {
         let msg = e.to_string();
         self.stash.replace(Some(e));
+        self.refused.set(true);
         E::custom(msg)
     }
 }
@@ -887,6 +903,43 @@ mod tests {
             parse("{\"inputs\":[]} trailing"),
             Err(ParseError::Invalid(_))
         ));
+    }
+
+    /// A reader that counts what is taken from it.
+    struct Counting<R> {
+        inner: R,
+        read: Rc<Cell<usize>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read.set(self.read.get() + n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_refused_request_is_not_read_past_the_refusal() {
+        // serde_json skips whitespace to close the arrays and objects still open when a
+        // visitor fails; eight megabytes of spaces after an empty image must not be read.
+        let mut body = br#"{"inputs":[{"name":"image","datatype":"BYTES","data":["","#.to_vec();
+        body.resize(8 << 20, b' ');
+        let read = Rc::new(Cell::new(0));
+        let reader = Counting {
+            inner: &body[..],
+            read: read.clone(),
+        };
+        let parsed = parse_infer_request(reader, &limits());
+        assert!(
+            matches!(&parsed, Err(ParseError::Invalid(m)) if m.contains("image[0] is empty")),
+            "{parsed:?}"
+        );
+        assert!(
+            read.get() <= 64 * 1024,
+            "{} bytes read after a refusal in the first 60",
+            read.get()
+        );
     }
 
     #[test]
