@@ -11,7 +11,7 @@
 //! handing it over) and the nesting depth. Decoded image bytes are paid for from the byte
 //! budget before they are kept.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 use std::rc::Rc;
@@ -127,17 +127,16 @@ pub fn parse_infer_request<R: Read>(
     reader: R,
     limits: &ParseLimits,
 ) -> Result<InferRequest, ParseError> {
-    let refused = Rc::new(Cell::new(false));
+    let stash = Rc::new(RefCell::new(None));
     let guarded = Guarded {
         inner: reader,
         guard: JsonGuard::new(limits.max_string(), MAX_DEPTH),
-        refused: refused.clone(),
+        refusal: stash.clone(),
     };
     let ctx = Ctx {
         limits,
-        stash: RefCell::new(None),
+        stash,
         images: RefCell::new(0),
-        refused,
     };
     let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(
         64 * 1024,
@@ -264,17 +263,17 @@ impl JsonGuard {
 struct Guarded<R> {
     inner: R,
     guard: JsonGuard,
-    /// Set once a visitor has refused the request: nothing more is read. serde_json, on its
-    /// way out of an error, still closes every open array and object, skipping whitespace
-    /// to find their ends; without this, a refused request followed by megabytes of spaces
-    /// would be read to its end, holding its parse slot all the while, instead of being
-    /// answered at once.
-    refused: Rc<Cell<bool>>,
+    /// The visitors' [`Ctx::stash`]: once it holds a refusal, nothing more is read.
+    /// serde_json, on its way out of an error, still closes every open array and object,
+    /// skipping whitespace to find their ends; without this, a refused request followed by
+    /// megabytes of spaces would be read to its end, holding its parse slot all the while,
+    /// instead of being answered at once.
+    refusal: Rc<RefCell<Option<ParseError>>>,
 }
 
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.refused.get() {
+        if self.refusal.borrow().is_some() {
             return Err(std::io::Error::other("the request was already refused"));
         }
         let n = self.inner.read(buf)?;
@@ -287,17 +286,15 @@ impl<R: Read> Read for Guarded<R> {
 /// serde `custom` error (serde's errors are strings; the status is kept here).
 struct Ctx<'a> {
     limits: &'a ParseLimits,
-    stash: RefCell<Option<ParseError>>,
+    /// Shared with [`Guarded`], which stops reading once it is set.
+    stash: Rc<RefCell<Option<ParseError>>>,
     images: RefCell<usize>,
-    /// Shared with [`Guarded`]: set by [`Ctx::fail`], it stops the reading.
-    refused: Rc<Cell<bool>>,
 }
 
 impl Ctx<'_> {
     fn fail<E: de::Error>(&self, e: ParseError) -> E {
         let msg = e.to_string();
         self.stash.replace(Some(e));
-        self.refused.set(true);
         E::custom(msg)
     }
 }
@@ -908,7 +905,7 @@ mod tests {
     /// A reader that counts what is taken from it.
     struct Counting<R> {
         inner: R,
-        read: Rc<Cell<usize>>,
+        read: Rc<std::cell::Cell<usize>>,
     }
 
     impl<R: Read> Read for Counting<R> {
@@ -925,7 +922,7 @@ mod tests {
         // visitor fails; eight megabytes of spaces after an empty image must not be read.
         let mut body = br#"{"inputs":[{"name":"image","datatype":"BYTES","data":["","#.to_vec();
         body.resize(8 << 20, b' ');
-        let read = Rc::new(Cell::new(0));
+        let read = Rc::new(std::cell::Cell::new(0));
         let reader = Counting {
             inner: &body[..],
             read: read.clone(),
