@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use glimpse_lab::harness::procs::{Proc, free_tcp_port, wait_site_ready};
+use glimpse_lab::harness::procs::{FRONTEND_LISTEN, Proc, wait_frontend};
 
 const LAB: &str = env!("CARGO_BIN_EXE_glimpse-lab");
 /// Milliseconds per image of the front-end's synthetic worker.
@@ -89,20 +89,18 @@ fn assert_sane_latency(step: &serde_json::Value) {
 
 /// A running front-end: the process (killed on drop), its HTTPS base URL and its log folder.
 struct Site {
-    _proc: Proc,
+    proc: Proc,
     base: String,
     dir: tempfile::TempDir,
 }
 
-/// Starts `glimpse --local-workers 1 --model synthetic` on a free port, plus `extra` arguments,
-/// and waits until its worker is ready.
+/// Starts `glimpse --local-workers 1 --model synthetic` on ports of the kernel's choosing
+/// (HTTPS, and gRPC beside it), plus `extra` arguments, and waits until its worker is ready.
 async fn start_glimpse(glimpse: &Path, extra: &[String]) -> Site {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_tcp_port().unwrap();
-    let base = format!("https://127.0.0.1:{port}");
     let mut args: Vec<String> = [
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        &FRONTEND_LISTEN.to_string(),
         "--local-workers",
         "1",
         "--model",
@@ -117,14 +115,10 @@ async fn start_glimpse(glimpse: &Path, extra: &[String]) -> Site {
     .collect();
     args.extend(extra.iter().cloned());
     let mut proc = Proc::spawn("glimpse", glimpse, &args, dir.path()).unwrap();
-    wait_site_ready(&base, 1, Duration::from_secs(60), &mut proc)
+    let base = wait_frontend(&mut proc, 1, Duration::from_secs(60))
         .await
         .unwrap();
-    Site {
-        _proc: proc,
-        base,
-        dir,
-    }
+    Site { proc, base, dir }
 }
 
 /// `--protocol PROTOCOL --batch BATCH` at concurrency 2 for 1.5 s after 0.5 s of warm-up.
@@ -228,13 +222,20 @@ async fn load_measures_a_real_front_end_over_grpc() {
     let Some(glimpse) = glimpse_binary() else {
         return;
     };
-    let grpc_port = free_tcp_port().unwrap();
-    let site = start_glimpse(
-        &glimpse,
-        &["--grpc-listen".into(), format!("127.0.0.1:{grpc_port}")],
-    )
-    .await;
-    let url = format!("https://127.0.0.1:{grpc_port}");
+    let mut site = start_glimpse(&glimpse, &[]).await;
+    // "KServe v2 gRPC (Triton clients) at localhost:PORT (TLS, the same certificate)"
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let grpc = site
+        .proc
+        .printed("KServe v2 gRPC (Triton clients) at ", deadline)
+        .await
+        .unwrap();
+    let port = grpc
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.rsplit(':').next())
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
     let report = batched(&url, site.dir.path(), "grpc", 2).await;
     assert_eq!(report["protocol"], "grpc");
     let step = &report["steps"][0];

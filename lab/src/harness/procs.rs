@@ -131,6 +131,33 @@ impl Proc {
         let _ = self.child.kill().await;
     }
 
+    /// The rest of the last line of the process's output that starts with `prefix`, once it
+    /// has printed one (the log may hold an earlier run's lines). An error, with the log's
+    /// tail, when the process exits first or `deadline` passes.
+    pub async fn printed(&mut self, prefix: &str, deadline: Instant) -> Result<String, LabError> {
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(rest) = text.lines().rev().find_map(|l| l.strip_prefix(prefix)) {
+                return Ok(rest.trim().to_string());
+            }
+            if let Some(status) = self.exited() {
+                return Err(LabError::Setup(format!(
+                    "{} exited ({status}) before printing {prefix:?}:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Setup(format!(
+                    "{} did not print {prefix:?} in time:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last `n` lines of the log, for error messages.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -325,8 +352,44 @@ pub async fn wait_site_ready(
     timeout: Duration,
     site: &mut Proc,
 ) -> Result<(), LabError> {
-    let client = super::driver::https_client(Duration::from_secs(5))?;
+    wait_ready_until(base, min_nodes, Instant::now() + timeout, site).await
+}
+
+/// The address on which the loopback listeners of the lab's front-ends are bound: port 0, so
+/// the kernel picks a port no one holds and the front-end says which (see
+/// [`wait_frontend`]). A port picked free beforehand can be taken by anything on the
+/// machine before the front-end binds it, and its gRPC listener (at the HTTPS port + 1 with
+/// local workers) was never checked at all: parallel tests collided on it.
+pub const FRONTEND_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// What `glimpse` prints on stdout once its HTTPS listener is bound.
+const SERVING_AT: &str = "Glimpse is serving at ";
+
+/// Waits for a front-end started on [`FRONTEND_LISTEN`] to print where it serves and then
+/// for it to be ready as [`wait_site_ready`] says, all within `timeout`; returns its base
+/// URL, `https://127.0.0.1:PORT` (what the lab's clients and certificates expect).
+pub async fn wait_frontend(
+    site: &mut Proc,
+    min_nodes: usize,
+    timeout: Duration,
+) -> Result<String, LabError> {
     let deadline = Instant::now() + timeout;
+    let url = site.printed(SERVING_AT, deadline).await?;
+    let base = url
+        .trim_end_matches('/')
+        .replacen("://localhost:", "://127.0.0.1:", 1);
+    wait_ready_until(&base, min_nodes, deadline, site).await?;
+    Ok(base)
+}
+
+async fn wait_ready_until(
+    base: &str,
+    min_nodes: usize,
+    deadline: Instant,
+    site: &mut Proc,
+) -> Result<(), LabError> {
+    let client = super::driver::https_client(Duration::from_secs(5))?;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
         if let Some(status) = site.exited() {
@@ -347,7 +410,7 @@ pub async fn wait_site_ready(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(LabError::Setup(format!(
-        "front-end not ready within {timeout:?}: {last}\n{}",
+        "front-end not ready in time: {last}\n{}",
         site.log_tail(20)
     )))
 }

@@ -15,7 +15,8 @@ use super::baseline::{BaselineDispatcher, start_tcp_delay_proxy};
 use super::driver::{HttpsSubmitter, RunResult, Submit, drive};
 use super::net::{NetMode, NsLink};
 use super::procs::{
-    Bins, Certs, NodeSpec, free_tcp_port, free_udp_port, site_args, wait_site_ready, wait_tcp,
+    Bins, Certs, FRONTEND_LISTEN, NodeSpec, free_tcp_port, free_udp_port, site_args, wait_frontend,
+    wait_tcp,
 };
 use super::testbed::Testbed;
 use glimpse_netem::impair::DirectionConfig;
@@ -295,15 +296,12 @@ async fn run_glimpse(
         };
         site_nodes.push((name, addr));
     }
-    let site_port = free_tcp_port()?;
-    let site_listen: SocketAddr = ([127, 0, 0, 1], site_port).into();
     let site = bed.spawn_frontend(
         "glimpse",
         &o.bins.path("glimpse"),
-        &site_args(certs, site_listen, &site_nodes, &o.site_extra),
+        &site_args(certs, FRONTEND_LISTEN, &site_nodes, &o.site_extra),
     )?;
-    let base = format!("https://127.0.0.1:{site_port}");
-    wait_site_ready(&base, c.workers, Duration::from_secs(60), site).await?;
+    let base = wait_frontend(site, c.workers, Duration::from_secs(60)).await?;
     // Impair the links only once the connections are up: the experiment is about serving
     // under loss, not about handshakes under loss (quinn's initial PTO makes those minutes).
     if let Some(link) = &c.link {

@@ -12,7 +12,7 @@ use super::report::write_report;
 use super::twin::simulate_twin;
 use crate::harness::LabError;
 use crate::harness::procs::{
-    Certs, NodeSpec, free_tcp_port, free_udp_port, make_certs, site_args, wait_site_ready,
+    Certs, FRONTEND_LISTEN, NodeSpec, free_udp_port, make_certs, site_args, wait_frontend,
 };
 use crate::harness::testbed::Testbed;
 use crate::load::protocol::{HttpVersion, Protocol, TargetOptions};
@@ -118,17 +118,14 @@ async fn measure(
         bed.spawn_worker(&name, node_bin.clone(), spec.args(certs))?;
         nodes.push((name, listen));
     }
-    let port = free_tcp_port()?;
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let extra = ["--placement".to_string(), placement.to_string()];
     let site = bed.spawn_frontend(
         "glimpse",
         &o.bins.path("glimpse"),
-        &site_args(certs, listen, &nodes, &extra),
+        &site_args(certs, FRONTEND_LISTEN, &nodes, &extra),
     )?;
-    let base = format!("https://127.0.0.1:{port}");
     // GoogLeNet nodes build their weights before they listen: allow for it.
-    wait_site_ready(&base, nodes.len(), Duration::from_secs(180), site).await?;
+    let base = wait_frontend(site, nodes.len(), Duration::from_secs(180)).await?;
     let load = LoadOptions {
         target: TargetOptions {
             url: base.clone(),
