@@ -3,8 +3,6 @@
 //! retried elsewhere, and a decode keeps its budget until it really ends even when its
 //! request is cancelled mid-decode.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -15,6 +13,8 @@ use glimpse_node::{ModelSpec, NodeConfig, shutdown_channel, start_node};
 use glimpse_transport::client::{self, StartedSignal};
 use glimpse_transport::codec::RequestHeader;
 use glimpse_transport::{DispatchError, InferenceError};
+
+use crate::common;
 
 const LONG: Duration = Duration::from_secs(60);
 

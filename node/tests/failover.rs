@@ -1,8 +1,6 @@
 //! Issue 3's acceptance tests with real `glimpse-node` processes on 127.0.0.1 (UDP), the
 //! synthetic model, and glimpse-transport's `Dispatcher` as the front-end in this process.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +9,8 @@ use common::{
     Cluster, NodeProc, expected_indices, image, localhost_any_port, wait_in_flight, wait_node_ready,
 };
 use glimpse_transport::{Classified, DispatchError, Dispatcher, NodeState, Progress};
+
+use crate::common;
 
 const READY: Duration = Duration::from_secs(60);
 

@@ -12,11 +12,11 @@
 //! the GIF is well-formed, 16000×4000 is exactly the 64-Mpx cap and within 16384 per side,
 //! and its decode (~262 MB) fits the budget.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use common::{Cluster, NodeProc, gif_bomb, localhost_any_port, wait_node_ready};
+
+use crate::common;
 
 const BUDGET: u64 = 512 << 20;
 const HEADROOM: u64 = 300_000_000;

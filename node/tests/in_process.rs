@@ -1,13 +1,13 @@
 //! The library API (`start_node`) as `glimpse --local-workers N` uses it: nodes inside this
 //! process, certificates from the in-memory CA, the dispatcher as front-end.
 
-use crate::common;
-
 use std::time::Duration;
 
 use common::{Cluster, expected_indices, image, stop_nodes};
 use glimpse_node::{ModelSpec, shutdown_channel, start_node};
 use glimpse_transport::{DispatchError, InferenceError};
+
+use crate::common;
 
 fn jpeg_bytes() -> bytes::Bytes {
     let img = image::RgbImage::from_fn(300, 200, |x, y| {

@@ -3,13 +3,13 @@
 //! error, take them from the environment and a `--config` file, and a GoogLeNet node with two
 //! lanes answers real images over QUIC and reports its lanes on `/metrics`.
 
-use crate::common;
-
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Cluster, NodeProc, http_get, metric};
+
+use crate::common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_glimpse-node");
 const LONG: Duration = Duration::from_secs(120);

@@ -3,12 +3,12 @@
 //! failing once SIGTERM starts the drain while an image is still in flight, and
 //! `--log-format json` writing one JSON object per log line.
 
-use crate::common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, NodeProc, http_get, metric};
+
+use crate::common;
 
 const LONG: Duration = Duration::from_secs(60);
 

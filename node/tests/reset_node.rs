@@ -8,8 +8,6 @@
 //! then answers every request stream with RESET_STREAM + STOP_SENDING. The other two nodes are
 //! real `glimpse-node` processes.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,6 +16,8 @@ use common::{Cluster, LOCALHOST, NodeProc, expected_indices, image, localhost_an
 use glimpse_transport::codec::{ControlMessage, encode_control};
 use glimpse_transport::config::{bind_endpoint, node_quinn_config, node_tls_config};
 use glimpse_transport::{LoadReport, NodeInfo, StreamCode, TransportTuning};
+
+use crate::common;
 
 /// Starts the resetting node; returns its address and the count of streams it reset.
 fn start_resetting_node(cluster: &Cluster, name: &str) -> (std::net::SocketAddr, Arc<AtomicU64>) {

@@ -1,14 +1,14 @@
 //! End-to-end tests of the HTTPS API against an in-process site whose nodes are real
 //! glimpse-node workers (synthetic model) behind the real QUIC dispatcher.
 
-use crate::common;
-
 use std::time::Duration;
 
 use base64::Engine;
 use common::{Harness, jpeg, metric, part, png};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+use crate::common;
 
 fn top_len(result: &Value) -> usize {
     result["top"].as_array().map(Vec::len).unwrap_or(0)

@@ -4,8 +4,6 @@
 //! bodies built to amplify memory, and gRPC messages that describe far more than they weigh. These measure the process, so nextest runs them alone
 //! (see .config/nextest.toml).
 
-use crate::common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +13,8 @@ use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, metric, tls_connector};
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common;
 
 const MB: u64 = 1_000_000;
 

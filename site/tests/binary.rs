@@ -1,11 +1,11 @@
 //! The real `glimpse` binary: prints its URL and fingerprint, serves HTTPS, redirects plain
 //! HTTP, and exits cleanly on SIGTERM.
 
-use crate::common;
-
 use std::time::Duration;
 
 use common::Spawned;
+
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_https_redirects_http_and_stops_on_sigterm() {

@@ -5,8 +5,6 @@
 //! ports at once, and a hundred uploads from one address. These measure the process, so
 //! nextest runs them alone (see .config/nextest.toml).
 
-use crate::common;
-
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +18,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use crate::common;
 
 /// The descriptor limit the front-end runs under, as in the attack run.
 const NOFILE: u64 = 1024;

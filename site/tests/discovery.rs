@@ -3,8 +3,6 @@
 //! certificate for the DNS name), and the real `glimpse` binary with `--node-dns`; and the
 //! `--nodes-file` equivalent, reloaded on change and on SIGHUP.
 
-use crate::common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -16,6 +14,8 @@ use std::time::{Duration, Instant};
 use common::cluster_files::{ClusterFiles, node_binary};
 use common::{Spawned, client, part, png};
 use serde_json::Value;
+
+use crate::common;
 
 const NAME: &str = "nodes.glimpse.test";
 const IMAGES: usize = 500;

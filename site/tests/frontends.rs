@@ -6,8 +6,6 @@
 //! holds more than its capacity (the peak each node logs when it stops). Also: SIGTERM fails
 //! `/readyz` first and keeps serving for the grace period, and a second signal skips it.
 
-use crate::common;
-
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,6 +21,8 @@ use glimpse_wire::proto::model_infer_request::InferInputTensor;
 use glimpse_wire::proto::{ModelInferRequest, ModelInferResponse};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::common;
 
 /// Requests a node takes at once: small, so two front-ends pushing at once overrun it and
 /// its admission has to refuse.

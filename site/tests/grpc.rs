@@ -3,8 +3,6 @@
 //! of real images classified as the JSON API classifies them; Triton's classification
 //! strings; statistics; and refusals with the codes Triton's clients expect.
 
-use crate::common;
-
 use common::grpc::{Client, connect};
 use common::{Harness, jpeg, metric, part, png};
 use glimpse_wire::proto::infer_parameter::ParameterChoice;
@@ -16,6 +14,8 @@ use glimpse_wire::proto::{
 };
 use serde_json::Value;
 use tonic::Code;
+
+use crate::common;
 
 /// A BYTES tensor's raw form: each element's 4-byte little-endian length, then its bytes.
 fn bytes_tensor(elements: &[&[u8]]) -> Vec<u8> {

@@ -2,12 +2,12 @@
 //! HTTPS, advertised in `Alt-Svc`, many uploads on one connection, API keys, and `--no-h3`.
 //! (Chromium's own HTTP/3 is checked by `site/browser-test`.)
 
-use crate::common;
-
 use std::time::Duration;
 
 use common::h3::H3Client;
 use common::{Harness, metric, png};
+
+use crate::common;
 
 fn h3_addr(h: &Harness) -> std::net::SocketAddr {
     h.site

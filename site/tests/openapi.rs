@@ -3,13 +3,13 @@
 //! added to the document but never called here, or an answer the document does not
 //! describe, fails the test.
 
-use crate::common;
-
 use std::collections::BTreeSet;
 
 use base64::Engine;
 use common::{Harness, part, png};
 use serde_json::{Value, json};
+
+use crate::common;
 
 struct Spec {
     doc: Value,

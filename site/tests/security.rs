@@ -3,13 +3,13 @@
 //! isolation, cross-origin refusal, rate and share limits, JSON errors for malformed
 //! requests, the admin listener, and the headers every response carries.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use common::{Harness, client, metric, part, png};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+
+use crate::common;
 
 /// A key file with an admin key and two user keys.
 struct Keys {

@@ -3,14 +3,14 @@
 //! line without a stack trace whatever RUST_BACKTRACE says, unless `--verbose` or
 //! `GLIMPSE_LOG=debug` asks for the details.
 
-use crate::common;
-
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster_files::{ClusterFiles, node_binary};
+
+use crate::common;
 
 /// Far above what a start that binds first needs (milliseconds), far below what loading a
 /// model first and then failing would risk on a busy machine; the model-load log line is the

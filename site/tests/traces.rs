@@ -6,8 +6,6 @@
 //! header's trace.
 //! And a collector that is down costs nothing but dropped spans.
 
-use crate::common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +22,8 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
+
+use crate::common;
 
 const NODE: &str = "node-a";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -4,10 +4,10 @@
 //! behind the real QUIC dispatcher. Triton's own Python client is exercised on top of this
 //! by `scripts/tritonclient-check`.
 
-use crate::common;
-
 use common::{Harness, jpeg, png};
 use serde_json::{Value, json};
+
+use crate::common;
 
 /// Raw BYTES tensor: each element a 4-byte little-endian length, then its bytes.
 fn bytes_tensor(elements: &[Vec<u8>]) -> Vec<u8> {

@@ -1,7 +1,5 @@
 //! Dispatcher behaviour against real QUIC node servers on 127.0.0.1.
 
-use crate::common;
-
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -9,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use glimpse_transport::{DispatchError, InferenceError, NodeState, Progress};
+
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_returns_the_nodes_answer_and_reports_status() {

@@ -3,13 +3,13 @@
 //! holds, and disappears from the list; it can come back; one that holds work too long is
 //! cut off after the drain timeout and its images move on.
 
-use crate::common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use glimpse_transport::{Dispatcher, NodeEndpoint};
+
+use crate::common;
 
 fn endpoint(name: &str, addr: std::net::SocketAddr) -> NodeEndpoint {
     NodeEndpoint {

@@ -1,8 +1,6 @@
 //! Protocol-level behaviour over real QUIC on 127.0.0.1: mutual TLS, per-stream errors, no
 //! head-of-line blocking.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +15,8 @@ use glimpse_transport::codec::{
 };
 use glimpse_transport::stream;
 use glimpse_transport::{DispatchError, Dispatcher, InferenceError, NodeState};
+
+use crate::common;
 
 async fn read_reply(recv: &mut quinn::RecvStream) -> Reply {
     let body = tokio::time::timeout(LONG, stream::read_frame(recv, MAX_FRAME_BYTES))

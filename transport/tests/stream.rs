@@ -2,8 +2,6 @@
 //! whatever follows on the stream (more frames, raw image bytes) for the next reader, however
 //! the sender cut its writes.
 
-use crate::common;
-
 use std::time::Duration;
 
 use common::*;
@@ -13,6 +11,8 @@ use glimpse_transport::codec::{
     decode_request_header, encode_reply, encode_request_header,
 };
 use glimpse_transport::stream::{self, FrameReadError};
+
+use crate::common;
 
 /// A connected pair: (front-end side connection, node side connection).
 struct Pair {
