@@ -329,15 +329,6 @@ async fn upload(http: &reqwest::Client, fronts: &Frontends, grpc: SocketAddr, i:
     }
 }
 
-/// A free TCP port on loopback (for the gRPC listeners, whose address is not printed with
-/// remote nodes).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_frontends_behind_a_round_robin_proxy_share_three_nodes() {
     let node_bin = node_binary();
@@ -358,12 +349,20 @@ async fn two_frontends_behind_a_round_robin_proxy_share_three_nodes() {
     let mut fronts = Vec::new();
     let mut grpc = Vec::new();
     for id in ["fe-one", "fe-two"] {
-        let port = free_port();
-        grpc.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
         let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let grpc_listen = format!("127.0.0.1:{port}");
-        args.extend(["--frontend-id", id, "--grpc-listen", &grpc_listen]);
-        fronts.push((id, Spawned::start(&args, None)));
+        // Port 0: a port picked free beforehand could be taken before glimpse binds it.
+        args.extend(["--frontend-id", id, "--grpc-listen", "127.0.0.1:0"]);
+        let front = Spawned::start(&args, None);
+        // "localhost:PORT (TLS, the same certificate)"
+        let at = front.printed("KServe v2 gRPC (Triton clients) at ");
+        let port = at
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("the gRPC port glimpse printed");
+        grpc.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+        fronts.push((id, front));
     }
     for (_, f) in &fronts {
         f.wait_ready().await;
